@@ -1,0 +1,130 @@
+"""API keys: bearer tokens bound to one organization with scopes; stored only as SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import repository
+from app.errors import Forbidden, Unauthenticated
+from app.schemas import ALL_SCOPES
+
+KEY_PREFIX = "aik_"
+CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str
+    organization_id: str
+    scopes: frozenset[str]
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> bytes:
+    # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_scopes(raw: str) -> list[str]:
+    scopes = sorted({s.strip() for s in raw.split(",") if s.strip()})
+    unknown = [s for s in scopes if s not in ALL_SCOPES]
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be a comma list of {', '.join(ALL_SCOPES)}")
+    return scopes
+
+
+async def create_api_key(
+    engine: AsyncEngine, organization_id: str, scopes: list[str], name: str
+) -> tuple[str, str]:
+    """Store a new key's hash; returns (key id, the key itself, shown once)."""
+    if not organization_id.strip():
+        raise ValueError("organization must not be empty")
+    key = new_api_key()
+    async with engine.begin() as conn:
+        key_id = await repository.insert_api_key(
+            conn,
+            organization_id=organization_id,
+            name=name,
+            scopes=scopes,
+            key_hash=hash_api_key(key),
+            key_prefix=key[: len(KEY_PREFIX) + 6],
+        )
+    return str(key_id), key
+
+
+class KeyCache:
+    """Verified keys for a few seconds, so a hot client costs no database round trip.
+    A revoked key stops working within `ttl` seconds."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[bytes, tuple[float, Caller]] = {}
+
+    def get(self, key_hash: bytes) -> Caller | None:
+        hit = self._entries.get(key_hash)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key_hash: bytes, caller: Caller) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= CACHE_LIMIT:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl, caller)
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("missing Authorization: Bearer <api key>")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must be 'Bearer <api key>'")
+    return token.strip()
+
+
+async def authenticate(request: Request) -> Caller:
+    token = _bearer(request)
+    key_hash = hash_api_key(token)
+    state = request.app.state.resources
+    caller = state.key_cache.get(key_hash)
+    if caller is not None:
+        return caller
+    async with state.engine.connect() as conn:
+        record = await repository.active_key_by_hash(conn, key_hash)
+    if record is None:
+        raise Unauthenticated("unknown or revoked API key")
+    caller = Caller(str(record.id), record.organization_id, frozenset(record.scopes))
+    state.key_cache.put(key_hash, caller)
+    return caller
+
+
+def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]]:
+    async def dependency(request: Request) -> Caller:
+        caller = await authenticate(request)
+        if scope not in caller.scopes:
+            raise Forbidden(f"this API key lacks the '{scope}' scope")
+        return caller
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency
+
+
+def token_matches(expected: str, presented: str | None) -> bool:
+    """Constant-time comparison for shared tokens (the optional /metrics token)."""
+    if presented is None:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode())

@@ -1,0 +1,174 @@
+"""`python -m app ...`: serve, worker, migrate, keys, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from app import repository
+from app.config import Settings
+from app.logs import setup_logging
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("app.cli")
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["sqlalchemy_url"] = settings.sqlalchemy_url
+    return config
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    command.upgrade(alembic_config(settings), revision)
+
+
+def require_urls(settings: Settings) -> None:
+    missing = [n for n, v in (("AUDIT_DATABASE_URL", settings.database_url),
+                              ("AUDIT_REDIS_URL", settings.redis_url)) if not v]
+    if missing:
+        raise SystemExit(f"{' and '.join(missing)} must be set (or use `make run` for dev mode)")
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    require_urls(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Writers only, for scale-out; SIGTERM or Ctrl-C drains in-flight batches, then exits."""
+    from app.main import close_resources, open_resources
+    from app.metrics import Metrics
+    from app.workers import WriterGroup
+
+    res = await open_resources(settings, Metrics.create())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+    res.writers.start()
+    log.info("worker running %d writers; stop with SIGTERM or Ctrl-C", settings.writers)
+    try:
+        await stop.wait()
+        log.info("stopping: draining in-flight batches")
+    finally:
+        await close_resources(res)
+
+
+async def keys_create(settings: Settings, org: str, scopes: str, name: str) -> str:
+    from app.auth import create_api_key, parse_scopes
+    from app.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name)
+    finally:
+        await engine.dispose()
+    print(f"created key {key_id} for organization {org!r} with scopes {scopes}", file=sys.stderr)
+    return key
+
+
+async def keys_list(settings: Settings, org: str | None) -> None:
+    from app.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            records = await repository.list_api_keys(conn, org)
+    finally:
+        await engine.dispose()
+    print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked")
+    for r in records:
+        print(f"{r.id}\t{r.organization_id}\t{r.name}\t{','.join(r.scopes)}\t{r.key_prefix}…\t"
+              f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}")
+
+
+async def keys_revoke(settings: Settings, key_id: str) -> bool:
+    from app.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            return await repository.revoke_api_key(conn, uuid.UUID(key_id))
+    finally:
+        await engine.dispose()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="the API with its writer task group")
+    sub.add_parser("worker", help="writers only (scale-out)")
+    sub.add_parser("migrate", help="apply Alembic migrations")
+    sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command",
+                                                                 required=True)
+    create = keys.add_parser("create", help="create a key; prints it as the last line")
+    create.add_argument("--org", required=True)
+    create.add_argument("--scopes", required=True, help="comma list: ingest,read,verify,admin")
+    create.add_argument("--name", default="")
+    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--org")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    setup_logging(settings.log_level)
+    if args.command == "dev":
+        from app.devmode import run_dev
+
+        run_dev(settings)
+        return 0
+    if args.command == "serve":
+        serve(settings)
+        return 0
+    if not settings.database_url:
+        raise SystemExit("AUDIT_DATABASE_URL must be set")
+    if args.command == "migrate":
+        migrate(settings)
+    elif args.command == "worker":
+        require_urls(settings)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_worker(settings))
+    elif args.keys_command == "create":
+        try:
+            key = asyncio.run(keys_create(settings, args.org, args.scopes, args.name or args.org))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(key)
+    elif args.keys_command == "list":
+        asyncio.run(keys_list(settings, args.org))
+    elif args.keys_command == "revoke":
+        if not asyncio.run(keys_revoke(settings, args.key_id)):
+            print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    return 0

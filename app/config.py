@@ -1,0 +1,115 @@
+"""Settings: one env prefix (AUDIT_), read from the environment and `.env`; built on demand."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from functools import cached_property
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    secret: bytes
+
+
+def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
+    """Parse `id:base64secret[,id:base64secret...]`; the first key is the active one."""
+    keys: list[SigningKey] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key_id, sep, encoded = part.partition(":")
+        if not sep or not key_id:
+            raise ValueError("each signing key must look like id:base64secret")
+        try:
+            secret = base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"signing key {key_id!r} is not valid base64") from exc
+        if len(secret) < 16:
+            raise ValueError(f"signing key {key_id!r} must be at least 16 bytes")
+        if any(k.key_id == key_id for k in keys):
+            raise ValueError(f"signing key id {key_id!r} appears twice")
+        keys.append(SigningKey(key_id, secret))
+    return tuple(keys)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUDIT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = ""
+    redis_url: str = ""
+    signing_keys: str = Field(default="", repr=False)
+    db_pool_size: int = 10
+
+    # Stream layout; the prefix lets several deployments (or test runs) share one Redis.
+    stream_prefix: str = "audit"
+    consumer_group: str = "writers"
+
+    # Writer task group.
+    run_writers: bool = True
+    writers: int = Field(default=2, ge=0, le=64)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    claim_idle_ms: int = Field(default=30_000, ge=1)
+    claim_interval_ms: int = Field(default=5_000, ge=10)
+    max_deliveries: int = Field(default=5, ge=1)
+    retry_base_ms: int = Field(default=100, ge=1)
+    retry_max_ms: int = Field(default=5_000, ge=1)
+    breaker_threshold: int = Field(default=3, ge=1)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    # Ingest limits and backpressure.
+    max_queue_depth: int = Field(default=1_000_000, ge=1)
+    max_events_per_request: int = Field(default=10_000, ge=1)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_details_bytes: int = Field(default=64 * 1024, ge=64)
+    max_future_skew_s: int = Field(default=900, ge=0)
+    stream_entry_events: int = Field(default=500, ge=1, le=10_000)
+    depth_poll_ms: int = Field(default=100, ge=10)
+
+    # Auth.
+    auth_cache_seconds: float = Field(default=10.0, ge=0)
+    metrics_token: str = Field(default="", repr=False)
+
+    # Storage.
+    partitions_ahead_months: int = Field(default=3, ge=1, le=24)
+    require_noeviction: bool = True
+
+    log_level: str = "INFO"
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _check_signing_keys(cls, value: str) -> str:
+        parse_signing_keys(value)
+        return value
+
+    @cached_property
+    def signing_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.signing_keys)
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The plain `postgresql://` URL that asyncpg and libpq accept."""
+        return plain_postgres_url(self.database_url)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+asyncpg://" + self.asyncpg_dsn.split("://", 1)[1]
+
+
+def plain_postgres_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("database URL must look like postgresql://user@host:port/db")
+    if scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    return "postgresql://" + rest

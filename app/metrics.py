@@ -1,0 +1,75 @@
+"""Prometheus metrics of the pipeline, on a registry owned by one app or worker instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    accepted: Counter
+    persisted: Counter
+    rejected: Counter
+    dead_lettered: Counter
+    batch_size: Histogram
+    batch_write_seconds: Histogram
+    ingest_to_persist_seconds: Histogram
+    queue_depth: Gauge
+    circuit_open: Gauge
+    writer_errors: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        reg = registry or CollectorRegistry()
+        return cls(
+            registry=reg,
+            accepted=Counter(
+                "audit_events_accepted", "Events accepted (202) into the stream", registry=reg
+            ),
+            persisted=Counter(
+                "audit_events_persisted", "Events newly inserted into audit_log", registry=reg
+            ),
+            rejected=Counter(
+                "audit_events_rejected",
+                "Events refused at ingest, by reason",
+                ["reason"],
+                registry=reg,
+            ),
+            dead_lettered=Counter(
+                "audit_events_dead_lettered",
+                "Events or stream entries moved to the dead-letter stream",
+                registry=reg,
+            ),
+            batch_size=Histogram(
+                "audit_batch_size", "Events per committed batch", buckets=BATCH_BUCKETS,
+                registry=reg,
+            ),
+            batch_write_seconds=Histogram(
+                "audit_batch_write_seconds",
+                "Time to write and commit one batch",
+                buckets=SECONDS_BUCKETS,
+                registry=reg,
+            ),
+            ingest_to_persist_seconds=Histogram(
+                "audit_ingest_to_persist_seconds",
+                "From receipt by the API to commit, per stream entry (one request's events)",
+                buckets=SECONDS_BUCKETS,
+                registry=reg,
+            ),
+            queue_depth=Gauge(
+                "audit_queue_depth", "Events accepted and not yet persisted", registry=reg
+            ),
+            circuit_open=Gauge(
+                "audit_circuit_open", "1 while writers have stopped reading (database down)",
+                registry=reg,
+            ),
+            writer_errors=Counter(
+                "audit_writer_errors", "Errors caught by writer loops", ["stage"], registry=reg
+            ),
+        )

@@ -1,0 +1,72 @@
+"""SQLAlchemy table definitions used for queries. The DDL itself lives in Alembic migrations
+(partitioning is written there by hand)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("event_id", Uuid(as_uuid=True), nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("organization_id", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("principal_id", Text, nullable=False),
+    Column("principal_type", Text),
+    Column("target_resource_type", Text),
+    Column("target_resource_id", Text),
+    Column("patient_id", Text),
+    Column("data_classification", Text, nullable=False),
+    Column("purpose_of_use", Text),
+    Column("break_glass", Boolean, nullable=False),
+    Column("outcome_description", Text),
+    Column("correlation_id", Text),
+    Column("session_id", Text),
+    Column("ip_address", Text),
+    Column("user_agent", Text),
+    Column("details", JSON(none_as_null=True)),
+    Column("priority", Text, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("key_id", Text, nullable=False),
+)
+
+# Column order of audit_log, which the writer's COPY follows.
+AUDIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in audit_log.columns)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Uuid(as_uuid=True), primary_key=True),
+    Column("organization_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("key_prefix", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)

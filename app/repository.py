@@ -1,0 +1,189 @@
+"""All SQL outside the writer's COPY path: partitions, API keys, event queries."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, and_, func, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.models import api_keys, audit_log
+
+
+async def ensure_partitions(engine: AsyncEngine, months_ahead: int) -> int:
+    """Create the monthly partitions from this month through `months_ahead`; returns how many."""
+    async with engine.begin() as conn:
+        created = await conn.scalar(
+            text("SELECT audit_ensure_partitions(:ahead)"), {"ahead": months_ahead}
+        )
+    return int(created or 0)
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: uuid.UUID
+    organization_id: str
+    name: str
+    scopes: tuple[str, ...]
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _key_record(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id,
+        organization_id=row.organization_id,
+        name=row.name,
+        scopes=tuple(row.scopes),
+        key_prefix=row.key_prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def insert_api_key(
+    conn: AsyncConnection,
+    *,
+    organization_id: str,
+    name: str,
+    scopes: list[str],
+    key_hash: bytes,
+    key_prefix: str,
+) -> uuid.UUID:
+    key_id = uuid.uuid4()
+    await conn.execute(
+        api_keys.insert().values(
+            id=key_id,
+            organization_id=organization_id,
+            name=name,
+            scopes=scopes,
+            key_hash=key_hash,
+            key_prefix=key_prefix,
+            created_at=datetime.now(UTC),
+        )
+    )
+    return key_id
+
+
+async def active_key_by_hash(conn: AsyncConnection, key_hash: bytes) -> ApiKeyRecord | None:
+    row = (
+        await conn.execute(
+            select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        )
+    ).first()
+    return _key_record(row) if row else None
+
+
+async def list_api_keys(conn: AsyncConnection, organization_id: str | None) -> list[ApiKeyRecord]:
+    query = select(api_keys).order_by(api_keys.c.organization_id, api_keys.c.created_at)
+    if organization_id is not None:
+        query = query.where(api_keys.c.organization_id == organization_id)
+    return [_key_record(row) for row in await conn.execute(query)]
+
+
+async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return bool(result.rowcount)
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    organization_id: str
+    start: datetime | None = None
+    end: datetime | None = None
+    principal_id: str | None = None
+    action: str | None = None
+    status: str | None = None
+    data_classification: str | None = None
+    target_resource_type: str | None = None
+    target_resource_id: str | None = None
+    patient_id: str | None = None
+    limit: int = 100
+    after: tuple[datetime, uuid.UUID] | None = None  # keyset position, newest first
+
+
+EQUALITY_FILTERS = (
+    "principal_id",
+    "action",
+    "status",
+    "data_classification",
+    "target_resource_type",
+    "target_resource_id",
+    "patient_id",
+)
+
+
+def _event_select(query: EventQuery) -> Select[Any]:
+    c = audit_log.c
+    conditions = [c.organization_id == query.organization_id]
+    for name in EQUALITY_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(c[name] == value)
+    if query.start is not None:
+        conditions.append(c.timestamp >= query.start)
+    if query.end is not None:
+        conditions.append(c.timestamp < query.end)
+    if query.after is not None:
+        conditions.append(tuple_(c.timestamp, c.event_id) < tuple_(*query.after))
+    return (
+        select(audit_log)
+        .where(and_(*conditions))
+        .order_by(c.timestamp.desc(), c.event_id.desc())
+        .limit(query.limit + 1)
+    )
+
+
+def event_row_to_dict(row: Any) -> dict[str, Any]:
+    """A stored row as the API shows it: hashes hex, session fields nested, details parsed."""
+    values = dict(row._mapping)
+    session = {k: values.pop(k) for k in ("session_id", "ip_address", "user_agent")}
+    values["session_context"] = session if any(v is not None for v in session.values()) else None
+    details = values["details"]
+    values["details"] = orjson.loads(details) if isinstance(details, str | bytes) else details
+    values["hash"] = bytes(values["hash"]).hex()
+    values["signature"] = bytes(values["signature"]).hex()
+    return values
+
+
+async def query_events(conn: AsyncConnection, query: EventQuery) -> tuple[list[Any], bool]:
+    """One page of rows, newest first, and whether more follow."""
+    rows = list(await conn.execute(_event_select(query)))
+    return rows[: query.limit], len(rows) > query.limit
+
+
+async def get_event(
+    conn: AsyncConnection, organization_id: str, event_id: uuid.UUID
+) -> Any | None:
+    return (
+        await conn.execute(
+            select(audit_log)
+            .where(audit_log.c.event_id == event_id, audit_log.c.organization_id == organization_id)
+            .order_by(audit_log.c.timestamp)
+            .limit(1)
+        )
+    ).first()
+
+
+async def count_events(conn: AsyncConnection, organization_id: str) -> int:
+    total = await conn.scalar(
+        select(func.count()).select_from(audit_log).where(
+            audit_log.c.organization_id == organization_id
+        )
+    )
+    return int(total or 0)

@@ -1,0 +1,151 @@
+"""POST /events and /events/bulk: validate, queue in the stream, answer 202."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, NoReturn
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from app.auth import Caller, require_scope
+from app.errors import (
+    ApiError,
+    Backpressure,
+    InvalidEvents,
+    MalformedJson,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    describe_validation_errors,
+)
+from app.integrity import format_timestamp
+from app.main_state import resources
+from app.schemas import EVENT_LIST, Accepted, BulkAccepted, ErrorResponse, EventIn
+
+router = APIRouter(tags=["ingest"])
+Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)
+}
+EVENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {}}}}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("send events as application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _raise_for(exc: ValidationError) -> NoReturn:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        raise MalformedJson("request body is not valid JSON")
+    details = describe_validation_errors(errors)
+    if any(e["type"] == "details_too_large" for e in errors):
+        raise PayloadTooLarge("an event's details is over the size limit", details=details)
+    raise InvalidEvents("events are invalid; nothing was accepted", details=details)
+
+
+def check_times(events: list[EventIn], max_skew_s: int, bulk: bool) -> None:
+    latest = datetime.now(UTC) + timedelta(seconds=max_skew_s)
+    bad = [
+        {
+            **({"index": i} if bulk else {}),
+            "field": "timestamp",
+            "type": "timestamp_in_future",
+            "message": f"timestamp is more than {max_skew_s} s in the future",
+        }
+        for i, event in enumerate(events)
+        if event.timestamp is not None and event.timestamp > latest
+    ]
+    if bad:
+        raise InvalidEvents("events are invalid; nothing was accepted", details=bad)
+
+
+async def accept(
+    request: Request, caller: Caller, events: list[EventIn], *, bulk: bool
+) -> list[str]:
+    """Queue validated events; all of them or, on any refusal, none."""
+    res = resources(request)
+    settings = res.settings
+    check_times(events, settings.max_future_skew_s, bulk=bulk)
+    if res.queued_events + len(events) > settings.max_queue_depth:
+        raise Backpressure(
+            "the queue is full; retry later", headers={"Retry-After": "1"}
+        )
+    received_at = format_timestamp(datetime.now(UTC))
+    records = [event.to_record(caller.organization_id, received_at) for event in events]
+    try:
+        await res.stream.enqueue(records, settings.stream_entry_events)
+    except RedisError as exc:
+        raise Unavailable("the queue is unreachable; retry later",
+                          headers={"Retry-After": "1"}) from exc
+    res.queued_events += len(records)
+    res.metrics.accepted.inc(len(records))
+    return [record["event_id"] for record in records]
+
+
+def _count_rejection(request: Request, exc: ApiError) -> None:
+    resources(request).metrics.rejected.labels(reason=exc.code).inc()
+
+
+@router.post(
+    "/events", status_code=202, response_model=Accepted, responses=ERRORS,
+    openapi_extra=EVENT_BODY, summary="Record one audit event",
+)
+async def post_event(request: Request, caller: Ingestor) -> Response:
+    try:
+        body = await read_body(request, resources(request).settings.max_request_bytes)
+        try:
+            event = EventIn.model_validate_json(body, strict=True, context=_context(request))
+        except ValidationError as exc:
+            _raise_for(exc)
+        ids = await accept(request, caller, [event], bulk=False)
+    except ApiError as exc:
+        _count_rejection(request, exc)
+        raise
+    return Response(orjson.dumps({"event_id": ids[0]}), 202, media_type="application/json")
+
+
+@router.post(
+    "/events/bulk", status_code=202, response_model=BulkAccepted, responses=ERRORS,
+    openapi_extra=EVENT_BODY, summary="Record a JSON array of audit events, all or nothing",
+)
+async def post_bulk(request: Request, caller: Ingestor) -> Response:
+    settings = resources(request).settings
+    try:
+        body = await read_body(request, settings.max_request_bytes)
+        try:
+            events = EVENT_LIST.validate_json(body, strict=True, context=_context(request))
+        except ValidationError as exc:
+            _raise_for(exc)
+        if not events:
+            raise InvalidEvents("send at least one event")
+        if len(events) > settings.max_events_per_request:
+            raise PayloadTooLarge(
+                f"{len(events)} events; the limit is {settings.max_events_per_request}"
+            )
+        ids = await accept(request, caller, events, bulk=True)
+    except ApiError as exc:
+        _count_rejection(request, exc)
+        raise
+    body_out = orjson.dumps({"accepted": len(ids), "event_ids": ids})
+    return Response(body_out, 202, media_type="application/json")
+
+
+def _context(request: Request) -> dict[str, int]:
+    return {"max_details_bytes": resources(request).settings.max_details_bytes}

@@ -1,0 +1,219 @@
+"""Request and response models: the v1 event, bulk answers, queries, queue stats, errors."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.integrity import format_timestamp
+
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
+LongText = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
+Action = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+    ),
+]
+Status = Literal["attempt", "success", "failure"]
+Classification = Literal["PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI"]
+Priority = Literal["normal", "high"]
+Scope = Literal["ingest", "read", "verify", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("ingest", "read", "verify", "admin")
+DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
+
+
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits, so ids sort by time."""
+    unix_ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (unix_ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b
+    return uuid.UUID(int=value)
+
+
+class SessionContext(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    session_id: Identifier | None = None
+    ip_address: IPvAnyAddress | None = None
+    user_agent: LongText | None = None
+
+
+class EventIn(BaseModel):
+    """One audit event as a client sends it. Unknown fields are rejected, never dropped."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    action: Action
+    status: Status
+    principal_id: Identifier
+    event_id: uuid.UUID | None = None
+    timestamp: AwareDatetime | None = None
+    principal_type: Identifier | None = None
+    target_resource_type: Identifier | None = None
+    target_resource_id: Identifier | None = None
+    patient_id: Identifier | None = None
+    data_classification: Classification = "INTERNAL"
+    purpose_of_use: Identifier | None = None
+    break_glass: bool = False
+    outcome_description: LongText | None = None
+    correlation_id: Identifier | None = None
+    session_context: SessionContext | None = None
+    details: dict[str, Any] | None = None
+    priority: Priority = "normal"
+
+    @field_validator("details")
+    @classmethod
+    def _details_fit(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        limit = (info.context or {}).get("max_details_bytes", DEFAULT_MAX_DETAILS_BYTES)
+        try:
+            size = len(orjson.dumps(value))
+        except TypeError as exc:
+            raise PydanticCustomError(
+                "details_unencodable", "details holds a value JSON cannot carry: {reason}",
+                {"reason": str(exc)},
+            ) from exc
+        if size > limit:
+            raise PydanticCustomError(
+                "details_too_large",
+                "details is {size} bytes encoded; the limit is {limit}",
+                {"size": size, "limit": limit},
+            )
+        return value
+
+    def to_record(self, organization_id: str, received_at: str) -> dict[str, Any]:
+        """The stored, canonical record (see app.integrity) with server-filled defaults."""
+        session = self.session_context
+        return {
+            "action": self.action,
+            "break_glass": self.break_glass,
+            "correlation_id": self.correlation_id,
+            "data_classification": self.data_classification,
+            "details": self.details,
+            "event_id": str(self.event_id or new_event_id()),
+            "ip_address": str(session.ip_address) if session and session.ip_address else None,
+            "organization_id": organization_id,
+            "outcome_description": self.outcome_description,
+            "patient_id": self.patient_id,
+            "principal_id": self.principal_id,
+            "principal_type": self.principal_type,
+            "priority": self.priority,
+            "purpose_of_use": self.purpose_of_use,
+            "received_at": received_at,
+            "session_id": session.session_id if session else None,
+            "status": self.status,
+            "target_resource_id": self.target_resource_id,
+            "target_resource_type": self.target_resource_type,
+            "timestamp": format_timestamp(self.timestamp) if self.timestamp else received_at,
+            "user_agent": session.user_agent if session else None,
+        }
+
+
+EVENT_LIST = TypeAdapter(list[EventIn])
+
+
+class Accepted(BaseModel):
+    event_id: uuid.UUID
+
+
+class BulkAccepted(BaseModel):
+    accepted: int
+    event_ids: list[uuid.UUID]
+
+
+class SessionContextOut(BaseModel):
+    session_id: str | None
+    ip_address: str | None
+    user_agent: str | None
+
+
+class EventOut(BaseModel):
+    event_id: uuid.UUID
+    timestamp: datetime
+    received_at: datetime
+    organization_id: str
+    action: str
+    status: str
+    principal_id: str
+    principal_type: str | None
+    target_resource_type: str | None
+    target_resource_id: str | None
+    patient_id: str | None
+    data_classification: str
+    purpose_of_use: str | None
+    break_glass: bool
+    outcome_description: str | None
+    correlation_id: str | None
+    session_context: SessionContextOut | None
+    details: dict[str, Any] | None
+    priority: str
+    hash: str = Field(description="SHA-256 of the canonical form, hex")
+    signature: str = Field(description="HMAC-SHA256 of the raw hash, hex")
+    key_id: str
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class EventFilters(BaseModel):
+    """Query parameters of GET /events; unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    principal_id: Identifier | None = None
+    action: Action | None = None
+    status: Status | None = None
+    data_classification: Classification | None = None
+    target_resource_type: Identifier | None = None
+    target_resource_id: Identifier | None = None
+    patient_id: Identifier | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+class QueueStats(BaseModel):
+    waiting: int = Field(description="stream entries not yet delivered to a writer")
+    pending: int = Field(description="stream entries delivered but not yet acknowledged")
+    queued_events: int = Field(description="events accepted and not yet persisted")
+    dead_letter: int
+    persisted_total: int
+    consumers: int
+    oldest_pending_age_ms: int | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

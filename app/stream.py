@@ -1,0 +1,280 @@
+"""Everything Redis streams: enqueue, read, claim, settle (ack + dead-letter), stats.
+
+Two streams carry events, `high` and `normal`; writers drain `high` first. An entry holds up to
+`stream_entry_events` canonical records as one JSON array. A counter beside the streams holds
+the number of events accepted and not yet settled: the queue depth that backpressure reads.
+All keys share one hash tag so the Lua scripts stay on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+Priority = Literal["high", "normal"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal")
+HEARTBEAT_TTL_MS = 30_000
+
+# KEYS: high, normal, depth, dead, persisted.
+# ARGV: group, persisted_count, n_entries, then per entry: stream index (1|2), id, events,
+#       n_dead, then per dead item: error, payload, deliveries.
+# An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
+# redelivered entry is counted once.
+_SETTLE_LUA = """
+local group = ARGV[1]
+redis.call('INCRBY', KEYS[5], tonumber(ARGV[2]))
+local n = tonumber(ARGV[3])
+local i = 4
+local settled = 0
+for _ = 1, n do
+  local key = KEYS[tonumber(ARGV[i])]
+  local id = ARGV[i + 1]
+  local events = tonumber(ARGV[i + 2])
+  local n_dead = tonumber(ARGV[i + 3])
+  local acked = redis.call('XACK', key, group, id)
+  i = i + 4
+  if acked == 1 then
+    redis.call('XDEL', key, id)
+    settled = settled + events
+  end
+  for _ = 1, n_dead do
+    if acked == 1 then
+      redis.call('XADD', KEYS[4], '*', 'source', key, 'id', id, 'error', ARGV[i],
+                 'payload', ARGV[i + 1], 'deliveries', ARGV[i + 2])
+    end
+    i = i + 3
+  end
+end
+if settled > 0 then
+  redis.call('DECRBY', KEYS[3], settled)
+end
+return settled
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKeys:
+    high: str
+    normal: str
+    depth: str
+    dead: str
+    persisted: str
+    heartbeat: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> StreamKeys:
+        tag = "{" + prefix + "}"
+        return cls(
+            high=f"{tag}:events:high",
+            normal=f"{tag}:events:normal",
+            depth=f"{tag}:queued-events",
+            dead=f"{tag}:dead-letter",
+            persisted=f"{tag}:persisted-total",
+            heartbeat=f"{tag}:writer-heartbeat",
+        )
+
+    def stream(self, priority: Priority) -> str:
+        return self.high if priority == "high" else self.normal
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry as a writer received it."""
+
+    priority: Priority
+    entry_id: str
+    payload: bytes
+    events: int
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadItem:
+    error: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What to record in Redis for one entry once its events are committed or dead-lettered."""
+
+    entry: Entry
+    dead: tuple[DeadItem, ...] = ()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_age_ms(entry_id: str, now_ms: int | None = None) -> int:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return max(0, now_ms - int(entry_id.split("-", 1)[0]))
+
+
+class EventStream:
+    def __init__(self, client: redis.Redis, keys: StreamKeys, group: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self._settle = client.register_script(_SETTLE_LUA)
+
+    async def ensure_group(self) -> None:
+        for key in (self.keys.high, self.keys.normal):
+            try:
+                await self.client.xgroup_create(key, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def enqueue(self, records: Sequence[dict[str, Any]], chunk: int) -> None:
+        """Append records in one MULTI: all of a request is queued, or none of it."""
+        pipe = self.client.pipeline(transaction=True)
+        for priority in PRIORITIES:
+            batch = [r for r in records if r["priority"] == priority]
+            for start in range(0, len(batch), chunk):
+                part = batch[start : start + chunk]
+                fields: dict[Any, Any] = {"n": len(part), "e": orjson.dumps(part)}
+                pipe.xadd(self.keys.stream(priority), fields)
+        pipe.incrby(self.keys.depth, len(records))
+        await pipe.execute()
+
+    async def queued_events(self) -> int:
+        value = await self.client.get(self.keys.depth)
+        return int(value) if value else 0
+
+    async def read(
+        self, client: redis.Redis, consumer: str, count: int, block_ms: int | None
+    ) -> list[Entry]:
+        """New entries for `consumer`, `high` first; blocks up to `block_ms` when both are empty."""
+        entries: list[Entry] = []
+        for priority in PRIORITIES:
+            if len(entries) >= count:
+                break
+            reply = await client.xreadgroup(
+                self.group, consumer, {self.keys.stream(priority): ">"}, count=count - len(entries)
+            )
+            entries.extend(self._entries(reply))
+        if entries or block_ms is None:
+            return entries
+        reply = await client.xreadgroup(
+            self.group,
+            consumer,
+            {self.keys.high: ">", self.keys.normal: ">"},
+            count=count,
+            block=block_ms,
+        )
+        return self._entries(reply)
+
+    def _entries(self, reply: Any) -> list[Entry]:
+        entries: list[Entry] = []
+        for stream_name, items in reply or []:
+            priority: Priority = "high" if _text(stream_name) == self.keys.high else "normal"
+            for entry_id, fields in items:
+                entries.append(self._entry(priority, _text(entry_id), fields))
+        return entries
+
+    @staticmethod
+    def _entry(priority: Priority, entry_id: str, fields: dict[bytes, bytes]) -> Entry:
+        try:
+            events = int(fields.get(b"n", b"0"))
+        except ValueError:
+            events = 0
+        return Entry(priority, entry_id, fields.get(b"e", b""), events)
+
+    async def claim(
+        self, consumer: str, min_idle_ms: int, cursors: dict[Priority, str], count: int
+    ) -> list[Entry]:
+        """XAUTOCLAIM entries idle too long, with their delivery counts; advances `cursors`."""
+        claimed: list[Entry] = []
+        for priority in PRIORITIES:
+            key = self.keys.stream(priority)
+            reply = await self.client.xautoclaim(
+                key, self.group, consumer, min_idle_ms, start_id=cursors[priority], count=count
+            )
+            cursors[priority] = _text(reply[0])
+            entries = [self._entry(priority, _text(i), f) for i, f in reply[1] if f is not None]
+            if not entries:
+                continue
+            pending = await self.client.xpending_range(
+                key, self.group, min=entries[0].entry_id, max=entries[-1].entry_id,
+                count=len(entries) * 2 + 10, consumername=consumer,
+            )
+            deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+            for entry in entries:
+                entry.deliveries = deliveries.get(entry.entry_id, entry.deliveries)
+            claimed.extend(entries)
+        return claimed
+
+    async def settle(self, settlements: Iterable[Settlement], persisted: int) -> int:
+        """Ack (and delete) entries, dead-letter their poison items, update the counters."""
+        args: list[Any] = [self.group, persisted, 0]
+        count = 0
+        for item in settlements:
+            entry = item.entry
+            index = 1 if entry.priority == "high" else 2
+            args += [index, entry.entry_id, entry.events, len(item.dead)]
+            for dead in item.dead:
+                args += [dead.error, dead.payload, entry.deliveries]
+            count += 1
+        args[2] = count
+        keys = [self.keys.high, self.keys.normal, self.keys.depth, self.keys.dead,
+                self.keys.persisted]
+        return int(await self._settle(keys=keys, args=args))
+
+    async def beat(self, consumer: str) -> None:
+        await self.client.set(self.keys.heartbeat, consumer, px=HEARTBEAT_TTL_MS)
+
+    async def writer_alive(self) -> bool:
+        return bool(await self.client.exists(self.keys.heartbeat))
+
+    async def remove_consumer(self, consumer: str) -> None:
+        """Drop a consumer from the group once it holds nothing pending."""
+        for key in (self.keys.high, self.keys.normal):
+            summary = await self.client.xpending_range(
+                key, self.group, min="-", max="+", count=1, consumername=consumer
+            )
+            if not summary:
+                await self.client.xgroup_delconsumer(key, self.group, consumer)
+
+    async def stats(self) -> dict[str, Any]:
+        waiting = pending = 0
+        consumers: set[str] = set()
+        oldest: int | None = None
+        for key in (self.keys.high, self.keys.normal):
+            for group in await self.client.xinfo_groups(key):
+                if _text(group["name"]) != self.group:
+                    continue
+                waiting += int(group.get("lag") or 0)
+                pending += int(group["pending"])
+            for info in await self.client.xinfo_consumers(key, self.group):
+                consumers.add(_text(info["name"]))
+            first = await self.client.xpending_range(key, self.group, min="-", max="+", count=1)
+            if first:
+                age = entry_age_ms(_text(first[0]["message_id"]))
+                oldest = age if oldest is None else max(oldest, age)
+        persisted = await self.client.get(self.keys.persisted)
+        return {
+            "waiting": waiting,
+            "pending": pending,
+            "queued_events": await self.queued_events(),
+            "dead_letter": await self.client.xlen(self.keys.dead),
+            "persisted_total": int(persisted) if persisted else 0,
+            "consumers": len(consumers),
+            "oldest_pending_age_ms": oldest,
+        }
+
+
+async def eviction_policy(client: redis.Redis) -> str | None:
+    """Redis's maxmemory-policy, or None when CONFIG is not allowed (managed services)."""
+    try:
+        reply = await client.config_get("maxmemory-policy")
+    except ResponseError:
+        return None
+    value = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")
+    return _text(value) if value is not None else None

@@ -1,0 +1,82 @@
+"""The writer task group: N batch writers plus partition upkeep, with a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import repository
+from app.config import Settings
+from app.metrics import Metrics
+from app.stream import EventStream
+from app.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
+
+log = logging.getLogger("app.workers")
+PARTITION_INTERVAL_S = 24 * 3600
+
+
+class WriterGroup:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, stream: EventStream, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stream = stream
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(settings.breaker_threshold, metrics)
+        self.writers = [
+            BatchWriter(settings, stream, metrics, self.breaker, consumer_name(i))
+            for i in range(settings.writers)
+        ]
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if not self.settings.signing_key_ring:
+            raise RuntimeError("AUDIT_SIGNING_KEYS is empty: writers cannot sign events")
+        self._tasks = [
+            asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}")
+            for w in self.writers
+        ]
+        self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
+        log.info("started %d writers", len(self.writers))
+
+    async def _partition_upkeep(self) -> None:
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                created = await repository.ensure_partitions(
+                    self.engine, self.settings.partitions_ahead_months
+                )
+                if created:
+                    log.info("created %d audit_log partitions", created)
+                attempt, delay = 0, float(PARTITION_INTERVAL_S)
+            except Exception as exc:
+                attempt += 1
+                self.metrics.writer_errors.labels(stage="partitions").inc()
+                log.warning("partition upkeep failed: %s", type(exc).__name__)
+                delay = backoff_seconds(attempt, 1000, 300_000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+
+    async def stop(self) -> None:
+        """Let in-flight batches commit and ack; cancel what is still running after the grace
+        period (its entries stay pending and are reclaimed by another writer)."""
+        self.stopping.set()
+        if not self._tasks:
+            return
+        done, running = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+        for task in running:
+            task.cancel()
+        if running:
+            log.warning("cancelled %d writer tasks after the grace period", len(running))
+            await asyncio.gather(*running, return_exceptions=True)
+        for writer in self.writers:
+            await writer.close()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("writer task ended with %r", task.exception())
+        self._tasks = []
