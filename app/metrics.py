@@ -47,7 +47,9 @@ class Metrics:
                 registry=reg,
             ),
             batch_size=Histogram(
-                "audit_batch_size", "Events per committed batch", buckets=BATCH_BUCKETS,
+                "audit_batch_size",
+                "Events per committed batch",
+                buckets=BATCH_BUCKETS,
                 registry=reg,
             ),
             batch_write_seconds=Histogram(
@@ -66,7 +68,8 @@ class Metrics:
                 "audit_queue_depth", "Events accepted and not yet persisted", registry=reg
             ),
             circuit_open=Gauge(
-                "audit_circuit_open", "1 while writers have stopped reading (database down)",
+                "audit_circuit_open",
+                "1 while writers have stopped reading (database down)",
                 registry=reg,
             ),
             writer_errors=Counter(

@@ -167,9 +167,7 @@ async def query_events(conn: AsyncConnection, query: EventQuery) -> tuple[list[A
     return rows[: query.limit], len(rows) > query.limit
 
 
-async def get_event(
-    conn: AsyncConnection, organization_id: str, event_id: uuid.UUID
-) -> Any | None:
+async def get_event(conn: AsyncConnection, organization_id: str, event_id: uuid.UUID) -> Any | None:
     return (
         await conn.execute(
             select(audit_log)
@@ -182,8 +180,8 @@ async def get_event(
 
 async def count_events(conn: AsyncConnection, organization_id: str) -> int:
     total = await conn.scalar(
-        select(func.count()).select_from(audit_log).where(
-            audit_log.c.organization_id == organization_id
-        )
+        select(func.count())
+        .select_from(audit_log)
+        .where(audit_log.c.organization_id == organization_id)
     )
     return int(total or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -53,6 +54,16 @@ def new_event_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 class SessionContext(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -91,12 +102,19 @@ class EventIn(BaseModel):
             return None
         limit = (info.context or {}).get("max_details_bytes", DEFAULT_MAX_DETAILS_BYTES)
         try:
-            size = len(orjson.dumps(value))
+            encoded = orjson.dumps(value)
         except TypeError as exc:
             raise PydanticCustomError(
-                "details_unencodable", "details holds a value JSON cannot carry: {reason}",
+                "details_unencodable",
+                "details holds a value JSON cannot carry: {reason}",
                 {"reason": str(exc)},
             ) from exc
+        # orjson writes a non-finite float as null; only then is the walk worth its cost.
+        if b"null" in encoded and _has_non_finite(value):
+            raise PydanticCustomError(
+                "details_unencodable", "details holds a number out of the float range"
+            )
+        size = len(encoded)
         if size > limit:
             raise PydanticCustomError(
                 "details_too_large",

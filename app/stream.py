@@ -108,8 +108,8 @@ class Settlement:
     dead: tuple[DeadItem, ...] = ()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def entry_age_ms(entry_id: str, now_ms: int | None = None) -> int:
@@ -202,8 +202,12 @@ class EventStream:
             if not entries:
                 continue
             pending = await self.client.xpending_range(
-                key, self.group, min=entries[0].entry_id, max=entries[-1].entry_id,
-                count=len(entries) * 2 + 10, consumername=consumer,
+                key,
+                self.group,
+                min=entries[0].entry_id,
+                max=entries[-1].entry_id,
+                count=len(entries) * 2 + 10,
+                consumername=consumer,
             )
             deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
             for entry in entries:
@@ -223,8 +227,13 @@ class EventStream:
                 args += [dead.error, dead.payload, entry.deliveries]
             count += 1
         args[2] = count
-        keys = [self.keys.high, self.keys.normal, self.keys.depth, self.keys.dead,
-                self.keys.persisted]
+        keys = [
+            self.keys.high,
+            self.keys.normal,
+            self.keys.depth,
+            self.keys.dead,
+            self.keys.persisted,
+        ]
         return int(await self._settle(keys=keys, args=args))
 
     async def beat(self, consumer: str) -> None:
@@ -276,5 +285,7 @@ async def eviction_policy(client: redis.Redis) -> str | None:
         reply = await client.config_get("maxmemory-policy")
     except ResponseError:
         return None
-    value = reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy")
-    return _text(value) if value is not None else None
+    for name, value in reply.items():
+        if _text(name) == "maxmemory-policy":
+            return _text(value)
+    return None

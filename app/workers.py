@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -12,6 +11,7 @@ from app import repository
 from app.config import Settings
 from app.metrics import Metrics
 from app.stream import EventStream
+from app.tasks import stop_tasks, wait_or_stop
 from app.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
 
 log = logging.getLogger("app.workers")
@@ -38,8 +38,7 @@ class WriterGroup:
         if not self.settings.signing_key_ring:
             raise RuntimeError("AUDIT_SIGNING_KEYS is empty: writers cannot sign events")
         self._tasks = [
-            asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}")
-            for w in self.writers
+            asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}") for w in self.writers
         ]
         self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
         log.info("started %d writers", len(self.writers))
@@ -59,24 +58,13 @@ class WriterGroup:
                 self.metrics.writer_errors.labels(stage="partitions").inc()
                 log.warning("partition upkeep failed: %s", type(exc).__name__)
                 delay = backoff_seconds(attempt, 1000, 300_000)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            await wait_or_stop(self.stopping, delay)
 
     async def stop(self) -> None:
         """Let in-flight batches commit and ack; cancel what is still running after the grace
         period (its entries stay pending and are reclaimed by another writer)."""
         self.stopping.set()
-        if not self._tasks:
-            return
-        done, running = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
-        for task in running:
-            task.cancel()
-        if running:
-            log.warning("cancelled %d writer tasks after the grace period", len(running))
-            await asyncio.gather(*running, return_exceptions=True)
+        await stop_tasks(self._tasks, self.settings.shutdown_grace_s)
         for writer in self.writers:
             await writer.close()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("writer task ended with %r", task.exception())
         self._tasks = []

@@ -28,7 +28,7 @@ from app.db import connect_raw
 from app.integrity import event_hash, parse_timestamp, sign_hash
 from app.metrics import Metrics
 from app.models import AUDIT_COLUMNS
-from app.stream import DeadItem, Entry, EventStream, Settlement
+from app.stream import DeadItem, Entry, EventStream, Priority, Settlement
 
 log = logging.getLogger("app.writer")
 
@@ -37,7 +37,6 @@ STAGE_DDL = (
     "ON COMMIT DELETE ROWS"
 )
 INSERT_FROM_STAGE = "INSERT INTO audit_log SELECT * FROM audit_stage ON CONFLICT DO NOTHING"
-READ_BLOCK_MS = 1000
 MAX_READ_COUNT = 256
 POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})  # data, integrity, program limit
 
@@ -110,8 +109,9 @@ def plan_batch(entries: Sequence[Entry], key: SigningKey, max_deliveries: int) -
             try:
                 plan.rows.append(PendingRow(index, record, record_row(record, key)))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                plan.kill(index, f"invalid record: {type(exc).__name__}: {exc}",
-                          orjson.dumps(record))
+                plan.kill(
+                    index, f"invalid record: {type(exc).__name__}: {exc}", orjson.dumps(record)
+                )
     return plan
 
 
@@ -143,16 +143,16 @@ class CircuitBreaker:
             self._closed.clear()
             self._metrics.circuit_open.set(1)
 
-    async def wait_closed(self, timeout: float) -> None:
+    async def wait_closed(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self._closed.wait(), timeout)
+            await asyncio.wait_for(self._closed.wait(), seconds)
         except TimeoutError:
             pass  # let this writer probe the database with a new batch
 
 
 def backoff_seconds(attempt: int, base_ms: int, cap_ms: int) -> float:
     """Exponential backoff with jitter: a random point in the upper half of the window."""
-    window = min(cap_ms, base_ms * 2 ** min(attempt, 30)) / 1000
+    window: float = min(cap_ms, base_ms * 2 ** min(attempt, 30)) / 1000
     return window * random.uniform(0.5, 1.0)
 
 
@@ -175,7 +175,7 @@ class BatchWriter:
         self.breaker = breaker
         self.name = name
         self._conn: asyncpg.Connection | None = None
-        self._claim_cursors = {"high": "0-0", "normal": "0-0"}
+        self._claim_cursors: dict[Priority, str] = {"high": "0-0", "normal": "0-0"}
         self._next_claim = 0.0
         self._next_beat = 0.0
         self._events_per_entry = 1.0
@@ -195,8 +195,9 @@ class BatchWriter:
                 self.metrics.writer_errors.labels(stage="cycle").inc()
                 log.warning("writer %s cycle failed: %s", self.name, type(exc).__name__)
                 await asyncio.sleep(
-                    backoff_seconds(attempt, self.settings.retry_base_ms,
-                                    self.settings.retry_max_ms)
+                    backoff_seconds(
+                        attempt, self.settings.retry_base_ms, self.settings.retry_max_ms
+                    )
                 )
         await self.close()
 
@@ -224,7 +225,7 @@ class BatchWriter:
 
     async def collect(self, stopping: asyncio.Event) -> list[Entry]:
         """Entries for one batch: closed by size, or by the wait after its first entry."""
-        entries = await self._read(self.settings.batch_size, READ_BLOCK_MS)
+        entries = await self._read(self.settings.batch_size, self.settings.read_block_ms)
         if not entries:
             return entries
         events = sum(e.events for e in entries)
@@ -304,12 +305,17 @@ class BatchWriter:
                 attempt += 1
                 self.breaker.record_failure()
                 self.metrics.writer_errors.labels(stage="insert").inc()
-                log.warning("writer %s insert failed (%s), attempt %d",
-                            self.name, type(exc).__name__, attempt)
+                log.warning(
+                    "writer %s insert failed (%s), attempt %d",
+                    self.name,
+                    type(exc).__name__,
+                    attempt,
+                )
                 await self._drop_connection()
                 await asyncio.sleep(
-                    backoff_seconds(attempt, self.settings.retry_base_ms,
-                                    self.settings.retry_max_ms)
+                    backoff_seconds(
+                        attempt, self.settings.retry_base_ms, self.settings.retry_max_ms
+                    )
                 )
                 continue
             self.breaker.record_success()

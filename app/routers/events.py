@@ -41,9 +41,7 @@ async def list_events(
     return EventPage(items=items, next_cursor=next_cursor)
 
 
-@router.get(
-    "/events/{event_id}", response_model=EventOut, responses=ERRORS, summary="One event"
-)
+@router.get("/events/{event_id}", response_model=EventOut, responses=ERRORS, summary="One event")
 async def get_event(request: Request, caller: Reader, event_id: uuid.UUID) -> EventOut:
     async with resources(request).engine.connect() as conn:
         row = await repository.get_event(conn, caller.organization_id, event_id)

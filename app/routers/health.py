@@ -47,8 +47,10 @@ async def readyz(request: Request) -> Response:
         )
     )
     if all(v == "ok" for v in checks.values()):
-        return Response(b'{"status":"ready","checks":' + orjson.dumps(checks) + b"}",
-                        media_type="application/json")
+        return Response(
+            b'{"status":"ready","checks":' + orjson.dumps(checks) + b"}",
+            media_type="application/json",
+        )
     return error_response(503, "not_ready", "a dependency is failing", checks)
 
 

@@ -84,16 +84,15 @@ async def accept(
     settings = res.settings
     check_times(events, settings.max_future_skew_s, bulk=bulk)
     if res.queued_events + len(events) > settings.max_queue_depth:
-        raise Backpressure(
-            "the queue is full; retry later", headers={"Retry-After": "1"}
-        )
+        raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
     received_at = format_timestamp(datetime.now(UTC))
     records = [event.to_record(caller.organization_id, received_at) for event in events]
     try:
         await res.stream.enqueue(records, settings.stream_entry_events)
     except RedisError as exc:
-        raise Unavailable("the queue is unreachable; retry later",
-                          headers={"Retry-After": "1"}) from exc
+        raise Unavailable(
+            "the queue is unreachable; retry later", headers={"Retry-After": "1"}
+        ) from exc
     res.queued_events += len(records)
     res.metrics.accepted.inc(len(records))
     return [record["event_id"] for record in records]
@@ -104,8 +103,12 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
 
 
 @router.post(
-    "/events", status_code=202, response_model=Accepted, responses=ERRORS,
-    openapi_extra=EVENT_BODY, summary="Record one audit event",
+    "/events",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+    openapi_extra=EVENT_BODY,
+    summary="Record one audit event",
 )
 async def post_event(request: Request, caller: Ingestor) -> Response:
     try:
@@ -122,8 +125,12 @@ async def post_event(request: Request, caller: Ingestor) -> Response:
 
 
 @router.post(
-    "/events/bulk", status_code=202, response_model=BulkAccepted, responses=ERRORS,
-    openapi_extra=EVENT_BODY, summary="Record a JSON array of audit events, all or nothing",
+    "/events/bulk",
+    status_code=202,
+    response_model=BulkAccepted,
+    responses=ERRORS,
+    openapi_extra=EVENT_BODY,
+    summary="Record a JSON array of audit events, all or nothing",
 )
 async def post_bulk(request: Request, caller: Ingestor) -> Response:
     settings = resources(request).settings

