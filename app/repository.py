@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, func, select, text, tuple_, update
+from sqlalchemy import Select, and_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.models import api_keys, audit_log
@@ -167,21 +167,13 @@ async def query_events(conn: AsyncConnection, query: EventQuery) -> tuple[list[A
     return rows[: query.limit], len(rows) > query.limit
 
 
+def _event_by_id(organization_id: str, event_id: uuid.UUID) -> Select[Any]:
+    c = audit_log.c
+    return select(audit_log).where(c.event_id == event_id, c.organization_id == organization_id)
+
+
 async def get_event(conn: AsyncConnection, organization_id: str, event_id: uuid.UUID) -> Any | None:
-    return (
-        await conn.execute(
-            select(audit_log)
-            .where(audit_log.c.event_id == event_id, audit_log.c.organization_id == organization_id)
-            .order_by(audit_log.c.timestamp)
-            .limit(1)
-        )
-    ).first()
-
-
-async def count_events(conn: AsyncConnection, organization_id: str) -> int:
-    total = await conn.scalar(
-        select(func.count())
-        .select_from(audit_log)
-        .where(audit_log.c.organization_id == organization_id)
-    )
-    return int(total or 0)
+    """The event with this id; should a client have reused the id with another timestamp,
+    the earliest of them."""
+    rows = list(await conn.execute(_event_by_id(organization_id, event_id)))
+    return min(rows, key=lambda row: row.timestamp) if rows else None

@@ -221,8 +221,10 @@ class QueueStats(BaseModel):
     waiting: int = Field(description="stream entries not yet delivered to a writer")
     pending: int = Field(description="stream entries delivered but not yet acknowledged")
     queued_events: int = Field(description="events accepted and not yet persisted")
-    dead_letter: int
-    persisted_total: int
+    dead_letter: int = Field(description="entries in the dead-letter stream")
+    persisted_total: int = Field(
+        description="events settled as stored (accepted = persisted + dead-lettered + queued)"
+    )
     consumers: int
     oldest_pending_age_ms: int | None
 

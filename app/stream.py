@@ -22,16 +22,17 @@ PRIORITIES: tuple[Priority, ...] = ("high", "normal")
 HEARTBEAT_TTL_MS = 30_000
 
 # KEYS: high, normal, depth, dead, persisted.
-# ARGV: group, persisted_count, n_entries, then per entry: stream index (1|2), id, events,
-#       n_dead, then per dead item: error, payload, deliveries.
+# ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_dead, then per dead
+#       item: error, payload, deliveries, events.
 # An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
-# redelivered entry is counted once.
+# redelivered entry is counted once. Afterwards, for every accepted event:
+#   accepted = persisted-total + dead-lettered events + queued-events.
 _SETTLE_LUA = """
 local group = ARGV[1]
-redis.call('INCRBY', KEYS[5], tonumber(ARGV[2]))
-local n = tonumber(ARGV[3])
-local i = 4
+local n = tonumber(ARGV[2])
+local i = 3
 local settled = 0
+local dead_events = 0
 for _ = 1, n do
   local key = KEYS[tonumber(ARGV[i])]
   local id = ARGV[i + 1]
@@ -46,13 +47,15 @@ for _ = 1, n do
   for _ = 1, n_dead do
     if acked == 1 then
       redis.call('XADD', KEYS[4], '*', 'source', key, 'id', id, 'error', ARGV[i],
-                 'payload', ARGV[i + 1], 'deliveries', ARGV[i + 2])
+                 'payload', ARGV[i + 1], 'deliveries', ARGV[i + 2], 'events', ARGV[i + 3])
+      dead_events = dead_events + tonumber(ARGV[i + 3])
     end
-    i = i + 3
+    i = i + 4
   end
 end
 if settled > 0 then
   redis.call('DECRBY', KEYS[3], settled)
+  redis.call('INCRBY', KEYS[5], settled - dead_events)
 end
 return settled
 """
@@ -98,6 +101,7 @@ class Entry:
 class DeadItem:
     error: str
     payload: bytes
+    events: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +219,19 @@ class EventStream:
             claimed.extend(entries)
         return claimed
 
-    async def settle(self, settlements: Iterable[Settlement], persisted: int) -> int:
-        """Ack (and delete) entries, dead-letter their poison items, update the counters."""
-        args: list[Any] = [self.group, persisted, 0]
+    async def settle(self, settlements: Iterable[Settlement]) -> int:
+        """Ack (and delete) entries, dead-letter their poison items, update the counters.
+        Returns the number of events settled by this call."""
+        args: list[Any] = [self.group, 0]
         count = 0
         for item in settlements:
             entry = item.entry
             index = 1 if entry.priority == "high" else 2
             args += [index, entry.entry_id, entry.events, len(item.dead)]
             for dead in item.dead:
-                args += [dead.error, dead.payload, entry.deliveries]
+                args += [dead.error, dead.payload, entry.deliveries, dead.events]
             count += 1
-        args[2] = count
+        args[1] = count
         keys = [
             self.keys.high,
             self.keys.normal,
@@ -235,6 +240,21 @@ class EventStream:
             self.keys.persisted,
         ]
         return int(await self._settle(keys=keys, args=args))
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
+        """The oldest dead-letter entries, with their error (payloads left out)."""
+        reply: Any = await self.client.xrange(self.keys.dead, count=count)
+        return [
+            {
+                "id": _text(dead_id),
+                "source": _text(fields[b"source"]),
+                "entry_id": _text(fields[b"id"]),
+                "error": _text(fields[b"error"]),
+                "deliveries": int(fields[b"deliveries"]),
+                "events": int(fields[b"events"]),
+            }
+            for dead_id, fields in reply
+        ]
 
     async def beat(self, consumer: str) -> None:
         await self.client.set(self.keys.heartbeat, consumer, px=HEARTBEAT_TTL_MS)

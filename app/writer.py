@@ -83,8 +83,8 @@ class BatchPlan:
     rows: list[PendingRow] = field(default_factory=list)
     dead: dict[int, list[DeadItem]] = field(default_factory=dict)
 
-    def kill(self, entry_index: int, error: str, payload: bytes) -> None:
-        self.dead.setdefault(entry_index, []).append(DeadItem(error, payload))
+    def kill(self, entry_index: int, error: str, payload: bytes, events: int = 1) -> None:
+        self.dead.setdefault(entry_index, []).append(DeadItem(error, payload, events))
 
     def settlements(self) -> list[Settlement]:
         return [
@@ -96,14 +96,14 @@ def plan_batch(entries: Sequence[Entry], key: SigningKey, max_deliveries: int) -
     plan = BatchPlan(entries)
     for index, entry in enumerate(entries):
         if entry.deliveries > max_deliveries:
-            plan.kill(index, f"delivered {entry.deliveries} times", entry.payload)
+            plan.kill(index, f"delivered {entry.deliveries} times", entry.payload, entry.events)
             continue
         try:
             records = orjson.loads(entry.payload)
             if not isinstance(records, list):
                 raise TypeError("entry payload is not a JSON array")
         except (orjson.JSONDecodeError, TypeError) as exc:
-            plan.kill(index, f"unreadable entry: {exc}", entry.payload)
+            plan.kill(index, f"unreadable entry: {exc}", entry.payload, entry.events)
             continue
         for record in records:
             try:
@@ -254,7 +254,7 @@ class BatchWriter:
         key = self.settings.signing_key_ring[0]
         plan = plan_batch(entries, key, self.settings.max_deliveries)
         inserted = await self._store_isolating(plan, plan.rows, stopping)
-        await self.stream.settle(plan.settlements(), inserted)
+        await self.stream.settle(plan.settlements())
         self._observe(plan, inserted, time.perf_counter() - started)
         return inserted
 

@@ -126,7 +126,11 @@ async def settings_factory(database_url: str, redis_url: str) -> AsyncIterator[S
     made: list[Settings] = []
 
     def factory(**overrides: Any) -> Settings:
-        settings = make_settings(database_url, redis_url, **overrides)
+        settings = make_settings(
+            overrides.pop("database_url", database_url),
+            overrides.pop("redis_url", redis_url),
+            **overrides,
+        )
         made.append(settings)
         return settings
 

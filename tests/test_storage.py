@@ -1,0 +1,196 @@
+"""Schema: migrations both ways, partitions, index use per query, and a writer role that has
+no UPDATE or DELETE on audit rows."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alembic import command
+from app import repository
+from app.cli import alembic_config, migrate
+from app.config import Settings
+from app.main import close_resources, open_resources
+from app.metrics import Metrics
+from app.schemas import EventIn
+from app.writer import BatchWriter, CircuitBreaker
+from tests.conftest import SettingsFactory, event, make_settings, stored_rows
+
+PLAN_ORG = "org-plans"
+
+
+@pytest.fixture
+async def admin(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def planned(admin: asyncpg.Connection) -> asyncpg.Connection:
+    """20,000 rows over two months in two organizations, analyzed, so plans are realistic."""
+    if not await admin.fetchval(
+        "SELECT count(*) FROM audit_log WHERE organization_id = $1", PLAN_ORG
+    ):
+        await admin.execute(
+            """INSERT INTO audit_log
+               SELECT gen_random_uuid(), now() - make_interval(secs => i * 300),
+                      CASE WHEN i % 2 = 0 THEN $1 ELSE 'org-plans-other' END, now(),
+                      'fhir.patient.read', 'success', 'user-' || (i % 200), NULL, 'Patient',
+                      'Patient/' || (i % 500), 'p-' || (i % 1000),
+                      (ARRAY['PUBLIC','INTERNAL','CONFIDENTIAL','PHI'])[1 + i % 4], NULL, false,
+                      NULL, NULL, NULL, NULL, NULL, NULL, 'normal', sha256(i::text::bytea),
+                      sha256(i::text::bytea), 'k'
+               FROM generate_series(1, 20000) AS i""",
+            PLAN_ORG,
+        )
+        await admin.execute("ANALYZE audit_log")
+    return admin
+
+
+async def test_migrations_downgrade_and_upgrade_on_a_fresh_database(
+    admin: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    name = f"audit_mig_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    settings = make_settings(url, redis_url)
+    try:
+        await asyncio.to_thread(migrate, settings)
+        conn = await asyncpg.connect(url)
+        tables = {r["relname"] for r in await conn.fetch("SELECT relname FROM pg_class")}
+        assert {"audit_log", "audit_log_default", "api_keys"} <= tables
+        month = datetime.now(UTC).strftime("audit_log_y%Ym%m")
+        assert month in tables
+        await asyncio.to_thread(command.downgrade, alembic_config(settings), "base")
+        left = await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname LIKE 'audit_log%'")
+        assert left == 0
+        await asyncio.to_thread(migrate, settings)
+        assert await conn.fetchval("SELECT to_regclass('audit_log') IS NOT NULL")
+        await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def test_partitions_are_created_ahead_idempotently(engine_for: AsyncEngine) -> None:
+    await repository.ensure_partitions(engine_for, 5)
+    assert await repository.ensure_partitions(engine_for, 5) == 0
+
+
+def _as_role(database_url: str, role: str) -> str:
+    parts = urlsplit(database_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+async def test_writer_needs_no_update_or_delete(
+    admin: asyncpg.Connection, settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    role = f"audit_writer_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    except asyncpg.InsufficientPrivilegeError:
+        pytest.skip("cannot create roles on this server")
+    try:
+        await admin.execute(f'GRANT SELECT, INSERT ON audit_log TO "{role}"')
+        settings = settings_factory(run_writers=False, database_url=_as_role(database_url, role))
+        res = await open_resources(settings, Metrics.create())
+        try:
+            rec = EventIn.model_validate(event()).to_record(org, "2026-11-20T10:00:00.000000Z")
+            await res.stream.enqueue([rec], 10)
+            breaker = CircuitBreaker(1, res.metrics)
+            writer = BatchWriter(settings, res.stream, res.metrics, breaker, "restricted")
+            await writer.cycle(asyncio.Event())
+            await writer.close()
+        finally:
+            await close_resources(res)
+        assert len(await stored_rows(database_url, org)) == 1
+        conn = await asyncpg.connect(_as_role(database_url, role))
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM audit_log WHERE organization_id = $1", org)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE audit_log SET action = 'x' WHERE organization_id = $1", org)
+        await conn.close()
+    finally:
+        await admin.execute(f'REVOKE ALL ON audit_log FROM "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+
+
+async def _plan(conn: asyncpg.Connection, engine: AsyncEngine, query: Any) -> dict[str, Any]:
+    compiled = query.compile(dialect=engine.dialect)
+    params = [compiled.params[name] for name in compiled.positiontup]
+    raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + compiled.string, *params)
+    plan: dict[str, Any] = orjson.loads(raw)[0]["Plan"]
+    return plan
+
+
+async def _parent_indexes(conn: asyncpg.Connection, nodes: list[dict[str, Any]]) -> set[str]:
+    """The audit_log index each partition index of the plan belongs to."""
+    names = [n["Index Name"] for n in nodes if "Index Name" in n]
+    rows = await conn.fetch(
+        """SELECT DISTINCT parent.relname FROM pg_inherits
+           JOIN pg_class parent ON parent.oid = inhparent
+           JOIN pg_class child ON child.oid = inhrelid
+           WHERE child.relname = ANY($1::text[])""",
+        names,
+    )
+    return {r["relname"] for r in rows}
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += _nodes(child)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({}, "ix_audit_log_org_time"),
+        ({"start": datetime(2026, 11, 1, tzinfo=UTC)}, "ix_audit_log_org_time"),
+        ({"action": "fhir.patient.read"}, "ix_audit_log_org_time"),
+        ({"principal_id": "user-7"}, "ix_audit_log_org_principal_time"),
+        ({"patient_id": "p-1"}, "ix_audit_log_org_patient_time"),
+        ({"data_classification": "PHI"}, "ix_audit_log_org_classification_time"),
+    ],
+)
+async def test_each_query_uses_its_index_without_sorting(
+    planned: asyncpg.Connection,
+    engine_for: AsyncEngine,
+    filters: dict[str, Any],
+    index: str,
+) -> None:
+    """The planner picks the intended index, and that index yields rows in page order: with
+    sequential and bitmap scans off (on this small table, with empty future partitions, sorting
+    a few matching rows can be cheaper) the plan has no Sort node."""
+    query = repository._event_select(repository.EventQuery(organization_id=PLAN_ORG, **filters))
+    nodes = _nodes(await _plan(planned, engine_for, query))
+    assert await _parent_indexes(planned, nodes) == {index}
+    await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
+    ordered = _nodes(await _plan(planned, engine_for, query))
+    await planned.execute("RESET enable_bitmapscan; RESET enable_seqscan")
+    assert await _parent_indexes(planned, ordered) == {index}
+    assert not [n for n in ordered if n["Node Type"] == "Sort"]
+
+
+async def test_lookup_by_event_id_uses_the_unique_key(
+    planned: asyncpg.Connection, engine_for: AsyncEngine
+) -> None:
+    query = repository._event_by_id(PLAN_ORG, uuid.uuid4())
+    nodes = _nodes(await _plan(planned, engine_for, query))
+    assert await _parent_indexes(planned, nodes) == {"uq_audit_log_event"}
+
+
+def test_settings_reject_unsafe_values() -> None:
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, signing_keys="bad")

@@ -1,0 +1,177 @@
+"""The batch writer against real Redis and PostgreSQL: crash recovery, poison, breaker, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import pytest
+
+from app.config import Settings
+from app.main import Resources, close_resources, open_resources
+from app.metrics import Metrics
+from app.schemas import EVENT_LIST, EventIn
+from app.writer import BatchWriter, CircuitBreaker, plan_batch
+from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
+from tests.proxy import CuttableProxy
+
+
+@pytest.fixture
+async def parts(settings_factory: SettingsFactory) -> AsyncIterator[Resources]:
+    settings = settings_factory(run_writers=False, claim_idle_ms=50, max_deliveries=2)
+    res = await open_resources(settings, Metrics.create())
+    yield res
+    await close_resources(res)
+
+
+def new_writer(res: Resources, name: str, settings: Settings | None = None) -> BatchWriter:
+    settings = settings or res.settings
+    breaker = CircuitBreaker(settings.breaker_threshold, res.metrics)
+    return BatchWriter(settings, res.stream, res.metrics, breaker, name)
+
+
+async def accept(res: Resources, org: str, count: int, **fields: object) -> list[str]:
+    records = [{**event(**fields), "principal_id": f"u{i}"} for i in range(count)]
+    validated = EVENT_LIST.validate_python(records)
+    rows = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in validated]
+    await res.stream.enqueue(rows, res.settings.stream_entry_events)
+    return [r["event_id"] for r in rows]
+
+
+async def test_writer_killed_after_commit_before_ack_loses_and_duplicates_nothing(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    ids = await accept(parts, org, 40)
+    crashed = new_writer(parts, "crashed")
+    stop = asyncio.Event()
+    entries = await crashed.collect(stop)
+    plan = plan_batch(entries, parts.settings.signing_key_ring[0], parts.settings.max_deliveries)
+    assert await crashed._store_isolating(plan, plan.rows, stop) == 40
+    await crashed.close()  # gone without acking: its entries stay pending
+    assert (await parts.stream.stats())["pending"] == 1
+
+    await asyncio.sleep(0.1)  # past claim_idle_ms
+    survivor = new_writer(parts, "survivor")
+    assert await survivor.cycle(stop) == 1  # the reclaimed entry
+    stats = await parts.stream.stats()
+    assert stats["pending"] == 0 and stats["queued_events"] == 0
+    assert stats["persisted_total"] == 40
+    rows = await stored_rows(database_url, org)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted(ids)
+    await survivor.close()
+
+
+async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    good = [EventIn.model_validate(event(principal_id=f"g{i}")) for i in range(3)]
+    records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in good]
+    records[1]["status"] = "bogus"  # passes the writer, refused by the table's CHECK
+    client = parts.stream.client
+    keys = parts.stream.keys
+    await client.xadd(keys.normal, {"n": 3, "e": orjson.dumps(records)})
+    await client.xadd(keys.normal, {"n": 1, "e": b"{not json"})
+    await client.incrby(keys.depth, 4)
+
+    writer = new_writer(parts, "w")
+    await writer.cycle(asyncio.Event())
+    rows = await stored_rows(database_url, org)
+    assert sorted(r["principal_id"] for r in rows) == ["g0", "g2"]
+    errors = sorted(d["error"] for d in await parts.stream.dead_letters())
+    assert len(errors) == 2
+    assert errors[0].startswith("CheckViolationError")
+    assert errors[1].startswith("unreadable entry")
+    stats = await parts.stream.stats()
+    assert stats["dead_letter"] == 2 and stats["queued_events"] == 0
+    assert stats["persisted_total"] == 2  # 4 accepted = 2 stored + 2 dead-lettered
+    await writer.close()
+
+
+async def test_entry_delivered_too_often_is_dead_lettered(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    await accept(parts, org, 2)
+    stream = parts.stream
+    for consumer in ("a", "b"):  # two deliveries that never ack
+        got = await stream.read(stream.client, consumer, 10, None)
+        if not got:
+            await asyncio.sleep(0.1)
+            cursors = {"high": "0-0", "normal": "0-0"}
+            got = await stream.claim(consumer, 50, cursors, 10)  # type: ignore[arg-type]
+        assert len(got) == 1
+    await asyncio.sleep(0.1)
+    writer = new_writer(parts, "c")
+    await writer.cycle(asyncio.Event())
+    dead = await stream.dead_letters()
+    assert [(d["error"], d["events"]) for d in dead] == [("delivered 3 times", 2)]
+    assert await stored_rows(database_url, org) == []
+    assert (await stream.stats())["queued_events"] == 0
+    await writer.close()
+
+
+def _via(database_url: str, port: int) -> str:
+    parts = urlsplit(database_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+async def test_breaker_opens_while_database_is_down_and_everything_drains_after(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    target = urlsplit(database_url)
+    if not target.port:
+        pytest.skip("the test database is not on TCP")
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port)
+    await proxy.start()
+    settings = parts.settings.model_copy(
+        update={"database_url": _via(database_url, proxy.port), "breaker_threshold": 2}
+    )
+    writer = new_writer(parts, "w", settings)
+    await accept(parts, org, 5)
+    await proxy.cut()
+    task = asyncio.create_task(writer.cycle(asyncio.Event()))
+    for _ in range(200):
+        if writer.breaker.is_open:
+            break
+        await asyncio.sleep(0.02)
+    assert writer.breaker.is_open
+    assert parts.metrics.circuit_open._value.get() == 1
+    assert (await parts.stream.stats())["pending"] == 1  # held, not acked, not lost
+
+    await proxy.start()
+    await asyncio.wait_for(task, 10)
+    assert not writer.breaker.is_open
+    await wait_stored(database_url, org, 5)
+    assert (await parts.stream.stats())["queued_events"] == 0
+    await writer.close()
+    await proxy.cut()
+
+
+async def test_graceful_stop_commits_and_acks_in_flight_batches(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    settings = settings_factory(batch_size=200, writers=2)
+    sent = 3000
+    async with running(settings) as svc:
+        headers = await svc.key(org)
+        for _ in range(sent // 500):
+            resp = await svc.client.post("/events/bulk", json=[event()] * 500, headers=headers)
+            assert resp.status_code == 202
+    # After shutdown nothing is in flight: every event is stored or still waiting, none pending.
+    stats = await stream_stats_after(settings)
+    rows = await stored_rows(database_url, org)
+    assert stats["pending"] == 0
+    assert len(rows) + stats["queued_events"] == sent
+    assert stats["persisted_total"] == len(rows)
+
+
+async def stream_stats_after(settings: Settings) -> dict[str, Any]:
+    res = await open_resources(settings, Metrics.create())
+    try:
+        return await res.stream.stats()
+    finally:
+        await close_resources(res)
