@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as redis
 from fastapi import FastAPI
@@ -134,4 +135,20 @@ def create_app(settings: Settings) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=app.state.metrics.registry,
     ).instrument(app)
+    _describe_event_bodies(app)
     return app
+
+
+def _describe_event_bodies(app: FastAPI) -> None:
+    """Add the event schemas that the raw-body ingest routes refer to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                ingest.event_component_schemas()
+            )
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]

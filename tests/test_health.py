@@ -64,3 +64,16 @@ async def test_queue_stats_account_for_every_event(
     assert stats["queued_events"] == 0 and stats["pending"] == 0 and stats["waiting"] == 0
     assert stats["consumers"] >= 1 and stats["dead_letter"] == 0
     assert stats["oldest_pending_age_ms"] is None
+
+
+async def test_openapi_describes_event_bodies(service: Service) -> None:
+    doc = (await service.client.get("/openapi.json")).json()
+    single = doc["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    bulk = doc["paths"]["/events/bulk"]["post"]["requestBody"]["content"]["application/json"]
+    assert single["schema"] == {"$ref": "#/components/schemas/EventIn"}
+    assert bulk["schema"]["items"] == {"$ref": "#/components/schemas/EventIn"}
+    event_in = doc["components"]["schemas"]["EventIn"]
+    assert set(event_in["required"]) == {"action", "status", "principal_id"}
+    assert event_in["additionalProperties"] is False
+    assert "SessionContext" in doc["components"]["schemas"]
+    assert "202" in doc["paths"]["/events/bulk"]["post"]["responses"]

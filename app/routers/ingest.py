@@ -30,7 +30,20 @@ Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)
 }
-EVENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {}}}}
+EVENT_REF = {"$ref": "#/components/schemas/EventIn"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    # The body is read raw (one validating parse); these describe it in the OpenAPI document.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def event_component_schemas() -> dict[str, Any]:
+    """EventIn and the models it refers to, for the OpenAPI document's components."""
+    schema = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["EventIn"] = schema
+    return components
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -107,7 +120,7 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
     status_code=202,
     response_model=Accepted,
     responses=ERRORS,
-    openapi_extra=EVENT_BODY,
+    openapi_extra=_body(EVENT_REF),
     summary="Record one audit event",
 )
 async def post_event(request: Request, caller: Ingestor) -> Response:
@@ -129,7 +142,7 @@ async def post_event(request: Request, caller: Ingestor) -> Response:
     status_code=202,
     response_model=BulkAccepted,
     responses=ERRORS,
-    openapi_extra=EVENT_BODY,
+    openapi_extra=_body({"type": "array", "items": EVENT_REF, "minItems": 1}),
     summary="Record a JSON array of audit events, all or nothing",
 )
 async def post_bulk(request: Request, caller: Ingestor) -> Response:
