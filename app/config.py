@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: str = ""
     signing_keys: str = Field(default="", repr=False)
+    # Ed25519, base64 of 32 raw bytes: the private key signs ledger heads; the public key alone
+    # lets verification check them (`python -m app ledger-keygen` makes a pair).
+    ledger_private_key: str = Field(default="", repr=False)
+    ledger_public_key: str = ""
     db_pool_size: int = 10
 
     # Stream layout; the prefix lets several deployments (or test runs) share one Redis.
@@ -96,6 +100,10 @@ class Settings(BaseSettings):
     @cached_property
     def signing_key_ring(self) -> tuple[SigningKey, ...]:
         return parse_signing_keys(self.signing_keys)
+
+    @property
+    def signing_keys_by_id(self) -> dict[str, SigningKey]:
+        return {key.key_id: key for key in self.signing_key_ring}
 
     @property
     def asyncpg_dsn(self) -> str:

@@ -90,3 +90,132 @@ def verify_signature(
     if key is None:
         raise UnknownSigningKeyError(key_id)
     return hmac.compare_digest(sign_hash(digest, key), signature)
+
+
+# -- Merkle trees (RFC 6962 / RFC 9162 section 2.1) ---------------------------------------------
+
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
+
+
+def leaf_hash(event_digest: bytes) -> bytes:
+    """H(0x00 || the 32 raw bytes of the event hash)."""
+    return hashlib.sha256(LEAF_PREFIX + event_digest).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
+
+
+def merkle_root(event_digests: list[bytes]) -> bytes:
+    """MTH over the leaves in order. Pairing level by level and carrying an odd last node up
+    unchanged builds the same tree as RFC 6962's split at the largest power of two."""
+    if not event_digests:
+        raise ValueError("a Merkle tree needs at least one leaf")
+    sha = hashlib.sha256
+    level = [sha(LEAF_PREFIX + d).digest() for d in event_digests]
+    while len(level) > 1:
+        paired = [
+            sha(NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _subtree_root(leaves: list[bytes]) -> bytes:
+    if len(leaves) == 1:
+        return leaves[0]
+    k = _split(len(leaves))
+    return node_hash(_subtree_root(leaves[:k]), _subtree_root(leaves[k:]))
+
+
+def audit_path(event_digests: list[bytes], index: int) -> list[bytes]:
+    """PATH(m, D[n]) of RFC 9162 2.1.3.1: sibling hashes from the leaf up to the root."""
+    if not 0 <= index < len(event_digests):
+        raise IndexError("leaf index out of range")
+    leaves = [leaf_hash(d) for d in event_digests]
+    path: list[bytes] = []
+    while len(leaves) > 1:
+        k = _split(len(leaves))
+        if index < k:
+            path.append(_subtree_root(leaves[k:]))
+            leaves = leaves[:k]
+        else:
+            path.append(_subtree_root(leaves[:k]))
+            leaves, index = leaves[k:], index - k
+    return path[::-1]
+
+
+def root_from_path(event_digest: bytes, index: int, tree_size: int, path: list[bytes]) -> bytes:
+    """The root an inclusion proof commits to (RFC 9162 2.1.3.2); compare it to the signed one."""
+    if not 0 <= index < tree_size:
+        raise ValueError("leaf index out of range")
+    fn, sn = index, tree_size - 1
+    r = leaf_hash(event_digest)
+    for p in path:
+        if sn == 0:
+            raise ValueError("proof is longer than the tree")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise ValueError("proof is shorter than the tree")
+    return r
+
+
+# -- the ledger chain ---------------------------------------------------------------------------
+
+GENESIS_HEAD = bytes(32)
+HEAD_DOMAIN = b"audit-ledger-head-v1"
+
+
+def epoch_micros(moment: datetime) -> int:
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def ledger_head(
+    prev_head: bytes, seq: int, root: bytes, count: int, first: datetime, last: datetime
+) -> bytes:
+    """SHA-256 of: the domain tag, prev_head (32 bytes), seq and count (8-byte big-endian
+    unsigned), the root (32 bytes), first and last event time (8-byte big-endian signed
+    microseconds since the Unix epoch)."""
+    return hashlib.sha256(
+        HEAD_DOMAIN
+        + prev_head
+        + seq.to_bytes(8, "big")
+        + root
+        + count.to_bytes(8, "big")
+        + epoch_micros(first).to_bytes(8, "big", signed=True)
+        + epoch_micros(last).to_bytes(8, "big", signed=True)
+    ).digest()
+
+
+def sign_head(head: bytes, key: SigningKey) -> bytes:
+    """HMAC-SHA256 over the raw head with the named key (same construction as for events)."""
+    return sign_hash(head, key)
+
+
+def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical record of a stored audit_log row (as asyncpg returns it): what its hash
+    covers, so a row read back can be checked against its hash."""
+    record = {name: row[name] for name in CANONICAL_FIELDS}
+    record["event_id"] = str(record["event_id"])
+    record["timestamp"] = format_timestamp(record["timestamp"])
+    record["received_at"] = format_timestamp(record["received_at"])
+    details = record["details"]
+    if isinstance(details, str | bytes):
+        record["details"] = orjson.loads(details)
+    return record

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
+    Integer,
     LargeBinary,
     MetaData,
     Table,
@@ -53,10 +55,29 @@ audit_log = Table(
     Column("hash", LargeBinary, nullable=False),
     Column("signature", LargeBinary, nullable=False),
     Column("key_id", Text, nullable=False),
+    Column("batch_id", BigInteger),
+    Column("leaf_index", Integer),
 )
 
 # Column order of audit_log, which the writer's COPY follows.
 AUDIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in audit_log.columns)
+
+audit_ledger = Table(
+    "audit_ledger",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("batch_id", BigInteger, nullable=False, unique=True),
+    Column("event_count", Integer, nullable=False),
+    Column("merkle_root", LargeBinary, nullable=False),
+    Column("first_timestamp", DateTime(timezone=True), nullable=False),
+    Column("last_timestamp", DateTime(timezone=True), nullable=False),
+    Column("prev_head", LargeBinary, nullable=False),
+    Column("head", LargeBinary, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("public_signature", LargeBinary),
+    Column("sealed_at", DateTime(timezone=True), nullable=False),
+)
 
 api_keys = Table(
     "api_keys",

@@ -1,10 +1,10 @@
-"""The batch writer: read -> hash/sign -> insert -> commit -> ack.
+"""The batch writer: read -> hash/sign -> seal (insert + ledger entry) -> commit -> ack.
 
 Each writer task is one consumer of the group. A batch closes at `batch_size` events or
-`batch_max_wait_ms` after its first entry. Its rows are COPYed into a session temp table and
-inserted with ON CONFLICT DO NOTHING in one transaction, so a redelivered event is stored once;
-entries are acked only after the commit. A batch that fails on its data is split until the
-poison events are isolated; those go to the dead-letter stream, their batch-mates are stored.
+`batch_max_wait_ms` after its first entry. Its new events are sealed in one transaction
+(app.ledger); events already stored (a redelivery, a client's resend) are left out, so each is
+stored once. Entries are acked only after the commit. A batch that fails on its data is split
+until the poison events are isolated; those go to the dead-letter stream, the rest are stored.
 """
 
 from __future__ import annotations
@@ -26,17 +26,14 @@ import orjson
 from app.config import Settings, SigningKey
 from app.db import connect_raw
 from app.integrity import event_hash, parse_timestamp, sign_hash
+from app.ledger import BASE_COLUMNS, event_key, existing_keys, seal_batch, unique_rows
 from app.metrics import Metrics
-from app.models import AUDIT_COLUMNS
+from app.signing import PublicSigner
 from app.stream import DeadItem, Entry, EventStream, Priority, Settlement
 
 log = logging.getLogger("app.writer")
 
-STAGE_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS audit_stage (LIKE audit_log INCLUDING DEFAULTS) "
-    "ON COMMIT DELETE ROWS"
-)
-INSERT_FROM_STAGE = "INSERT INTO audit_log SELECT * FROM audit_stage ON CONFLICT DO NOTHING"
+DEDUPE_ROUNDS = 5
 MAX_READ_COUNT = 256
 POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})  # data, integrity, program limit
 
@@ -53,7 +50,7 @@ def is_poison(exc: BaseException) -> bool:
 
 
 def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
-    """The audit_log row for a canonical record, in AUDIT_COLUMNS order, hashed and signed."""
+    """The audit_log row for a canonical record (BASE_COLUMNS order), hashed and signed."""
     digest = event_hash(record)
     details = record["details"]
     values = dict(record)
@@ -65,7 +62,7 @@ def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
     values["hash"] = digest
     values["signature"] = sign_hash(digest, key)
     values["key_id"] = key.key_id
-    return tuple(values[column] for column in AUDIT_COLUMNS)
+    return tuple(values[column] for column in BASE_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -179,6 +176,9 @@ class BatchWriter:
         self._next_claim = 0.0
         self._next_beat = 0.0
         self._events_per_entry = 1.0
+        self._public_signer = (
+            PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
+        )
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -322,17 +322,24 @@ class BatchWriter:
             return inserted
 
     async def _insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Seal the rows not stored yet; returns how many were inserted."""
         conn = await self._connection()
-        async with conn.transaction():
-            await conn.copy_records_to_table("audit_stage", records=rows, columns=AUDIT_COLUMNS)
-            status = await conn.execute(INSERT_FROM_STAGE)
-        return int(status.rsplit(" ", 1)[-1])
+        fresh = unique_rows(rows)
+        key = self.settings.signing_key_ring[0]
+        for _ in range(DEDUPE_ROUNDS):
+            if not fresh:
+                return 0
+            try:
+                return (await seal_batch(conn, fresh, key, self._public_signer)).count
+            except asyncpg.UniqueViolationError:
+                # Stored meanwhile (another writer had the same entry): leave those out.
+                stored = await existing_keys(conn, fresh)
+                fresh = [row for row in fresh if event_key(row) not in stored]
+        raise RuntimeError("events kept colliding with concurrent inserts")
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            conn = await connect_raw(self.settings)
-            await conn.execute(STAGE_DDL)
-            self._conn = conn
+            self._conn = await connect_raw(self.settings)
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import orjson
 import pytest
 
-from app.integrity import event_hash, format_timestamp, sign_hash
+from app.integrity import event_hash, format_timestamp, record_from_row, sign_hash
 from app.writer import plan_batch
 from tests.conftest import (
     Service,
@@ -19,18 +17,6 @@ from tests.conftest import (
     stored_rows,
     wait_stored,
 )
-
-
-def record_of(row: Any) -> dict[str, Any]:
-    """Rebuild the canonical record from a stored row, as a verifier would."""
-    values = dict(row)
-    for name in ("hash", "signature", "key_id"):
-        values.pop(name)
-    values["event_id"] = str(values["event_id"])
-    values["timestamp"] = format_timestamp(values["timestamp"])
-    values["received_at"] = format_timestamp(values["received_at"])
-    values["details"] = orjson.loads(values["details"]) if values["details"] else None
-    return values
 
 
 async def test_single_event_round_trip(service: Service, org: str, database_url: str) -> None:
@@ -79,7 +65,7 @@ async def test_bulk_round_trip_and_every_row_verifies(
     assert {str(r["event_id"]) for r in rows} == set(body["event_ids"])
     key = service.settings.signing_key_ring[0]
     for row in rows:
-        digest = event_hash(record_of(row))
+        digest = event_hash(record_from_row(row))
         assert digest == row["hash"]
         assert sign_hash(digest, key) == row["signature"]
 

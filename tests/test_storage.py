@@ -101,7 +101,8 @@ async def test_writer_needs_no_update_or_delete(
     except asyncpg.InsufficientPrivilegeError:
         pytest.skip("cannot create roles on this server")
     try:
-        await admin.execute(f'GRANT SELECT, INSERT ON audit_log TO "{role}"')
+        await admin.execute(f'GRANT SELECT, INSERT ON audit_log, audit_ledger TO "{role}"')
+        await admin.execute(f'GRANT USAGE ON SEQUENCE audit_batch_id_seq TO "{role}"')
         settings = settings_factory(run_writers=False, database_url=_as_role(database_url, role))
         res = await open_resources(settings, Metrics.create())
         try:
@@ -109,7 +110,7 @@ async def test_writer_needs_no_update_or_delete(
             await res.stream.enqueue([rec], 10)
             breaker = CircuitBreaker(1, res.metrics)
             writer = BatchWriter(settings, res.stream, res.metrics, breaker, "restricted")
-            await writer.cycle(asyncio.Event())
+            await asyncio.wait_for(writer.cycle(asyncio.Event()), 20)
             await writer.close()
         finally:
             await close_resources(res)
@@ -121,7 +122,8 @@ async def test_writer_needs_no_update_or_delete(
             await conn.execute("UPDATE audit_log SET action = 'x' WHERE organization_id = $1", org)
         await conn.close()
     finally:
-        await admin.execute(f'REVOKE ALL ON audit_log FROM "{role}"')
+        await admin.execute(f'REVOKE ALL ON audit_log, audit_ledger FROM "{role}"')
+        await admin.execute(f'REVOKE ALL ON SEQUENCE audit_batch_id_seq FROM "{role}"')
         await admin.execute(f'DROP ROLE "{role}"')
 
 

@@ -1,0 +1,55 @@
+"""Ed25519 signatures of ledger heads, so an auditor holding only the public key can verify."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+
+def _raw(encoded: str, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(encoded.strip(), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"{what} is not valid base64") from exc
+    if len(raw) != 32:
+        raise ValueError(f"{what} must be 32 raw bytes, base64-encoded")
+    return raw
+
+
+class PublicSigner:
+    def __init__(self, private_key_b64: str) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(_raw(private_key_b64, "ledger key"))
+
+    def sign(self, head: bytes) -> bytes:
+        return self._key.sign(head)
+
+    @property
+    def public_key_b64(self) -> str:
+        raw = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return base64.b64encode(raw).decode()
+
+
+def verify_public_signature(public_key_b64: str, head: bytes, signature: bytes) -> bool:
+    key = Ed25519PublicKey.from_public_bytes(_raw(public_key_b64, "ledger public key"))
+    try:
+        key.verify(signature, head)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def new_keypair() -> tuple[str, str]:
+    """(private, public) as base64 of the 32 raw bytes each."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(private).decode(), base64.b64encode(public).decode()
