@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,7 @@ from app.schemas import ALL_SCOPES
 
 KEY_PREFIX = "aik_"
 CACHE_LIMIT = 10_000
+STALE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +69,19 @@ async def create_api_key(
 
 class KeyCache:
     """Verified keys for a few seconds, so a hot client costs no database round trip.
-    A revoked key stops working within `ttl` seconds."""
+    A revoked key stops working within `ttl` seconds. While the database cannot be asked, a key
+    verified in the last STALE_SECONDS still works, so ingest goes on through an outage."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[bytes, tuple[float, Caller]] = {}
 
-    def get(self, key_hash: bytes) -> Caller | None:
+    def get(self, key_hash: bytes, *, stale: bool = False) -> Caller | None:
         hit = self._entries.get(key_hash)
-        if hit is None or hit[0] < time.monotonic():
+        if hit is None:
             return None
-        return hit[1]
+        limit = hit[0] + (STALE_SECONDS if stale else 0)
+        return hit[1] if time.monotonic() <= limit else None
 
     def put(self, key_hash: bytes, caller: Caller) -> None:
         if self.ttl <= 0:
@@ -104,8 +108,14 @@ async def authenticate(request: Request) -> Caller:
     caller = state.key_cache.get(key_hash)
     if caller is not None:
         return caller
-    async with state.engine.connect() as conn:
-        record = await repository.active_key_by_hash(conn, key_hash)
+    try:
+        async with state.engine.connect() as conn:
+            record = await repository.active_key_by_hash(conn, key_hash)
+    except (OSError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
+        stale = state.key_cache.get(key_hash, stale=True)
+        if stale is None:
+            raise
+        return stale
     if record is None:
         raise Unauthenticated("unknown or revoked API key")
     caller = Caller(str(record.id), record.organization_id, frozenset(record.scopes))

@@ -85,6 +85,10 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, settings.host, res.metrics.registry)
     res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
     res.writers.start()
     log.info("worker running %d writers; stop with SIGTERM or Ctrl-C", settings.writers)

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     partitions_ahead_months: int = Field(default=3, ge=1, le=24)
     require_noeviction: bool = True
 
+    # `python -m app worker` serves its Prometheus metrics on this port (0: off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
 
     @field_validator("signing_keys")

@@ -7,6 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import Settings
 
+WRITE_COMMAND_TIMEOUT_S = 120.0
+
 
 def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
@@ -15,9 +17,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        pool_timeout=5,
+        connect_args={"timeout": 5, "command_timeout": 30},
     )
 
 
 async def connect_raw(settings: Settings, *, connect_timeout_s: float = 10.0) -> asyncpg.Connection:
-    """A dedicated asyncpg connection: the writer keeps one per task for COPY."""
-    return await asyncpg.connect(settings.asyncpg_dsn, timeout=connect_timeout_s)
+    """A dedicated asyncpg connection: the writer keeps one per task for COPY. A command that
+    hangs (a half-open connection) fails after WRITE_COMMAND_TIMEOUT_S and is retried."""
+    return await asyncpg.connect(
+        settings.asyncpg_dsn, timeout=connect_timeout_s, command_timeout=WRITE_COMMAND_TIMEOUT_S
+    )

@@ -6,7 +6,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -132,6 +135,16 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
+async def _dependency_down(_: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        "a backing service is unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error")
@@ -141,4 +154,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
+    # PostgreSQL or Redis down or timing out: 503 with Retry-After, not 500.
+    for error in (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(error, _dependency_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -30,7 +30,7 @@ LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of the single chain
 EventKey = tuple[str, datetime, str]
 
 EXISTING_KEYS = """
-SELECT event_id::text, "timestamp", organization_id FROM audit_log
+SELECT event_id::text, "timestamp", organization_id, hash FROM audit_log
 WHERE (event_id, "timestamp", organization_id) IN (
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]))
 """
@@ -55,24 +55,14 @@ def event_key(row: Sequence[Any]) -> EventKey:
     return str(event_id), timestamp, organization_id
 
 
-def unique_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """First occurrence of each (event_id, timestamp, organization) in the batch."""
-    seen: set[EventKey] = set()
-    kept = []
-    for row in rows:
-        key = event_key(row)
-        if key not in seen:
-            seen.add(key)
-            kept.append(row)
-    return kept
-
-
-async def existing_keys(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> set[EventKey]:
-    keys = [event_key(r) for r in rows]
+async def stored_hashes(
+    conn: asyncpg.Connection, keys: Sequence[EventKey]
+) -> dict[EventKey, bytes]:
+    """The hashes of those events that are already stored."""
     found = await conn.fetch(
         EXISTING_KEYS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
     )
-    return {(r[0], r[1], r[2]) for r in found}
+    return {(r[0], r[1], r[2]): bytes(r[3]) for r in found}
 
 
 async def seal_batch(

@@ -79,7 +79,9 @@ async def poll_queue_depth(res: Resources) -> None:
 
 
 async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
-    client = redis_client(settings, block_ms=settings.read_block_ms)
+    client = redis_client(
+        settings, block_ms=max(settings.read_block_ms, settings.batch_max_wait_ms)
+    )
     await check_redis_policy(client, settings)
     stream = EventStream(
         client, StreamKeys.for_prefix(settings.stream_prefix), settings.consumer_group

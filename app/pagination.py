@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -25,6 +25,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         timestamp, event_id = orjson.loads(raw)
-        return parse_timestamp(timestamp), uuid.UUID(event_id)
-    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        if not isinstance(timestamp, str) or not isinstance(event_id, str):
+            raise TypeError("cursor parts must be strings")
+        moment = parse_timestamp(timestamp).astimezone(UTC)
+        return moment, uuid.UUID(event_id)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, OverflowError) as exc:
         raise CursorError("cursor is not one this service issued") from exc

@@ -6,16 +6,18 @@ import math
 import os
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
+from ipaddress import IPv6Address, ip_address
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
@@ -26,6 +28,36 @@ from pydantic_core import PydanticCustomError
 from app.integrity import format_timestamp
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def _in_range(value: datetime) -> datetime:
+    """Event and query times live between 1970 and 9999 (and so convert to UTC safely)."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise PydanticCustomError("timestamp_out_of_range", "time must be between 1970 and 9999")
+    return utc
+
+
+def _plain_address(value: Any) -> str:
+    """An IPv4 or IPv6 address in its normal text form (no zone id)."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise PydanticCustomError("ip_address", "ip_address must be an IP address string")
+    try:
+        address = ip_address(value)
+    except ValueError as exc:
+        raise PydanticCustomError("ip_address", "ip_address is not an IP address") from exc
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise PydanticCustomError("ip_address", "ip_address must not carry a zone id")
+    return str(address)
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
+Address = Annotated[str, BeforeValidator(_plain_address)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
 LongText = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
 Action = Annotated[
@@ -68,7 +100,7 @@ class SessionContext(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     session_id: Identifier | None = None
-    ip_address: IPvAnyAddress | None = None
+    ip_address: Address | None = None
     user_agent: LongText | None = None
 
 
@@ -81,7 +113,7 @@ class EventIn(BaseModel):
     status: Status
     principal_id: Identifier
     event_id: uuid.UUID | None = None
-    timestamp: AwareDatetime | None = None
+    timestamp: EventTime | None = None
     principal_type: Identifier | None = None
     target_resource_type: Identifier | None = None
     target_resource_id: Identifier | None = None
@@ -133,7 +165,7 @@ class EventIn(BaseModel):
             "data_classification": self.data_classification,
             "details": self.details,
             "event_id": str(self.event_id or new_event_id()),
-            "ip_address": str(session.ip_address) if session and session.ip_address else None,
+            "ip_address": session.ip_address if session else None,
             "organization_id": organization_id,
             "outcome_description": self.outcome_description,
             "patient_id": self.patient_id,
@@ -204,8 +236,8 @@ class EventFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: EventTime | None = None
+    end: EventTime | None = None
     principal_id: Identifier | None = None
     action: Action | None = None
     status: Status | None = None
@@ -221,10 +253,12 @@ class QueueStats(BaseModel):
     waiting: int = Field(description="stream entries not yet delivered to a writer")
     pending: int = Field(description="stream entries delivered but not yet acknowledged")
     queued_events: int = Field(description="events accepted and not yet persisted")
-    dead_letter: int = Field(description="entries in the dead-letter stream")
-    persisted_total: int = Field(
-        description="events settled as stored (accepted = persisted + dead-lettered + queued)"
+    dead_letter: int = Field(description="items in the dead-letter stream")
+    accepted_total: int = Field(
+        description="events answered 202: persisted_total + dead_lettered_events + queued_events"
     )
+    persisted_total: int = Field(description="events settled as stored")
+    dead_lettered_events: int = Field(description="events settled into the dead-letter stream")
     consumers: int
     oldest_pending_age_ms: int | None
 

@@ -21,12 +21,12 @@ Priority = Literal["high", "normal"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal")
 HEARTBEAT_TTL_MS = 30_000
 
-# KEYS: high, normal, depth, dead, persisted.
+# KEYS: high, normal, depth, dead, persisted, dead-events.
 # ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_dead, then per dead
 #       item: error, payload, deliveries, events.
 # An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
 # redelivered entry is counted once. Afterwards, for every accepted event:
-#   accepted = persisted-total + dead-lettered events + queued-events.
+#   accepted-total = persisted-total + dead-events + queued-events.
 _SETTLE_LUA = """
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -56,20 +56,35 @@ end
 if settled > 0 then
   redis.call('DECRBY', KEYS[3], settled)
   redis.call('INCRBY', KEYS[5], settled - dead_events)
+  redis.call('INCRBY', KEYS[6], dead_events)
 end
 return settled
 """
 
 
-# KEYS: high, normal, depth. ARGV: total events, then per entry: stream index (1|2), events,
-# payload. One script call, so a request's entries and the depth count land together or not at all.
+# KEYS: high, normal, depth, accepted. ARGV: total events, then per entry: stream index (1|2),
+# events, payload. One script call, so a request's entries and the counts land together or not
+# at all.
 _ENQUEUE_LUA = """
 local i = 2
 while i <= #ARGV do
   redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'n', ARGV[i + 1], 'e', ARGV[i + 2])
   i = i + 3
 end
+redis.call('INCRBY', KEYS[4], tonumber(ARGV[1]))
 return redis.call('INCRBY', KEYS[3], tonumber(ARGV[1]))
+"""
+
+# KEYS: high, normal. ARGV: group, consumer. Drops the consumer only while it holds nothing.
+_LEAVE_LUA = """
+for k = 1, 2 do
+  local held = redis.call('XPENDING', KEYS[k], ARGV[1], '-', '+', 1, ARGV[2])
+  if #held > 0 then return 0 end
+end
+for k = 1, 2 do
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[k], ARGV[1], ARGV[2])
+end
+return 1
 """
 
 
@@ -80,6 +95,8 @@ class StreamKeys:
     depth: str
     dead: str
     persisted: str
+    accepted: str
+    dead_events: str
     heartbeat: str
 
     @classmethod
@@ -91,6 +108,8 @@ class StreamKeys:
             depth=f"{tag}:queued-events",
             dead=f"{tag}:dead-letter",
             persisted=f"{tag}:persisted-total",
+            accepted=f"{tag}:accepted-total",
+            dead_events=f"{tag}:dead-lettered-events",
             heartbeat=f"{tag}:writer-heartbeat",
         )
 
@@ -140,6 +159,7 @@ class EventStream:
         self.group = group
         self._settle = client.register_script(_SETTLE_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
+        self._leave = client.register_script(_LEAVE_LUA)
 
     async def ensure_group(self) -> None:
         for key in (self.keys.high, self.keys.normal):
@@ -157,7 +177,8 @@ class EventStream:
             for start in range(0, len(batch), chunk):
                 part = batch[start : start + chunk]
                 args += [index, len(part), orjson.dumps(part)]
-        await self._enqueue(keys=[self.keys.high, self.keys.normal, self.keys.depth], args=args)
+        keys = [self.keys.high, self.keys.normal, self.keys.depth, self.keys.accepted]
+        await self._enqueue(keys=keys, args=args)
 
     async def queued_events(self) -> int:
         value = await self.client.get(self.keys.depth)
@@ -249,6 +270,7 @@ class EventStream:
             self.keys.depth,
             self.keys.dead,
             self.keys.persisted,
+            self.keys.dead_events,
         ]
         return int(await self._settle(keys=keys, args=args))
 
@@ -274,13 +296,8 @@ class EventStream:
         return bool(await self.client.exists(self.keys.heartbeat))
 
     async def remove_consumer(self, consumer: str) -> None:
-        """Drop a consumer from the group once it holds nothing pending."""
-        for key in (self.keys.high, self.keys.normal):
-            summary = await self.client.xpending_range(
-                key, self.group, min="-", max="+", count=1, consumername=consumer
-            )
-            if not summary:
-                await self.client.xgroup_delconsumer(key, self.group, consumer)
+        """Drop a consumer from the group if, atomically checked, it holds nothing pending."""
+        await self._leave(keys=[self.keys.high, self.keys.normal], args=[self.group, consumer])
 
     async def stats(self) -> dict[str, Any]:
         waiting = pending = 0
@@ -298,13 +315,18 @@ class EventStream:
             if first:
                 age = entry_age_ms(_text(first[0]["message_id"]))
                 oldest = age if oldest is None else max(oldest, age)
-        persisted = await self.client.get(self.keys.persisted)
+        counters = await self.client.mget(
+            self.keys.accepted, self.keys.persisted, self.keys.dead_events
+        )
+        accepted, persisted, dead_events = (int(v) if v else 0 for v in counters)
         return {
             "waiting": waiting,
             "pending": pending,
             "queued_events": await self.queued_events(),
             "dead_letter": await self.client.xlen(self.keys.dead),
-            "persisted_total": int(persisted) if persisted else 0,
+            "accepted_total": accepted,
+            "persisted_total": persisted,
+            "dead_lettered_events": dead_events,
             "consumers": len(consumers),
             "oldest_pending_age_ms": oldest,
         }

@@ -17,99 +17,36 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
-import orjson
+from redis.exceptions import ResponseError
 
-from app.config import Settings, SigningKey
+from app.batch import (
+    CONFLICT,
+    BatchPlan,
+    PendingRow,
+    chunk_entries,
+    describe_error,
+    first_of_each,
+    is_poison,
+    plan_batch,
+)
+from app.config import Settings
 from app.db import connect_raw
-from app.integrity import event_hash, parse_timestamp, sign_hash
-from app.ledger import BASE_COLUMNS, event_key, existing_keys, seal_batch, unique_rows
+from app.integrity import parse_timestamp
+from app.ledger import seal_batch, stored_hashes
 from app.metrics import Metrics
 from app.signing import PublicSigner
-from app.stream import DeadItem, Entry, EventStream, Priority, Settlement
+from app.stream import Entry, EventStream, Priority
 
 log = logging.getLogger("app.writer")
 
 DEDUPE_ROUNDS = 5
 MAX_READ_COUNT = 256
-POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})  # data, integrity, program limit
 
 
 class PoisonData(Exception):
     """The database refused the rows themselves; retrying the same rows cannot succeed."""
-
-
-def is_poison(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.PostgresError):
-        return (exc.sqlstate or "")[:2] in POISON_SQLSTATE_CLASSES
-    # asyncpg's client-side encoding errors are ValueErrors.
-    return isinstance(exc, ValueError | TypeError)
-
-
-def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
-    """The audit_log row for a canonical record (BASE_COLUMNS order), hashed and signed."""
-    digest = event_hash(record)
-    details = record["details"]
-    values = dict(record)
-    values["timestamp"] = parse_timestamp(record["timestamp"])
-    values["received_at"] = parse_timestamp(record["received_at"])
-    values["details"] = (
-        None if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
-    )
-    values["hash"] = digest
-    values["signature"] = sign_hash(digest, key)
-    values["key_id"] = key.key_id
-    return tuple(values[column] for column in BASE_COLUMNS)
-
-
-@dataclass(slots=True)
-class PendingRow:
-    entry_index: int
-    record: dict[str, Any]
-    row: tuple[Any, ...]
-
-
-@dataclass(slots=True)
-class BatchPlan:
-    """A batch's entries, the rows they carry, and what failed before reaching the database."""
-
-    entries: Sequence[Entry]
-    rows: list[PendingRow] = field(default_factory=list)
-    dead: dict[int, list[DeadItem]] = field(default_factory=dict)
-
-    def kill(self, entry_index: int, error: str, payload: bytes, events: int = 1) -> None:
-        self.dead.setdefault(entry_index, []).append(DeadItem(error, payload, events))
-
-    def settlements(self) -> list[Settlement]:
-        return [
-            Settlement(entry, tuple(self.dead.get(i, ()))) for i, entry in enumerate(self.entries)
-        ]
-
-
-def plan_batch(entries: Sequence[Entry], key: SigningKey, max_deliveries: int) -> BatchPlan:
-    plan = BatchPlan(entries)
-    for index, entry in enumerate(entries):
-        if entry.deliveries > max_deliveries:
-            plan.kill(index, f"delivered {entry.deliveries} times", entry.payload, entry.events)
-            continue
-        try:
-            records = orjson.loads(entry.payload)
-            if not isinstance(records, list):
-                raise TypeError("entry payload is not a JSON array")
-        except (orjson.JSONDecodeError, TypeError) as exc:
-            plan.kill(index, f"unreadable entry: {exc}", entry.payload, entry.events)
-            continue
-        for record in records:
-            try:
-                plan.rows.append(PendingRow(index, record, record_row(record, key)))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                plan.kill(
-                    index, f"invalid record: {type(exc).__name__}: {exc}", orjson.dumps(record)
-                )
-    return plan
 
 
 class CircuitBreaker:
@@ -194,6 +131,8 @@ class BatchWriter:
                 attempt += 1
                 self.metrics.writer_errors.labels(stage="cycle").inc()
                 log.warning("writer %s cycle failed: %s", self.name, type(exc).__name__)
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    await self._recreate_group()
                 await asyncio.sleep(
                     backoff_seconds(
                         attempt, self.settings.retry_base_ms, self.settings.retry_max_ms
@@ -203,25 +142,41 @@ class BatchWriter:
 
     async def cycle(self, stopping: asyncio.Event) -> int:
         """One read-and-write round; returns the number of entries handled."""
+        if self.breaker.is_open:  # the database is down: neither read nor reclaim
+            await self.breaker.wait_closed(self.settings.retry_max_ms / 1000)
         now = time.monotonic()
-        if now >= self._next_beat:
-            await self.stream.beat(self.name)
-            self._next_beat = now + 1.0
-        if now >= self._next_claim:
+        if now >= self._next_claim and not self.breaker.is_open:
             self._next_claim = now + self.settings.claim_interval_ms / 1000
             claimed = await self.stream.claim(
                 self.name, self.settings.claim_idle_ms, self._claim_cursors, MAX_READ_COUNT
             )
             if claimed:
                 log.info("writer %s reclaimed %d idle entries", self.name, len(claimed))
-                await self.write(claimed, stopping)
+                await self.write_claimed(claimed, stopping)
                 return len(claimed)
-        if self.breaker.is_open:
-            await self.breaker.wait_closed(self.settings.retry_max_ms / 1000)
         entries = await self.collect(stopping)
+        if time.monotonic() >= self._next_beat:  # alive: a read just succeeded
+            await self.stream.beat(self.name)
+            self._next_beat = time.monotonic() + 1.0
         if entries:
             await self.write(entries, stopping)
         return len(entries)
+
+    async def write_claimed(self, entries: Sequence[Entry], stopping: asyncio.Event) -> None:
+        """Reclaimed entries in batches of the usual size; one delivered more than
+        `max_deliveries` times is written alone, so it cannot hold back its batch-mates again."""
+        again = [e for e in entries if e.deliveries > self.settings.max_deliveries]
+        usual = [e for e in entries if e.deliveries <= self.settings.max_deliveries]
+        for chunk in chunk_entries(usual, self.settings.batch_size):
+            await self.write(chunk, stopping)
+        for entry in again:
+            log.warning(
+                "writer %s writes entry %s alone after %d deliveries",
+                self.name,
+                entry.entry_id,
+                entry.deliveries,
+            )
+            await self.write([entry], stopping)
 
     async def collect(self, stopping: asyncio.Event) -> list[Entry]:
         """Entries for one batch: closed by size, or by the wait after its first entry."""
@@ -251,8 +206,7 @@ class BatchWriter:
     async def write(self, entries: Sequence[Entry], stopping: asyncio.Event) -> int:
         """Persist what the entries carry, then settle them in Redis. Returns rows inserted."""
         started = time.perf_counter()
-        key = self.settings.signing_key_ring[0]
-        plan = plan_batch(entries, key, self.settings.max_deliveries)
+        plan = plan_batch(entries, self.settings.signing_key_ring[0])
         inserted = await self._store_isolating(plan, plan.rows, stopping)
         await self.stream.settle(plan.settlements())
         self._observe(plan, inserted, time.perf_counter() - started)
@@ -263,7 +217,7 @@ class BatchWriter:
         m.persisted.inc(inserted)
         m.batch_size.observe(len(plan.rows))
         m.batch_write_seconds.observe(seconds)
-        dead = sum(len(items) for items in plan.dead.values())
+        dead = plan.dead_items
         if dead:
             m.dead_lettered.inc(dead)
             log.warning("writer %s dead-lettered %d items", self.name, dead)
@@ -282,26 +236,27 @@ class BatchWriter:
         if not rows:
             return 0
         try:
-            return await self._store(rows, stopping)
+            return await self._store(plan, rows, stopping)
         except PoisonData as exc:
             if len(rows) == 1:
-                row = rows[0]
-                plan.kill(row.entry_index, str(exc), orjson.dumps(row.record))
+                plan.kill_row(rows[0], str(exc))
                 return 0
         middle = len(rows) // 2
         first = await self._store_isolating(plan, rows[:middle], stopping)
         return first + await self._store_isolating(plan, rows[middle:], stopping)
 
-    async def _store(self, rows: Sequence[PendingRow], stopping: asyncio.Event) -> int:
+    async def _store(
+        self, plan: BatchPlan, rows: Sequence[PendingRow], stopping: asyncio.Event
+    ) -> int:
         """One transaction; retried with backoff while the database is unreachable."""
         attempt = 0
         while True:
             try:
-                inserted = await self._insert([r.row for r in rows])
+                inserted = await self._insert(plan, rows)
             except Exception as exc:
                 if is_poison(exc):
                     self.breaker.record_success()
-                    raise PoisonData(f"{type(exc).__name__}: {exc}") from exc
+                    raise PoisonData(describe_error(exc)) from exc
                 attempt += 1
                 self.breaker.record_failure()
                 self.metrics.writer_errors.labels(stage="insert").inc()
@@ -321,21 +276,33 @@ class BatchWriter:
             self.breaker.record_success()
             return inserted
 
-    async def _insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    async def _insert(self, plan: BatchPlan, rows: Sequence[PendingRow]) -> int:
         """Seal the rows not stored yet; returns how many were inserted."""
         conn = await self._connection()
-        fresh = unique_rows(rows)
+        fresh = first_of_each(plan, rows)
         key = self.settings.signing_key_ring[0]
         for _ in range(DEDUPE_ROUNDS):
             if not fresh:
                 return 0
             try:
-                return (await seal_batch(conn, fresh, key, self._public_signer)).count
+                sealed = await seal_batch(conn, [r.row for r in fresh], key, self._public_signer)
+                return sealed.count
             except asyncpg.UniqueViolationError:
-                # Stored meanwhile (another writer had the same entry): leave those out.
-                stored = await existing_keys(conn, fresh)
-                fresh = [row for row in fresh if event_key(row) not in stored]
+                # Stored meanwhile (a redelivery raced us): leave those out, flag conflicts.
+                stored = await stored_hashes(conn, [r.key for r in fresh])
+                for row in fresh:
+                    if row.key in stored and stored[row.key] != row.digest:
+                        plan.kill_row(row, CONFLICT)
+                fresh = [r for r in fresh if r.key not in stored]
         raise RuntimeError("events kept colliding with concurrent inserts")
+
+    async def _recreate_group(self) -> None:
+        """The stream lost its group (Redis lost its data): create it again."""
+        try:
+            await self.stream.ensure_group()
+            log.warning("writer %s recreated the consumer group", self.name)
+        except Exception as exc:
+            log.warning("writer %s could not recreate the group: %s", self.name, type(exc).__name__)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
 from tests.conftest import Service, SettingsFactory, event, eventually, running, wait_stored
+from tests.proxy import CuttableProxy
 
 
 async def test_health_and_readiness(service: Service) -> None:
@@ -77,3 +82,33 @@ async def test_openapi_describes_event_bodies(service: Service) -> None:
     assert event_in["additionalProperties"] is False
     assert "SessionContext" in doc["components"]["schemas"]
     assert "202" in doc["paths"]["/events/bulk"]["post"]["responses"]
+
+
+async def test_database_outage_answers_503_and_ingest_goes_on(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    target = urlsplit(database_url)
+    if not target.port:
+        pytest.skip("the test database is not on TCP")
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port)
+    await proxy.start()
+    netloc = target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{proxy.port}"
+    settings = settings_factory(
+        database_url=urlunsplit(target._replace(netloc=netloc)),
+        run_writers=False,
+        auth_cache_seconds=30,
+    )
+    async with running(settings) as svc:
+        known = await svc.key(org)
+        unknown = await svc.key(org)
+        assert (await svc.client.post("/events", json=event(), headers=known)).status_code == 202
+        await proxy.cut()
+        again = await svc.client.post("/events", json=event(), headers=known)
+        assert again.status_code == 202  # a key verified before the outage still ingests
+        for resp in (
+            await svc.client.post("/events", json=event(), headers=unknown),
+            await svc.client.get("/events", headers=known),
+        ):
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "unavailable"
+            assert resp.headers["retry-after"] == "1"

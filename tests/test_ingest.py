@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.batch import plan_batch
 from app.integrity import event_hash, format_timestamp, record_from_row, sign_hash
-from app.writer import plan_batch
 from tests.conftest import (
     Service,
     SettingsFactory,
@@ -150,6 +150,23 @@ async def test_bulk_is_all_or_nothing_and_names_every_bad_item(
             "validation_failed",
         ),
         (
+            b'[{"action":"a","status":"success","principal_id":"p","timestamp":"0999-06-01T00:00:00Z"}]',
+            422,
+            "validation_failed",
+        ),
+        (
+            b'[{"action":"a","status":"success","principal_id":"p",'
+            b'"timestamp":"0001-01-01T00:00:00+01:00"}]',
+            422,
+            "validation_failed",
+        ),
+        (
+            b'[{"action":"a","status":"success","principal_id":"p",'
+            b'"session_context":{"ip_address":"fe80::1%eth0"}}]',
+            422,
+            "validation_failed",
+        ),
+        (
             b'[{"action":"a","status":"success","principal_id":"p","details":[1]}]',
             422,
             "validation_failed",
@@ -266,5 +283,5 @@ async def test_high_priority_events_are_written_first(
         )
         stream = svc.app.state.resources.stream
         entries = await stream.read(stream.client, "probe", 2, None)
-        plan = plan_batch(entries, settings.signing_key_ring[0], settings.max_deliveries)
+        plan = plan_batch(entries, settings.signing_key_ring[0])
         assert [r.record["priority"] for r in plan.rows] == ["high"] * 3 + ["normal"]

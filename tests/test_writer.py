@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -10,11 +11,12 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pytest
 
+from app.batch import CONFLICT, plan_batch
 from app.config import Settings
 from app.main import Resources, close_resources, open_resources
 from app.metrics import Metrics
 from app.schemas import EVENT_LIST, EventIn
-from app.writer import BatchWriter, CircuitBreaker, plan_batch
+from app.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 from tests.proxy import CuttableProxy
 
@@ -48,7 +50,7 @@ async def test_writer_killed_after_commit_before_ack_loses_and_duplicates_nothin
     crashed = new_writer(parts, "crashed")
     stop = asyncio.Event()
     entries = await crashed.collect(stop)
-    plan = plan_batch(entries, parts.settings.signing_key_ring[0], parts.settings.max_deliveries)
+    plan = plan_batch(entries, parts.settings.signing_key_ring[0])
     assert await crashed._store_isolating(plan, plan.rows, stop) == 40
     await crashed.close()  # gone without acking: its entries stay pending
     assert (await parts.stream.stats())["pending"] == 1
@@ -90,7 +92,7 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
     await writer.close()
 
 
-async def test_entry_delivered_too_often_is_dead_lettered(
+async def test_entry_delivered_too_often_is_written_alone(
     parts: Resources, org: str, database_url: str
 ) -> None:
     await accept(parts, org, 2)
@@ -99,17 +101,59 @@ async def test_entry_delivered_too_often_is_dead_lettered(
         got = await stream.read(stream.client, consumer, 10, None)
         if not got:
             await asyncio.sleep(0.1)
-            cursors = {"high": "0-0", "normal": "0-0"}
-            got = await stream.claim(consumer, 50, cursors, 10)  # type: ignore[arg-type]
+            cursors: dict[Any, str] = {"high": "0-0", "normal": "0-0"}
+            got = await stream.claim(consumer, 50, cursors, 10)
         assert len(got) == 1
+    await accept(parts, org, 3)
     await asyncio.sleep(0.1)
     writer = new_writer(parts, "c")
-    await writer.cycle(asyncio.Event())
-    dead = await stream.dead_letters()
-    assert [(d["error"], d["events"]) for d in dead] == [("delivered 3 times", 2)]
-    assert await stored_rows(database_url, org) == []
-    assert (await stream.stats())["queued_events"] == 0
+    await writer.cycle(asyncio.Event())  # the reclaimed entry, third delivery, alone
+    await writer.cycle(asyncio.Event())  # the fresh entry
+    rows = await stored_rows(database_url, org)
+    assert len(rows) == 5 and len({r["batch_id"] for r in rows}) == 2
+    assert await stream.dead_letters() == []
+    stats = await stream.stats()
+    assert stats["queued_events"] == 0 and stats["persisted_total"] == 5
     await writer.close()
+
+
+async def test_resend_with_other_content_is_dead_lettered_not_dropped(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    fixed = {"event_id": str(uuid.uuid4()), "timestamp": "2026-11-20T10:00:00Z"}
+    body = orjson.dumps({**event(), **fixed})
+    first = EventIn.model_validate_json(body, strict=True).to_record(org, "2026-11-20T10:00:01Z")
+    same = dict(first)
+    other = dict(first, principal_id="someone-else")
+    writer = new_writer(parts, "w")
+    await parts.stream.enqueue([first], 10)
+    await writer.cycle(asyncio.Event())
+    await parts.stream.enqueue([same, other], 10)  # exact repeat and a conflicting one
+    await writer.cycle(asyncio.Event())
+    rows = await stored_rows(database_url, org)
+    assert [r["principal_id"] for r in rows] == ["dr.smith"]
+    dead = await parts.stream.dead_letters()
+    assert [d["error"] for d in dead] == [CONFLICT]
+    stats = await parts.stream.stats()
+    assert stats["accepted_total"] == 3
+    assert stats["persisted_total"] == 2 and stats["dead_lettered_events"] == 1
+    assert stats["queued_events"] == 0
+    await writer.close()
+
+
+async def test_writer_recreates_a_lost_consumer_group(
+    parts: Resources, org: str, database_url: str
+) -> None:
+    writer = new_writer(parts, "w")
+    keys = parts.stream.keys
+    await parts.stream.client.delete(keys.high, keys.normal)  # Redis lost its data
+    await accept(parts, org, 3)  # XADD makes the streams again, without the group
+    with pytest.raises(Exception, match="NOGROUP"):
+        await writer.cycle(asyncio.Event())
+    task = asyncio.create_task(writer.run(stop := asyncio.Event()))
+    await wait_stored(database_url, org, 3)
+    stop.set()
+    await asyncio.wait_for(task, 10)
 
 
 def _via(database_url: str, port: int) -> str:

@@ -1,0 +1,148 @@
+"""What one batch carries: its entries, the rows built from them, and what must be dead-lettered.
+
+Pure data work, no I/O: the writer (app.writer) moves batches, this module shapes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.config import SigningKey
+from app.integrity import event_hash, parse_timestamp, sign_hash
+from app.ledger import BASE_COLUMNS, HASH_POS, EventKey, event_key
+from app.stream import DeadItem, Entry, Settlement
+
+POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})  # data, integrity, program limit
+CONFLICT = "conflict: a stored event has this event_id and timestamp with other content"
+
+
+def is_poison(exc: BaseException) -> bool:
+    """The database refused the rows themselves: retrying the same rows cannot succeed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in POISON_SQLSTATE_CLASSES
+    # asyncpg's client-side encoding errors are ValueErrors.
+    return isinstance(exc, ValueError | TypeError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """What went wrong, without the values: PostgreSQL's message can quote the row (PHI)."""
+    parts = [type(exc).__name__]
+    if isinstance(exc, asyncpg.PostgresError):
+        parts.append(f"sqlstate {exc.sqlstate}")
+        for label in ("table", "column", "constraint"):
+            value = getattr(exc, f"{label}_name", None)
+            if value:
+                parts.append(f"{label} {value}")
+    return ", ".join(parts)
+
+
+def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
+    """The audit_log row for a canonical record (BASE_COLUMNS order), hashed and signed."""
+    digest = event_hash(record)
+    details = record["details"]
+    values = dict(record)
+    values["timestamp"] = parse_timestamp(record["timestamp"])
+    values["received_at"] = parse_timestamp(record["received_at"])
+    values["details"] = (
+        None if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
+    )
+    values["hash"] = digest
+    values["signature"] = sign_hash(digest, key)
+    values["key_id"] = key.key_id
+    return tuple(values[column] for column in BASE_COLUMNS)
+
+
+@dataclass(slots=True)
+class PendingRow:
+    entry_index: int
+    record: dict[str, Any]
+    row: tuple[Any, ...]
+    dead: bool = False
+
+    @property
+    def key(self) -> EventKey:
+        return event_key(self.row)
+
+    @property
+    def digest(self) -> bytes:
+        digest: bytes = self.row[HASH_POS]
+        return digest
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """A batch's entries, the rows they carry, and the items to dead-letter."""
+
+    entries: Sequence[Entry]
+    rows: list[PendingRow] = field(default_factory=list)
+    dead: dict[int, list[DeadItem]] = field(default_factory=dict)
+
+    def kill(self, entry_index: int, error: str, payload: bytes, events: int = 1) -> None:
+        self.dead.setdefault(entry_index, []).append(DeadItem(error, payload, events))
+
+    def kill_row(self, row: PendingRow, error: str) -> None:
+        if not row.dead:
+            row.dead = True
+            self.kill(row.entry_index, error, orjson.dumps(row.record))
+
+    def settlements(self) -> list[Settlement]:
+        return [
+            Settlement(entry, tuple(self.dead.get(i, ()))) for i, entry in enumerate(self.entries)
+        ]
+
+    @property
+    def dead_items(self) -> int:
+        return sum(len(items) for items in self.dead.values())
+
+
+def plan_batch(entries: Sequence[Entry], key: SigningKey) -> BatchPlan:
+    plan = BatchPlan(entries)
+    for index, entry in enumerate(entries):
+        try:
+            records = orjson.loads(entry.payload)
+            if not isinstance(records, list):
+                raise TypeError("entry payload is not a JSON array")
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            plan.kill(index, f"unreadable entry: {type(exc).__name__}", entry.payload, entry.events)
+            continue
+        for record in records:
+            try:
+                plan.rows.append(PendingRow(index, record, record_row(record, key)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                plan.kill(index, f"invalid record: {type(exc).__name__}", orjson.dumps(record))
+    return plan
+
+
+def first_of_each(plan: BatchPlan, rows: Sequence[PendingRow]) -> list[PendingRow]:
+    """Live rows, one per event key: an exact repeat is dropped (stored once), a repeat with
+    other content is dead-lettered as a conflict, never silently lost."""
+    seen: dict[EventKey, bytes] = {}
+    kept = []
+    for row in rows:
+        if row.dead:
+            continue
+        digest = seen.get(row.key)
+        if digest is None:
+            seen[row.key] = row.digest
+            kept.append(row)
+        elif digest != row.digest:
+            plan.kill_row(row, CONFLICT)
+    return kept
+
+
+def chunk_entries(entries: Sequence[Entry], batch_size: int) -> list[list[Entry]]:
+    """Whole entries in groups of about `batch_size` events."""
+    chunks: list[list[Entry]] = [[]]
+    events = 0
+    for entry in entries:
+        if chunks[-1] and events + entry.events > batch_size:
+            chunks.append([])
+            events = 0
+        chunks[-1].append(entry)
+        events += entry.events
+    return [c for c in chunks if c]
