@@ -1,0 +1,277 @@
+"""Verification: recompute every event hash, signature, Merkle root and chain link over a range
+of the ledger and name each thing that broke.
+
+Checks, by the name a finding carries:
+- ledger_entry_missing: a seq is absent from the range (an entry deleted);
+- chain_link_broken: an entry's prev_head is not its predecessor's head;
+- ledger_head_mismatch: an entry's head does not recompute from its own fields;
+- ledger_signature_invalid / ledger_public_signature_invalid / unknown_signing_key;
+- event_hash_mismatch: an event's stored fields no longer give its stored hash (a field changed);
+- event_signature_invalid: the stored hash is not signed by the named key (a forged row);
+- event_missing: a leaf position of a sealed batch has no event (an event deleted or moved);
+- event_unexpected: an event claims a leaf its batch does not have (inserted or moved there);
+- merkle_root_mismatch: the batch's leaves are all there but give another root (reordered,
+  swapped, or re-hashed);
+- event_unsealed: an event belongs to no ledger entry (inserted outside the writer);
+- checkpoint_not_extended: the chain no longer holds an exported checkpoint (a cut tail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app.config import SigningKey
+from app.integrity import (
+    UnknownSigningKeyError,
+    event_hash,
+    ledger_head,
+    merkle_root,
+    record_from_row,
+    verify_signature,
+)
+from app.signing import verify_public_signature
+
+ENTRY_CHUNK = 200
+LEDGER_CHUNK = """
+SELECT * FROM audit_ledger WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
+"""
+ROWS_OF_BATCHES = """
+SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
+ORDER BY batch_id, leaf_index
+"""
+UNSEALED = "SELECT event_id, organization_id FROM audit_log WHERE batch_id IS NULL"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    seq: int | None = None
+    event_id: str | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "detail": self.detail,
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    from_seq: int
+    to_seq: int
+    entries: int = 0
+    events: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.findings
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "from_seq": self.from_seq,
+            "to_seq": self.to_seq,
+            "ledger_entries": self.entries,
+            "events": self.events,
+            "findings": len(self.findings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    keys: Mapping[str, SigningKey]
+    public_key: str = ""
+    organization_id: str | None = None  # set: other organizations' events stay anonymous
+
+    def event_finding(
+        self, check: str, row: Mapping[str, Any], seq: int | None, detail: str
+    ) -> Finding:
+        mine = self.organization_id is None or row["organization_id"] == self.organization_id
+        if mine:
+            return Finding(check, seq, str(row["event_id"]), detail)
+        return Finding(check, seq, None, "an event of another organization")
+
+    def check_entry(
+        self, entry: Mapping[str, Any], prev: Mapping[str, Any] | None
+    ) -> list[Finding]:
+        seq = entry["seq"]
+        found: list[Finding] = []
+        if prev is not None and bytes(entry["prev_head"]) != bytes(prev["head"]):
+            found.append(Finding("chain_link_broken", seq, None, "prev_head differs"))
+        head = ledger_head(
+            bytes(entry["prev_head"]),
+            seq,
+            bytes(entry["merkle_root"]),
+            entry["event_count"],
+            entry["first_timestamp"],
+            entry["last_timestamp"],
+        )
+        if head != bytes(entry["head"]):
+            found.append(Finding("ledger_head_mismatch", seq, None, "head does not recompute"))
+        found += self._entry_signatures(entry)
+        return found
+
+    def _entry_signatures(self, entry: Mapping[str, Any]) -> list[Finding]:
+        seq, head = entry["seq"], bytes(entry["head"])
+        found: list[Finding] = []
+        try:
+            if not verify_signature(head, bytes(entry["signature"]), entry["key_id"], self.keys):
+                found.append(Finding("ledger_signature_invalid", seq))
+        except UnknownSigningKeyError:
+            found.append(Finding("unknown_signing_key", seq, None, f"key {entry['key_id']!r}"))
+        if self.public_key:
+            public = entry["public_signature"]
+            if public is None or not verify_public_signature(self.public_key, head, bytes(public)):
+                found.append(Finding("ledger_public_signature_invalid", seq))
+        return found
+
+    def check_batch(self, entry: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> list[Finding]:
+        seq, count = entry["seq"], entry["event_count"]
+        found: list[Finding] = []
+        leaves: dict[int, bytes] = {}
+        for row in rows:
+            found += self._check_event(row, seq)
+            index = row["leaf_index"]
+            if index is None or not 0 <= index < count or index in leaves:
+                where = f"leaf {index} of {count}"
+                found.append(self.event_finding("event_unexpected", row, seq, where))
+            else:
+                leaves[index] = bytes(row["hash"])
+        missing = [i for i in range(count) if i not in leaves]
+        for index in missing:
+            found.append(Finding("event_missing", seq, None, f"leaf {index} of {count}"))
+        if not missing and len(leaves) == count == len(rows):
+            root = merkle_root([leaves[i] for i in range(count)])
+            if root != bytes(entry["merkle_root"]):
+                found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
+        return found
+
+    def _check_event(self, row: Mapping[str, Any], seq: int | None) -> list[Finding]:
+        stored = bytes(row["hash"])
+        found = []
+        if event_hash(record_from_row(row)) != stored:
+            found.append(self.event_finding("event_hash_mismatch", row, seq, "fields changed"))
+        try:
+            if not verify_signature(stored, bytes(row["signature"]), row["key_id"], self.keys):
+                found.append(self.event_finding("event_signature_invalid", row, seq, ""))
+        except UnknownSigningKeyError:
+            detail = f"key {row['key_id']!r}"
+            found.append(self.event_finding("unknown_signing_key", row, seq, detail))
+        return found
+
+
+Progress = Callable[[Report], None]
+
+
+async def _ledger_entries(
+    conn: asyncpg.Connection, from_seq: int, to_seq: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    cursor = from_seq
+    while cursor <= to_seq:
+        chunk = await conn.fetch(LEDGER_CHUNK, cursor, to_seq, ENTRY_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+        cursor = chunk[-1]["seq"] + 1
+
+
+MAX_BATCH_ID = 2**63 - 1
+
+
+async def verify_range(
+    conn: asyncpg.Connection,
+    verifier: Verifier,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Verify ledger entries from_seq..to_seq (to the newest when None) with their batches.
+    A full run (from 1 to the newest) also finds events that claim no or an unknown batch."""
+    newest = await conn.fetchval("SELECT max(seq) FROM audit_ledger") or 0
+    last = newest if to_seq is None else to_seq
+    report = Report(from_seq, last)
+    walk = _Walk(verifier, report, full=from_seq == 1 and to_seq is None)
+    walk.prev = await conn.fetchrow("SELECT * FROM audit_ledger WHERE seq = $1", from_seq - 1)
+    if walk.prev is None and from_seq > 1:
+        report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
+    walk.expected = from_seq
+    async for chunk in _ledger_entries(conn, from_seq, last):
+        await walk.chunk(conn, chunk)
+        if progress:
+            progress(report)
+    if walk.expected <= last:
+        report.findings.append(
+            Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
+        )
+    if walk.full:
+        await walk.rows(conn, walk.next_low, MAX_BATCH_ID, {})
+        for row in await conn.fetch(UNSEALED):
+            report.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
+    return report
+
+
+async def seq_range_for_times(
+    conn: asyncpg.Connection, start: datetime, end: datetime
+) -> tuple[int, int] | None:
+    """The ledger entries whose events' times overlap [start, end)."""
+    row = await conn.fetchrow(
+        "SELECT min(seq), max(seq) FROM audit_ledger WHERE last_timestamp >= $1 "
+        "AND first_timestamp < $2",
+        start,
+        end,
+    )
+    return None if row is None or row[0] is None else (row[0], row[1])
+
+
+@dataclass(slots=True)
+class _Walk:
+    """The state of one pass along the chain."""
+
+    verifier: Verifier
+    report: Report
+    full: bool
+    prev: asyncpg.Record | None = None
+    expected: int = 1
+    next_low: int = 1
+
+    async def chunk(self, conn: asyncpg.Connection, entries: list[asyncpg.Record]) -> None:
+        ids = [e["batch_id"] for e in entries]
+        low = self.next_low if self.full else min(ids)
+        high = max(ids)
+        batches = {e["batch_id"]: e for e in entries}
+        by_batch = await self.rows(conn, low, high, batches)
+        for entry in entries:
+            if entry["seq"] != self.expected:
+                gap = f"seq {self.expected}..{entry['seq'] - 1}"
+                self.report.findings.append(
+                    Finding("ledger_entry_missing", entry["seq"], None, gap)
+                )
+            rows = by_batch.get(entry["batch_id"], [])
+            self.report.findings += self.verifier.check_entry(entry, self.prev)
+            self.report.findings += self.verifier.check_batch(entry, rows)
+            self.report.entries += 1
+            self.prev, self.expected = entry, entry["seq"] + 1
+        self.next_low = max(self.next_low, high + 1)
+
+    async def rows(
+        self, conn: asyncpg.Connection, low: int, high: int, batches: Mapping[int, Any]
+    ) -> dict[int, list[asyncpg.Record]]:
+        """Rows with batch ids in [low, high], grouped; rows of no known batch are findings."""
+        by_batch: dict[int, list[asyncpg.Record]] = {}
+        for row in await conn.fetch(ROWS_OF_BATCHES, low, high):
+            self.report.events += 1
+            if row["batch_id"] in batches:
+                by_batch.setdefault(row["batch_id"], []).append(row)
+            else:
+                finding = self.verifier.event_finding("event_unsealed", row, None, "unknown batch")
+                self.report.findings.append(finding)
+        return by_batch
