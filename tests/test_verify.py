@@ -32,8 +32,8 @@ class Sealed:
     verifier: Verifier
     org: str
 
-    async def verify(self, **kwargs: int) -> Report:
-        return await verify_range(self.conn, self.verifier, **kwargs)
+    async def verify(self, from_seq: int = 1, to_seq: int | None = None) -> Report:
+        return await verify_range(self.conn, self.verifier, from_seq, to_seq)
 
     async def rows(self, seq: int) -> list[asyncpg.Record]:
         return list(
