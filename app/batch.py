@@ -5,6 +5,7 @@ Pure data work, no I/O: the writer (app.writer) moves batches, this module shape
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ import asyncpg
 import orjson
 
 from app.config import SigningKey
-from app.integrity import event_hash, parse_timestamp, sign_hash
+from app.integrity import event_hash, format_timestamp, parse_timestamp, sign_hash
 from app.ledger import BASE_COLUMNS, HASH_POS, EventKey, event_key
 from app.stream import DeadItem, Entry, Settlement
 
@@ -42,12 +43,21 @@ def describe_error(exc: BaseException) -> str:
 
 
 def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
-    """The audit_log row for a canonical record (BASE_COLUMNS order), hashed and signed."""
-    digest = event_hash(record)
+    """The audit_log row for a record (BASE_COLUMNS order), hashed and signed. Times and the id
+    are brought to their canonical text first, so the hash is of exactly what is stored."""
+    timestamp = parse_timestamp(record["timestamp"])
+    received_at = parse_timestamp(record["received_at"])
+    canonical = dict(
+        record,
+        event_id=str(uuid.UUID(record["event_id"])),
+        timestamp=format_timestamp(timestamp),
+        received_at=format_timestamp(received_at),
+    )
+    digest = event_hash(canonical)
     details = record["details"]
-    values = dict(record)
-    values["timestamp"] = parse_timestamp(record["timestamp"])
-    values["received_at"] = parse_timestamp(record["received_at"])
+    values = canonical
+    values["timestamp"] = timestamp
+    values["received_at"] = received_at
     values["details"] = (
         None if details is None else orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
     )

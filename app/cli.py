@@ -158,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--org")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    verify = sub.add_parser("verify", help="verify the ledger; exit 0 intact, 1 not")
+    verify.add_argument("--from-seq", type=int)
+    verify.add_argument("--to-seq", type=int)
+    verify.add_argument("--start", help="RFC 3339 time; with --end instead of seqs")
+    verify.add_argument("--end")
+    verify.add_argument("--checkpoint", help="a file from `checkpoint export`")
+    verify.add_argument("--public-key", help="Ed25519 public key (base64) to check heads with")
+    checkpoint = sub.add_parser("checkpoint", help="chain checkpoints").add_subparsers(
+        dest="checkpoint_command", required=True
+    )
+    export = checkpoint.add_parser("export", help="write the newest signed head as JSON")
+    export.add_argument("--out", help="file to write (default: stdout)")
+    sub.add_parser("ledger-keygen", help="print a new Ed25519 key pair for ledger heads")
     return parser
 
 
@@ -188,6 +201,16 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _integrity(settings: Settings, args: argparse.Namespace) -> int:
+    from app.integrity_cli import run_checkpoint_export, run_verify
+
+    if args.command == "verify":
+        if bool(args.start) != bool(args.end):
+            raise SystemExit("give both --start and --end")
+        return run_verify(settings, args)
+    return run_checkpoint_export(settings, args.out)
+
+
 def _worker(settings: Settings) -> None:
     require_urls(settings)
     with contextlib.suppress(KeyboardInterrupt):
@@ -198,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level)
+    if args.command == "ledger-keygen":
+        from app.integrity_cli import run_ledger_keygen
+
+        return run_ledger_keygen()
     if args.command == "dev":
         from app.devmode import run_dev
 
@@ -210,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     elif args.command == "worker":
         _worker(settings)
+    elif args.command in {"verify", "checkpoint"}:
+        return _integrity(settings, args)
     else:
         return _keys(settings, args)
     return 0

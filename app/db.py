@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -28,3 +31,11 @@ async def connect_raw(settings: Settings, *, connect_timeout_s: float = 10.0) ->
     return await asyncpg.connect(
         settings.asyncpg_dsn, timeout=connect_timeout_s, command_timeout=WRITE_COMMAND_TIMEOUT_S
     )
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection as plain asyncpg, for the integrity code that speaks asyncpg."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection

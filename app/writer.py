@@ -158,8 +158,8 @@ class BatchWriter:
         if time.monotonic() >= self._next_beat:  # alive: a read just succeeded
             await self.stream.beat(self.name)
             self._next_beat = time.monotonic() + 1.0
-        if entries:
-            await self.write(entries, stopping)
+        for chunk in chunk_entries(entries, self.settings.batch_size):
+            await self.write(chunk, stopping)
         return len(entries)
 
     async def write_claimed(self, entries: Sequence[Entry], stopping: asyncio.Event) -> None:

@@ -27,8 +27,11 @@ from app.auth import create_api_key
 from app.cli import migrate
 from app.config import Settings
 from app.db import create_engine
-from app.main import create_app
-from app.schemas import ALL_SCOPES
+from app.main import Resources, close_resources, create_app, open_resources
+from app.metrics import Metrics
+from app.schemas import ALL_SCOPES, EVENT_LIST
+from app.verify import Report, Verifier, verify_range
+from app.writer import BatchWriter, CircuitBreaker
 
 LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -229,3 +232,73 @@ def event(**fields: Any) -> dict[str, Any]:
     }
     body.update(fields)
     return body
+
+
+@dataclass
+class Sealed:
+    conn: asyncpg.Connection
+    res: Resources
+    verifier: Verifier
+    org: str
+
+    async def verify(self, from_seq: int = 1, to_seq: int | None = None) -> Report:
+        return await verify_range(self.conn, self.verifier, from_seq, to_seq)
+
+    async def rows(self, seq: int) -> list[asyncpg.Record]:
+        return list(
+            await self.conn.fetch(
+                "SELECT a.* FROM audit_log a JOIN audit_ledger l USING (batch_id) "
+                "WHERE l.seq = $1 ORDER BY leaf_index",
+                seq,
+            )
+        )
+
+
+async def seal(res: Resources, org: str, sizes: list[int]) -> None:
+    """One ledger entry per size, in order."""
+    writer = BatchWriter(
+        res.settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "sealer"
+    )
+    for n, size in enumerate(sizes):
+        events = EVENT_LIST.validate_python(
+            [event(principal_id=f"u{n}-{i}", patient_id=f"p{i}") for i in range(size)]
+        )
+        records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in events]
+        await res.stream.enqueue(records, 10_000)
+        assert await writer.cycle(asyncio.Event()) == 1
+    await writer.close()
+
+
+SealedFactory = Callable[..., Awaitable[Sealed]]
+
+
+@pytest.fixture
+async def sealed_factory(
+    database_url: str, settings_factory: SettingsFactory
+) -> AsyncIterator[SealedFactory]:
+    """A fresh database holding batches of the given sizes, one ledger entry each."""
+    made: list[tuple[str, Sealed]] = []
+    admin = await asyncpg.connect(database_url)
+
+    async def make(sizes: list[int], **overrides: Any) -> Sealed:
+        name = f"audit_ledger_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(database_url, name)
+        settings = settings_factory(
+            database_url=url, run_writers=False, batch_size=100_000, **overrides
+        )
+        await asyncio.to_thread(migrate, settings)
+        res = await open_resources(settings, Metrics.create())
+        await seal(res, "org-sealed", sizes)
+        conn = await asyncpg.connect(url)
+        verifier = Verifier(settings.signing_keys_by_id, settings.ledger_public_key)
+        sealed = Sealed(conn, res, verifier, "org-sealed")
+        made.append((name, sealed))
+        return sealed
+
+    yield make
+    for name, sealed in made:
+        await sealed.conn.close()
+        await close_resources(sealed.res)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()

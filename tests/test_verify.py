@@ -4,86 +4,21 @@ database, since tampering breaks the chain for everything after it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import asyncpg
 import pytest
 
-from app.cli import migrate
 from app.config import SigningKey
 from app.integrity import canonical_bytes, record_from_row, sign_hash
-from app.main import Resources, close_resources, open_resources
-from app.metrics import Metrics
-from app.schemas import EVENT_LIST
 from app.verify import Report, Verifier, verify_range
-from app.writer import BatchWriter, CircuitBreaker
-from tests.conftest import SettingsFactory, event, with_database
-
-
-@dataclass
-class Sealed:
-    conn: asyncpg.Connection
-    res: Resources
-    verifier: Verifier
-    org: str
-
-    async def verify(self, from_seq: int = 1, to_seq: int | None = None) -> Report:
-        return await verify_range(self.conn, self.verifier, from_seq, to_seq)
-
-    async def rows(self, seq: int) -> list[asyncpg.Record]:
-        return list(
-            await self.conn.fetch(
-                "SELECT a.* FROM audit_log a JOIN audit_ledger l USING (batch_id) "
-                "WHERE l.seq = $1 ORDER BY leaf_index",
-                seq,
-            )
-        )
-
-
-async def seal(res: Resources, org: str, sizes: list[int]) -> None:
-    """One ledger entry per size, in order."""
-    writer = BatchWriter(
-        res.settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "sealer"
-    )
-    for n, size in enumerate(sizes):
-        events = EVENT_LIST.validate_python(
-            [event(principal_id=f"u{n}-{i}", patient_id=f"p{i}") for i in range(size)]
-        )
-        records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in events]
-        await res.stream.enqueue(records, 10_000)
-        assert await writer.cycle(asyncio.Event()) == 1
-    await writer.close()
+from tests.conftest import Sealed, SealedFactory
 
 
 @pytest.fixture
-async def sealed(
-    admin_url: str, redis_url: str, settings_factory: SettingsFactory
-) -> AsyncIterator[Sealed]:
-    name = f"audit_tamper_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    settings = settings_factory(database_url=url, run_writers=False, batch_size=100_000)
-    await asyncio.to_thread(migrate, settings)
-    res = await open_resources(settings, Metrics.create())
-    org = "org-tamper"
-    await seal(res, org, [3, 7, 2, 5])
-    conn = await asyncpg.connect(url)
-    yield Sealed(conn, res, Verifier(settings.signing_keys_by_id), org)
-    await conn.close()
-    await close_resources(res)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
-
-
-@pytest.fixture
-def admin_url(database_url: str) -> str:
-    return database_url
+async def sealed(sealed_factory: SealedFactory) -> Sealed:
+    return await sealed_factory([3, 7, 2, 5])
 
 
 def checks(report: Report) -> set[str]:

@@ -1,0 +1,101 @@
+"""Command-line side of tamper evidence: verify, checkpoint export, ledger-keygen. They need only
+the database URL and the keys, not Redis or the API."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.config import Settings
+from app.integrity import parse_timestamp
+from app.proofs import check_checkpoint, export_checkpoint
+from app.signing import new_keypair
+from app.verify import Report, Verifier, seq_range_for_times, verify_range
+
+PROGRESS_EVERY_S = 2.0
+
+
+def _time(text: str | None) -> datetime | None:
+    return parse_timestamp(text) if text else None
+
+
+def run_verify(settings: Settings, args: Any) -> int:
+    """Exit 0 when intact, 1 when anything broke; findings on stdout, progress on stderr."""
+    checkpoint = orjson.loads(Path(args.checkpoint).read_bytes()) if args.checkpoint else None
+    return asyncio.run(_verify(settings, args, checkpoint))
+
+
+async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | None) -> int:
+    verifier = Verifier(settings.signing_keys_by_id, args.public_key or settings.ledger_public_key)
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        first, last = args.from_seq or 1, args.to_seq
+        start, end = _time(args.start), _time(args.end)
+        if start and end:
+            span = await seq_range_for_times(conn, start, end)
+            if span is None:
+                print("no ledger entries cover that time range", file=sys.stderr)
+                return 0
+            first, last = span
+        report = await verify_range(conn, verifier, first, last, _progress_printer())
+        if checkpoint is not None:
+            report.findings += await check_checkpoint(conn, checkpoint, settings.signing_keys_by_id)
+    finally:
+        await conn.close()
+    for finding in report.findings:
+        print(orjson.dumps(finding.as_dict()).decode())
+    print(orjson.dumps(report.summary()).decode())
+    return 0 if report.intact else 1
+
+
+def _progress_printer() -> Any:
+    import time
+
+    last = [time.monotonic()]
+
+    def progress(report: Report) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            print(
+                f"verified {report.entries} ledger entries, {report.events} events", file=sys.stderr
+            )
+
+    return progress
+
+
+async def _newest_checkpoint(settings: Settings) -> dict[str, Any] | None:
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        return await export_checkpoint(conn)
+    finally:
+        await conn.close()
+
+
+def run_checkpoint_export(settings: Settings, out: str | None) -> int:
+    checkpoint = asyncio.run(_newest_checkpoint(settings))
+    if checkpoint is None:
+        print("the ledger is empty: nothing to export", file=sys.stderr)
+        return 1
+    text = orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2).decode() + "\n"
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote checkpoint of seq {checkpoint['seq']} to {out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
+def run_ledger_keygen() -> int:
+    private, public = new_keypair()
+    print("# Ed25519 key pair for ledger heads. Keep the private key with the writers only;")
+    print("# give the public key to auditors (AUDIT_LEDGER_PUBLIC_KEY or --public-key).")
+    print(f"AUDIT_LEDGER_PRIVATE_KEY={private}")
+    print(f"AUDIT_LEDGER_PUBLIC_KEY={public}")
+    return 0

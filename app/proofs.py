@@ -1,0 +1,101 @@
+"""Inclusion proofs for single events, and checkpoints of the chain head for keeping elsewhere.
+
+A proof lets a third party check, with only SHA-256 (and HMAC or Ed25519 for the signatures),
+that an event is leaf `leaf_index` of the batch sealed as ledger entry `batch_seq`:
+
+    leaf = SHA-256(0x00 || event_hash)
+    fold the audit path into the leaf as RFC 9162 section 2.1.3.2 says -> must equal merkle_root
+    head = SHA-256("audit-ledger-head-v1" || prev_head || seq (8 bytes BE) || merkle_root
+                   || event_count (8 bytes BE) || first, last event time (8 bytes BE signed
+                   microseconds since 1970))                   -> must equal head
+    signature = HMAC-SHA256(key, head); public_signature = Ed25519 over head
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from app.config import SigningKey
+from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
+from app.verify import Finding
+
+PROOF_ROW = """
+SELECT a.event_id, a.hash, a.leaf_index, l.* FROM audit_log a
+JOIN audit_ledger l ON l.batch_id = a.batch_id
+WHERE a.event_id = $1 AND a.organization_id = $2
+ORDER BY a."timestamp" LIMIT 1
+"""
+BATCH_LEAVES = "SELECT hash FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
+
+
+def ledger_entry_json(entry: Any) -> dict[str, Any]:
+    public = entry["public_signature"]
+    return {
+        "seq": entry["seq"],
+        "event_count": entry["event_count"],
+        "merkle_root": bytes(entry["merkle_root"]).hex(),
+        "first_timestamp": format_timestamp(entry["first_timestamp"]),
+        "last_timestamp": format_timestamp(entry["last_timestamp"]),
+        "prev_head": bytes(entry["prev_head"]).hex(),
+        "head": bytes(entry["head"]).hex(),
+        "key_id": entry["key_id"],
+        "signature": bytes(entry["signature"]).hex(),
+        "public_signature": bytes(public).hex() if public is not None else None,
+    }
+
+
+async def event_proof(
+    conn: asyncpg.Connection, organization_id: str, event_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """The inclusion proof of a sealed event of this organization, or None."""
+    row = await conn.fetchrow(PROOF_ROW, event_id, organization_id)
+    if row is None:
+        return None
+    leaves = [bytes(r["hash"]) for r in await conn.fetch(BATCH_LEAVES, row["batch_id"])]
+    return {
+        "event_id": str(row["event_id"]),
+        "event_hash": bytes(row["hash"]).hex(),
+        "batch_seq": row["seq"],
+        "leaf_index": row["leaf_index"],
+        "tree_size": row["event_count"],
+        "audit_path": [h.hex() for h in audit_path(leaves, row["leaf_index"])],
+        "ledger_entry": ledger_entry_json(row),
+    }
+
+
+async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The newest signed ledger entry, to be kept outside the database."""
+    entry = await conn.fetchrow("SELECT * FROM audit_ledger ORDER BY seq DESC LIMIT 1")
+    if entry is None:
+        return None
+    return {
+        "kind": "audit-ledger-checkpoint-v1",
+        "exported_at": format_timestamp(datetime.now(UTC)),
+        **ledger_entry_json(entry),
+    }
+
+
+async def check_checkpoint(
+    conn: asyncpg.Connection, checkpoint: dict[str, Any], keys: dict[str, SigningKey]
+) -> list[Finding]:
+    """The chain still holds the checkpoint's entry, with the same head."""
+    seq = int(checkpoint["seq"])
+    head = bytes.fromhex(checkpoint["head"])
+    try:
+        signed = verify_signature(
+            head, bytes.fromhex(checkpoint["signature"]), checkpoint["key_id"], keys
+        )
+    except UnknownSigningKeyError:
+        signed = False
+    if not signed:
+        return [Finding("checkpoint_invalid", seq, None, "the checkpoint's signature fails")]
+    entry = await conn.fetchrow("SELECT head FROM audit_ledger WHERE seq = $1", seq)
+    if entry is None:
+        return [Finding("checkpoint_not_extended", seq, None, "the chain ends before it")]
+    if bytes(entry["head"]) != head:
+        return [Finding("checkpoint_not_extended", seq, None, "the chain has another head there")]
+    return []

@@ -1,0 +1,117 @@
+"""Tamper evidence over HTTP: streaming verification and per-event inclusion proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from app.auth import Caller, require_scope
+from app.db import driver_connection
+from app.errors import InvalidEvents, NotFound
+from app.main_state import resources
+from app.proofs import event_proof
+from app.schemas import ErrorResponse, EventTime
+from app.verify import Report, Verifier, seq_range_for_times, verify_range
+
+router = APIRouter(tags=["integrity"])
+Auditor = Annotated[Caller, Depends(require_scope("verify"))]
+Reader = Annotated[Caller, Depends(require_scope("read"))]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)
+}
+SeqParam = Annotated[int | None, Query(ge=1, le=2**62)]
+TimeParam = Annotated[EventTime | None, Query()]
+
+
+def _line(kind: str, value: Any) -> bytes:
+    return orjson.dumps({kind: value}) + b"\n"
+
+
+@router.get(
+    "/integrity/verify",
+    responses={200: {"content": {"application/x-ndjson": {}}}, **ERRORS},
+    summary="Verify the ledger over a seq or time range (NDJSON stream)",
+)
+async def verify(
+    request: Request,
+    caller: Auditor,
+    from_seq: SeqParam = None,
+    to_seq: SeqParam = None,
+    start: TimeParam = None,
+    end: TimeParam = None,
+) -> StreamingResponse:
+    """Streams `{"progress": ...}` lines while it runs, one `{"finding": ...}` line per thing
+    that broke, and a final `{"summary": ...}`. Events of other organizations in shared batches
+    are checked too but never named."""
+    if (start is None) != (end is None):
+        raise InvalidEvents("give both start and end, or neither")
+    if start is not None and (from_seq is not None or to_seq is not None):
+        raise InvalidEvents("give a seq range or a time range, not both")
+    res = resources(request)
+    verifier = Verifier(
+        res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
+    )
+    return StreamingResponse(
+        _verify_lines(res.engine, verifier, from_seq, to_seq, start, end),
+        media_type="application/x-ndjson",
+    )
+
+
+async def _verify_lines(
+    engine: Any,
+    verifier: Verifier,
+    from_seq: int | None,
+    to_seq: int | None,
+    start: Any,
+    end: Any,
+) -> AsyncIterator[bytes]:
+    """Runs verification beside the response, so progress reaches the client as it happens."""
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def progress(report: Report) -> None:
+        lines.put_nowait(
+            _line("progress", {"ledger_entries": report.entries, "events": report.events})
+        )
+
+    async def run() -> None:
+        try:
+            async with driver_connection(engine) as conn:
+                first, last = from_seq or 1, to_seq
+                if start is not None:
+                    span = await seq_range_for_times(conn, start, end)
+                    if span is None:
+                        lines.put_nowait(_line("summary", Report(0, 0).summary()))
+                        return
+                    first, last = span
+                report = await verify_range(conn, verifier, first, last, progress)
+            for finding in report.findings:
+                lines.put_nowait(_line("finding", finding.as_dict()))
+            lines.put_nowait(_line("summary", report.summary()))
+        except Exception as exc:  # the status line is sent already: say it in the stream
+            failure = {"code": "verification_failed", "message": type(exc).__name__}
+            lines.put_nowait(_line("error", failure))
+        finally:
+            lines.put_nowait(None)
+
+    task = asyncio.create_task(run())
+    try:
+        while (line := await lines.get()) is not None:
+            yield line
+        await task
+    finally:
+        task.cancel()
+
+
+@router.get("/events/{event_id}/proof", responses=ERRORS, summary="Inclusion proof of an event")
+async def proof(request: Request, caller: Reader, event_id: uuid.UUID) -> dict[str, Any]:
+    async with driver_connection(resources(request).engine) as conn:
+        found = await event_proof(conn, caller.organization_id, event_id)
+    if found is None:
+        raise NotFound("no such sealed event in your organization")
+    return found

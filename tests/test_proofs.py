@@ -1,0 +1,245 @@
+"""Inclusion proofs, checkpoints, Ed25519 heads, key rotation, the HTTP side of integrity, and
+two writer processes on one chain."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.config import SigningKey
+from app.proofs import event_proof
+from app.signing import new_keypair, verify_public_signature
+from app.verify import Verifier, verify_range
+from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
+
+# -- an independent checker, as a third party would write it from the README ------------------
+
+
+def _h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def proof_root(event_hash: bytes, index: int, size: int, path: list[bytes]) -> bytes:
+    """RFC 9162 2.1.3.2, written out again here on purpose."""
+    fn, sn, r = index, size - 1, _h(b"\x00" + event_hash)
+    for p in path:
+        if fn % 2 == 1 or fn == sn:
+            r = _h(b"\x01" + p + r)
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn // 2, sn // 2
+        else:
+            r = _h(b"\x01" + r + p)
+        fn, sn = fn // 2, sn // 2
+    assert sn == 0
+    return r
+
+
+def head_of(entry: dict[str, Any]) -> bytes:
+    from datetime import datetime
+
+    def micros(text: str) -> int:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+    return _h(
+        b"audit-ledger-head-v1"
+        + bytes.fromhex(entry["prev_head"])
+        + entry["seq"].to_bytes(8, "big")
+        + bytes.fromhex(entry["merkle_root"])
+        + entry["event_count"].to_bytes(8, "big")
+        + micros(entry["first_timestamp"]).to_bytes(8, "big", signed=True)
+        + micros(entry["last_timestamp"]).to_bytes(8, "big", signed=True)
+    )
+
+
+def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
+    entry = proof["ledger_entry"]
+    path = [bytes.fromhex(p) for p in proof["audit_path"]]
+    root = proof_root(
+        bytes.fromhex(proof["event_hash"]), proof["leaf_index"], proof["tree_size"], path
+    )
+    head = head_of(entry)
+    signed = hmac.new(hmac_key, head, hashlib.sha256).hexdigest() == entry["signature"]
+    return root.hex() == entry["merkle_root"] and head.hex() == entry["head"] and signed
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_proofs_round_trip_at_every_position(sealed_factory: SealedFactory) -> None:
+    sizes = [1, 2, 3, 7, 500]
+    sealed = await sealed_factory(sizes)
+    key = sealed.res.settings.signing_key_ring[0].secret
+    for seq, size in enumerate(sizes, start=1):
+        rows = await sealed.rows(seq)
+        assert len(rows) == size
+        for row in rows:
+            proof = await event_proof(sealed.conn, sealed.org, row["event_id"])
+            assert proof is not None and proof["batch_seq"] == seq
+            assert proof["tree_size"] == size and proof["leaf_index"] == row["leaf_index"]
+            assert check_proof(proof, key), (seq, row["leaf_index"])
+            forged = dict(proof, event_hash=hashlib.sha256(b"x").hexdigest())
+            assert not check_proof(forged, key)
+    assert await event_proof(sealed.conn, "another-org", rows[0]["event_id"]) is None
+
+
+async def test_public_key_alone_verifies_heads(sealed_factory: SealedFactory) -> None:
+    private, public = new_keypair()
+    sealed = await sealed_factory([4, 2], ledger_private_key=private)
+    entries = await sealed.conn.fetch("SELECT head, public_signature FROM audit_ledger")
+    assert all(verify_public_signature(public, bytes(e[0]), bytes(e[1])) for e in entries)
+    assert (await verify_range(sealed.conn, Verifier(sealed.verifier.keys, public))).intact
+    _, stranger = new_keypair()
+    report = await verify_range(sealed.conn, Verifier(sealed.verifier.keys, stranger))
+    assert {f.check for f in report.findings} == {"ledger_public_signature_invalid"}
+
+
+async def test_new_active_key_keeps_old_batches_verifiable(
+    sealed_factory: SealedFactory, settings_factory: SettingsFactory
+) -> None:
+    from tests.conftest import seal
+
+    sealed = await sealed_factory([3])
+    old = sealed.res.settings.signing_key_ring[0]
+    new = SigningKey("test-2", b"n" * 32)
+    ring = (
+        f"test-2:{base64.b64encode(new.secret).decode()},{old.key_id}:"
+        + base64.b64encode(old.secret).decode()
+    )
+    rotated = sealed.res.settings.model_copy(update={"signing_keys": ring})
+    rotated.__dict__.pop("signing_key_ring", None)
+    sealed.res.settings = rotated
+    await seal(sealed.res, sealed.org, [2])
+    key_ids = [
+        r[0] for r in await sealed.conn.fetch("SELECT key_id FROM audit_ledger ORDER BY seq")
+    ]
+    assert key_ids == ["test-1", "test-2"]
+    assert (await verify_range(sealed.conn, Verifier(rotated.signing_keys_by_id))).intact
+
+
+def _cli(settings_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env, "AUDIT_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+async def test_cli_verify_and_checkpoint_catch_a_cut_tail(
+    sealed_factory: SealedFactory, tmp_path: Path
+) -> None:
+    sealed = await sealed_factory([3, 4, 5])
+    settings = sealed.res.settings
+    env = {"AUDIT_DATABASE_URL": settings.database_url, "AUDIT_SIGNING_KEYS": settings.signing_keys}
+    checkpoint = tmp_path / "checkpoint.json"
+    exported = _cli(env, "checkpoint", "export", "--out", str(checkpoint))
+    assert exported.returncode == 0, exported.stderr
+    assert orjson.loads(checkpoint.read_bytes())["seq"] == 3
+    intact = _cli(env, "verify", "--checkpoint", str(checkpoint))
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert orjson.loads(intact.stdout.splitlines()[-1])["intact"] is True
+
+    # Drop the newest batch, its events and its ledger entry: the chain itself still verifies.
+    await sealed.conn.execute(
+        "DELETE FROM audit_log WHERE batch_id = (SELECT batch_id FROM audit_ledger WHERE seq = 3)"
+    )
+    await sealed.conn.execute("DELETE FROM audit_ledger WHERE seq = 3")
+    assert _cli(env, "verify").returncode == 0
+    cut = _cli(env, "verify", "--checkpoint", str(checkpoint))
+    assert cut.returncode == 1
+    findings = [orjson.loads(line) for line in cut.stdout.splitlines()[:-1]]
+    assert [(f["check"], f["seq"]) for f in findings] == [("checkpoint_not_extended", 3)]
+    ranged = _cli(env, "verify", "--from-seq", "1", "--to-seq", "3")
+    assert ranged.returncode == 1 and "ledger_entry_missing" in ranged.stdout
+
+
+async def test_verify_and_proof_over_http(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    async with running(settings_factory()) as svc:
+        headers = await svc.key(org)
+        resp = await svc.client.post("/events/bulk", json=[event()] * 25, headers=headers)
+        await wait_stored(database_url, org, 25)
+        event_id = resp.json()["event_ids"][7]
+        proof = await svc.client.get(f"/events/{event_id}/proof", headers=headers)
+        assert proof.status_code == 200
+        assert check_proof(proof.json(), svc.settings.signing_key_ring[0].secret)
+        other = await svc.key(f"{org}-other")
+        assert (await svc.client.get(f"/events/{event_id}/proof", headers=other)).status_code == 404
+        seq = proof.json()["batch_seq"]
+        verified = await svc.client.get(
+            "/integrity/verify", params={"from_seq": seq, "to_seq": seq}, headers=headers
+        )
+        assert verified.status_code == 200
+        assert verified.headers["content-type"].startswith("application/x-ndjson")
+        lines = [orjson.loads(line) for line in verified.text.splitlines()]
+        assert "progress" in lines[0]
+        assert lines[-1]["summary"]["intact"] is True and lines[-1]["summary"]["events"] >= 25
+        reader = await svc.key(org, ("read",))
+        assert (await svc.client.get("/integrity/verify", headers=reader)).status_code == 403
+        bad = await svc.client.get(
+            "/integrity/verify", params={"start": "2026-01-01T00:00:00Z"}, headers=headers
+        )
+        assert bad.status_code == 422
+
+
+async def test_two_writer_processes_build_one_unbroken_chain(
+    sealed_factory: SealedFactory,
+) -> None:
+    sealed = await sealed_factory([1])
+    settings = sealed.res.settings
+    env = {
+        **os.environ,
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_REDIS_URL": settings.redis_url,
+        "AUDIT_SIGNING_KEYS": settings.signing_keys,
+        "AUDIT_STREAM_PREFIX": settings.stream_prefix,
+        "AUDIT_BATCH_SIZE": "50",
+        "AUDIT_WRITERS": "2",
+        "AUDIT_LOG_LEVEL": "WARNING",
+        "AUDIT_READ_BLOCK_MS": "100",
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "worker", env=env)
+        for _ in range(2)
+    ]
+    try:
+        from app.schemas import EVENT_LIST
+
+        for _ in range(300):  # both processes up: their four writers have joined the group
+            if (await sealed.res.stream.stats())["consumers"] >= 4:
+                break
+            await asyncio.sleep(0.1)
+
+        for n in range(40):
+            events = EVENT_LIST.validate_python(
+                [event(principal_id=f"c{n}-{i}") for i in range(25)]
+            )
+            await sealed.res.stream.enqueue(
+                [e.to_record(sealed.org, "2026-11-20T10:00:00Z") for e in events], 25
+            )
+        for _ in range(300):
+            if (await sealed.res.stream.stats())["queued_events"] == 0:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 30)
+    assert all(proc.returncode == 0 for proc in procs)
+    count = await sealed.conn.fetchval("SELECT count(*) FROM audit_log")
+    assert count == 1 + 40 * 25
+    seqs = [r[0] for r in await sealed.conn.fetch("SELECT seq FROM audit_ledger ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2
+    report = await verify_range(sealed.conn, sealed.verifier)
+    assert report.intact, report.findings[:5]
+    assert report.events == count
