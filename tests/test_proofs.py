@@ -68,8 +68,8 @@ def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
         bytes.fromhex(proof["event_hash"]), proof["leaf_index"], proof["tree_size"], path
     )
     head = head_of(entry)
-    signed = hmac.new(hmac_key, head, hashlib.sha256).hexdigest() == entry["signature"]
-    return root.hex() == entry["merkle_root"] and head.hex() == entry["head"] and signed
+    signed: bool = hmac.new(hmac_key, head, hashlib.sha256).hexdigest() == entry["signature"]
+    return bool(root.hex() == entry["merkle_root"] and head.hex() == entry["head"]) and signed
 
 
 # ---------------------------------------------------------------------------------------------
