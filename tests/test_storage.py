@@ -92,18 +92,19 @@ def _as_role(database_url: str, role: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
-async def test_writer_needs_no_update_or_delete(
+async def test_writer_role_appends_and_nothing_else(
     admin: asyncpg.Connection, settings_factory: SettingsFactory, org: str, database_url: str
 ) -> None:
-    role = f"audit_writer_{uuid.uuid4().hex[:8]}"
+    """A login role holding only audit_writer seals batches and keeps partitions; UPDATE and
+    DELETE fail, and stay refused by the trigger even when someone grants them."""
+    role = f"audit_login_{uuid.uuid4().hex[:8]}"
     try:
-        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE audit_writer')
     except asyncpg.InsufficientPrivilegeError:
         pytest.skip("cannot create roles on this server")
+    url = _as_role(database_url, role)
     try:
-        await admin.execute(f'GRANT SELECT, INSERT ON audit_log, audit_ledger TO "{role}"')
-        await admin.execute(f'GRANT USAGE ON SEQUENCE audit_batch_id_seq TO "{role}"')
-        settings = settings_factory(run_writers=False, database_url=_as_role(database_url, role))
+        settings = settings_factory(run_writers=False, database_url=url)
         res = await open_resources(settings, Metrics.create())
         try:
             rec = EventIn.model_validate(event()).to_record(org, "2026-11-20T10:00:00.000000Z")
@@ -112,18 +113,25 @@ async def test_writer_needs_no_update_or_delete(
             writer = BatchWriter(settings, res.stream, res.metrics, breaker, "restricted")
             await asyncio.wait_for(writer.cycle(asyncio.Event()), 20)
             await writer.close()
+            await repository.ensure_partitions(res.engine, 4)
         finally:
             await close_resources(res)
         assert len(await stored_rows(database_url, org)) == 1
-        conn = await asyncpg.connect(_as_role(database_url, role))
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("DELETE FROM audit_log WHERE organization_id = $1", org)
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("UPDATE audit_log SET action = 'x' WHERE organization_id = $1", org)
-        await conn.close()
+        conn = await asyncpg.connect(url)
+        try:
+            for sql in (
+                "DELETE FROM audit_log WHERE organization_id = $1",
+                "UPDATE audit_log SET action = 'x' WHERE organization_id = $1",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(sql, org)
+            await admin.execute(f'GRANT UPDATE, DELETE ON audit_log TO "{role}"')
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute("DELETE FROM audit_log WHERE organization_id = $1", org)
+        finally:
+            await conn.close()
     finally:
-        await admin.execute(f'REVOKE ALL ON audit_log, audit_ledger FROM "{role}"')
-        await admin.execute(f'REVOKE ALL ON SEQUENCE audit_batch_id_seq FROM "{role}"')
+        await admin.execute(f'REVOKE ALL ON audit_log FROM "{role}"')
         await admin.execute(f'DROP ROLE "{role}"')
 
 
