@@ -17,6 +17,7 @@ import orjson
 
 from app.config import SigningKey
 from app.proofs import event_proof
+from app.schemas import EVENT_LIST
 from app.signing import new_keypair, verify_public_signature
 from app.verify import Verifier, verify_range
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
@@ -212,10 +213,6 @@ async def test_two_writer_processes_build_one_unbroken_chain(
         for _ in range(2)
     ]
     try:
-        from app.schemas import EVENT_LIST
-
-            await asyncio.sleep(0.1)
-
         for n in range(40):
             events = EVENT_LIST.validate_python(
                 [event(principal_id=f"c{n}-{i}") for i in range(25)]
