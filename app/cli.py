@@ -171,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = checkpoint.add_parser("export", help="write the newest signed head as JSON")
     export.add_argument("--out", help="file to write (default: stdout)")
     sub.add_parser("ledger-keygen", help="print a new Ed25519 key pair for ledger heads")
+    bundle = sub.add_parser("export-bundle", help="events of a time range with their ledger")
+    bundle.add_argument("--start", required=True)
+    bundle.add_argument("--end", required=True)
+    bundle.add_argument("--org", help="only this organization's events (others: hashes only)")
+    bundle.add_argument("out")
+    offline = sub.add_parser("verify-bundle", help="verify a bundle with no database")
+    offline.add_argument("bundle")
+    offline.add_argument("--public-key", help="Ed25519 public key (base64)")
     return parser
 
 
@@ -202,8 +210,10 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _integrity(settings: Settings, args: argparse.Namespace) -> int:
-    from app.integrity_cli import run_checkpoint_export, run_verify
+    from app.integrity_cli import run_checkpoint_export, run_export_bundle, run_verify
 
+    if args.command == "export-bundle":
+        return run_export_bundle(settings, args)
     if args.command == "verify":
         if bool(args.start) != bool(args.end):
             raise SystemExit("give both --start and --end")
@@ -221,10 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level)
-    if args.command == "ledger-keygen":
-        from app.integrity_cli import run_ledger_keygen
+    if args.command in {"ledger-keygen", "verify-bundle"}:
+        from app.integrity_cli import run_ledger_keygen, run_verify_bundle
 
-        return run_ledger_keygen()
+        return (
+            run_ledger_keygen()
+            if args.command == "ledger-keygen"
+            else run_verify_bundle(settings, args)
+        )
     if args.command == "dev":
         from app.devmode import run_dev
 
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     elif args.command == "worker":
         _worker(settings)
-    elif args.command in {"verify", "checkpoint"}:
+    elif args.command in {"verify", "checkpoint", "export-bundle"}:
         return _integrity(settings, args)
     else:
         return _keys(settings, args)

@@ -238,3 +238,45 @@ async def test_two_writer_processes_build_one_unbroken_chain(
     report = await verify_range(sealed.conn, sealed.verifier)
     assert report.intact, report.findings[:5]
     assert report.events == count
+
+
+async def test_offline_bundle_verifies_without_a_database(
+    sealed_factory: SealedFactory, tmp_path: Path
+) -> None:
+    private, public = new_keypair()
+    sealed = await sealed_factory([4, 6, 3], ledger_private_key=private)
+    settings = sealed.res.settings
+    env = {"AUDIT_DATABASE_URL": settings.database_url, "AUDIT_SIGNING_KEYS": settings.signing_keys}
+    out = tmp_path / "bundle.ndjson"
+    made = _cli(
+        env,
+        "export-bundle",
+        "--start",
+        "2000-01-01T00:00:00Z",
+        "--end",
+        "2100-01-01T00:00:00Z",
+        "--org",
+        sealed.org,
+        str(out),
+    )
+    assert made.returncode == 0, made.stderr
+    kinds = [next(iter(orjson.loads(line))) for line in out.read_bytes().splitlines()]
+    assert kinds.count("ledger") == 3 and kinds.count("event") == 13
+    offline = {"AUDIT_DATABASE_URL": "", "AUDIT_SIGNING_KEYS": ""}
+    checked = _cli(offline, "verify-bundle", str(out), "--public-key", public)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    summary = orjson.loads(checked.stdout.splitlines()[-1])
+    assert summary["intact"] and summary["events"] == 13 and summary["public_key_checked"]
+    assert _cli(env, "verify-bundle", str(out)).returncode == 0  # with the HMAC keys instead
+
+    lines = out.read_bytes().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(b'{"event"'):
+            lines[i] = line.replace(b'"principal_id":"u1-', b'"principal_id":"x1-', 1)
+    tampered = tmp_path / "tampered.ndjson"
+    tampered.write_bytes(b"\n".join(lines) + b"\n")
+    bad = _cli(offline, "verify-bundle", str(tampered), "--public-key", public)
+    assert bad.returncode == 1
+    assert {orjson.loads(x)["check"] for x in bad.stdout.splitlines()[:-1]} == {
+        "event_hash_mismatch"
+    }
