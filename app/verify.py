@@ -37,6 +37,7 @@ from app.integrity import (
 from app.signing import verify_public_signature
 
 ENTRY_CHUNK = 200
+ROWS_PER_FETCH = 20_000
 LEDGER_CHUNK = """
 SELECT * FROM audit_ledger WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
 """
@@ -185,6 +186,19 @@ class Verifier:
 Progress = Callable[[Report], None]
 
 
+def _by_events(entries: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+    """Consecutive entries holding about ROWS_PER_FETCH events together: memory stays flat."""
+    parts: list[list[asyncpg.Record]] = [[]]
+    events = 0
+    for entry in entries:
+        if parts[-1] and events + entry["event_count"] > ROWS_PER_FETCH:
+            parts.append([])
+            events = 0
+        parts[-1].append(entry)
+        events += entry["event_count"]
+    return parts
+
+
 async def _ledger_entries(
     conn: asyncpg.Connection, from_seq: int, to_seq: int
 ) -> AsyncIterator[list[asyncpg.Record]]:
@@ -218,9 +232,10 @@ async def verify_range(
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
     walk.expected = from_seq
     async for chunk in _ledger_entries(conn, from_seq, last):
-        await walk.chunk(conn, chunk)
-        if progress:
-            progress(report)
+        for part in _by_events(chunk):
+            await walk.chunk(conn, part)
+            if progress:
+                progress(report)
     if walk.expected <= last:
         report.findings.append(
             Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
