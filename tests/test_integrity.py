@@ -3,7 +3,8 @@ openssl independently), so another implementation can test itself against them."
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -11,10 +12,17 @@ import pytest
 from app.config import SigningKey
 from app.integrity import (
     CANONICAL_FIELDS,
+    GENESIS_HEAD,
     UnknownSigningKeyError,
+    audit_path,
     canonical_bytes,
     event_hash,
     format_timestamp,
+    leaf_hash,
+    ledger_head,
+    merkle_root,
+    node_hash,
+    root_from_path,
     sign_hash,
     verify_signature,
 )
@@ -103,3 +111,35 @@ def test_timestamps_are_formatted_in_utc_with_microseconds() -> None:
     )
     with pytest.raises(ValueError):
         format_timestamp(datetime(2026, 1, 2))
+
+
+# Merkle and ledger vectors, cross-checked with sha256sum and xxd in a shell (see README).
+EVENT_HASHES = [hashlib.sha256(bytes([i])).digest() for i in range(3)]
+GOLDEN_LEAF_0 = "d9de27625445003d8a9739a851e3ff8d41c0683630b4d63a88327a6aaa37c409"
+GOLDEN_NODE_01 = "604d540f09268b91672ab011394d5266ccd7d4484d0d109411a55848126a1b2c"
+GOLDEN_ROOT_3 = "d1f13800048f5909d4043fc0c152f6643280cba608b672715e56ce159a20629f"
+GOLDEN_HEAD_1 = "51f1cc32cae2d018c03d7b9833cf1dc9056465f53819391e308ce4dff21919f5"
+
+
+def test_merkle_and_head_golden_vectors() -> None:
+    leaves = [leaf_hash(h) for h in EVENT_HASHES]
+    assert leaves[0].hex() == GOLDEN_LEAF_0
+    assert node_hash(leaves[0], leaves[1]).hex() == GOLDEN_NODE_01
+    assert merkle_root(EVENT_HASHES).hex() == GOLDEN_ROOT_3
+    assert [p.hex() for p in audit_path(EVENT_HASHES, 2)] == [GOLDEN_NODE_01]
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    head = ledger_head(GENESIS_HEAD, 1, merkle_root(EVENT_HASHES), 3, moment, moment)
+    assert head.hex() == GOLDEN_HEAD_1
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33])
+def test_every_proof_recomputes_the_root_and_no_other_leaf(size: int) -> None:
+    hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(size)]
+    root = merkle_root(hashes)
+    for index in range(size):
+        path = audit_path(hashes, index)
+        assert root_from_path(hashes[index], index, size, path) == root
+        other = hashlib.sha256(b"other").digest()
+        assert root_from_path(other, index, size, path) != root
+    with pytest.raises(ValueError):
+        root_from_path(hashes[0], 0, size, [*audit_path(hashes, 0), bytes(32)])
