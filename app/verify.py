@@ -46,6 +46,8 @@ SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
 ORDER BY batch_id, leaf_index
 """
 UNSEALED = "SELECT event_id, organization_id FROM audit_log WHERE batch_id IS NULL"
+BATCHES_BEYOND = "SELECT DISTINCT batch_id FROM audit_log WHERE batch_id >= $1"
+KNOWN_BATCHES = "SELECT batch_id FROM audit_ledger WHERE batch_id = ANY($1::bigint[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +213,6 @@ async def _ledger_entries(
         cursor = chunk[-1]["seq"] + 1
 
 
-MAX_BATCH_ID = 2**63 - 1
-
-
 async def verify_range(
     conn: asyncpg.Connection,
     verifier: Verifier,
@@ -241,9 +240,10 @@ async def verify_range(
             Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
         )
     if walk.full:
-        await walk.rows(conn, walk.next_low, MAX_BATCH_ID, {})
+        await walk.fetch_unknown_beyond(conn)
         for row in await conn.fetch(UNSEALED):
             report.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
+    await walk.settle_leftovers(conn)
     return report
 
 
@@ -262,7 +262,12 @@ async def seq_range_for_times(
 
 @dataclass(slots=True)
 class _Walk:
-    """The state of one pass along the chain."""
+    """The state of one pass along the chain.
+
+    Batch ids come from a sequence when a batch starts and seqs when it commits, so a batch can
+    have a lower id than one sealed before it. Rows are therefore fetched by contiguous id ranges
+    and held until the entry they belong to comes along; whatever is left at the end belongs to
+    a batch sealed after the pass began (fine) or to none (a finding)."""
 
     verifier: Verifier
     report: Report
@@ -270,36 +275,53 @@ class _Walk:
     prev: asyncpg.Record | None = None
     expected: int = 1
     next_low: int = 1
+    held: dict[int, list[asyncpg.Record]] = field(default_factory=dict)
 
     async def chunk(self, conn: asyncpg.Connection, entries: list[asyncpg.Record]) -> None:
         ids = [e["batch_id"] for e in entries]
-        low = self.next_low if self.full else min(ids)
         high = max(ids)
-        batches = {e["batch_id"]: e for e in entries}
-        by_batch = await self.rows(conn, low, high, batches)
+        low = self.next_low if self.full else min(ids)
+        if high >= low:
+            await self.fetch(conn, low, high)
         for entry in entries:
             if entry["seq"] != self.expected:
                 gap = f"seq {self.expected}..{entry['seq'] - 1}"
                 self.report.findings.append(
                     Finding("ledger_entry_missing", entry["seq"], None, gap)
                 )
-            rows = by_batch.get(entry["batch_id"], [])
+            rows = self.held.pop(entry["batch_id"], [])
             self.report.findings += self.verifier.check_entry(entry, self.prev)
             self.report.findings += self.verifier.check_batch(entry, rows)
             self.report.entries += 1
             self.prev, self.expected = entry, entry["seq"] + 1
-        self.next_low = max(self.next_low, high + 1)
 
-    async def rows(
-        self, conn: asyncpg.Connection, low: int, high: int, batches: Mapping[int, Any]
-    ) -> dict[int, list[asyncpg.Record]]:
-        """Rows with batch ids in [low, high], grouped; rows of no known batch are findings."""
-        by_batch: dict[int, list[asyncpg.Record]] = {}
+    async def fetch(self, conn: asyncpg.Connection, low: int, high: int) -> None:
+        """Hold the rows with batch ids in [low, high] (each id range is read once)."""
+        low = max(low, self.next_low) if self.full else low
         for row in await conn.fetch(ROWS_OF_BATCHES, low, high):
             self.report.events += 1
-            if row["batch_id"] in batches:
-                by_batch.setdefault(row["batch_id"], []).append(row)
-            else:
+            self.held.setdefault(row["batch_id"], []).append(row)
+        self.next_low = max(self.next_low, high + 1)
+
+    async def fetch_unknown_beyond(self, conn: asyncpg.Connection) -> None:
+        """Rows past the last id read whose batch has no ledger entry (batches sealed while
+        this pass ran are left alone, unread)."""
+        ids = [r[0] for r in await conn.fetch(BATCHES_BEYOND, self.next_low)]
+        known = {r[0] for r in await conn.fetch(KNOWN_BATCHES, ids)}
+        for batch_id in ids:
+            if batch_id not in known:
+                await self.fetch(conn, batch_id, batch_id)
+
+    async def settle_leftovers(self, conn: asyncpg.Connection) -> None:
+        """Rows of batches this pass did not verify: sealed later, or of no batch at all."""
+        if not self.held:
+            return
+        known = {r[0] for r in await conn.fetch(KNOWN_BATCHES, list(self.held))}
+        for batch_id, rows in self.held.items():
+            if batch_id in known:
+                self.report.events -= len(rows)  # another pass verifies them
+                continue
+            for row in rows:
                 finding = self.verifier.event_finding("event_unsealed", row, None, "unknown batch")
                 self.report.findings.append(finding)
-        return by_batch
+        self.held.clear()

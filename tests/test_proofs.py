@@ -280,3 +280,31 @@ async def test_offline_bundle_verifies_without_a_database(
     assert {orjson.loads(x)["check"] for x in bad.stdout.splitlines()[:-1]} == {
         "event_hash_mismatch"
     }
+
+
+async def test_verification_while_writers_seal_reports_nothing_false(
+    settings_factory: SettingsFactory, org: str, sealed_factory: SealedFactory
+) -> None:
+    sealed = await sealed_factory([1])
+    settings = settings_factory(
+        database_url=sealed.res.settings.database_url, writers=2, batch_size=100
+    )
+    async with running(settings) as svc:
+        headers = await svc.key(org)
+        stop = asyncio.Event()
+
+        async def ingest() -> None:
+            while not stop.is_set():
+                await svc.client.post("/events/bulk", json=[event()] * 150, headers=headers)
+
+        task = asyncio.create_task(ingest())
+        try:
+            for _ in range(6):
+                report = await verify_range(sealed.conn, sealed.verifier)
+                assert report.intact, report.findings[:3]
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await task
+    final = await verify_range(sealed.conn, sealed.verifier)
+    assert final.intact and final.entries > 5
