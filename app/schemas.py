@@ -74,16 +74,14 @@ ALL_SCOPES: tuple[Scope, ...] = ("ingest", "read", "verify", "admin")
 DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
 
 
-def new_event_id() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits, so ids sort by time."""
-    unix_ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (unix_ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b
-    return uuid.UUID(int=value)
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562) in its text form: 48-bit Unix milliseconds, version 7, random bits
+    with the RFC variant, so ids sort by time. Built as text directly: this runs per event."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -164,7 +162,7 @@ class EventIn(BaseModel):
             "correlation_id": self.correlation_id,
             "data_classification": self.data_classification,
             "details": self.details,
-            "event_id": str(self.event_id or new_event_id()),
+            "event_id": str(self.event_id) if self.event_id else new_event_id(),
             "ip_address": session.ip_address if session else None,
             "organization_id": organization_id,
             "outcome_description": self.outcome_description,

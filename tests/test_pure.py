@@ -16,7 +16,7 @@ from app.writer import backoff_seconds
 
 
 def test_event_ids_are_uuid7_and_sort_by_time() -> None:
-    ids = [new_event_id() for _ in range(200)]
+    ids = [uuid.UUID(new_event_id()) for _ in range(200)]
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     millis = [i.int >> 80 for i in ids]
     assert millis == sorted(millis)
