@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 
 class CuttableProxy:
@@ -48,3 +51,15 @@ class CuttableProxy:
             self._links.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+async def proxied_database(database_url: str) -> tuple[CuttableProxy, str]:
+    """A started proxy in front of the test database, and the URL that goes through it.
+    Skips the test when the database is reached over a socket rather than TCP."""
+    target = urlsplit(database_url)
+    if not target.port:
+        pytest.skip("the test database is not on TCP")
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port)
+    await proxy.start()
+    user = target.netloc.rsplit("@", 1)[0] + "@" if "@" in target.netloc else ""
+    return proxy, urlunsplit(target._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))

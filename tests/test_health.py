@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
-import pytest
-
 from tests.conftest import Service, SettingsFactory, event, eventually, running, wait_stored
-from tests.proxy import CuttableProxy
+from tests.proxy import proxied_database
 
 
 async def test_health_and_readiness(service: Service) -> None:
@@ -87,14 +83,9 @@ async def test_openapi_describes_event_bodies(service: Service) -> None:
 async def test_database_outage_answers_503_and_ingest_goes_on(
     settings_factory: SettingsFactory, org: str, database_url: str
 ) -> None:
-    target = urlsplit(database_url)
-    if not target.port:
-        pytest.skip("the test database is not on TCP")
-    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port)
-    await proxy.start()
-    netloc = target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{proxy.port}"
+    proxy, url = await proxied_database(database_url)
     settings = settings_factory(
-        database_url=urlunsplit(target._replace(netloc=netloc)),
+        database_url=url,
         run_writers=False,
         auth_cache_seconds=30,
     )

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
@@ -18,7 +17,7 @@ from app.metrics import Metrics
 from app.schemas import EVENT_LIST, EventIn
 from app.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
-from tests.proxy import CuttableProxy
+from tests.proxy import proxied_database
 
 
 @pytest.fixture
@@ -156,24 +155,11 @@ async def test_writer_recreates_a_lost_consumer_group(
     await asyncio.wait_for(task, 10)
 
 
-def _via(database_url: str, port: int) -> str:
-    parts = urlsplit(database_url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
-
-
 async def test_breaker_opens_while_database_is_down_and_everything_drains_after(
     parts: Resources, org: str, database_url: str
 ) -> None:
-    target = urlsplit(database_url)
-    if not target.port:
-        pytest.skip("the test database is not on TCP")
-    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port)
-    await proxy.start()
-    settings = parts.settings.model_copy(
-        update={"database_url": _via(database_url, proxy.port), "breaker_threshold": 2}
-    )
+    proxy, url = await proxied_database(database_url)
+    settings = parts.settings.model_copy(update={"database_url": url, "breaker_threshold": 2})
     writer = new_writer(parts, "w", settings)
     await accept(parts, org, 5)
     await proxy.cut()
