@@ -18,7 +18,7 @@ Checks, by the name a finding carries:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,17 +66,44 @@ class Finding:
         }
 
 
+MAX_KEPT_FINDINGS = 10_000
+
+
+class Findings(list[Finding]):
+    """Keeps the first MAX_KEPT_FINDINGS findings and counts the rest by check, so a run over a
+    badly broken (or wrongly keyed) chain of millions of events keeps its memory flat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.by_check: dict[str, int] = {}
+
+    def append(self, finding: Finding) -> None:
+        self.total += 1
+        self.by_check[finding.check] = self.by_check.get(finding.check, 0) + 1
+        if len(self) < MAX_KEPT_FINDINGS:
+            super().append(finding)
+
+    def extend(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            self.append(finding)
+
+    def __iadd__(self, findings: Iterable[Finding]) -> Findings:  # type: ignore[override,misc]
+        self.extend(findings)
+        return self
+
+
 @dataclass(slots=True)
 class Report:
     from_seq: int
     to_seq: int
     entries: int = 0
     events: int = 0
-    findings: list[Finding] = field(default_factory=list)
+    findings: Findings = field(default_factory=Findings)
 
     @property
     def intact(self) -> bool:
-        return not self.findings
+        return self.findings.total == 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -85,7 +112,9 @@ class Report:
             "to_seq": self.to_seq,
             "ledger_entries": self.entries,
             "events": self.events,
-            "findings": len(self.findings),
+            "findings": self.findings.total,
+            "findings_by_check": dict(self.findings.by_check),
+            "findings_listed": len(self.findings),
         }
 
 

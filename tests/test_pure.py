@@ -12,6 +12,7 @@ from app.auth import hash_api_key, new_api_key, parse_scopes
 from app.config import parse_signing_keys, plain_postgres_url
 from app.pagination import CursorError, decode_cursor, encode_cursor
 from app.schemas import new_event_id
+from app.verify import MAX_KEPT_FINDINGS, Finding, Findings
 from app.writer import backoff_seconds
 
 
@@ -68,3 +69,15 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 0.05 <= backoff_seconds(0, 100, 5000) <= 0.1
     assert 0.4 <= backoff_seconds(3, 100, 5000) <= 0.8
     assert 2.5 <= backoff_seconds(30, 100, 5000) <= 5.0
+
+
+def test_findings_keep_memory_flat_but_count_everything() -> None:
+    findings = Findings()
+    findings += (Finding("event_hash_mismatch", 1) for _ in range(MAX_KEPT_FINDINGS + 5))
+    findings.append(Finding("chain_link_broken", 2))
+    assert len(findings) == MAX_KEPT_FINDINGS
+    assert findings.total == MAX_KEPT_FINDINGS + 6
+    assert findings.by_check == {
+        "event_hash_mismatch": MAX_KEPT_FINDINGS + 5,
+        "chain_link_broken": 1,
+    }
