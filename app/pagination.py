@@ -1,4 +1,4 @@
-"""Opaque keyset cursors: base64url of the JSON pair [timestamp, event_id] of the last row."""
+"""Opaque keyset cursors: base64url of the JSON [timestamp, event_id, order] of the last row."""
 
 from __future__ import annotations
 
@@ -16,17 +16,20 @@ class CursorError(ValueError):
     pass
 
 
-def encode_cursor(timestamp: datetime, event_id: uuid.UUID) -> str:
-    raw = orjson.dumps([format_timestamp(timestamp), str(event_id)])
+def encode_cursor(timestamp: datetime, event_id: uuid.UUID, order: str = "desc") -> str:
+    raw = orjson.dumps([format_timestamp(timestamp), str(event_id), order])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str, order: str = "desc") -> tuple[datetime, uuid.UUID]:
+    """The keyset position; refused when the cursor was issued for the other order."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        timestamp, event_id = orjson.loads(raw)
-        if not isinstance(timestamp, str) or not isinstance(event_id, str):
+        timestamp, event_id, issued_for = orjson.loads(raw)
+        if not all(isinstance(part, str) for part in (timestamp, event_id, issued_for)):
             raise TypeError("cursor parts must be strings")
+        if issued_for != order:
+            raise ValueError("cursor was issued for the other order")
         moment = parse_timestamp(timestamp).astimezone(UTC)
         return moment, uuid.UUID(event_id)
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, OverflowError) as exc:

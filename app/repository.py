@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -107,25 +108,33 @@ class EventQuery:
     start: datetime | None = None
     end: datetime | None = None
     principal_id: str | None = None
-    action: str | None = None
-    status: str | None = None
-    data_classification: str | None = None
+    action: Sequence[str] | None = None
+    action_prefix: str | None = None
+    status: Sequence[str] | None = None
+    data_classification: Sequence[str] | None = None
     target_resource_type: str | None = None
     target_resource_id: str | None = None
     patient_id: str | None = None
+    correlation_id: str | None = None
+    purpose_of_use: str | None = None
+    break_glass: bool | None = None
+    order: str = "desc"
     limit: int = 100
-    after: tuple[datetime, uuid.UUID] | None = None  # keyset position, newest first
+    after: tuple[datetime, uuid.UUID] | None = None  # keyset position of the last row seen
 
 
 EQUALITY_FILTERS = (
     "principal_id",
-    "action",
-    "status",
-    "data_classification",
+    "correlation_id",
+    "purpose_of_use",
+    "break_glass",
     "target_resource_type",
     "target_resource_id",
     "patient_id",
 )
+
+
+ANY_OF_FILTERS = ("action", "status", "data_classification")
 
 
 def _event_select(query: EventQuery) -> Select[Any]:
@@ -135,18 +144,25 @@ def _event_select(query: EventQuery) -> Select[Any]:
         value = getattr(query, name)
         if value is not None:
             conditions.append(c[name] == value)
+    for name in ANY_OF_FILTERS:
+        values = getattr(query, name)
+        if values:
+            conditions.append(c[name] == values[0] if len(values) == 1 else c[name].in_(values))
+    if query.action_prefix is not None:
+        conditions.append(c.action.startswith(query.action_prefix, autoescape=True))
     if query.start is not None:
         conditions.append(c.timestamp >= query.start)
     if query.end is not None:
         conditions.append(c.timestamp < query.end)
+    newest_first = query.order == "desc"
     if query.after is not None:
-        conditions.append(tuple_(c.timestamp, c.event_id) < tuple_(*query.after))
-    return (
-        select(audit_log)
-        .where(and_(*conditions))
-        .order_by(c.timestamp.desc(), c.event_id.desc())
-        .limit(query.limit + 1)
+        position = tuple_(c.timestamp, c.event_id)
+        after = tuple_(*query.after)
+        conditions.append(position < after if newest_first else position > after)
+    ordering = (
+        (c.timestamp.desc(), c.event_id.desc()) if newest_first else (c.timestamp, c.event_id)
     )
+    return select(audit_log).where(and_(*conditions)).order_by(*ordering).limit(query.limit + 1)
 
 
 def event_row_to_dict(row: Any) -> dict[str, Any]:

@@ -66,6 +66,11 @@ Action = Annotated[
         min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
     ),
 ]
+ActionPrefix = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-.]+$")
+]
+Order = Literal["asc", "desc"]
+MAX_FILTER_VALUES = 20
 Status = Literal["attempt", "success", "failure"]
 Classification = Literal["PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI"]
 Priority = Literal["normal", "high"]
@@ -237,12 +242,19 @@ class EventFilters(BaseModel):
     start: EventTime | None = None
     end: EventTime | None = None
     principal_id: Identifier | None = None
-    action: Action | None = None
-    status: Status | None = None
-    data_classification: Classification | None = None
+    action: list[Action] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    action_prefix: ActionPrefix | None = None
+    status: list[Status] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
+    data_classification: list[Classification] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES
+    )
     target_resource_type: Identifier | None = None
     target_resource_id: Identifier | None = None
     patient_id: Identifier | None = None
+    correlation_id: Identifier | None = None
+    purpose_of_use: Identifier | None = None
+    break_glass: bool | None = None
+    order: Order = "desc"
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
 

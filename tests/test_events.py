@@ -28,6 +28,9 @@ async def seed(
             action="fhir.patient.read" if i % 2 else "fhir.observation.search",
             target_resource_type="Patient",
             target_resource_id=f"Patient/{i % 4}",
+            correlation_id=f"corr-{i % 6}",
+            purpose_of_use="TREAT" if i % 3 else "OPERATIONS",
+            break_glass=i % 11 == 0,
         )
         for i in range(60)
     ]
@@ -47,8 +50,13 @@ def matches(sent: dict[str, Any], params: dict[str, Any]) -> bool:
             return False
         if key == "end" and moment >= datetime.fromisoformat(value):
             return False
-        if key not in {"start", "end"} and sent.get(key) != value:
+        if key == "action_prefix" and not sent["action"].startswith(value):
             return False
+        if isinstance(value, list) and sent.get(key) not in value:
+            return False
+        if key not in {"start", "end", "action_prefix", "order"} and not isinstance(value, list):
+            if sent.get(key, False if key == "break_glass" else None) != value:
+                return False
     return True
 
 
@@ -77,6 +85,28 @@ async def test_pagination_returns_every_row_once_newest_first(
     assert len({i["event_id"] for i in items}) == 62
     keys = [(i["timestamp"], i["event_id"]) for i in items]
     assert keys == sorted(keys, reverse=True)
+    oldest_first = await all_pages(service, headers, limit=9, order="asc")
+    assert [(i["timestamp"], i["event_id"]) for i in oldest_first] == sorted(keys)
+
+
+async def test_cursor_pages_stay_stable_while_events_arrive(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers, sent = await seed(service, org, database_url)
+    first = (await service.client.get("/events", params={"limit": 10}, headers=headers)).json()
+    newer = [event(timestamp=at(1000 + i), principal_id="late") for i in range(5)]
+    await service.client.post("/events/bulk", json=newer, headers=headers)
+    await wait_stored(database_url, org, len(sent) + 5)
+    rest: list[dict[str, Any]] = []
+    cursor = first["next_cursor"]
+    while cursor:
+        page = await service.client.get(
+            "/events", params={"limit": 10, "cursor": cursor}, headers=headers
+        )
+        rest += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+    ids = [i["event_id"] for i in first["items"] + rest]
+    assert len(ids) == len(set(ids)) == len(sent)  # the late ones sort before the first page
 
 
 async def test_filters_match_independent_counts(
@@ -93,6 +123,12 @@ async def test_filters_match_independent_counts(
         {"start": at(10), "end": at(20)},
         {"start": at(30), "end": at(31)},
         {"principal_id": "user-0", "status": "failure", "end": at(40)},
+        {"action": ["fhir.patient.read", "fhir.observation.search"], "status": ["failure"]},
+        {"action_prefix": "fhir.observation."},
+        {"data_classification": ["PHI", "CONFIDENTIAL"]},
+        {"correlation_id": "corr-2"},
+        {"purpose_of_use": "OPERATIONS", "break_glass": True},
+        {"break_glass": False, "order": "asc"},
     ]
     for params in cases:
         expected = sum(1 for e in sent if matches(e, params))
@@ -100,8 +136,9 @@ async def test_filters_match_independent_counts(
         assert expected > 0 and len(items) == expected, params
         for item in items:
             for key, value in params.items():
-                if key not in {"start", "end"}:
-                    assert item[key] == value, params
+                if key in {"start", "end", "action_prefix", "order"}:
+                    continue
+                assert item[key] in value if isinstance(value, list) else item[key] == value
 
 
 async def test_organizations_never_see_each_other(
@@ -129,6 +166,9 @@ async def test_bad_query_parameters_are_refused(service: Service, org: str) -> N
         ({"cursor": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiw1XQ"}, 400, "invalid_cursor"),
         ({"start": "2026-01-01T00:00:00"}, 422, "validation_failed"),
         ({"status": "maybe"}, 422, "validation_failed"),
+        ({"order": "sideways"}, 422, "validation_failed"),
+        ({"action_prefix": "fhir%"}, 422, "validation_failed"),
+        ({"action": [f"a{i}" for i in range(21)]}, 422, "validation_failed"),
         ({"colour": "red"}, 422, "validation_failed"),
     ]
     for params, status, code in cases:

@@ -29,8 +29,10 @@ def test_cursor_round_trip_and_golden_value() -> None:
     event_id = uuid.UUID("01936f4e-8a2b-7c3d-9e4f-a1b2c3d4e5f6")
     cursor = encode_cursor(moment, event_id)
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    assert raw == b'["2026-01-02T03:04:05.678901Z","01936f4e-8a2b-7c3d-9e4f-a1b2c3d4e5f6"]'
+    assert raw == b'["2026-01-02T03:04:05.678901Z","01936f4e-8a2b-7c3d-9e4f-a1b2c3d4e5f6","desc"]'
     assert decode_cursor(cursor) == (moment, event_id)
+    with pytest.raises(CursorError):
+        decode_cursor(cursor, "asc")
 
 
 @pytest.mark.parametrize("bad", ["", "!!!", "bm90IGpzb24", "WzFd", "WyJ4IiwieSJd"])

@@ -168,10 +168,12 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     [
         ({}, "ix_audit_log_org_time"),
         ({"start": datetime(2026, 11, 1, tzinfo=UTC)}, "ix_audit_log_org_time"),
-        ({"action": "fhir.patient.read"}, "ix_audit_log_org_time"),
+        ({"action": ["fhir.patient.read"]}, "ix_audit_log_org_time"),
+        ({"action_prefix": "fhir.patient."}, "ix_audit_log_org_time"),
+        ({"order": "asc"}, "ix_audit_log_org_time"),
         ({"principal_id": "user-7"}, "ix_audit_log_org_principal_time"),
         ({"patient_id": "p-1"}, "ix_audit_log_org_patient_time"),
-        ({"data_classification": "PHI"}, "ix_audit_log_org_classification_time"),
+        ({"data_classification": ["PHI"]}, "ix_audit_log_org_classification_time"),
     ],
 )
 async def test_each_query_uses_its_index_without_sorting(

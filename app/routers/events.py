@@ -26,7 +26,7 @@ async def list_events(
     request: Request, caller: Reader, filters: Annotated[EventFilters, Query()]
 ) -> EventPage:
     try:
-        after = decode_cursor(filters.cursor) if filters.cursor else None
+        after = decode_cursor(filters.cursor, filters.order) if filters.cursor else None
     except CursorError as exc:
         raise InvalidCursor(str(exc)) from exc
     query = repository.EventQuery(
@@ -37,7 +37,8 @@ async def list_events(
     async with resources(request).engine.connect() as conn:
         rows, more = await repository.query_events(conn, query)
     items = [EventOut.model_validate(repository.event_row_to_dict(row)) for row in rows]
-    next_cursor = encode_cursor(rows[-1].timestamp, rows[-1].event_id) if more else None
+    last = rows[-1] if more else None
+    next_cursor = encode_cursor(last.timestamp, last.event_id, filters.order) if last else None
     return EventPage(items=items, next_cursor=next_cursor)
 
 
