@@ -60,6 +60,11 @@ def matches(sent: dict[str, Any], params: dict[str, Any]) -> bool:
     return True
 
 
+def without_reads(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The seeded events: each read adds an `audit.*` event to the organization as it goes."""
+    return [i for i in items if not i["action"].startswith("audit.")]
+
+
 async def all_pages(
     service: Service, headers: dict[str, str], **params: Any
 ) -> list[dict[str, Any]]:
@@ -70,7 +75,7 @@ async def all_pages(
         resp = await service.client.get("/events", params=query, headers=headers)
         assert resp.status_code == 200, resp.text
         page = resp.json()
-        items += page["items"]
+        items += without_reads(page["items"])
         cursor = page["next_cursor"]
         if cursor is None:
             return items
@@ -105,7 +110,7 @@ async def test_cursor_pages_stay_stable_while_events_arrive(
         )
         rest += page.json()["items"]
         cursor = page.json()["next_cursor"]
-    ids = [i["event_id"] for i in first["items"] + rest]
+    ids = [i["event_id"] for i in without_reads(first["items"] + rest)]
     assert len(ids) == len(set(ids)) == len(sent)  # the late ones sort before the first page
 
 
@@ -179,3 +184,27 @@ async def test_bad_query_parameters_are_refused(service: Service, org: str) -> N
     assert resp.status_code == 422
     resp = await service.client.get(f"/events/{uuid.uuid4()}", headers=headers)
     assert resp.status_code == 404
+
+
+async def test_every_read_is_itself_recorded_and_sealed(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers, sent = await seed(service, org, database_url)
+    page = await service.client.get(
+        "/events", params={"patient_id": "p-2", "limit": 3}, headers=headers
+    )
+    event_id = page.json()["items"][0]["event_id"]
+    await service.client.get(f"/events/{event_id}", headers=headers)
+    await service.client.get(f"/events/{event_id}/proof", headers=headers)
+    await wait_stored(database_url, org, len(sent) + 3)
+    reads = (
+        await service.client.get("/events", params={"action_prefix": "audit."}, headers=headers)
+    ).json()["items"]
+    by_action = {r["action"]: r for r in reads}
+    assert set(by_action) >= {"audit.query", "audit.read", "audit.proof"}
+    query = by_action["audit.query"]
+    assert query["organization_id"] == org and query["principal_type"] == "api_key"
+    assert query["details"]["query"]["patient_id"] == "p-2"
+    assert query["details"]["rows"] == 3
+    proof = await service.client.get(f"/events/{query['event_id']}/proof", headers=headers)
+    assert proof.status_code == 200  # sealed like any other event

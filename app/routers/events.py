@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from app import repository
+from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.errors import InvalidCursor, NotFound
 from app.main_state import resources
@@ -37,6 +38,7 @@ async def list_events(
     async with resources(request).engine.connect() as conn:
         rows, more = await repository.query_events(conn, query)
     items = [EventOut.model_validate(repository.event_row_to_dict(row)) for row in rows]
+    await record_access(request, caller, "query", filters.model_dump(), len(items))
     last = rows[-1] if more else None
     next_cursor = encode_cursor(last.timestamp, last.event_id, filters.order) if last else None
     return EventPage(items=items, next_cursor=next_cursor)
@@ -46,6 +48,7 @@ async def list_events(
 async def get_event(request: Request, caller: Reader, event_id: uuid.UUID) -> EventOut:
     async with resources(request).engine.connect() as conn:
         row = await repository.get_event(conn, caller.organization_id, event_id)
+    await record_access(request, caller, "read", {"event_id": str(event_id)}, int(row is not None))
     if row is None:
         raise NotFound("no such event in your organization")
     return EventOut.model_validate(repository.event_row_to_dict(row))

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.db import driver_connection
 from app.errors import InvalidEvents, NotFound
@@ -54,6 +55,8 @@ async def verify(
     if start is not None and (from_seq is not None or to_seq is not None):
         raise InvalidEvents("give a seq range or a time range, not both")
     res = resources(request)
+    query = {"from_seq": from_seq, "to_seq": to_seq, "start": start, "end": end}
+    await record_access(request, caller, "verify", query, 0)
     verifier = Verifier(
         res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
     )
@@ -112,6 +115,7 @@ async def _verify_lines(
 async def proof(request: Request, caller: Reader, event_id: uuid.UUID) -> dict[str, Any]:
     async with driver_connection(resources(request).engine) as conn:
         found = await event_proof(conn, caller.organization_id, event_id)
+    await record_access(request, caller, "proof", {"event_id": str(event_id)}, int(bool(found)))
     if found is None:
         raise NotFound("no such sealed event in your organization")
     return found
