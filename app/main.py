@@ -19,7 +19,7 @@ from app.auth import KeyCache
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.routers import events, health, ingest, integrity, queue
+from app.routers import events, health, ingest, integrity, phi, queue
 from app.stream import EventStream, StreamKeys, eviction_policy
 from app.tasks import stop_tasks, wait_or_stop
 from app.workers import WriterGroup
@@ -131,8 +131,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics.create()
     install_error_handlers(app)
-    for router in (ingest.router, events.router, integrity.router, queue.router, health.router):
-        app.include_router(router)
+    for module in (ingest, events, phi, integrity, queue, health):
+        app.include_router(module.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=app.state.metrics.registry,

@@ -34,3 +34,19 @@ def decode_cursor(cursor: str, order: str = "desc") -> tuple[datetime, uuid.UUID
         return moment, uuid.UUID(event_id)
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, OverflowError) as exc:
         raise CursorError("cursor is not one this service issued") from exc
+
+
+def encode_key_cursor(key: str) -> str:
+    """A cursor over rows ordered by a text key (the summary reports)."""
+    return base64.urlsafe_b64encode(orjson.dumps(["key", key])).rstrip(b"=").decode()
+
+
+def decode_key_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, key = orjson.loads(raw)
+        if tag != "key" or not isinstance(key, str):
+            raise ValueError("not a key cursor")
+        return key
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        raise CursorError("cursor is not one this service issued") from exc

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, select, text, tuple_, update
+from sqlalchemy import Select, and_, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.models import api_keys, audit_log
@@ -193,3 +193,84 @@ async def get_event(conn: AsyncConnection, organization_id: str, event_id: uuid.
     the earliest of them."""
     rows = list(await conn.execute(_event_by_id(organization_id, event_id)))
     return min(rows, key=lambda row: row.timestamp) if rows else None
+
+
+# -- PHI access reports -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PhiQuery:
+    organization_id: str
+    subject: str  # "patient_id" or "principal_id": the column the report is about
+    value: str
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = 100
+
+    @property
+    def counterpart(self) -> str:
+        return "principal_id" if self.subject == "patient_id" else "patient_id"
+
+
+def _phi_conditions(query: PhiQuery) -> list[Any]:
+    c = audit_log.c
+    conditions = [
+        c.organization_id == query.organization_id,
+        c[query.subject] == query.value,
+        c.data_classification == "PHI",
+    ]
+    if query.subject == "principal_id":
+        conditions.append(c.patient_id.is_not(None))
+    if query.start is not None:
+        conditions.append(c.timestamp >= query.start)
+    if query.end is not None:
+        conditions.append(c.timestamp < query.end)
+    return conditions
+
+
+def _phi_events_select(query: PhiQuery, after: tuple[datetime, uuid.UUID] | None) -> Select[Any]:
+    c = audit_log.c
+    conditions = _phi_conditions(query)
+    if after is not None:
+        conditions.append(tuple_(c.timestamp, c.event_id) < tuple_(*after))
+    return (
+        select(audit_log)
+        .where(and_(*conditions))
+        .order_by(c.timestamp.desc(), c.event_id.desc())
+        .limit(query.limit + 1)
+    )
+
+
+async def phi_events(
+    conn: AsyncConnection, query: PhiQuery, after: tuple[datetime, uuid.UUID] | None
+) -> tuple[list[Any], bool]:
+    rows = list(await conn.execute(_phi_events_select(query, after)))
+    return rows[: query.limit], len(rows) > query.limit
+
+
+def _phi_counts_select(query: PhiQuery, after: str | None) -> Select[Any]:
+    c = audit_log.c
+    other = c[query.counterpart]
+    conditions = _phi_conditions(query)
+    if after is not None:
+        conditions.append(other > after)
+    return (
+        select(
+            other.label("counterpart"),
+            func.count().label("accesses"),
+            func.count().filter(c.break_glass).label("break_glass_accesses"),
+            func.min(c.timestamp).label("first_access"),
+            func.max(c.timestamp).label("last_access"),
+        )
+        .where(and_(*conditions))
+        .group_by(other)
+        .order_by(other)
+        .limit(query.limit + 1)
+    )
+
+
+async def phi_counts(
+    conn: AsyncConnection, query: PhiQuery, after: str | None
+) -> tuple[list[Any], bool]:
+    rows = list(await conn.execute(_phi_counts_select(query, after)))
+    return rows[: query.limit], len(rows) > query.limit
