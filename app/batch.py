@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 
 from app.config import SigningKey
-from app.integrity import event_hash, format_timestamp, parse_timestamp, sign_hash
+from app.integrity import content_digest, event_hash, format_timestamp, parse_timestamp, sign_hash
 from app.ledger import BASE_COLUMNS, HASH_POS, EventKey, event_key
 from app.stream import DeadItem, Entry, Settlement
 
@@ -83,6 +83,11 @@ class PendingRow:
         digest: bytes = self.row[HASH_POS]
         return digest
 
+    @property
+    def content(self) -> bytes:
+        """The content digest (app.integrity.content_digest): compared only on key collisions."""
+        return content_digest(dict(zip(BASE_COLUMNS, self.row, strict=True)))
+
 
 @dataclass(slots=True)
 class BatchPlan:
@@ -131,16 +136,16 @@ def plan_batch(entries: Sequence[Entry], key: SigningKey) -> BatchPlan:
 def first_of_each(plan: BatchPlan, rows: Sequence[PendingRow]) -> list[PendingRow]:
     """Live rows, one per event key: an exact repeat is dropped (stored once), a repeat with
     other content is dead-lettered as a conflict, never silently lost."""
-    seen: dict[EventKey, bytes] = {}
+    seen: dict[EventKey, PendingRow] = {}
     kept = []
     for row in rows:
         if row.dead:
             continue
-        digest = seen.get(row.key)
-        if digest is None:
-            seen[row.key] = row.digest
+        first = seen.get(row.key)
+        if first is None:
+            seen[row.key] = row
             kept.append(row)
-        elif digest != row.digest:
+        elif first.digest != row.digest and first.content != row.content:
             plan.kill_row(row, CONFLICT)
     return kept
 

@@ -221,3 +221,11 @@ def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(details, str | bytes):
         record["details"] = orjson.loads(details)
     return record
+
+
+def content_digest(row: Mapping[str, Any]) -> bytes:
+    """What a client sent, without the time it arrived: an exact resend of an event has the same
+    content digest though its received_at (and so its hash) differs."""
+    record = record_from_row(row)
+    record["received_at"] = None
+    return hashlib.sha256(canonical_bytes(record)).digest()

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from app.config import SigningKey
-from app.integrity import GENESIS_HEAD, ledger_head, merkle_root, sign_head
+from app.integrity import GENESIS_HEAD, content_digest, ledger_head, merkle_root, sign_head
 from app.models import AUDIT_COLUMNS
 from app.signing import PublicSigner
 
@@ -30,7 +30,7 @@ LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of the single chain
 EventKey = tuple[str, datetime, str]
 
 EXISTING_KEYS = """
-SELECT event_id::text, "timestamp", organization_id, hash FROM audit_log
+SELECT * FROM audit_log
 WHERE (event_id, "timestamp", organization_id) IN (
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]))
 """
@@ -55,14 +55,16 @@ def event_key(row: Sequence[Any]) -> EventKey:
     return str(event_id), timestamp, organization_id
 
 
-async def stored_hashes(
+async def stored_contents(
     conn: asyncpg.Connection, keys: Sequence[EventKey]
 ) -> dict[EventKey, bytes]:
-    """The hashes of those events that are already stored."""
+    """The content digests of those events that are already stored."""
     found = await conn.fetch(
         EXISTING_KEYS, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
     )
-    return {(r[0], r[1], r[2]): bytes(r[3]) for r in found}
+    return {
+        (str(r["event_id"]), r["timestamp"], r["organization_id"]): content_digest(r) for r in found
+    }
 
 
 async def seal_batch(

@@ -34,7 +34,7 @@ from app.batch import (
 from app.config import Settings
 from app.db import connect_raw
 from app.integrity import parse_timestamp
-from app.ledger import seal_batch, stored_hashes
+from app.ledger import seal_batch, stored_contents
 from app.metrics import Metrics
 from app.signing import PublicSigner
 from app.stream import Entry, EventStream, Priority
@@ -289,9 +289,9 @@ class BatchWriter:
                 return sealed.count
             except asyncpg.UniqueViolationError:
                 # Stored meanwhile (a redelivery raced us): leave those out, flag conflicts.
-                stored = await stored_hashes(conn, [r.key for r in fresh])
+                stored = await stored_contents(conn, [r.key for r in fresh])
                 for row in fresh:
-                    if row.key in stored and stored[row.key] != row.digest:
+                    if row.key in stored and stored[row.key] != row.content:
                         plan.kill_row(row, CONFLICT)
                 fresh = [r for r in fresh if r.key not in stored]
         raise RuntimeError("events kept colliding with concurrent inserts")
