@@ -60,6 +60,11 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "payload_too_large"

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.integrity import parse_timestamp
 from app.proofs import check_checkpoint, export_checkpoint
 from app.signing import new_keypair
-from app.verify import Report, Verifier, seq_range_for_times, verify_range
+from app.verify import Report, Verifier, verify_range
 
 PROGRESS_EVERY_S = 2.0
 
@@ -36,15 +36,11 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
     verifier = Verifier(settings.signing_keys_by_id, args.public_key or settings.ledger_public_key)
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
-        first, last = args.from_seq or 1, args.to_seq
         start, end = _time(args.start), _time(args.end)
-        if start and end:
-            span = await seq_range_for_times(conn, start, end)
-            if span is None:
-                print("no ledger entries cover that time range", file=sys.stderr)
-                return 0
-            first, last = span
-        report = await verify_range(conn, verifier, first, last, _progress_printer())
+        times = (start, end) if start and end else None
+        report = await verify_range(
+            conn, verifier, args.from_seq or 1, args.to_seq, _progress_printer(), times=times
+        )
         if checkpoint is not None:
             report.findings += await check_checkpoint(conn, checkpoint, settings.signing_keys_by_id)
     finally:

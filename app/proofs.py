@@ -29,7 +29,12 @@ JOIN audit_ledger l ON l.batch_id = a.batch_id
 WHERE a.event_id = $1 AND a.organization_id = $2
 ORDER BY a."timestamp" LIMIT 1
 """
-BATCH_LEAVES = "SELECT hash FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
+BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
+
+
+class DamagedBatch(Exception):
+    """The event's batch no longer has exactly the leaves its ledger entry counts: no proof can
+    be given (verification names what happened)."""
 
 
 def ledger_entry_json(entry: Any) -> dict[str, Any]:
@@ -55,14 +60,18 @@ async def event_proof(
     row = await conn.fetchrow(PROOF_ROW, event_id, organization_id)
     if row is None:
         return None
-    leaves = [bytes(r["hash"]) for r in await conn.fetch(BATCH_LEAVES, row["batch_id"])]
+    found = await conn.fetch(BATCH_LEAVES, row["batch_id"])
+    index, count = row["leaf_index"], row["event_count"]
+    if len(found) != count or [r["leaf_index"] for r in found] != list(range(count)):
+        raise DamagedBatch(f"the batch sealed as seq {row['seq']} no longer matches its entry")
+    leaves = [bytes(r["hash"]) for r in found]
     return {
         "event_id": str(row["event_id"]),
         "event_hash": bytes(row["hash"]).hex(),
         "batch_seq": row["seq"],
-        "leaf_index": row["leaf_index"],
-        "tree_size": row["event_count"],
-        "audit_path": [h.hex() for h in audit_path(leaves, row["leaf_index"])],
+        "leaf_index": index,
+        "tree_size": count,
+        "audit_path": [h.hex() for h in audit_path(leaves, index)],
         "ledger_entry": ledger_entry_json(row),
     }
 

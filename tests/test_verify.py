@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from app.config import SigningKey
 from app.integrity import canonical_bytes, record_from_row, sign_hash
-from app.verify import Report, Verifier, verify_range
-from tests.conftest import Sealed, SealedFactory
+from app.proofs import DamagedBatch, event_proof
+from app.verify import Finding, Report, Verifier, verify_range
+from tests.conftest import Sealed, SealedFactory, seal
 
 
 @pytest.fixture
@@ -148,3 +150,57 @@ async def test_removed_signing_key_reports_unknown_key(sealed: Sealed) -> None:
     report = await verify_range(sealed.conn, Verifier({"rotated": other}))
     assert checks(report) == {"unknown_signing_key"}
     assert report.events == 17
+
+
+async def test_rows_with_impossible_batch_ids_are_named(sealed: Sealed) -> None:
+    zero = await insert_forged(sealed, batch_id=0, leaf_index=0)
+    negative = await insert_forged(sealed, batch_id=-7, leaf_index=0)
+    named = {(f.check, f.event_id) for f in (await sealed.verify()).findings}
+    assert {("event_unsealed", str(zero)), ("event_unsealed", str(negative))} <= named
+
+
+async def test_time_range_checks_the_whole_chain(sealed: Sealed) -> None:
+    start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    assert (await verify_range(sealed.conn, sealed.verifier, times=(start, end))).intact
+    outside = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 2, 1, tzinfo=UTC))
+    empty = await verify_range(sealed.conn, sealed.verifier, times=outside)
+    assert empty.intact and empty.entries == 4 and empty.events == 0  # headers only
+    # Re-date the newest entry out of the range: its head no longer recomputes.
+    await sealed.conn.execute(
+        "UPDATE audit_ledger SET first_timestamp = '2020-01-01', last_timestamp = '2020-01-01' "
+        "WHERE seq = 4"
+    )
+    redated = await verify_range(sealed.conn, sealed.verifier, times=(start, end))
+    assert ("ledger_head_mismatch", 4) in {(f.check, f.seq) for f in redated.findings}
+    # Delete entries inside the chain: the gap is named, not skipped.
+    await sealed.conn.execute("DELETE FROM audit_ledger WHERE seq IN (2, 3)")
+    cut = await verify_range(sealed.conn, sealed.verifier, times=outside)
+    assert ("ledger_entry_missing", 4) in {(f.check, f.seq) for f in cut.findings}
+
+
+async def test_interleaved_batch_ids_verify_in_parts(sealed_factory: SealedFactory) -> None:
+    """Batch ids come from a sequence at batch start, seqs at commit: they can interleave."""
+    sealed = await sealed_factory([2])
+    for next_id, size in ((20, 3), (10, 4), (30, 2)):
+        await sealed.conn.execute("SELECT setval('audit_batch_id_seq', $1)", next_id)
+        await seal(sealed.res, sealed.org, [size])
+    full = await sealed.verify()
+    assert full.intact and full.events == 11
+    for first, last in ((1, 2), (2, 3), (3, 4), (2, 4)):
+        part = await sealed.verify(first, last)
+        assert part.intact, (first, last, part.findings[:3])
+    assert (await sealed.verify(3, 4)).events == 6
+
+
+async def test_a_forged_huge_event_count_is_reported_quickly(sealed: Sealed) -> None:
+    await sealed.conn.execute("UPDATE audit_ledger SET event_count = 2000000000 WHERE seq = 2")
+    report = await sealed.verify()
+    missing = [f for f in report.findings if f.check == "event_missing"]
+    assert missing == [Finding("event_missing", 2, None, "1999999993 of 2000000000 leaves absent")]
+
+
+async def test_proof_of_a_damaged_batch_is_refused(sealed: Sealed) -> None:
+    rows = await sealed.rows(2)
+    await sealed.conn.execute("DELETE FROM audit_log WHERE event_id = $1", rows[0]["event_id"])
+    with pytest.raises(DamagedBatch):
+        await event_proof(sealed.conn, sealed.org, rows[-1]["event_id"])

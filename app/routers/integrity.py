@@ -14,17 +14,17 @@ from fastapi.responses import StreamingResponse
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.db import driver_connection
-from app.errors import InvalidEvents, NotFound
+from app.errors import Conflict, InvalidEvents, NotFound
 from app.main_state import resources
-from app.proofs import event_proof
+from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
-from app.verify import Report, Verifier, seq_range_for_times, verify_range
+from app.verify import Report, Verifier, verify_range
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)
 }
 SeqParam = Annotated[int | None, Query(ge=1, le=2**62)]
 TimeParam = Annotated[EventTime | None, Query()]
@@ -85,14 +85,10 @@ async def _verify_lines(
     async def run() -> None:
         try:
             async with driver_connection(engine) as conn:
-                first, last = from_seq or 1, to_seq
-                if start is not None:
-                    span = await seq_range_for_times(conn, start, end)
-                    if span is None:
-                        lines.put_nowait(_line("summary", Report(0, 0).summary()))
-                        return
-                    first, last = span
-                report = await verify_range(conn, verifier, first, last, progress)
+                times = (start, end) if start is not None else None
+                report = await verify_range(
+                    conn, verifier, from_seq or 1, to_seq, progress, times=times
+                )
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
             lines.put_nowait(_line("summary", report.summary()))
@@ -114,7 +110,10 @@ async def _verify_lines(
 @router.get("/events/{event_id}/proof", responses=ERRORS, summary="Inclusion proof of an event")
 async def proof(request: Request, caller: Reader, event_id: uuid.UUID) -> dict[str, Any]:
     async with driver_connection(resources(request).engine) as conn:
-        found = await event_proof(conn, caller.organization_id, event_id)
+        try:
+            found = await event_proof(conn, caller.organization_id, event_id)
+        except DamagedBatch as exc:
+            raise Conflict(f"{exc}; run a verification") from exc
     await record_access(request, caller, "proof", {"event_id": str(event_id)}, int(bool(found)))
     if found is None:
         raise NotFound("no such sealed event in your organization")
