@@ -12,6 +12,7 @@ with no database (NDJSON, one object per line):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,38 +105,74 @@ def _event_row(event: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def verify_bundle(lines: Iterable[bytes], verifier: Verifier) -> Report:
-    entries: list[dict[str, Any]] = []
-    leaves: dict[int, dict[int, bytes]] = {}
-    report = Report(0, 0)
-    for raw in lines:
-        if not raw.strip():
-            continue
-        ((kind, value),) = orjson.loads(raw).items()
-        if kind == "ledger":
-            entries.append(_entry_row(value))
+@dataclass(slots=True)
+class _BundleCheck:
+    verifier: Verifier
+    report: Report = field(default_factory=lambda: Report(0, 0))
+    header: dict[str, Any] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    leaves: dict[int, dict[int, bytes]] = field(default_factory=dict)
+
+    def place(self, seq: int, index: int, digest: bytes) -> None:
+        batch = self.leaves.setdefault(seq, {})
+        if index in batch:  # a second line for one leaf could stand in for the real one
+            self.report.findings.append(
+                Finding("event_unexpected", seq, None, f"leaf {index} twice")
+            )
+        batch[index] = digest
+
+    def read(self, kind: str, value: dict[str, Any]) -> None:
+        if kind == "bundle":
+            self.header = value
+        elif kind == "ledger":
+            self.entries.append(_entry_row(value))
         elif kind == "event":
             row = _event_row(value)
-            report.events += 1
-            report.findings += verifier.check_event(row, value["batch_seq"])
-            leaves.setdefault(value["batch_seq"], {})[value["leaf_index"]] = row["hash"]
+            self.report.events += 1
+            self.report.findings += self.verifier.check_event(row, value["batch_seq"])
+            self.report.findings += _outside(self.header, value)
+            self.place(value["batch_seq"], value["leaf_index"], row["hash"])
         elif kind == "leaf":
-            leaves.setdefault(value["batch_seq"], {})[value["leaf_index"]] = bytes.fromhex(
-                value["hash"]
-            )
-    prev: dict[str, Any] | None = None
-    for entry in entries:
-        if prev is not None and entry["seq"] != prev["seq"] + 1:
-            report.findings.append(Finding("ledger_entry_missing", entry["seq"]))
-        report.findings += verifier.check_entry(entry, prev)
-        report.findings += _check_leaves(entry, leaves.pop(entry["seq"], {}))
-        report.entries += 1
-        prev = entry
-    for seq in leaves:
-        report.findings.append(Finding("event_unsealed", seq, None, "no ledger entry for it"))
-    if entries:
-        report.from_seq, report.to_seq = entries[0]["seq"], entries[-1]["seq"]
-    return report
+            self.place(value["batch_seq"], value["leaf_index"], bytes.fromhex(value["hash"]))
+
+    def finish(self) -> Report:
+        report, prev = self.report, None
+        for entry in self.entries:
+            if prev is not None and entry["seq"] != prev["seq"] + 1:
+                report.findings.append(Finding("ledger_entry_missing", entry["seq"]))
+            report.findings += self.verifier.check_entry(entry, prev)
+            report.findings += _check_leaves(entry, self.leaves.pop(entry["seq"], {}))
+            report.entries += 1
+            prev = entry
+        for seq in self.leaves:
+            report.findings.append(Finding("event_unsealed", seq, None, "no ledger entry for it"))
+        if self.entries:
+            report.from_seq, report.to_seq = self.entries[0]["seq"], self.entries[-1]["seq"]
+        return report
+
+
+def verify_bundle(lines: Iterable[bytes], verifier: Verifier) -> Report:
+    """Everything a bundle holds is checked; what it leaves out (as hash-only leaves) cannot be:
+    a bundle proves its contents authentic and sealed, not that the range is complete."""
+    check = _BundleCheck(verifier)
+    for raw in lines:
+        if raw.strip():
+            ((kind, value),) = orjson.loads(raw).items()
+            check.read(kind, value)
+    return check.finish()
+
+
+def _outside(header: Mapping[str, Any], event: Mapping[str, Any]) -> list[Finding]:
+    """An event the bundle's header says it does not hold."""
+    if not header:
+        return [Finding("bundle_header_missing", None, event["event_id"], "")]
+    org = header.get("organization")
+    if (org is not None and event["organization_id"] != org) or not (
+        header["start"] <= event["timestamp"] < header["end"]
+    ):
+        where = "outside the bundle's range or organization"
+        return [Finding("event_unexpected", event["batch_seq"], event["event_id"], where)]
+    return []
 
 
 def _check_leaves(entry: Mapping[str, Any], leaves: dict[int, bytes]) -> list[Finding]:

@@ -42,7 +42,9 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
             conn, verifier, args.from_seq or 1, args.to_seq, _progress_printer(), times=times
         )
         if checkpoint is not None:
-            report.findings += await check_checkpoint(conn, checkpoint, settings.signing_keys_by_id)
+            report.findings += await check_checkpoint(
+                conn, checkpoint, settings.signing_keys_by_id, verifier.public_key
+            )
     finally:
         await conn.close()
     for finding in report.findings:

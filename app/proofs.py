@@ -21,6 +21,7 @@ import asyncpg
 
 from app.config import SigningKey
 from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
+from app.signing import verify_public_signature
 from app.verify import Finding
 
 PROOF_ROW = """
@@ -88,18 +89,34 @@ async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
     }
 
 
+def _checkpoint_signed(
+    checkpoint: dict[str, Any], head: bytes, keys: dict[str, SigningKey], public_key: str
+) -> bool:
+    """By HMAC when this verifier holds the keys, else by the Ed25519 public key(s)."""
+    if keys:
+        try:
+            signature = bytes.fromhex(checkpoint["signature"])
+            return verify_signature(head, signature, checkpoint["key_id"], keys)
+        except UnknownSigningKeyError:
+            return False
+    public = checkpoint.get("public_signature")
+    return bool(public) and any(
+        verify_public_signature(key.strip(), head, bytes.fromhex(public))
+        for key in public_key.split(",")
+        if key.strip()
+    )
+
+
 async def check_checkpoint(
-    conn: asyncpg.Connection, checkpoint: dict[str, Any], keys: dict[str, SigningKey]
+    conn: asyncpg.Connection,
+    checkpoint: dict[str, Any],
+    keys: dict[str, SigningKey],
+    public_key: str = "",
 ) -> list[Finding]:
     """The chain still holds the checkpoint's entry, with the same head."""
     seq = int(checkpoint["seq"])
     head = bytes.fromhex(checkpoint["head"])
-    try:
-        signed = verify_signature(
-            head, bytes.fromhex(checkpoint["signature"]), checkpoint["key_id"], keys
-        )
-    except UnknownSigningKeyError:
-        signed = False
+    signed = _checkpoint_signed(checkpoint, head, keys, public_key)
     if not signed:
         return [Finding("checkpoint_invalid", seq, None, "the checkpoint's signature fails")]
     entry = await conn.fetchrow("SELECT head FROM audit_ledger WHERE seq = $1", seq)

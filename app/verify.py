@@ -172,9 +172,12 @@ class Verifier:
                 found.append(Finding("ledger_signature_invalid", seq))
         except UnknownSigningKeyError:
             found.append(Finding("unknown_signing_key", seq, None, f"key {entry['key_id']!r}"))
-        if self.public_key:
+        if self.public_key:  # a comma list: keys of earlier periods still verify their heads
             public = entry["public_signature"]
-            if public is None or not verify_public_signature(self.public_key, head, bytes(public)):
+            keys = [k.strip() for k in self.public_key.split(",") if k.strip()]
+            if public is None or not any(
+                verify_public_signature(key, head, bytes(public)) for key in keys
+            ):
                 found.append(Finding("ledger_public_signature_invalid", seq))
         return found
 

@@ -270,6 +270,18 @@ async def test_offline_bundle_verifies_without_a_database(
     assert _cli(env, "verify-bundle", str(out)).returncode == 0  # with the HMAC keys instead
 
     lines = out.read_bytes().splitlines()
+    first_event = orjson.loads(next(x for x in lines if x.startswith(b'{"event"')))["event"]
+    shadow = {
+        "leaf": {
+            "batch_seq": first_event["batch_seq"],
+            "hash": "00" * 32,
+            "leaf_index": first_event["leaf_index"],
+        }
+    }
+    shadowed = tmp_path / "shadowed.ndjson"
+    shadowed.write_bytes(out.read_bytes() + orjson.dumps(shadow) + b"\n")
+    doubled = _cli(offline, "verify-bundle", str(shadowed), "--public-key", public)
+    assert doubled.returncode == 1 and "twice" in doubled.stdout
     for i, line in enumerate(lines):
         if line.startswith(b'{"event"'):
             lines[i] = line.replace(b'"principal_id":"u1-', b'"principal_id":"x1-', 1)
