@@ -100,7 +100,9 @@ def _checkpoint_signed(
         except UnknownSigningKeyError:
             return False
     public = checkpoint.get("public_signature")
-    return bool(public) and any(
+    if not isinstance(public, str):
+        return False
+    return any(
         verify_public_signature(key.strip(), head, bytes.fromhex(public))
         for key in public_key.split(",")
         if key.strip()
