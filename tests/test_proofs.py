@@ -33,6 +33,7 @@ def proof_root(event_hash: bytes, index: int, size: int, path: list[bytes]) -> b
     """RFC 9162 2.1.3.2, written out again here on purpose."""
     fn, sn, r = index, size - 1, _h(b"\x00" + event_hash)
     for p in path:
+        assert sn > 0
         if fn % 2 == 1 or fn == sn:
             r = _h(b"\x01" + p + r)
             while fn % 2 == 0 and fn != 0:
@@ -64,6 +65,8 @@ def head_of(entry: dict[str, Any]) -> bytes:
 
 def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
     entry = proof["ledger_entry"]
+    if proof["tree_size"] != entry["event_count"]:
+        return False
     path = [bytes.fromhex(p) for p in proof["audit_path"]]
     root = proof_root(
         bytes.fromhex(proof["event_hash"]), proof["leaf_index"], proof["tree_size"], path
@@ -90,6 +93,9 @@ async def test_proofs_round_trip_at_every_position(sealed_factory: SealedFactory
             assert check_proof(proof, key), (seq, row["leaf_index"])
             forged = dict(proof, event_hash=hashlib.sha256(b"x").hexdigest())
             assert not check_proof(forged, key)
+            if size > 1:  # the claimed position is bound too
+                moved = dict(proof, tree_size=size - 1, leaf_index=min(row["leaf_index"], size - 2))
+                assert not check_proof(moved, key)
     assert await event_proof(sealed.conn, "another-org", rows[0]["event_id"]) is None
 
 
