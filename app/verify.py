@@ -224,6 +224,7 @@ class Verifier:
 
 
 Progress = Callable[[Report], None]
+Batches = list[tuple[asyncpg.Record, list[asyncpg.Record] | None]]
 
 
 def _by_events(entries: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
@@ -276,11 +277,7 @@ async def verify_range(
     if walk.prev is None and from_seq > 1:
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
     walk.expected = from_seq
-    async for chunk in _ledger_entries(conn, from_seq, last):
-        for part in _by_events(chunk):
-            await walk.chunk(conn, part)
-            if progress:
-                progress(report)
+    await walk.along(conn, from_seq, last, progress)
     if walk.expected <= last:
         report.findings.append(
             Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
@@ -320,20 +317,36 @@ class _Walk:
         start, end = self.times
         return bool(entry["last_timestamp"] >= start and entry["first_timestamp"] < end)
 
-    async def chunk(self, conn: asyncpg.Connection, entries: list[asyncpg.Record]) -> None:
+    async def along(
+        self, conn: asyncpg.Connection, first: int, last: int, progress: Progress | None
+    ) -> None:
+        """Check entries first..last, reading each part while the one before is hashed."""
+        checking: asyncio.Future[None] | None = None
+        async for chunk in _ledger_entries(conn, first, last):
+            for part in _by_events(chunk):
+                batches = await self.prepare(conn, part)
+                if checking is not None:
+                    await checking
+                    if progress:
+                        progress(self.report)
+                checking = asyncio.ensure_future(asyncio.to_thread(self.check, batches))
+        if checking is not None:
+            await checking
+            if progress:
+                progress(self.report)
+
+    async def prepare(self, conn: asyncpg.Connection, entries: list[asyncpg.Record]) -> Batches:
+        """The entries with their rows (None: header only), read from the database."""
         ids = [e["batch_id"] for e in entries if self.wanted(e)]
         if ids:
             high = max(ids)
             low = self.next_low if self.full and self.times is None else min(ids)
             if high >= low:
                 await self.fetch(conn, low, high)
-        batches = [
-            (e, self.held.pop(e["batch_id"], []) if self.wanted(e) else None) for e in entries
-        ]
-        # Hashing is CPU work: off the event loop, so an API process keeps serving meanwhile.
-        await asyncio.to_thread(self._check, batches)
+        return [(e, self.held.pop(e["batch_id"], []) if self.wanted(e) else None) for e in entries]
 
-    def _check(self, batches: list[tuple[asyncpg.Record, list[asyncpg.Record] | None]]) -> None:
+    def check(self, batches: Batches) -> None:
+        """Hashing is CPU work: it runs in a thread, off the event loop (an API keeps serving)."""
         for entry, rows in batches:
             if entry["seq"] != self.expected:
                 gap = f"seq {self.expected}..{entry['seq'] - 1}"
