@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--end")
     verify.add_argument("--checkpoint", help="a file from `checkpoint export`")
     verify.add_argument("--public-key", help="Ed25519 public key (base64) to check heads with")
+    verify.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for a whole-chain run (default: one per CPU)",
+    )
     checkpoint = sub.add_parser("checkpoint", help="chain checkpoints").add_subparsers(
         dest="checkpoint_command", required=True
     )

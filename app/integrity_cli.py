@@ -15,6 +15,7 @@ import orjson
 from app.bundle import export_bundle, verify_bundle
 from app.config import Settings
 from app.integrity import parse_timestamp
+from app.parallel_verify import verify_whole_chain
 from app.proofs import check_checkpoint, export_checkpoint
 from app.signing import new_keypair
 from app.verify import Report, Verifier, verify_range
@@ -38,9 +39,15 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
     try:
         start, end = _time(args.start), _time(args.end)
         times = (start, end) if start and end else None
-        report = await verify_range(
-            conn, verifier, args.from_seq or 1, args.to_seq, _progress_printer(), times=times
-        )
+        whole = times is None and args.from_seq is None and args.to_seq is None
+        if whole and args.jobs > 1:
+            report = await verify_whole_chain(
+                conn, settings.asyncpg_dsn, settings.signing_keys, verifier.public_key, args.jobs
+            )
+        else:
+            report = await verify_range(
+                conn, verifier, args.from_seq or 1, args.to_seq, _progress_printer(), times=times
+            )
         if checkpoint is not None:
             report.findings += await check_checkpoint(
                 conn, checkpoint, settings.signing_keys_by_id, verifier.public_key

@@ -365,8 +365,9 @@ class _Walk:
         """Hold the rows with batch ids in [low, high] not checked yet."""
         if self.full and self.times is None:
             low = max(low, self.next_low)
+        skip = self.done | self.held.keys()  # checked already, or held whole from a read before
         for row in await conn.fetch(ROWS_OF_BATCHES, low, high):
-            if row["batch_id"] not in self.done:
+            if row["batch_id"] not in skip:
                 self.held.setdefault(row["batch_id"], []).append(row)
         self.next_low = max(self.next_low, high + 1)
 

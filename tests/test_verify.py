@@ -13,6 +13,7 @@ import pytest
 
 from app.config import SigningKey
 from app.integrity import canonical_bytes, record_from_row, sign_hash
+from app.parallel_verify import split, verify_whole_chain
 from app.proofs import DamagedBatch, event_proof
 from app.verify import Finding, Report, Verifier, verify_range
 from tests.conftest import Sealed, SealedFactory, seal
@@ -204,3 +205,22 @@ async def test_proof_of_a_damaged_batch_is_refused(sealed: Sealed) -> None:
     await sealed.conn.execute("DELETE FROM audit_log WHERE event_id = $1", rows[0]["event_id"])
     with pytest.raises(DamagedBatch):
         await event_proof(sealed.conn, sealed.org, rows[-1]["event_id"])
+
+
+async def test_whole_chain_in_parallel_parts_finds_the_same(sealed_factory: SealedFactory) -> None:
+    sealed = await sealed_factory([3, 5, 2, 4, 6, 1])
+    settings = sealed.res.settings
+    args = (sealed.conn, settings.asyncpg_dsn, settings.signing_keys, "", 3)
+    intact = await verify_whole_chain(*args, min_per_job=1)
+    assert intact.intact and (intact.entries, intact.events) == (6, 21)
+    target = (await sealed.rows(4))[2]
+    await sealed.conn.execute(
+        "UPDATE audit_log SET principal_id = 'x' WHERE event_id = $1", target["event_id"]
+    )
+    forged = await insert_forged(sealed, batch_id=None, leaf_index=None)
+    broken = await verify_whole_chain(*args, min_per_job=1)
+    assert {(f.check, f.event_id) for f in broken.findings} == {
+        ("event_hash_mismatch", str(target["event_id"])),
+        ("event_unsealed", str(forged)),
+    }
+    assert split(1, 10, 3, 1) == [(1, 4), (5, 8), (9, 10)]
