@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.conftest import Service, event, wait_stored
+import orjson
+
+from tests.conftest import Service, event, stored_rows, wait_stored
 
 
 def at(minutes: int) -> str:
@@ -208,3 +212,56 @@ async def test_every_read_is_itself_recorded_and_sealed(
     assert query["details"]["rows"] == 3
     proof = await service.client.get(f"/events/{query['event_id']}/proof", headers=headers)
     assert proof.status_code == 200  # sealed like any other event
+
+
+async def test_exports_stream_every_matching_event_and_parse_back(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers, sent = await seed(service, org, database_url)
+    params = {"action_prefix": "fhir.", "status": ["success"]}
+    expected = sum(1 for e in sent if e["status"] == "success")
+    ndjson = await service.client.get("/events/export", params=params, headers=headers)
+    assert ndjson.status_code == 200
+    assert ndjson.headers["content-disposition"].startswith('attachment; filename="audit-events-')
+    lines = without_reads([orjson.loads(line) for line in ndjson.content.splitlines()])
+    assert len(lines) == expected == len({x["event_id"] for x in lines})
+    assert all(x["organization_id"] == org and x["status"] == "success" for x in lines)
+
+    as_csv = await service.client.get(
+        "/events/export", params={**params, "format": "csv"}, headers=headers
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = [r for r in csv.DictReader(io.StringIO(as_csv.text)) if r["action"].startswith("fhir.")]
+    assert len(rows) == expected
+    assert {r["event_id"] for r in rows} == {x["event_id"] for x in lines}
+    assert rows[0]["hash"] == next(x["hash"] for x in lines if x["event_id"] == rows[0]["event_id"])
+
+    stranger = f"other-{uuid.uuid4().hex[:6]}"
+    other = await service.key(stranger)
+    theirs = (await service.client.get("/events/export", headers=other)).content.splitlines()
+    # At most their own record of this very export: never an event of `org`.
+    assert all(orjson.loads(x)["organization_id"] == stranger for x in theirs)
+    assert without_reads([orjson.loads(x) for x in theirs]) == []
+    refused = await service.client.get("/events/export", params={"limit": 5}, headers=headers)
+    assert refused.status_code == 422
+
+
+async def test_csv_export_defuses_formulas_and_the_export_is_recorded(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers = await service.key(org)
+    evil = event(principal_id='=HYPERLINK("http://x")', outcome_description="@SUM(1)")
+    await service.client.post("/events", json=evil, headers=headers)
+    await wait_stored(database_url, org, 1)
+    body = (
+        await service.client.get("/events/export", params={"format": "csv"}, headers=headers)
+    ).text
+    row = next(r for r in csv.DictReader(io.StringIO(body)) if r["action"] == "fhir.patient.read")
+    assert row["principal_id"] == '\'=HYPERLINK("http://x")'
+    assert row["outcome_description"] == "'@SUM(1)"
+    await wait_stored(database_url, org, 3)  # the event, and the export's start and end
+    rows = await stored_rows(database_url, org)
+    phases = sorted(
+        orjson.loads(r["details"])["query"]["phase"] for r in rows if r["action"] == "audit.export"
+    )
+    assert phases == ["complete", "start"]

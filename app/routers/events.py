@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import model_validator
 
-from app import repository
+from app import exports, repository
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.errors import InvalidCursor, NotFound
@@ -42,6 +46,55 @@ async def list_events(
     last = rows[-1] if more else None
     next_cursor = encode_cursor(last.timestamp, last.event_id, filters.order) if last else None
     return EventPage(items=items, next_cursor=next_cursor)
+
+
+class ExportFilters(EventFilters):
+    format: Literal["ndjson", "csv"] = "ndjson"
+
+    @model_validator(mode="after")
+    def _whole_result(self) -> ExportFilters:
+        if self.model_fields_set & {"cursor", "limit"}:
+            raise ValueError("an export streams every matching event: no cursor or limit")
+        return self
+
+
+@router.get(
+    "/events/export",
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **ERRORS},
+    summary="Export every matching event (NDJSON or CSV), streamed",
+)
+async def export_events(
+    request: Request, caller: Reader, filters: Annotated[ExportFilters, Query()]
+) -> StreamingResponse:
+    query = repository.EventQuery(
+        organization_id=caller.organization_id,
+        **filters.model_dump(exclude={"cursor", "format", "limit"}),
+    )
+    asked = filters.model_dump(exclude={"cursor", "limit"})
+    await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"audit-events-{stamp}.{filters.format}"
+    media = "text/csv" if filters.format == "csv" else "application/x-ndjson"
+    return StreamingResponse(
+        _export_body(request, caller, query, filters.format, asked),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def _export_body(
+    request: Request,
+    caller: Caller,
+    query: repository.EventQuery,
+    fmt: str,
+    asked: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    counted = [0]
+    if fmt == "csv":
+        yield exports.csv_header()
+    async for event in exports.export_rows(resources(request).engine, query, counted):
+        yield exports.csv_row(event) if fmt == "csv" else exports.ndjson_line(event)
+    await record_access(request, caller, "export", {**asked, "phase": "complete"}, counted[0])
 
 
 @router.get("/events/{event_id}", response_model=EventOut, responses=ERRORS, summary="One event")
