@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = checkpoint.add_parser("export", help="write the newest signed head as JSON")
     export.add_argument("--out", help="file to write (default: stdout)")
     sub.add_parser("ledger-keygen", help="print a new Ed25519 key pair for ledger heads")
+    partitions = sub.add_parser("partitions", help="audit_log partitions").add_subparsers(
+        dest="partitions_command", required=True
+    )
+    ensure = partitions.add_parser("ensure", help="create monthly partitions ahead")
+    ensure.add_argument("--months", type=int, help="months ahead (default: the setting)")
     bundle = sub.add_parser("export-bundle", help="events of a time range with their ledger")
     bundle.add_argument("--start", required=True)
     bundle.add_argument("--end", required=True)
@@ -228,6 +233,16 @@ def _integrity(settings: Settings, args: argparse.Namespace) -> int:
     return run_checkpoint_export(settings, args.out)
 
 
+async def _ensure_partitions(settings: Settings, months: int) -> int:
+    from app.db import create_engine
+
+    engine = create_engine(settings)
+    try:
+        return await repository.ensure_partitions(engine, months)
+    finally:
+        await engine.dispose()
+
+
 def _worker(settings: Settings) -> None:
     require_urls(settings)
     with contextlib.suppress(KeyboardInterrupt):
@@ -258,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     elif args.command == "worker":
         _worker(settings)
+    elif args.command == "partitions":
+        months = args.months or settings.partitions_ahead_months
+        created = asyncio.run(_ensure_partitions(settings, months))
+        print(f"created {created} partitions; months ahead: {months}")
     elif args.command in {"verify", "checkpoint", "export-bundle"}:
         return _integrity(settings, args)
     else:

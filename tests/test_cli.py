@@ -56,3 +56,11 @@ def test_bad_cli_input_is_refused(database_url: str) -> None:
         cwd="/",
     )
     assert missing.returncode != 0 and "AUDIT_DATABASE_URL" in missing.stderr
+
+
+def test_partitions_ensure_creates_months_ahead_once(database_url: str) -> None:
+    first = cli(database_url, "partitions", "ensure", "--months", "9")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith("months ahead: 9")
+    again = cli(database_url, "partitions", "ensure", "--months", "9")
+    assert again.stdout.startswith("created 0 partitions")
