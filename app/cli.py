@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic import command
 from app import repository
 from app.config import Settings
+from app.db import engine_scope
 from app.logs import setup_logging
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -102,26 +103,16 @@ async def run_worker(settings: Settings) -> None:
 
 async def keys_create(settings: Settings, org: str, scopes: str, name: str) -> str:
     from app.auth import create_api_key, parse_scopes
-    from app.db import create_engine
 
-    engine = create_engine(settings)
-    try:
+    async with engine_scope(settings) as engine:
         key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name)
-    finally:
-        await engine.dispose()
     print(f"created key {key_id} for organization {org!r} with scopes {scopes}", file=sys.stderr)
     return key
 
 
 async def keys_list(settings: Settings, org: str | None) -> None:
-    from app.db import create_engine
-
-    engine = create_engine(settings)
-    try:
-        async with engine.connect() as conn:
-            records = await repository.list_api_keys(conn, org)
-    finally:
-        await engine.dispose()
+    async with engine_scope(settings) as engine, engine.connect() as conn:
+        records = await repository.list_api_keys(conn, org)
     print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked")
     for r in records:
         print(
@@ -131,14 +122,8 @@ async def keys_list(settings: Settings, org: str | None) -> None:
 
 
 async def keys_revoke(settings: Settings, key_id: str) -> bool:
-    from app.db import create_engine
-
-    engine = create_engine(settings)
-    try:
-        async with engine.begin() as conn:
-            return await repository.revoke_api_key(conn, uuid.UUID(key_id))
-    finally:
-        await engine.dispose()
+    async with engine_scope(settings) as engine, engine.begin() as conn:
+        return await repository.revoke_api_key(conn, uuid.UUID(key_id))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,13 +219,8 @@ def _integrity(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _ensure_partitions(settings: Settings, months: int) -> int:
-    from app.db import create_engine
-
-    engine = create_engine(settings)
-    try:
+    async with engine_scope(settings) as engine:
         return await repository.ensure_partitions(engine, months)
-    finally:
-        await engine.dispose()
 
 
 def _worker(settings: Settings) -> None:

@@ -39,3 +39,13 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         yield raw.driver_connection
+
+
+@contextlib.asynccontextmanager
+async def engine_scope(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine for one command-line job, disposed when it is done."""
+    engine = create_engine(settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -76,20 +76,17 @@ def dev_signing_keys() -> str:
 async def ensure_dev_key(settings: Settings) -> str:
     from app import repository
     from app.auth import create_api_key, hash_api_key
-    from app.db import create_engine
+    from app.db import engine_scope
     from app.schemas import ALL_SCOPES
 
     path = DATA / "dev-api-key"
-    engine = create_engine(settings)
-    try:
-        if path.exists():
-            key = path.read_text().strip()
+    key = path.read_text().strip() if path.exists() else ""
+    async with engine_scope(settings) as engine:
+        if key:
             async with engine.connect() as conn:
                 if await repository.active_key_by_hash(conn, hash_api_key(key)):
                     return key
         _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev")
-    finally:
-        await engine.dispose()
     path.write_text(key + "\n")
     path.chmod(0o600)
     log.info("dev mode: created an API key for organization %r in %s", DEV_ORG, path)

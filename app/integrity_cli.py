@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
 
 
 def _progress_printer() -> Any:
-    import time
-
     last = [time.monotonic()]
 
     def progress(report: Report) -> None:

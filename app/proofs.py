@@ -21,7 +21,7 @@ import asyncpg
 
 from app.config import SigningKey
 from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
-from app.signing import verify_public_signature
+from app.signing import verify_with_any
 from app.verify import Finding
 
 PROOF_ROW = """
@@ -102,11 +102,7 @@ def _checkpoint_signed(
     public = checkpoint.get("public_signature")
     if not isinstance(public, str):
         return False
-    return any(
-        verify_public_signature(key.strip(), head, bytes.fromhex(public))
-        for key in public_key.split(",")
-        if key.strip()
-    )
+    return verify_with_any(public_key, head, bytes.fromhex(public))
 
 
 async def check_checkpoint(

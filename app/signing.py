@@ -53,3 +53,9 @@ def new_keypair() -> tuple[str, str]:
     private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return base64.b64encode(private).decode(), base64.b64encode(public).decode()
+
+
+def verify_with_any(public_keys: str, head: bytes, signature: bytes) -> bool:
+    """Checks against a comma list of public keys, so heads signed before a key change verify."""
+    keys = [key.strip() for key in public_keys.split(",") if key.strip()]
+    return any(verify_public_signature(key, head, signature) for key in keys)

@@ -147,9 +147,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def entry_age_ms(entry_id: str, now_ms: int | None = None) -> int:
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return max(0, now_ms - int(entry_id.split("-", 1)[0]))
+def entry_age_ms(entry_id: str) -> int:
+    """How long ago Redis added the entry (its id starts with the milliseconds)."""
+    return max(0, int(time.time() * 1000) - int(entry_id.split("-", 1)[0]))
 
 
 class EventStream:
@@ -184,21 +184,19 @@ class EventStream:
         value = await self.client.get(self.keys.depth)
         return int(value) if value else 0
 
-    async def read(
-        self, client: redis.Redis, consumer: str, count: int, block_ms: int | None
-    ) -> list[Entry]:
+    async def read(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
         """New entries for `consumer`, `high` first; blocks up to `block_ms` when both are empty."""
         entries: list[Entry] = []
         for priority in PRIORITIES:
             if len(entries) >= count:
                 break
-            reply = await client.xreadgroup(
+            reply = await self.client.xreadgroup(
                 self.group, consumer, {self.keys.stream(priority): ">"}, count=count - len(entries)
             )
             entries.extend(self._entries(reply))
         if entries or block_ms is None:
             return entries
-        reply = await client.xreadgroup(
+        reply = await self.client.xreadgroup(
             self.group,
             consumer,
             {self.keys.high: ">", self.keys.normal: ">"},

@@ -35,7 +35,7 @@ from app.integrity import (
     record_from_row,
     verify_signature,
 )
-from app.signing import verify_public_signature
+from app.signing import verify_with_any
 
 ENTRY_CHUNK = 200
 MAX_LISTED_MISSING = 1000
@@ -174,10 +174,7 @@ class Verifier:
             found.append(Finding("unknown_signing_key", seq, None, f"key {entry['key_id']!r}"))
         if self.public_key:  # a comma list: keys of earlier periods still verify their heads
             public = entry["public_signature"]
-            keys = [k.strip() for k in self.public_key.split(",") if k.strip()]
-            if public is None or not any(
-                verify_public_signature(key, head, bytes(public)) for key in keys
-            ):
+            if public is None or not verify_with_any(self.public_key, head, bytes(public)):
                 found.append(Finding("ledger_public_signature_invalid", seq))
         return found
 

@@ -196,7 +196,7 @@ class BatchWriter:
 
     async def _read(self, wanted_events: int, block_ms: int) -> list[Entry]:
         count = max(1, min(MAX_READ_COUNT, round(wanted_events / self._events_per_entry)))
-        entries = await self.stream.read(self.stream.client, self.name, count, block_ms)
+        entries = await self.stream.read(self.name, count, block_ms)
         if entries:
             self._events_per_entry = max(1.0, sum(e.events for e in entries) / len(entries))
         return entries

@@ -285,6 +285,6 @@ async def test_high_priority_events_are_written_first(
             headers=headers,
         )
         stream = svc.app.state.resources.stream
-        entries = await stream.read(stream.client, "probe", 2, None)
+        entries = await stream.read("probe", 2, None)
         plan = plan_batch(entries, settings.signing_key_ring[0])
         assert [r.record["priority"] for r in plan.rows] == ["high"] * 3 + ["normal"]

@@ -97,7 +97,7 @@ async def test_entry_delivered_too_often_is_written_alone(
     await accept(parts, org, 2)
     stream = parts.stream
     for consumer in ("a", "b"):  # two deliveries that never ack
-        got = await stream.read(stream.client, consumer, 10, None)
+        got = await stream.read(consumer, 10, None)
         if not got:
             await asyncio.sleep(0.1)
             cursors: dict[Any, str] = {"high": "0-0", "normal": "0-0"}
