@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import model_validator
 
-from app import exports, repository
+from app import exports, fhir, repository
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.errors import InvalidCursor, NotFound
@@ -48,8 +48,12 @@ async def list_events(
     return EventPage(items=items, next_cursor=next_cursor)
 
 
+MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv", "fhir": "application/fhir+json"}
+EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "fhir": "json"}
+
+
 class ExportFilters(EventFilters):
-    format: Literal["ndjson", "csv"] = "ndjson"
+    format: Literal["ndjson", "csv", "fhir"] = "ndjson"
 
     @model_validator(mode="after")
     def _whole_result(self) -> ExportFilters:
@@ -60,8 +64,8 @@ class ExportFilters(EventFilters):
 
 @router.get(
     "/events/export",
-    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}, **ERRORS},
-    summary="Export every matching event (NDJSON or CSV), streamed",
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}, **ERRORS},
+    summary="Export every matching event (NDJSON, CSV or a FHIR R4 AuditEvent Bundle), streamed",
 )
 async def export_events(
     request: Request, caller: Reader, filters: Annotated[ExportFilters, Query()]
@@ -73,11 +77,10 @@ async def export_events(
     asked = filters.model_dump(exclude={"cursor", "limit"})
     await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"audit-events-{stamp}.{filters.format}"
-    media = "text/csv" if filters.format == "csv" else "application/x-ndjson"
+    name = f"audit-events-{stamp}.{EXTENSIONS[filters.format]}"
     return StreamingResponse(
         _export_body(request, caller, query, filters.format, asked),
-        media_type=media,
+        media_type=MEDIA_TYPES[filters.format],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
@@ -90,10 +93,17 @@ async def _export_body(
     asked: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     counted = [0]
-    if fmt == "csv":
+    engine = resources(request).engine
+    if fmt == "fhir":
+        async for chunk in fhir.bundle(exports.export_rows(engine, query, counted)):
+            yield chunk
+    elif fmt == "csv":
         yield exports.csv_header()
-    async for event in exports.export_rows(resources(request).engine, query, counted):
-        yield exports.csv_row(event) if fmt == "csv" else exports.ndjson_line(event)
+        async for event in exports.export_rows(engine, query, counted):
+            yield exports.csv_row(event)
+    else:
+        async for event in exports.export_rows(engine, query, counted):
+            yield exports.ndjson_line(event)
     await record_access(request, caller, "export", {**asked, "phase": "complete"}, counted[0])
 
 
