@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     # Storage.
     partitions_ahead_months: int = Field(default=3, ge=1, le=24)
+    # `partitions prune` drops whole months older than this (`6y`, `18m`); HIPAA asks for six
+    # years of audit records.
+    retention: str = "6y"
     require_noeviction: bool = True
 
     # `python -m app worker` serves its Prometheus metrics on this port (0: off).
@@ -97,6 +100,14 @@ class Settings(BaseSettings):
     @classmethod
     def _check_signing_keys(cls, value: str) -> str:
         parse_signing_keys(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        from app.retention import parse_retention
+
+        parse_retention(value)
         return value
 
     @cached_property

@@ -21,6 +21,7 @@ import asyncpg
 
 from app.config import SigningKey
 from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
+from app.retention import unpack_leaves
 from app.signing import verify_with_any
 from app.verify import Finding
 
@@ -31,6 +32,7 @@ WHERE a.event_id = $1 AND a.organization_id = $2
 ORDER BY a."timestamp" LIMIT 1
 """
 BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
+PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
 
 
 class DamagedBatch(Exception):
@@ -62,10 +64,17 @@ async def event_proof(
     if row is None:
         return None
     found = await conn.fetch(BATCH_LEAVES, row["batch_id"])
+    by_index = {r["leaf_index"]: bytes(r["hash"]) for r in found}
+    damaged = len(by_index) != len(found)  # two rows claim one leaf
+    # A batch sealed across a month boundary may have lost its older leaves to retention: their
+    # hashes were recorded when they were pruned (the root and the signed head still decide).
+    for index, digest in unpack_leaves(await conn.fetchval(PRUNED_LEAVES, row["batch_id"])):
+        damaged = damaged or index in by_index
+        by_index[index] = by_index.get(index, digest)
     index, count = row["leaf_index"], row["event_count"]
-    if len(found) != count or [r["leaf_index"] for r in found] != list(range(count)):
+    if damaged or sorted(by_index) != list(range(count)):
         raise DamagedBatch(f"the batch sealed as seq {row['seq']} no longer matches its entry")
-    leaves = [bytes(r["hash"]) for r in found]
+    leaves = [by_index[i] for i in range(count)]
     return {
         "event_id": str(row["event_id"]),
         "event_hash": bytes(row["hash"]).hex(),

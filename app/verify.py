@@ -13,7 +13,13 @@ Checks, by the name a finding carries:
 - merkle_root_mismatch: the batch's leaves are all there but give another root (reordered,
   swapped, or re-hashed);
 - event_unsealed: an event belongs to no ledger entry (inserted outside the writer);
-- checkpoint_not_extended: the chain no longer holds an exported checkpoint (a cut tail).
+- checkpoint_not_extended: the chain no longer holds an exported checkpoint (a cut tail);
+- prune_record_invalid: a record of a retention prune does not verify (forged, altered, or its
+  partition's record gone), so the events it claims were pruned count as deleted.
+
+Events removed by a retention prune (app.retention) are not findings: the report lists the
+pruned ranges and counts the pruned events, and a partly pruned batch's root is recomputed from
+the kept events and the recorded hashes of the pruned ones.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from app.integrity import (
     record_from_row,
     verify_signature,
 )
+from app.retention import PrunedRange, pruned_leaves, pruned_ranges
 from app.signing import verify_with_any
 
 ENTRY_CHUNK = 200
@@ -50,6 +57,8 @@ ORDER BY batch_id, leaf_index
 UNSEALED = "SELECT event_id, organization_id FROM audit_log WHERE batch_id IS NULL OR batch_id < 1"
 BATCHES_BEYOND = "SELECT DISTINCT batch_id FROM audit_log WHERE batch_id >= $1"
 KNOWN_BATCHES = "SELECT batch_id FROM audit_ledger WHERE batch_id = ANY($1::bigint[])"
+ANY_PRUNED = "SELECT EXISTS (SELECT 1 FROM audit_pruned_batches)"
+PRUNED_BATCHES = "SELECT * FROM audit_pruned_batches WHERE batch_id = ANY($1::bigint[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,8 @@ class Report:
     to_seq: int
     entries: int = 0
     events: int = 0
+    pruned_events: int = 0
+    pruned_ranges: list[PrunedRange] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
 
     @property
@@ -114,6 +125,8 @@ class Report:
             "to_seq": self.to_seq,
             "ledger_entries": self.entries,
             "events": self.events,
+            "pruned_events": self.pruned_events,
+            "pruned_ranges": [r.as_dict() for r in self.pruned_ranges],
             "findings": self.findings.total,
             "findings_by_check": dict(self.findings.by_check),
             "findings_listed": len(self.findings),
@@ -178,7 +191,17 @@ class Verifier:
                 found.append(Finding("ledger_public_signature_invalid", seq))
         return found
 
-    def check_batch(self, entry: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> list[Finding]:
+    def signed_by_ring(self, digest: bytes, signature: bytes, key_id: str) -> bool:
+        """For records only the HMAC key can vouch for (prunes): unchecked means untrusted."""
+        return self.check_hmac and verify_signature(digest, signature, key_id, self.keys)
+
+    def check_batch(
+        self,
+        entry: Mapping[str, Any],
+        rows: list[Mapping[str, Any]],
+        pruned: Mapping[str, Any] | None = None,
+        ranges: list[PrunedRange] | None = None,
+    ) -> list[Finding]:
         seq, count = entry["seq"], entry["event_count"]
         found: list[Finding] = []
         leaves: dict[int, bytes] = {}
@@ -190,18 +213,48 @@ class Verifier:
                 found.append(self.event_finding("event_unexpected", row, seq, where))
             else:
                 leaves[index] = bytes(row["hash"])
+        clean = len(leaves) == len(rows)
+        if pruned is not None:
+            gone = pruned_leaves(self.signed_by_ring, entry, pruned, ranges or [])
+            if gone is None:  # wholly pruned: its header was checked, nothing else is left
+                return found + [
+                    self.event_finding("event_unexpected", r, seq, "in a wholly pruned batch")
+                    for r in rows
+                ]
+            clean = self._add_pruned(entry, gone, leaves, found) and clean
         absent = count - len(leaves)
         if absent > MAX_LISTED_MISSING:  # say how many, not each: count may be forged huge
             found.append(Finding("event_missing", seq, None, f"{absent} of {count} leaves absent"))
         elif absent > 0:
             for index in (i for i in range(count) if i not in leaves):
                 found.append(Finding("event_missing", seq, None, f"leaf {index} of {count}"))
-        missing = absent > 0
-        if not missing and len(leaves) == count == len(rows):
+        if absent == 0 and clean:
             root = merkle_root([leaves[i] for i in range(count)])
             if root != bytes(entry["merkle_root"]):
                 found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
         return found
+
+    @staticmethod
+    def _add_pruned(
+        entry: Mapping[str, Any],
+        gone: dict[int, bytes] | str,
+        leaves: dict[int, bytes],
+        found: list[Finding],
+    ) -> bool:
+        """Put the recorded hashes of a partly pruned batch's pruned leaves among its leaves;
+        False when the record contradicts the rows (then no root is computed)."""
+        seq, count = entry["seq"], entry["event_count"]
+        if isinstance(gone, str):  # untrusted: its leaves stay missing
+            found.append(Finding("prune_record_invalid", seq, None, gone))
+            return True
+        consistent = True
+        for index, digest in gone.items():
+            if index in leaves or not 0 <= index < count:
+                detail = f"pruned leaf {index} of {count} is also present or out of range"
+                found.append(Finding("prune_record_invalid", seq, None, detail))
+                consistent = False
+            leaves.setdefault(index, digest)
+        return consistent
 
     def check_event(self, row: Mapping[str, Any], seq: int | None) -> list[Finding]:
         stored = bytes(row["hash"])
@@ -221,7 +274,7 @@ class Verifier:
 
 
 Progress = Callable[[Report], None]
-Batches = list[tuple[asyncpg.Record, list[asyncpg.Record] | None]]
+Batches = list[tuple[asyncpg.Record, list[asyncpg.Record] | None, asyncpg.Record | None]]
 
 
 def _by_events(entries: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
@@ -270,6 +323,10 @@ async def verify_range(
     last = newest if to_seq is None else to_seq
     report = Report(from_seq, last)
     walk = _Walk(verifier, report, full=from_seq == 1 and to_seq is None, times=times)
+    report.pruned_ranges, forged = await pruned_ranges(conn, verifier.signed_by_ring)
+    for name in forged:
+        report.findings.append(Finding("prune_record_invalid", None, None, f"prune of {name}"))
+    walk.any_pruned = bool(await conn.fetchval(ANY_PRUNED))
     walk.prev = await conn.fetchrow("SELECT * FROM audit_ledger WHERE seq = $1", from_seq - 1)
     if walk.prev is None and from_seq > 1:
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
@@ -306,6 +363,7 @@ class _Walk:
     next_low: int = 1
     held: dict[int, list[asyncpg.Record]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
+    any_pruned: bool = False
 
     def wanted(self, entry: asyncpg.Record) -> bool:
         """Whether this entry's events are checked (its header always is)."""
@@ -335,16 +393,27 @@ class _Walk:
     async def prepare(self, conn: asyncpg.Connection, entries: list[asyncpg.Record]) -> Batches:
         """The entries with their rows (None: header only), read from the database."""
         ids = [e["batch_id"] for e in entries if self.wanted(e)]
+        pruned: dict[int, asyncpg.Record] = {}
         if ids:
             high = max(ids)
             low = self.next_low if self.full and self.times is None else min(ids)
             if high >= low:
                 await self.fetch(conn, low, high)
-        return [(e, self.held.pop(e["batch_id"], []) if self.wanted(e) else None) for e in entries]
+            if self.any_pruned:
+                pruned = {r["batch_id"]: r for r in await conn.fetch(PRUNED_BATCHES, ids)}
+        return [
+            (
+                e,
+                self.held.pop(e["batch_id"], []) if self.wanted(e) else None,
+                pruned.get(e["batch_id"]),
+            )
+            for e in entries
+        ]
 
     def check(self, batches: Batches) -> None:
         """Hashing is CPU work: it runs in a thread, off the event loop (an API keeps serving)."""
-        for entry, rows in batches:
+        ranges = self.report.pruned_ranges
+        for entry, rows, pruned in batches:
             if entry["seq"] != self.expected:
                 gap = f"seq {self.expected}..{entry['seq'] - 1}"
                 self.report.findings.append(
@@ -352,8 +421,9 @@ class _Walk:
                 )
             self.report.findings += self.verifier.check_entry(entry, self.prev)
             if rows is not None:
-                self.report.findings += self.verifier.check_batch(entry, rows)
+                self.report.findings += self.verifier.check_batch(entry, rows, pruned, ranges)
                 self.report.events += len(rows)
+                self.report.pruned_events += pruned["pruned_events"] if pruned else 0
                 self.done.add(entry["batch_id"])
             self.report.entries += 1
             self.prev, self.expected = entry, entry["seq"] + 1
