@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -132,7 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="the API with its writer task group")
     sub.add_parser("worker", help="writers only (scale-out)")
     sub.add_parser("migrate", help="apply Alembic migrations")
-    sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
+    dev = sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
+    dev_sub = dev.add_subparsers(dest="dev_command")
+    seed = dev_sub.add_parser("seed", help="load realistic sealed events (benchmarks, demos)")
+    seed.add_argument("--events", type=int, required=True)
+    seed.add_argument("--orgs", type=int, default=2)
+    seed.add_argument("--months", type=int, default=12)
+    seed.add_argument("--batch-size", type=int, default=5000)
+    seed.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    seed.add_argument("--random-seed", type=int, default=1)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(
         dest="keys_command", required=True
     )
@@ -168,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ensure = partitions.add_parser("ensure", help="create monthly partitions ahead")
     ensure.add_argument("--months", type=int, help="months ahead (default: the setting)")
+    prune = partitions.add_parser("prune", help="drop whole months past retention")
+    prune.add_argument("--older-than", help="e.g. 6y or 18m (default: AUDIT_RETENTION)")
+    prune.add_argument("--dry-run", action="store_true", help="list, change nothing")
     bundle = sub.add_parser("export-bundle", help="events of a time range with their ledger")
     bundle.add_argument("--start", required=True)
     bundle.add_argument("--end", required=True)
@@ -223,6 +235,33 @@ async def _ensure_partitions(settings: Settings, months: int) -> int:
         return await repository.ensure_partitions(engine, months)
 
 
+def _partitions(settings: Settings, args: argparse.Namespace) -> int:
+    if args.partitions_command == "prune":
+        from app.retention_cli import run_prune
+
+        return run_prune(settings, args.older_than or settings.retention, args.dry_run)
+    months = args.months or settings.partitions_ahead_months
+    created = asyncio.run(_ensure_partitions(settings, months))
+    print(f"created {created} partitions; months ahead: {months}")
+    return 0
+
+
+def _seed(settings: Settings, args: argparse.Namespace) -> None:
+    from app.seed import SeedPlan, run_seed
+
+    if not settings.database_url:
+        raise SystemExit("AUDIT_DATABASE_URL must be set: seed loads into that database")
+    plan = SeedPlan(
+        events=args.events,
+        orgs=args.orgs,
+        months=args.months,
+        batch_size=args.batch_size,
+        processes=args.processes,
+        random_seed=args.random_seed,
+    )
+    print(json.dumps(run_seed(settings, plan)))
+
+
 def _worker(settings: Settings) -> None:
     require_urls(settings)
     with contextlib.suppress(KeyboardInterrupt):
@@ -241,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "ledger-keygen"
             else run_verify_bundle(settings, args)
         )
-    if args.command == "dev":
+    if args.command == "dev" and args.dev_command == "seed":
+        _seed(settings, args)
+    elif args.command == "dev":
         from app.devmode import run_dev
 
         run_dev(settings)
@@ -254,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "worker":
         _worker(settings)
     elif args.command == "partitions":
-        months = args.months or settings.partitions_ahead_months
-        created = asyncio.run(_ensure_partitions(settings, months))
-        print(f"created {created} partitions; months ahead: {months}")
+        return _partitions(settings, args)
     elif args.command in {"verify", "checkpoint", "export-bundle"}:
         return _integrity(settings, args)
     else:
