@@ -121,6 +121,7 @@ class EventQuery:
     order: str = "desc"
     limit: int = 100
     after: tuple[datetime, uuid.UUID] | None = None  # keyset position of the last row seen
+    until: tuple[datetime, uuid.UUID] | None = None  # the last position wanted (inclusive)
 
 
 EQUALITY_FILTERS = (
@@ -137,7 +138,7 @@ EQUALITY_FILTERS = (
 ANY_OF_FILTERS = ("action", "status", "data_classification")
 
 
-def _event_select(query: EventQuery) -> Select[Any]:
+def event_select(query: EventQuery) -> Select[Any]:
     c = audit_log.c
     conditions = [c.organization_id == query.organization_id]
     for name in EQUALITY_FILTERS:
@@ -159,16 +160,27 @@ def _event_select(query: EventQuery) -> Select[Any]:
         position = tuple_(c.timestamp, c.event_id)
         after = tuple_(*query.after)
         conditions.append(position < after if newest_first else position > after)
+    if query.until is not None:
+        position, until = tuple_(c.timestamp, c.event_id), tuple_(*query.until)
+        conditions.append(position >= until if newest_first else position <= until)
     ordering = (
         (c.timestamp.desc(), c.event_id.desc()) if newest_first else (c.timestamp, c.event_id)
     )
     return select(audit_log).where(and_(*conditions)).order_by(*ordering).limit(query.limit + 1)
 
 
+# The fields of an event as the API shows it, in order (the row's columns, the session nested).
+SESSION_FIELDS = ("session_id", "ip_address", "user_agent")
+EVENT_FIELDS = (
+    *(c.name for c in audit_log.columns if c.name not in SESSION_FIELDS),
+    "session_context",
+)
+
+
 def event_row_to_dict(row: Any) -> dict[str, Any]:
     """A stored row as the API shows it: hashes hex, session fields nested, details parsed."""
     values = dict(row._mapping)
-    session = {k: values.pop(k) for k in ("session_id", "ip_address", "user_agent")}
+    session = {k: values.pop(k) for k in SESSION_FIELDS}
     values["session_context"] = session if any(v is not None for v in session.values()) else None
     details = values["details"]
     values["details"] = orjson.loads(details) if isinstance(details, str | bytes) else details
@@ -179,7 +191,7 @@ def event_row_to_dict(row: Any) -> dict[str, Any]:
 
 async def query_events(conn: AsyncConnection, query: EventQuery) -> tuple[list[Any], bool]:
     """One page of rows, newest first, and whether more follow."""
-    rows = list(await conn.execute(_event_select(query)))
+    rows = list(await conn.execute(event_select(query)))
     return rows[: query.limit], len(rows) > query.limit
 
 

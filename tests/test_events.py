@@ -265,3 +265,22 @@ async def test_csv_export_defuses_formulas_and_the_export_is_recorded(
         orjson.loads(r["details"])["query"]["phase"] for r in rows if r["action"] == "audit.export"
     )
     assert phases == ["complete", "start"]
+
+
+async def test_ndjson_export_lines_are_the_events_the_api_shows(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers, _ = await seed(service, org, database_url)
+    params = {"patient_id": "p-2"}
+    shown = (await service.client.get("/events", params=params, headers=headers)).json()["items"]
+    body = await service.client.get("/events/export", params=params, headers=headers)
+    lines = [orjson.loads(line) for line in body.content.splitlines()]
+    assert [x["event_id"] for x in lines] == [x["event_id"] for x in shown]
+    for line, item in zip(lines, shown, strict=True):
+        assert line.keys() >= item.keys()
+        for key, value in item.items():
+            if key in {"timestamp", "received_at"}:  # the export writes the canonical form
+                assert line[key].endswith("Z") and len(line[key]) == 27
+                assert datetime.fromisoformat(line[key]) == datetime.fromisoformat(value)
+            else:
+                assert line[key] == value, key

@@ -45,10 +45,13 @@ async def planned(admin: asyncpg.Connection) -> asyncpg.Connection:
             """INSERT INTO audit_log
                SELECT gen_random_uuid(), now() - make_interval(secs => i * 300),
                       CASE WHEN i % 2 = 0 THEN $1 ELSE 'org-plans-other' END, now(),
-                      'fhir.patient.read', 'success', 'user-' || (i % 200), NULL, 'Patient',
+                      CASE WHEN i % 50 = 0 THEN 'fhir.patient.delete'
+                           ELSE 'fhir.patient.read' END,
+                      'success', 'user-' || (i % 200), NULL, 'Patient',
                       'Patient/' || (i % 500), 'p-' || (i % 1000),
-                      (ARRAY['PUBLIC','INTERNAL','CONFIDENTIAL','PHI'])[1 + i % 4], NULL, false,
-                      NULL, NULL, NULL, NULL, NULL, NULL, 'normal', sha256(i::text::bytea),
+                      (ARRAY['PUBLIC','INTERNAL','CONFIDENTIAL','PHI'])[1 + i % 4], NULL,
+                      i % 500 = 0, NULL, 'req-' || (i % 5000), NULL, NULL, NULL, NULL, 'normal',
+                      sha256(i::text::bytea),
                       sha256(i::text::bytea), 'k'
                FROM generate_series(1, 20000) AS i""",
             PLAN_ORG,
@@ -168,8 +171,10 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     [
         ({}, "ix_audit_log_org_time"),
         ({"start": datetime(2026, 11, 1, tzinfo=UTC)}, "ix_audit_log_org_time"),
-        ({"action": ["fhir.patient.read"]}, "ix_audit_log_org_time"),
+        ({"action": ["fhir.patient.delete"]}, "ix_audit_log_org_action_time"),
         ({"action_prefix": "fhir.patient."}, "ix_audit_log_org_time"),
+        ({"correlation_id": "req-1"}, "ix_audit_log_org_correlation_time"),
+        ({"break_glass": True}, "ix_audit_log_org_break_glass_time"),
         ({"order": "asc"}, "ix_audit_log_org_time"),
         ({"principal_id": "user-7"}, "ix_audit_log_org_principal_time"),
         ({"patient_id": "p-1"}, "ix_audit_log_org_patient_time"),
@@ -185,7 +190,7 @@ async def test_each_query_uses_its_index_without_sorting(
     """The planner picks the intended index, and that index yields rows in page order: with
     sequential and bitmap scans off (on this small table, with empty future partitions, sorting
     a few matching rows can be cheaper) the plan has no Sort node."""
-    query = repository._event_select(repository.EventQuery(organization_id=PLAN_ORG, **filters))
+    query = repository.event_select(repository.EventQuery(organization_id=PLAN_ORG, **filters))
     nodes = _nodes(await _plan(planned, engine_for, query))
     assert await _parent_indexes(planned, nodes) == {index}
     await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
@@ -193,6 +198,37 @@ async def test_each_query_uses_its_index_without_sorting(
     await planned.execute("RESET enable_bitmapscan; RESET enable_seqscan")
     assert await _parent_indexes(planned, ordered) == {index}
     assert not [n for n in ordered if n["Node Type"] == "Sort"]
+
+
+@pytest.mark.parametrize(
+    ("subject", "index"),
+    [
+        ("patient_id", "ix_audit_log_org_patient_time"),
+        ("principal_id", "ix_audit_log_org_principal_time"),
+    ],
+)
+async def test_phi_reports_use_their_index(
+    planned: asyncpg.Connection, engine_for: AsyncEngine, subject: str, index: str
+) -> None:
+    """The events report reads its subject's index in page order (no Sort); the summary reads
+    the same index and groups only the subject's rows."""
+    value = "p-3" if subject == "patient_id" else "user-7"  # both have PHI rows in the data
+    query = repository.PhiQuery(PLAN_ORG, subject, value)
+    events_sql = repository._phi_events_select(query, None)
+    counts_sql = repository._phi_counts_select(query, None)
+    assert await _parent_indexes(planned, _nodes(await _plan(planned, engine_for, events_sql))) == {
+        index
+    }
+    counts = _nodes(await _plan(planned, engine_for, counts_sql))
+    assert await _parent_indexes(planned, counts) == {index}
+    await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
+    try:
+        events = _nodes(await _plan(planned, engine_for, events_sql))
+    finally:
+        await planned.execute("RESET enable_bitmapscan; RESET enable_seqscan")
+    assert not [n for n in events if n["Node Type"] == "Sort"]
+    conditions = " ".join(str(n.get("Index Cond", "")) for n in counts)
+    assert subject in conditions  # the index is entered at the subject, not scanned whole
 
 
 async def test_lookup_by_event_id_uses_the_unique_key(

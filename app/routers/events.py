@@ -102,8 +102,8 @@ async def _export_body(
         async for event in exports.export_rows(engine, query, counted):
             yield exports.csv_row(event)
     else:
-        async for event in exports.export_rows(engine, query, counted):
-            yield exports.ndjson_line(event)
+        async for chunk in exports.ndjson_pages(engine, query, counted):
+            yield chunk
     await record_access(request, caller, "export", {**asked, "phase": "complete"}, counted[0])
 
 
