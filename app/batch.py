@@ -97,13 +97,17 @@ class BatchPlan:
     rows: list[PendingRow] = field(default_factory=list)
     dead: dict[int, list[DeadItem]] = field(default_factory=dict)
 
-    def kill(self, entry_index: int, error: str, payload: bytes, events: int = 1) -> None:
-        self.dead.setdefault(entry_index, []).append(DeadItem(error, payload, events))
+    def kill(
+        self, entry_index: int, error: str, payload: bytes, events: int = 1, organization: str = ""
+    ) -> None:
+        item = DeadItem(error, payload, events, organization)
+        self.dead.setdefault(entry_index, []).append(item)
 
     def kill_row(self, row: PendingRow, error: str) -> None:
         if not row.dead:
             row.dead = True
-            self.kill(row.entry_index, error, orjson.dumps(row.record))
+            payload = orjson.dumps(row.record)
+            self.kill(row.entry_index, error, payload, organization=owner(row.record))
 
     def settlements(self) -> list[Settlement]:
         return [
@@ -113,6 +117,12 @@ class BatchPlan:
     @property
     def dead_items(self) -> int:
         return sum(len(items) for items in self.dead.values())
+
+
+def owner(record: Any) -> str:
+    """The organization a queued record belongs to ('' when the record does not say)."""
+    organization = record.get("organization_id") if isinstance(record, dict) else None
+    return organization if isinstance(organization, str) else ""
 
 
 def plan_batch(entries: Sequence[Entry], key: SigningKey) -> BatchPlan:
@@ -129,7 +139,8 @@ def plan_batch(entries: Sequence[Entry], key: SigningKey) -> BatchPlan:
             try:
                 plan.rows.append(PendingRow(index, record, record_row(record, key)))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                plan.kill(index, f"invalid record: {type(exc).__name__}", orjson.dumps(record))
+                error = f"invalid record: {type(exc).__name__}"
+                plan.kill(index, error, orjson.dumps(record), organization=owner(record))
     return plan
 
 

@@ -3,7 +3,8 @@
 Two streams carry events, `high` and `normal`; writers drain `high` first. An entry holds up to
 `stream_entry_events` canonical records as one JSON array. A counter beside the streams holds
 the number of events accepted and not yet settled: the queue depth that backpressure reads.
-All keys share one hash tag so the Lua scripts stay on one Redis Cluster slot.
+All keys share one hash tag so the Lua scripts stay on one Redis Cluster slot. Listing,
+replaying and deleting dead letters is in app.dead_letter.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ Priority = Literal["high", "normal"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal")
 HEARTBEAT_TTL_MS = 30_000
 
-# KEYS: high, normal, depth, dead, persisted, dead-events.
+# KEYS: high, normal, depth, dead, persisted, dead-events, then one dead-letter index per
+#       organization (app.dead_letter) named by the items below.
 # ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_dead, then per dead
-#       item: error, payload, deliveries, events.
+#       item: error, payload, deliveries, events, organization, index key (0: none), replays,
+#       first failure (a dead-letter id, or '' when this is the first).
 # An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
 # redelivered entry is counted once. Afterwards, for every accepted event:
-#   accepted-total = persisted-total + dead-events + queued-events.
+#   accepted-total = persisted-total + dead-events + queued-events + discarded-events.
+# Indexing uses pcall: an index entry that cannot be added leaves the item unlisted, never the
+# accounting half done.
 _SETTLE_LUA = """
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -46,11 +51,17 @@ for _ = 1, n do
   end
   for _ = 1, n_dead do
     if acked == 1 then
-      redis.call('XADD', KEYS[4], '*', 'source', key, 'id', id, 'error', ARGV[i],
-                 'payload', ARGV[i + 1], 'deliveries', ARGV[i + 2], 'events', ARGV[i + 3])
+      local dead_id = redis.call('XADD', KEYS[4], '*', 'source', key, 'id', id,
+                                 'org', ARGV[i + 4], 'error', ARGV[i], 'payload', ARGV[i + 1],
+                                 'deliveries', ARGV[i + 2], 'events', ARGV[i + 3],
+                                 'replays', ARGV[i + 6], 'first', ARGV[i + 7])
+      local index = tonumber(ARGV[i + 5])
+      if index > 0 then
+        redis.pcall('XADD', KEYS[index], dead_id, 'events', ARGV[i + 3])
+      end
       dead_events = dead_events + tonumber(ARGV[i + 3])
     end
-    i = i + 4
+    i = i + 8
   end
 end
 if settled > 0 then
@@ -97,6 +108,7 @@ class StreamKeys:
     persisted: str
     accepted: str
     dead_events: str
+    discarded: str
     heartbeat: str
 
     @classmethod
@@ -110,29 +122,42 @@ class StreamKeys:
             persisted=f"{tag}:persisted-total",
             accepted=f"{tag}:accepted-total",
             dead_events=f"{tag}:dead-lettered-events",
+            discarded=f"{tag}:discarded-events",
             heartbeat=f"{tag}:writer-heartbeat",
         )
 
     def stream(self, priority: Priority) -> str:
         return self.high if priority == "high" else self.normal
 
+    def dead_index(self, organization: str) -> str:
+        """The organization's dead-letter ids, in the dead-letter stream's order."""
+        return f"{self.dead}:org:{organization}"
+
 
 @dataclass(slots=True)
 class Entry:
-    """One stream entry as a writer received it."""
+    """One stream entry as a writer received it. A replayed dead letter carries its history:
+    deliveries before this entry, replays so far and the id of its first dead letter."""
 
     priority: Priority
     entry_id: str
     payload: bytes
     events: int
     deliveries: int = 1
+    earlier_deliveries: int = 0
+    replays: int = 0
+    first_failed: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class DeadItem:
+    """Events the database refused. `organization` is the owner of `payload` ('' when it cannot
+    be read): only that organization's admins list, replay or delete the item."""
+
     error: str
     payload: bytes
     events: int = 1
+    organization: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +170,13 @@ class Settlement:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _count(fields: dict[bytes, bytes], name: bytes) -> int:
+    try:
+        return int(fields.get(name, b"0"))
+    except ValueError:
+        return 0
 
 
 def entry_age_ms(entry_id: str) -> int:
@@ -215,11 +247,15 @@ class EventStream:
 
     @staticmethod
     def _entry(priority: Priority, entry_id: str, fields: dict[bytes, bytes]) -> Entry:
-        try:
-            events = int(fields.get(b"n", b"0"))
-        except ValueError:
-            events = 0
-        return Entry(priority, entry_id, fields.get(b"e", b""), events)
+        return Entry(
+            priority,
+            entry_id,
+            fields.get(b"e", b""),
+            _count(fields, b"n"),
+            earlier_deliveries=_count(fields, b"d"),
+            replays=_count(fields, b"r"),
+            first_failed=_text(fields.get(b"f", b"")),
+        )
 
     async def claim(
         self, consumer: str, min_idle_ms: int, cursors: dict[Priority, str], count: int
@@ -253,15 +289,6 @@ class EventStream:
         """Ack (and delete) entries, dead-letter their poison items, update the counters.
         Returns the number of events settled by this call."""
         args: list[Any] = [self.group, 0]
-        count = 0
-        for item in settlements:
-            entry = item.entry
-            index = 1 if entry.priority == "high" else 2
-            args += [index, entry.entry_id, entry.events, len(item.dead)]
-            for dead in item.dead:
-                args += [dead.error, dead.payload, entry.deliveries, dead.events]
-            count += 1
-        args[1] = count
         keys = [
             self.keys.high,
             self.keys.normal,
@@ -270,6 +297,22 @@ class EventStream:
             self.keys.persisted,
             self.keys.dead_events,
         ]
+        indexes: dict[str, int] = {}
+        count = 0
+        for item in settlements:
+            entry = item.entry
+            index = 1 if entry.priority == "high" else 2
+            args += [index, entry.entry_id, entry.events, len(item.dead)]
+            for dead in item.dead:
+                org = dead.organization
+                if org and org not in indexes:
+                    keys.append(self.keys.dead_index(org))
+                    indexes[org] = len(keys)
+                deliveries = entry.deliveries + entry.earlier_deliveries
+                args += [dead.error, dead.payload, deliveries, dead.events, org]
+                args += [indexes.get(org, 0), entry.replays, entry.first_failed]
+            count += 1
+        args[1] = count
         return int(await self._settle(keys=keys, args=args))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, Any]]:
@@ -278,6 +321,7 @@ class EventStream:
         return [
             {
                 "id": _text(dead_id),
+                "organization": _text(fields.get(b"org", b"")),
                 "source": _text(fields[b"source"]),
                 "entry_id": _text(fields[b"id"]),
                 "error": _text(fields[b"error"]),
@@ -313,18 +357,24 @@ class EventStream:
             if first:
                 age = entry_age_ms(_text(first[0]["message_id"]))
                 oldest = age if oldest is None else max(oldest, age)
+        # One MGET: a consistent snapshot of the counters the accounting invariant relates.
         counters = await self.client.mget(
-            self.keys.accepted, self.keys.persisted, self.keys.dead_events
+            self.keys.accepted,
+            self.keys.persisted,
+            self.keys.dead_events,
+            self.keys.depth,
+            self.keys.discarded,
         )
-        accepted, persisted, dead_events = (int(v) if v else 0 for v in counters)
+        accepted, persisted, dead_events, queued, discarded = (int(v) if v else 0 for v in counters)
         return {
             "waiting": waiting,
             "pending": pending,
-            "queued_events": await self.queued_events(),
+            "queued_events": queued,
             "dead_letter": await self.client.xlen(self.keys.dead),
             "accepted_total": accepted,
             "persisted_total": persisted,
             "dead_lettered_events": dead_events,
+            "discarded_events": discarded,
             "consumers": len(consumers),
             "oldest_pending_age_ms": oldest,
         }

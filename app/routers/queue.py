@@ -1,22 +1,168 @@
-"""GET /queue/stats: the stream as operators see it."""
+"""GET /queue/stats: the stream as operators see it. /queue/dead-letter: the caller's
+organization's dead letters, listed, replayed or deleted (app.dead_letter).
+
+Dead letters hold the organization's audit events, so each of these calls is recorded in its
+audit trail before it answers or acts; when it cannot be recorded, nothing happens (503).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
 
+from app.access_log import record_access
 from app.auth import Caller, require_scope
+from app.dead_letter import DeadLetter, DeadLetters
+from app.errors import ApiError, Backpressure, InvalidCursor
 from app.main_state import resources
-from app.schemas import ErrorResponse, QueueStats
+from app.schemas import (
+    MAX_DEAD_LETTER_SELECTION,
+    DeadLetterDeleted,
+    DeadLetterDeleteQuery,
+    DeadLetterOut,
+    DeadLetterPage,
+    DeadLetterQuery,
+    DeadLetterReplayed,
+    DeadLetterSelection,
+    ErrorResponse,
+    QueueStats,
+    is_stream_id,
+)
 
 router = APIRouter(tags=["operations"])
 Admin = Annotated[Caller, Depends(require_scope("admin"))]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 503)
-}
 
 
-@router.get("/queue/stats", response_model=QueueStats, responses=ERRORS)
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+class ConfirmationRequired(ApiError):
+    status_code = 400
+    code = "confirmation_required"
+
+
+@router.get("/queue/stats", response_model=QueueStats, responses=_errors(401, 403, 503))
 async def queue_stats(request: Request, caller: Admin) -> QueueStats:
     return QueueStats.model_validate(await resources(request).stream.stats())
+
+
+@router.get(
+    "/queue/dead-letter",
+    response_model=DeadLetterPage,
+    responses=_errors(400, 401, 403, 422, 503),
+    summary="Your organization's dead letters, oldest first",
+)
+async def list_dead_letters(
+    request: Request, caller: Admin, query: Annotated[DeadLetterQuery, Query()]
+) -> DeadLetterPage:
+    if query.cursor is not None and not is_stream_id(query.cursor):
+        raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
+    dead = DeadLetters(resources(request).stream, caller.organization_id)
+    letters, next_cursor = await dead.page(query.cursor, query.limit)
+    await record_access(request, caller, "dead_letter_list", query.model_dump(), len(letters))
+    items = [_out(letter, query.include_payload) for letter in letters]
+    return DeadLetterPage(items=items, next_cursor=next_cursor)
+
+
+def _out(letter: DeadLetter, include_payload: bool) -> DeadLetterOut:
+    payload = None
+    if include_payload:
+        value = orjson.loads(letter.payload)
+        payload = value if isinstance(value, list) else [value]
+    return DeadLetterOut(
+        id=letter.id,
+        source=letter.source,
+        error=letter.error,
+        deliveries=letter.deliveries,
+        replays=letter.replays,
+        events=letter.events,
+        event_ids=letter.event_ids,
+        first_failed=letter.first_failed,
+        failed_at=letter.failed_at,
+        payload=payload,
+    )
+
+
+@router.post(
+    "/queue/dead-letter/replay",
+    response_model=DeadLetterReplayed,
+    responses=_errors(401, 403, 422, 503),
+    summary="Send your organization's dead letters back to the writers",
+)
+async def replay_dead_letters(
+    request: Request, caller: Admin, selection: DeadLetterSelection
+) -> DeadLetterReplayed:
+    res = resources(request)
+    dead = DeadLetters(res.stream, caller.organization_id)
+    wanted, letters = await _select(dead, selection.ids, selection.all)
+    if res.queued_events + sum(letter.events for letter in letters) > res.settings.max_queue_depth:
+        raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
+    details = _details(selection.all, wanted, letters)
+    await record_access(request, caller, "dead_letter_replay", details, len(letters))
+    done = await dead.replay([letter.id for letter in letters])
+    res.queued_events += done.events
+    return DeadLetterReplayed(
+        requeued_entries=len(done.ids),
+        requeued_events=done.events,
+        requeued_ids=done.ids,
+        not_found=_missing(wanted, done.ids),
+        remaining=done.remaining,
+    )
+
+
+@router.delete(
+    "/queue/dead-letter",
+    response_model=DeadLetterDeleted,
+    responses=_errors(400, 401, 403, 422, 503),
+    summary="Delete your organization's dead letters (confirm=delete); their events are discarded",
+)
+async def delete_dead_letters(
+    request: Request, caller: Admin, query: Annotated[DeadLetterDeleteQuery, Query()]
+) -> DeadLetterDeleted:
+    if query.confirm != "delete":
+        raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
+    dead = DeadLetters(resources(request).stream, caller.organization_id)
+    wanted, letters = await _select(dead, query.ids, query.all)
+    details = _details(query.all, wanted, letters)
+    await record_access(request, caller, "dead_letter_delete", details, len(letters))
+    done = await dead.delete([letter.id for letter in letters])
+    return DeadLetterDeleted(
+        deleted_entries=len(done.ids),
+        deleted_events=done.events,
+        deleted_ids=done.ids,
+        not_found=_missing(wanted, done.ids),
+        remaining=done.remaining,
+    )
+
+
+async def _select(
+    dead: DeadLetters, ids: list[str] | None, everything: bool
+) -> tuple[list[str], list[DeadLetter]]:
+    """The ids asked for (all: the oldest MAX_DEAD_LETTER_SELECTION), and the caller's items
+    among them."""
+    if everything:
+        wanted = await dead.first_ids(MAX_DEAD_LETTER_SELECTION)
+    else:
+        wanted = list(dict.fromkeys(ids or ()))
+    return wanted, await dead.fetch(wanted)
+
+
+def _details(everything: bool, wanted: list[str], letters: list[DeadLetter]) -> dict[str, Any]:
+    """What the audit record of a replay or delete names: the items, their events, and the ids
+    asked for that the organization does not have."""
+    event_ids = [event_id for letter in letters for event_id in letter.event_ids]
+    return {
+        "all": everything,
+        "ids": [letter.id for letter in letters],
+        "events": sum(letter.events for letter in letters),
+        "event_ids": event_ids[:MAX_DEAD_LETTER_SELECTION],
+        "not_found": _missing(wanted, [letter.id for letter in letters]),
+    }
+
+
+def _missing(wanted: list[str], found: list[str]) -> list[str]:
+    present = set(found)
+    return [dead_id for dead_id in wanted if dead_id not in present]
