@@ -284,3 +284,35 @@ async def test_ndjson_export_lines_are_the_events_the_api_shows(
                 assert datetime.fromisoformat(line[key]) == datetime.fromisoformat(value)
             else:
                 assert line[key] == value, key
+
+
+async def test_ndjson_export_escapes_every_text_field(
+    service: Service, org: str, database_url: str
+) -> None:
+    headers = await service.key(org)
+    nasty = 'a "quoted" \\ back\\slash, tab\t, newline\n, bell\x07, ünïcødé 𝄞 </script>'
+    sent = [
+        event(
+            principal_id=nasty,
+            outcome_description=nasty,
+            correlation_id=nasty,
+            target_resource_id=nasty,
+            break_glass=True,
+            session_context={"session_id": nasty, "user_agent": nasty},
+            details={"k": [nasty, 1.5, None, {"deep": True}]},
+        ),
+        event(principal_id="plain", details=None),
+    ]
+    assert (
+        await service.client.post("/events/bulk", json=sent, headers=headers)
+    ).status_code == 202
+    await wait_stored(database_url, org, 2)
+    shown = (await service.client.get("/events", headers=headers)).json()["items"]
+    body = await service.client.get("/events/export", headers=headers)
+    lines = {x["event_id"]: x for x in map(orjson.loads, body.content.splitlines())}
+    for item in shown:
+        line = lines[item["event_id"]]
+        for key, value in item.items():
+            if key not in {"timestamp", "received_at"}:
+                assert line[key] == value, key
+    assert {x["principal_id"] for x in lines.values()} >= {nasty, "plain"}
