@@ -21,8 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, case, cast, func, literal, select
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import Text, and_, case, cast, func, literal
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import repository
@@ -142,19 +141,14 @@ async def _page_end(
 
 
 async def _page_text(conn: AsyncConnection, query: repository.EventQuery, line: Any) -> bytes:
-    """The page's NDJSON lines, joined by PostgreSQL into one value: Python handles a few
-    megabytes per page, not thousands of rows."""
-    c = audit_log.c
-    rows = repository.event_select(query).with_only_columns(
-        line.label("line"), c.timestamp, c.event_id
-    )
-    inner = rows.limit(None).subquery()
-    order: tuple[Any, ...] = (inner.c.timestamp, inner.c.event_id)
-    if query.order == "desc":
-        order = (inner.c.timestamp.desc(), inner.c.event_id.desc())
-    joined = func.string_agg(inner.c.line, aggregate_order_by(literal("\n"), *order))
-    text = await conn.scalar(select(func.convert_to(joined.op("||")(literal("\n")), "UTF8")))
-    return text or b""
+    """The page's NDJSON lines, made by PostgreSQL; read as plain asyncpg rows of one text."""
+    stmt = repository.event_select(query).with_only_columns(line).limit(None)
+    compiled = stmt.compile(dialect=conn.dialect)
+    params = [compiled.params[name] for name in compiled.positiontup or ()]
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None, "a live pooled connection has its driver connection"
+    rows = await raw.fetch(compiled.string, *params)
+    return ("\n".join([r[0] for r in rows]) + "\n").encode() if rows else b""
 
 
 async def ndjson_pages(

@@ -156,13 +156,17 @@ def event_select(query: EventQuery) -> Select[Any]:
     if query.end is not None:
         conditions.append(c.timestamp < query.end)
     newest_first = query.order == "desc"
+    # Keyset bounds, each also as a plain time bound: PostgreSQL prunes partitions by those
+    # (a row comparison alone makes it probe every partition).
+    position = tuple_(c.timestamp, c.event_id)
     if query.after is not None:
-        position = tuple_(c.timestamp, c.event_id)
-        after = tuple_(*query.after)
+        after, moment = tuple_(*query.after), query.after[0]
         conditions.append(position < after if newest_first else position > after)
+        conditions.append(c.timestamp <= moment if newest_first else c.timestamp >= moment)
     if query.until is not None:
-        position, until = tuple_(c.timestamp, c.event_id), tuple_(*query.until)
+        until, moment = tuple_(*query.until), query.until[0]
         conditions.append(position >= until if newest_first else position <= until)
+        conditions.append(c.timestamp >= moment if newest_first else c.timestamp <= moment)
     ordering = (
         (c.timestamp.desc(), c.event_id.desc()) if newest_first else (c.timestamp, c.event_id)
     )
