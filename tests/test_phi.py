@@ -1,4 +1,4 @@
-"""PHI access reports against independent counts, pagination, isolation, and their plans."""
+"""PHI access reports: independent counts, pagination, isolation (plans: test_storage)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["admin", "planned"]  # fixtures shared with test_storage
-
-import asyncpg
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from app import repository
 from tests.conftest import Service, event, wait_stored
-from tests.test_storage import PLAN_ORG, _nodes, _parent_indexes, _plan, admin, planned
 
 
 def at(minutes: int) -> str:
@@ -116,20 +108,3 @@ async def test_reports_stay_inside_the_organization(
         "/phi-access/patients/pt-3", params={"cursor": "nope"}, headers=stranger
     )
     assert bad.status_code == 400
-
-
-@pytest.mark.parametrize(
-    ("subject", "value", "index"),
-    [
-        ("patient_id", "p-3", "ix_audit_log_org_patient_time"),
-        ("principal_id", "user-3", "ix_audit_log_org_principal_time"),
-    ],
-)
-async def test_phi_reports_use_their_index(
-    planned: asyncpg.Connection, engine_for: AsyncEngine, subject: str, value: str, index: str
-) -> None:
-    query = repository.PhiQuery(PLAN_ORG, subject, value)
-    events = _nodes(await _plan(planned, engine_for, repository._phi_events_select(query, None)))
-    assert await _parent_indexes(planned, events) == {index}
-    counts = _nodes(await _plan(planned, engine_for, repository._phi_counts_select(query, None)))
-    assert await _parent_indexes(planned, counts) == {index}
