@@ -136,11 +136,16 @@ async def _request_validation(_: Request, exc: Exception) -> Response:
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's bare 400 for a body it cannot parse as JSON at all (not UTF-8, nested too
+        # deep): the same failure as a JSON syntax error, so the same documented 422.
+        details = [{"in": "body", "field": None, "type": "json_invalid", "message": exc.detail}]
+        return error_response(422, "validation_failed", "request parameters are invalid", details)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
-async def _dependency_down(_: Request, exc: Exception) -> Response:
+def dependency_down(exc: BaseException) -> Response:
     log.warning("dependency unavailable: %s", type(exc).__name__)
     return error_response(
         503,
@@ -148,6 +153,24 @@ async def _dependency_down(_: Request, exc: Exception) -> Response:
         "a backing service is unavailable; retry later",
         headers={"Retry-After": "1"},
     )
+
+
+async def _dependency_down(_: Request, exc: Exception) -> Response:
+    return dependency_down(exc)
+
+
+# PostgreSQL or Redis down or timing out: 503 with Retry-After, not 500.
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
@@ -159,17 +182,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
-    # PostgreSQL or Redis down or timing out: 503 with Retry-After, not 500.
-    for error in (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.TimeoutError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        ConnectionError,
-        TimeoutError,
-    ):
+    for error in DEPENDENCY_ERRORS:
         app.add_exception_handler(error, _dependency_down)
     app.add_exception_handler(Exception, _unexpected)

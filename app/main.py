@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import db
 from app.auth import KeyCache
 from app.config import Settings
+from app.enqueue import EnqueueBatcher
 from app.errors import install_error_handlers
+from app.fastpath import IngestFastPath
 from app.metrics import Metrics
 from app.routers import events, health, ingest, integrity, phi, queue
 from app.stream import EventStream, StreamKeys, eviction_policy
@@ -36,6 +38,7 @@ class Resources:
     stream: EventStream
     metrics: Metrics
     key_cache: KeyCache
+    enqueuer: EnqueueBatcher
     writers: WriterGroup | None = None
     queued_events: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -94,6 +97,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         stream=stream,
         metrics=metrics,
         key_cache=KeyCache(settings.auth_cache_seconds),
+        enqueuer=EnqueueBatcher(stream, settings.stream_entry_events),
     )
 
 
@@ -137,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=app.state.metrics.registry,
     ).instrument(app)
+    app.add_middleware(IngestFastPath)  # added last: runs first, ahead of the metrics middleware
     _describe_event_bodies(app)
     return app
 

@@ -23,6 +23,7 @@ class Metrics:
     queue_depth: Gauge
     circuit_open: Gauge
     writer_errors: Counter
+    ingest_request_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -74,5 +75,12 @@ class Metrics:
             ),
             writer_errors=Counter(
                 "audit_writer_errors", "Errors caught by writer loops", ["stage"], registry=reg
+            ),
+            ingest_request_seconds=Histogram(
+                "audit_ingest_request_seconds",
+                "Time to answer an ingest request (POST /events, /events/bulk), any status",
+                ["route"],
+                buckets=SECONDS_BUCKETS,
+                registry=reg,
             ),
         )
