@@ -82,12 +82,23 @@ DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
 
 def new_event_id() -> str:
     """A UUIDv7 (RFC 9562) in its text form: 48-bit Unix milliseconds, version 7, random bits
-    with the RFC variant, so ids sort by time. Built as text directly: this runs per event."""
-    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
-    raw[6] = 0x70 | (raw[6] & 0x0F)
-    raw[8] = 0x80 | (raw[8] & 0x3F)
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    with the RFC variant, so ids sort by time."""
+    return new_event_ids(1)[0]
+
+
+_VARIANT = {f"{n:x}": f"{0x8 | (n & 0x3):x}" for n in range(16)}  # 10xx: the RFC variant
+
+
+def new_event_ids(count: int) -> list[str]:
+    """`count` UUIDv7s of this millisecond, built as text from one read of the system's random
+    source (one read per event cost a tenth of a bulk request's CPU)."""
+    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
+    prefix = f"{millis[:8]}-{millis[8:]}-7"
+    rand = os.urandom(10 * count).hex()
+    return [
+        f"{prefix}{r[1:4]}-{_VARIANT[r[4]]}{r[5:8]}-{r[8:20]}"
+        for r in (rand[i : i + 20] for i in range(0, 20 * count, 20))
+    ]
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -159,8 +170,11 @@ class EventIn(BaseModel):
             )
         return value
 
-    def to_record(self, organization_id: str, received_at: str) -> dict[str, Any]:
-        """The stored, canonical record (see app.integrity) with server-filled defaults."""
+    def to_record(
+        self, organization_id: str, received_at: str, fresh_id: str | None = None
+    ) -> dict[str, Any]:
+        """The stored, canonical record (see app.integrity) with server-filled defaults;
+        `fresh_id` is the id to give an event sent without one (one is made when None)."""
         session = self.session_context
         return {
             "action": self.action,
@@ -168,7 +182,7 @@ class EventIn(BaseModel):
             "correlation_id": self.correlation_id,
             "data_classification": self.data_classification,
             "details": self.details,
-            "event_id": str(self.event_id) if self.event_id else new_event_id(),
+            "event_id": str(self.event_id) if self.event_id else fresh_id or new_event_id(),
             "ip_address": session.ip_address if session else None,
             "organization_id": organization_id,
             "outcome_description": self.outcome_description,

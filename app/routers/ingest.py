@@ -23,7 +23,14 @@ from app.errors import (
 )
 from app.integrity import format_timestamp
 from app.main_state import resources
-from app.schemas import EVENT_LIST, Accepted, BulkAccepted, ErrorResponse, EventIn
+from app.schemas import (
+    EVENT_LIST,
+    Accepted,
+    BulkAccepted,
+    ErrorResponse,
+    EventIn,
+    new_event_ids,
+)
 
 router = APIRouter(tags=["ingest"])
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
@@ -100,7 +107,12 @@ async def accept(
     if res.queued_events + len(events) > settings.max_queue_depth:
         raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
     received_at = format_timestamp(datetime.now(UTC))
-    records = [event.to_record(caller.organization_id, received_at) for event in events]
+    fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
+    org = caller.organization_id
+    records = [
+        event.to_record(org, received_at, None if event.event_id else next(fresh))
+        for event in events
+    ]
     try:
         if len(records) < COALESCE_BELOW:
             await res.enqueuer.enqueue(records)
