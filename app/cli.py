@@ -12,6 +12,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 
@@ -65,16 +66,21 @@ def serve(settings: Settings) -> None:
     from app.main import create_app
 
     require_urls(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
+    }
+    if settings.api_processes > 1:  # each process builds its app from the same environment
+        uvicorn.run(
+            "app.main:create_app_from_env", factory=True, workers=settings.api_processes, **options
+        )
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 async def run_worker(settings: Settings) -> None:

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # `serve` processes sharing the port (uvicorn workers); each runs AUDIT_WRITERS writers
+    # unless AUDIT_RUN_WRITERS=false.
+    api_processes: int = Field(default=1, ge=1, le=64)
     database_url: str = ""
     redis_url: str = ""
     signing_keys: str = Field(default="", repr=False)

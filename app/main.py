@@ -146,6 +146,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """The app of one of several `serve` processes (AUDIT_API_PROCESSES > 1)."""
+    from app.logs import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    return create_app(settings)
+
+
 def _describe_event_bodies(app: FastAPI) -> None:
     """Add the event schemas that the raw-body ingest routes refer to."""
     build = app.openapi
