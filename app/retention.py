@@ -229,6 +229,11 @@ class PrunedRange:
             "pruned_at": self.pruned_at.isoformat(),
         }
 
+    def digest(self) -> bytes:
+        return prune_digest(
+            self.partition, self.start, self.end, self.events, self.batches, self.pruned_at
+        )
+
     def overlaps(self, first: datetime, last: datetime) -> bool:
         return self.start <= last and first < self.end
 
@@ -240,7 +245,7 @@ async def pruned_ranges(
     good: list[PrunedRange] = []
     bad: list[str] = []
     for r in await conn.fetch("SELECT * FROM audit_prunes ORDER BY range_start, id"):
-        digest = prune_digest(
+        recorded = PrunedRange(
             r["partition_name"],
             r["range_start"],
             r["range_end"],
@@ -248,17 +253,8 @@ async def pruned_ranges(
             r["batch_count"],
             r["pruned_at"],
         )
-        if _checks(signed, digest, r):
-            good.append(
-                PrunedRange(
-                    r["partition_name"],
-                    r["range_start"],
-                    r["range_end"],
-                    r["event_count"],
-                    r["batch_count"],
-                    r["pruned_at"],
-                )
-            )
+        if _checks(signed, recorded.digest(), r):
+            good.append(recorded)
         else:
             bad.append(r["partition_name"])
     return good, bad
