@@ -1,0 +1,150 @@
+"""Bulk ingest: an open-loop ramp to the highest rate the service holds with a bounded backlog
+and no failed request, a hold at that rate, and a steady phase at a fixed rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from loadtests.bench.context import Context
+from loadtests.bench.driver import LoadResult, Target, open_loop
+from loadtests.bench.progress import say
+from loadtests.bench.sampler import Sample, Window
+from loadtests.bench.stats import latency_summary, slope
+
+ACTIONS = ("fhir.patient.read", "fhir.observation.search", "ehr.chart.open", "fhir.patient.update")
+# A step whose backlog grows faster than this share of the offered rate is not holding.
+GROWTH_SHARE = 0.05
+
+
+def bulk_body(count: int) -> bytes:
+    """`count` realistic events with no event_id or timestamp: the server gives each accepted
+    copy its own, so one body serves every request."""
+    return orjson.dumps(
+        [
+            {
+                "action": ACTIONS[i % len(ACTIONS)],
+                "status": "failure" if i % 20 == 0 else "success",
+                "principal_id": f"user-{i % 2000}",
+                "principal_type": "practitioner",
+                "patient_id": f"p-{i * 7919 % 100_000}",
+                "target_resource_type": "Patient",
+                "target_resource_id": f"Patient/p-{i * 7919 % 100_000}",
+                "data_classification": "PHI",
+                "purpose_of_use": "TREAT",
+                "correlation_id": f"req-{i}",
+                "session_context": {"session_id": f"s-{i % 300}", "ip_address": "10.1.2.3"},
+                "details": {"fields": ["name", "dob"], "client": "ehr-web"},
+            }
+            for i in range(count)
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BulkPhase:
+    phase: str
+    offered_events_per_s: float
+    events_per_request: int
+    accepted_events: int
+    accepted_per_s: float  # the driver's count of events answered 202
+    unknown_events: int  # in requests never answered: perhaps accepted
+    failed: dict[str, int]
+    skipped: int
+    latency_ms: dict[str, float | None]
+    max_behind_ms: float  # how late the driver sent its latest request (its own fidelity)
+    backlog_growth_per_s: float
+    holds: bool
+    verdict: str
+    service: Window
+
+
+def backlog_floor(ctx: Context, rate: float) -> float:
+    """A backlog this small is batching, not falling behind: a batch per writer, or half a
+    second of load."""
+    layout = ctx.options.layout
+    writing = max(1, layout.worker_processes or layout.api_processes) * layout.writers
+    return max(layout.batch_size * writing, rate / 2)
+
+
+def judge(
+    result: LoadResult, samples: list[Sample], rate: float, floor: float
+) -> tuple[float, str]:
+    """The backlog's growth (events/s, least squares over the later two thirds of the phase)
+    and what went wrong, or "" when the rate holds."""
+    later = samples[len(samples) // 3 :]
+    growth = slope([(s.t, float(s.queued_events)) for s in later])
+    if result.failures:
+        return growth, result.problem()
+    if growth > GROWTH_SHARE * rate and later and later[-1].queued_events > floor:
+        return growth, f"backlog grows by {growth:,.0f} events/s"
+    return growth, ""
+
+
+async def drive_bulk(ctx: Context, phase: str, rate: float, bulk: int, seconds: float) -> BulkPhase:
+    """Offer `rate` events/s in requests of `bulk` events for `seconds`, open loop."""
+    service = ctx.service
+    target = Target(
+        tuple(service.api_urls),
+        "/events/bulk",
+        service.key,
+        bulk_body(bulk),
+        bulk,
+        ctx.options.connections,
+    )
+    result, window = await ctx.measured(phase, open_loop(target, rate / bulk, seconds))
+    samples = [s for s in ctx.sampler.samples if s.phase == phase]
+    growth, problem = judge(result, samples, rate, backlog_floor(ctx, rate))
+    return BulkPhase(
+        phase=phase,
+        offered_events_per_s=rate,
+        events_per_request=bulk,
+        accepted_events=result.accepted_events,
+        accepted_per_s=round(result.events_per_s, 1),
+        unknown_events=result.unanswered() * bulk,
+        failed=result.failed,
+        skipped=result.skipped,
+        latency_ms=latency_summary(result.latencies_ms),
+        max_behind_ms=round(result.max_behind_ms, 1),
+        backlog_growth_per_s=round(growth, 1),
+        holds=not problem,
+        verdict=problem or "holds",
+        service=window,
+    )
+
+
+@dataclass(slots=True)
+class BulkRun:
+    steps: list[BulkPhase] = field(default_factory=list)
+    best_rate: float | None = None  # events/s of the last step that held
+    hold: BulkPhase | None = None
+
+
+async def ramp_and_hold(ctx: Context, run: int) -> BulkRun:
+    """Steps up from --ramp-start by --ramp-step until a step fails or its backlog grows, then
+    holds the highest good rate (or the first step's, flagged, when none held)."""
+    o = ctx.options
+    out = BulkRun()
+    for step in range(o.ramp_max_steps):
+        rate = o.ramp_start + step * o.ramp_step
+        phase = await drive_bulk(ctx, f"run {run} ramp {rate:,.0f}/s", rate, o.bulk, o.step_seconds)
+        out.steps.append(phase)
+        say(f"  ramp {rate:>9,.0f} events/s: {phase.verdict}")
+        if not phase.holds:
+            break
+        out.best_rate = rate
+    await ctx.drain(o.drain_timeout)
+    rate = out.best_rate or o.ramp_start
+    out.hold = await drive_bulk(ctx, f"run {run} hold", rate, o.bulk, o.hold)
+    say(f"  hold {rate:>9,.0f} events/s for {o.hold:.0f} s: {out.hold.verdict}")
+    await ctx.drain(o.drain_timeout)
+    return out
+
+
+async def steady(ctx: Context, run: int) -> BulkPhase:
+    o = ctx.options
+    phase = await drive_bulk(ctx, f"run {run} steady", o.steady_rate, o.steady_bulk, o.steady)
+    say(f"  steady {o.steady_rate:,.0f} events/s: {phase.verdict}")
+    await ctx.drain(o.drain_timeout)
+    return phase

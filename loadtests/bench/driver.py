@@ -1,0 +1,241 @@
+"""HTTP load in Python: an open-loop (rate-controlled) driver and a closed-loop one, on asyncio
+and httpx, optionally spread over processes.
+
+The pool is one httpx client per connection: a single client sharing many connections spends
+most of its time in its own pool bookkeeping (on 2 cores, 64 connections in one client made 130
+requests/s on GET /healthz, 64 one-connection clients 890).
+
+Open loop: request i is due at start + i / rate whatever happened to earlier ones, so a slow
+service cannot slow the offered load down; when every connection is busy the due request is
+counted as `skipped` (the service is not keeping up) instead of queuing in the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import multiprocessing
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import httpx
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    urls: tuple[str, ...]  # one base URL per API process, used in turn
+    path: str
+    key: str
+    body: bytes | None = None  # None: GET
+    events_per_request: int = 0
+    connections: int = 16  # per URL
+
+    @property
+    def slots(self) -> int:
+        return self.connections * len(self.urls)
+
+
+@dataclass(slots=True)
+class LoadResult:
+    seconds: float = 0.0
+    sent: int = 0
+    ok: int = 0
+    accepted_events: int = 0
+    skipped: int = 0
+    # Requests the generator may have left in flight when it stopped (wrk, h2load: one per
+    # connection); the service may have accepted them.
+    cut_off: int = 0
+    connections: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    max_behind_ms: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return sum(self.failed.values()) + self.skipped
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.accepted_events / self.seconds if self.seconds else 0.0
+
+    def unanswered(self) -> int:
+        """Requests whose answer never came (transport errors, time-outs, cut off at the end):
+        the service may have accepted them."""
+        answered = {"non2xx"}  # wrk's count of answers with another status
+        lost = (
+            n
+            for reason, n in self.failed.items()
+            if not reason.isdigit() and reason not in answered
+        )
+        return sum(lost) + self.cut_off
+
+    def problem(self) -> str:
+        """What went wrong, or "" when every request was sent and answered 2xx."""
+        parts = [f"{n} x {reason}" for reason, n in sorted(self.failed.items())]
+        if self.skipped:
+            parts.append(f"{self.skipped} not sent (all {self.connections} connections busy)")
+        return ", ".join(parts)
+
+    def fail(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+    def merge(self, other: LoadResult) -> None:
+        self.seconds = max(self.seconds, other.seconds)
+        self.sent += other.sent
+        self.ok += other.ok
+        self.accepted_events += other.accepted_events
+        self.skipped += other.skipped
+        self.cut_off += other.cut_off
+        self.connections += other.connections
+        for reason, count in other.failed.items():
+            self.failed[reason] = self.failed.get(reason, 0) + count
+        self.max_behind_ms = max(self.max_behind_ms, other.max_behind_ms)
+        self.latencies_ms += other.latencies_ms
+
+
+@contextlib.asynccontextmanager
+async def clients(target: Target) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """`target.connections` one-connection clients per URL, the URLs interleaved."""
+    headers = {"Authorization": f"Bearer {target.key}", "Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=url, headers=headers, limits=limits, timeout=REQUEST_TIMEOUT_S
+                )
+            )
+            for _ in range(target.connections)
+            for url in target.urls
+        ]
+        yield pool
+
+
+async def send(client: httpx.AsyncClient, target: Target, result: LoadResult) -> None:
+    result.sent += 1
+    started = time.perf_counter()
+    try:
+        if target.body is None:
+            response = await client.get(target.path)
+        else:
+            response = await client.post(target.path, content=target.body)
+    except httpx.HTTPError as exc:
+        result.fail(type(exc).__name__)
+        return
+    if response.status_code >= 300:
+        result.fail(str(response.status_code))
+        return
+    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    result.ok += 1
+    result.accepted_events += target.events_per_request
+
+
+async def open_loop(target: Target, rate: float, seconds: float) -> LoadResult:
+    """Offer `rate` requests/s for `seconds`, then wait for the answers still due."""
+    result = LoadResult(seconds=seconds, connections=target.slots)
+    in_flight: set[asyncio.Task[None]] = set()
+    async with clients(target) as pool:
+        idle = collections.deque(pool)
+        start = time.perf_counter()
+        for index in range(max(1, round(rate * seconds))):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                result.max_behind_ms = max(result.max_behind_ms, -delay * 1000)
+            if not idle:
+                result.skipped += 1
+                continue
+            client = idle.popleft()
+            task = asyncio.create_task(send(client, target, result))
+            in_flight.add(task)
+            task.add_done_callback(functools.partial(_release, in_flight, idle, client))
+        await _finish(in_flight, result)
+    return result
+
+
+def _release(
+    in_flight: set[asyncio.Task[None]],
+    idle: collections.deque[httpx.AsyncClient],
+    client: httpx.AsyncClient,
+    task: asyncio.Task[None],
+) -> None:
+    in_flight.discard(task)
+    idle.append(client)
+
+
+async def closed_loop(target: Target, seconds: float) -> LoadResult:
+    """Every connection sends its next request as soon as the last one is answered."""
+    result = LoadResult(seconds=seconds, connections=target.slots)
+    async with clients(target) as pool:
+        until = time.perf_counter() + seconds
+
+        async def loop(client: httpx.AsyncClient) -> None:
+            while time.perf_counter() < until:
+                await send(client, target, result)
+
+        await asyncio.gather(*(loop(client) for client in pool))
+    return result
+
+
+async def _finish(in_flight: set[asyncio.Task[None]], result: LoadResult) -> None:
+    if not in_flight:
+        return
+    _, late = await asyncio.wait(set(in_flight), timeout=REQUEST_TIMEOUT_S)
+    for task in late:
+        task.cancel()
+        result.fail("unanswered")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    target: Target
+    seconds: float
+    rate: float | None = None  # requests/s: open loop; None: closed loop
+    start_at: float = 0.0  # time.time() at which every process begins
+
+
+def run_job(job: Job) -> LoadResult:
+    """One process's share (the entry point of each worker process)."""
+
+    async def main() -> LoadResult:
+        await asyncio.sleep(max(0.0, job.start_at - time.time()))
+        if job.rate is None:
+            return await closed_loop(job.target, job.seconds)
+        return await open_loop(job.target, job.rate, job.seconds)
+
+    return asyncio.run(main())
+
+
+async def in_processes(job: Job, processes: int) -> LoadResult:
+    """Split the job (rate and connections) over `processes` processes; 1 runs it here."""
+    if processes <= 1:
+        if job.rate is None:
+            return await closed_loop(job.target, job.seconds)
+        return await open_loop(job.target, job.rate, job.seconds)
+    share = replace(
+        job,
+        target=replace(job.target, connections=max(1, job.target.connections // processes)),
+        rate=None if job.rate is None else job.rate / processes,
+        start_at=time.time() + 2.0,  # time for every process to start and import
+    )
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(pool, run_job, share) for _ in range(processes))
+        )
+    total = LoadResult()
+    for part in parts:
+        total.merge(part)
+    return total

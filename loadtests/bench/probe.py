@@ -1,0 +1,118 @@
+"""What the service is doing, read from outside: /queue/stats (admin key), the writers'
+Prometheus histogram of ingest-to-persist time, and CPU and memory of every process involved
+(the service's own, this load generator, Redis, and the PostgreSQL backends of the bench
+database)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import redis.asyncio as redis
+
+from loadtests.bench import procstat
+from loadtests.bench.service import Service
+from loadtests.bench.stats import Buckets, add_buckets, buckets_from_text
+
+LAG_METRIC = "audit_ingest_to_persist_seconds"
+BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+# Processes whose resident memory means little (shared buffers count in each backend's RSS).
+NO_RSS = frozenset({"postgres"})
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    at: float  # time.monotonic()
+    stats: dict[str, Any]
+    lag: Buckets
+    cpu: dict[str, dict[int, float]]  # process group -> pid -> CPU seconds
+
+
+@dataclass(slots=True)
+class Probe:
+    service: Service
+    database_url: str
+    redis_url: str
+    http: httpx.AsyncClient = field(init=False)
+    db: asyncpg.Connection | None = None
+    redis_pid: int | None = None
+    db_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one query at a time
+
+    async def open(self) -> None:
+        headers = {"Authorization": f"Bearer {self.service.key}"}
+        self.http = httpx.AsyncClient(headers=headers, timeout=10.0)
+        self.db = await asyncpg.connect(self.database_url)
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            info = await client.info("server")
+            self.redis_pid = int(info["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            self.redis_pid = None
+        finally:
+            await client.aclose()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self.db is not None:
+            await self.db.close()
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.http.get(f"{self.service.api_urls[0]}/queue/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    async def lag(self) -> Buckets:
+        total: Buckets = {}
+        for url in self.service.metrics_urls:
+            response = await self.http.get(url)
+            response.raise_for_status()
+            total = add_buckets(total, buckets_from_text(response.text, LAG_METRIC))
+        return total
+
+    async def process_groups(self) -> dict[str, list[int]]:
+        groups = {name: [pid] for name, pid in self.service.pids.items()}
+        groups["load generator"] = [os.getpid()]
+        if self.redis_pid is not None:
+            groups["redis"] = [self.redis_pid]
+        if self.db is not None:
+            async with self.db_lock:
+                backends = await self.db.fetch(BACKENDS)
+            own = self.db.get_server_pid()
+            groups["postgres"] = [r["pid"] for r in backends if r["pid"] != own]
+        return groups
+
+    async def snapshot(self) -> Snapshot:
+        stats, lag, groups = await asyncio.gather(self.stats(), self.lag(), self.process_groups())
+        cpu = {name: procstat.cpu_seconds(pids) for name, pids in groups.items()}
+        return Snapshot(time.monotonic(), stats, lag, cpu)
+
+    async def rss_mb(self) -> dict[str, float]:
+        memory: dict[str, float] = {}
+        for name, pids in (await self.process_groups()).items():
+            if name in NO_RSS:
+                continue
+            found = [s for s in (procstat.sample(p) for p in pids) if s is not None]
+            if found:
+                memory[name] = sum(s.rss_bytes for s in found) / 2**20
+        return memory
+
+
+def cpu_percent(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Per process group, the CPU used between the snapshots (100 = one core busy); pids alive
+    at both ends only."""
+    seconds = after.at - before.at
+    if seconds <= 0:
+        return {}
+    used: dict[str, float] = {}
+    for name, pids in after.cpu.items():
+        start = before.cpu.get(name, {})
+        common = [pid for pid in pids if pid in start]
+        if common:
+            used[name] = 100 * sum(pids[p] - start[p] for p in common) / seconds
+    return used

@@ -1,0 +1,179 @@
+"""bench-results.json (everything, every run, the timeline) and a Markdown summary: medians of
+the runs beside each run's figure."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtests.bench.run import BenchResult, RunResult
+from loadtests.bench.stats import median
+
+Getter = Callable[[RunResult], float | None]
+
+
+def _hold(r: RunResult) -> Any:
+    return r.bulk.hold
+
+
+# (label, how to read it from a run); one table row each.
+HEADLINES: list[tuple[str, Getter]] = [
+    ("bulk: highest rate that holds (events/s offered)", lambda r: r.bulk.best_rate),
+    ("bulk hold: accepted events/s", lambda r: _hold(r).accepted_per_s),
+    ("bulk hold: persisted events/s", lambda r: _hold(r).service.persisted_per_s),
+    ("bulk hold: request latency p50 ms", lambda r: _hold(r).latency_ms["p50"]),
+    ("bulk hold: request latency p95 ms", lambda r: _hold(r).latency_ms["p95"]),
+    ("bulk hold: request latency p99 ms", lambda r: _hold(r).latency_ms["p99"]),
+    ("bulk hold: ingest-to-persist p50 ms", lambda r: _hold(r).service.lag_p50_ms),
+    ("bulk hold: ingest-to-persist p99 ms", lambda r: _hold(r).service.lag_p99_ms),
+    ("bulk hold: queue depth max (events)", lambda r: _hold(r).service.queue_depth_max),
+    ("bulk hold: driver's latest send, ms behind", lambda r: _hold(r).max_behind_ms),
+    ("single POST, saturation: requests/s", lambda r: r.single_saturation.requests_per_s),
+    ("single POST, saturation: latency p50 ms", lambda r: r.single_saturation.latency_ms["p50"]),
+    ("single POST, saturation: latency p99 ms", lambda r: r.single_saturation.latency_ms["p99"]),
+    ("single POST, 80%: offered requests/s", lambda r: r.single_80.offered_per_s),
+    ("single POST, 80%: answered requests/s", lambda r: r.single_80.requests_per_s),
+    ("single POST, 80%: latency p50 ms", lambda r: r.single_80.latency_ms["p50"]),
+    ("single POST, 80%: latency p99 ms", lambda r: r.single_80.latency_ms["p99"]),
+    ("steady: accepted events/s", lambda r: r.steady.accepted_per_s),
+    ("steady: persisted events/s", lambda r: r.steady.service.persisted_per_s),
+    ("steady: request latency p50 ms", lambda r: r.steady.latency_ms["p50"]),
+    ("steady: request latency p99 ms", lambda r: r.steady.latency_ms["p99"]),
+    ("steady: ingest-to-persist p50 ms", lambda r: r.steady.service.lag_p50_ms),
+    ("steady: ingest-to-persist p99 ms", lambda r: r.steady.service.lag_p99_ms),
+    ("steady: queue depth max (events)", lambda r: r.steady.service.queue_depth_max),
+    ("steady: driver's latest send, ms behind", lambda r: r.steady.max_behind_ms),
+]
+
+
+def medians(runs: list[RunResult]) -> dict[str, float | None]:
+    return {label: median(get(r) for r in runs) for label, get in HEADLINES}
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError
+
+
+def write_json(result: BenchResult, path: Path) -> None:
+    data = dataclasses.asdict(result)
+    data["medians"] = medians(result.runs)
+    data["accounting"]["ok"] = result.accounting.ok
+    path.write_bytes(orjson.dumps(data, default=_default, option=orjson.OPT_INDENT_2))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+
+
+def _table(head: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    marks = [":---" if i == 0 else "---:" for i in range(len(head))]
+    return [f"| {' | '.join(head)} |", f"|{'|'.join(align or m for m in marks)}|"] + [
+        f"| {' | '.join(row)} |" for row in rows
+    ]
+
+
+def _service_rows(result: BenchResult) -> list[str]:
+    runs = result.runs
+    head = ["measure", "median", *(f"run {r.run}" for r in runs)]
+    middle = medians(runs)
+    rows = [[label, _fmt(middle[label]), *(_fmt(get(r)) for r in runs)] for label, get in HEADLINES]
+    first = runs[0]
+    tools = (
+        f"Generators: bulk and steady phases open loop in Python (asyncio + httpx); single POST "
+        f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}."
+    )
+    return [*_table(head, rows), "", tools, "", _verdicts(result)]
+
+
+def _process_rows(result: BenchResult) -> list[str]:
+    last = result.runs[-1]
+    if last.bulk.hold is None:
+        return []
+    windows = {
+        "bulk hold": last.bulk.hold.service,
+        "single saturation": last.single_saturation.service,
+        "steady": last.steady.service,
+    }
+    names = sorted({name for w in windows.values() for name in w.cpu_percent})
+    rss = windows["bulk hold"].rss_mb_max
+    rows = [
+        [name, *(_fmt(w.cpu_percent.get(name)) for w in windows.values()), _fmt(rss.get(name))]
+        for name in names
+    ]
+    head = ["process", *(f"CPU % {phase}" for phase in windows), "RSS MB max, hold"]
+    return [
+        f"### Processes in run {last.run} (CPU: 100 = one core busy)",
+        "",
+        *_table(head, rows),
+    ]
+
+
+def _verdicts(result: BenchResult) -> str:
+    parts = []
+    for r in result.runs:
+        hold = r.bulk.hold
+        held = f"hold at {_fmt(hold.offered_events_per_s)}/s {hold.verdict}" if hold else "no hold"
+        steps = ", ".join(f"{_fmt(s.offered_events_per_s)}: {s.verdict}" for s in r.bulk.steps)
+        parts.append(f"run {r.run}: ramp ({steps}); {held}; steady {r.steady.verdict}")
+    return "Verdicts (a rate holds when no request fails and the backlog does not grow): " + (
+        "; ".join(parts)
+    )
+
+
+def markdown(result: BenchResult) -> str:
+    o, a, v = result.options, result.accounting, result.verification
+    m = result.machine
+    lines = [
+        f"## Write-side benchmark, {result.started_at} ({result.elapsed_s:,.0f} s)",
+        "",
+        f"{m['cpus']} CPUs, Python {m['python']}, PostgreSQL {m['postgresql']}, Redis "
+        f"{m['redis']}. Service: {o['api_processes']} API process(es), "
+        f"{o['worker_processes']} worker process(es) x {o['writers']} writers, batches of "
+        f"{o['batch_size']} / {o['batch_wait_ms']} ms; bulk requests of {o['bulk']} events.",
+        "",
+        "### Storage limit (record_row + seal_batch into a scratch database; no HTTP, no Redis)",
+        "",
+        *_table(
+            ["writer connections", "sealed rows/s (rows built before)", "writer path rows/s"],
+            [
+                [str(s.connections), _fmt(s.sealed_rows_per_s), _fmt(s.writer_rows_per_s)]
+                for s in result.storage
+            ],
+        ),
+        "",
+        f"### Through the service (median of {len(result.runs)} run(s), then each run)",
+        "",
+        *_service_rows(result),
+        "",
+        *_process_rows(result),
+        "",
+        "### Load generators alone, on GET /healthz",
+        "",
+        *_table(
+            ["generator", "used for", "connections", "requests/s"],
+            [
+                [c.generator, c.used_for, str(c.connections), _fmt(c.requests_per_s)]
+                for c in result.ceilings
+            ],
+        ),
+        "",
+        "### Accounting and verification",
+        "",
+        f"- accepted {a.accepted_total:,} (service), seen accepted by the clients "
+        f"{a.client_accepted:,} (+{a.client_unknown:,} unanswered), persisted "
+        f"{a.persisted_total:,}, rows {a.rows:,}, sealed by {a.ledger_entries:,} ledger entries "
+        f"{a.sealed_rows:,}: **{'OK' if a.ok else 'FAILED: ' + '; '.join(a.problems)}**",
+        f"- `python -m app verify`: **{'intact' if v.intact else 'NOT intact'}** "
+        f"({v.summary.get('events', '?')} events, "
+        f"{v.summary.get('ledger_entries', '?')} ledger entries, {v.seconds} s)",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""One benchmark, in order: the storage limit; then, against the service started for it, the
+load generators' ceilings and --runs repetitions of bulk ramp and hold, single events and the
+steady phase; then drain, accounting and verification."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis
+
+from loadtests.bench import tools
+from loadtests.bench.accounting import Accounting, Verification, account, verify
+from loadtests.bench.bulk import BulkPhase, BulkRun, ramp_and_hold, steady
+from loadtests.bench.context import Context
+from loadtests.bench.database import scratch_databases
+from loadtests.bench.options import Options
+from loadtests.bench.probe import Probe
+from loadtests.bench.progress import say
+from loadtests.bench.sampler import Sample, Sampler
+from loadtests.bench.service import Service, running_service
+from loadtests.bench.single import Ceiling, SinglePhase, ceilings, single_events
+from loadtests.bench.storage import StorageResult, measure_storage
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run: int
+    bulk: BulkRun
+    single_saturation: SinglePhase
+    single_80: SinglePhase
+    steady: BulkPhase
+
+    def client_counts(self) -> tuple[int, int]:
+        """Events the generators saw accepted, and events in requests never answered."""
+        bulk = [*self.bulk.steps, *([self.bulk.hold] if self.bulk.hold else []), self.steady]
+        single = [self.single_saturation, self.single_80]
+        accepted = sum(p.accepted_events for p in bulk) + sum(p.ok for p in single)
+        unknown = sum(p.unknown_events for p in bulk) + sum(p.unknown_events for p in single)
+        return accepted, unknown
+
+
+@dataclass(slots=True)
+class BenchResult:
+    started_at: str
+    elapsed_s: float
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    storage: list[StorageResult]
+    ceilings: list[Ceiling]
+    runs: list[RunResult]
+    accounting: Accounting
+    verification: Verification
+    timeline: list[Sample]
+
+
+async def machine(options: Options, database_url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        postgres = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    client = redis.Redis.from_url(options.redis_url)
+    try:
+        redis_version = (await client.info("server")).get("redis_version")
+    finally:
+        await client.aclose()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgresql": postgres,
+        "redis": redis_version,
+        "wrk": tools.available("wrk"),
+        "h2load": tools.available("h2load"),
+    }
+
+
+async def measure_service(ctx: Context) -> tuple[list[Ceiling], list[RunResult]]:
+    found = await ceilings(ctx)
+    runs = []
+    for number in range(1, ctx.options.runs + 1):
+        say(f"run {number} of {ctx.options.runs}")
+        bulk = await ramp_and_hold(ctx, number)
+        saturated, eighty = await single_events(ctx, number)
+        runs.append(RunResult(number, bulk, saturated, eighty, await steady(ctx, number)))
+    return found, runs
+
+
+async def against_service(
+    options: Options, service: Service, database_url: str
+) -> tuple[list[Ceiling], list[RunResult], Accounting, list[Sample]]:
+    probe = Probe(service, database_url, options.redis_url)
+    await probe.open()
+    sampler = Sampler(probe, options.sample_interval)
+    sampling = asyncio.create_task(sampler.run())
+    try:
+        ctx = Context(options, service, probe, sampler)
+        found, runs = await measure_service(ctx)
+        say("draining the queue; accounting")
+        drained, stats = await ctx.drain(options.drain_timeout)
+        counts = [r.client_counts() for r in runs]
+        accounting = await account(
+            database_url, drained, stats, sum(c[0] for c in counts), sum(c[1] for c in counts)
+        )
+    finally:
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
+        await probe.close()
+    return found, runs, accounting, sampler.samples
+
+
+async def run_bench(options: Options) -> BenchResult:
+    # SIGTERM cancels the run like Ctrl-C, so every process and database is cleaned up.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    started, clock = datetime.now(UTC), time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="audit-bench-logs-") as logs:
+        async with scratch_databases(options.database_url, "storage", "service") as urls:
+            storage_url, database_url = urls
+            say("scratch databases created and migrated; storage limit (no HTTP, no Redis)")
+            storage = await measure_storage(
+                storage_url, options.storage_batches, options.batch_size
+            )
+            async with running_service(
+                database_url, options.redis_url, options.layout, Path(logs)
+            ) as service:
+                say(f"service up: {', '.join(service.processes)} at {', '.join(service.api_urls)}")
+                found, runs, accounting, timeline = await against_service(
+                    options, service, database_url
+                )
+            say("service stopped; python -m app verify")
+            verification = await verify(service.settings, options.verify_jobs)
+            about = await machine(options, database_url)
+    return BenchResult(
+        started_at=started.isoformat(timespec="seconds"),
+        elapsed_s=round(time.monotonic() - clock, 1),
+        machine=about,
+        options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        storage=storage,
+        ceilings=found,
+        runs=runs,
+        accounting=accounting,
+        verification=verification,
+        timeline=timeline,
+    )

@@ -1,0 +1,184 @@
+"""The service under test, run as the README runs it: `python -m app serve` with its writers
+off and `python -m app worker` processes, each in its own process group, with their own stream
+prefix, a fresh signing key and an API key from `python -m app keys create`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis.asyncio as redis
+
+from loadtests.bench.database import app_env, run_app
+from loadtests.bench.progress import say
+
+START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 15.0
+SCOPES = "ingest,read,admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    api_processes: int = 1
+    worker_processes: int = 1  # 0: the API processes run the writers themselves
+    writers: int = 2  # writer tasks per writing process
+    batch_size: int = 5000
+    batch_wait_ms: int = 50
+
+
+@dataclass(slots=True)
+class Service:
+    settings: dict[str, str]
+    api_urls: list[str]
+    metrics_urls: list[str]  # where audit_ingest_to_persist_seconds is exposed
+    key: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.processes.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str, str]:
+    secret = base64.b64encode(os.urandom(32)).decode()
+    return {
+        "AUDIT_DATABASE_URL": database_url,
+        "AUDIT_REDIS_URL": redis_url,
+        "AUDIT_SIGNING_KEYS": f"bench:{secret}",
+        "AUDIT_STREAM_PREFIX": f"audit-bench-{uuid.uuid4().hex[:10]}",
+        "AUDIT_HOST": "127.0.0.1",
+        "AUDIT_WRITERS": str(layout.writers),
+        "AUDIT_BATCH_SIZE": str(layout.batch_size),
+        "AUDIT_BATCH_MAX_WAIT_MS": str(layout.batch_wait_ms),
+        "AUDIT_SHUTDOWN_GRACE_S": "5",
+        "AUDIT_LOG_LEVEL": "WARNING",
+    }
+
+
+def _spawn(name: str, command: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", command],
+            cwd=logs,
+            env=app_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as a whole
+        )
+
+
+def start_processes(service: Service, layout: Layout, logs: Path) -> None:
+    writers_in_api = layout.worker_processes == 0
+    for i in range(layout.api_processes):
+        port = free_port()
+        env = dict(service.settings, AUDIT_PORT=str(port))
+        env["AUDIT_RUN_WRITERS"] = "true" if writers_in_api else "false"
+        service.processes[f"api-{i + 1}"] = _spawn(f"api-{i + 1}", "serve", env, logs)
+        service.api_urls.append(f"http://127.0.0.1:{port}")
+    if writers_in_api:
+        service.metrics_urls += [f"{url}/metrics" for url in service.api_urls]
+    for i in range(layout.worker_processes):
+        port = free_port()
+        env = dict(service.settings, AUDIT_WORKER_METRICS_PORT=str(port))
+        service.processes[f"worker-{i + 1}"] = _spawn(f"worker-{i + 1}", "worker", env, logs)
+        service.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+
+
+def stop_processes(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every group (writers drain), then SIGKILL to whatever is left."""
+    for proc in processes.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+    for proc in processes.values():
+        if proc.poll() is None:  # not reaped yet, so its group id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def exited(service: Service, logs: Path) -> list[str]:
+    """What each service process that is no longer running said last."""
+    lines = []
+    for name, proc in service.processes.items():
+        if proc.poll() is not None:
+            tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+            lines.append(f"{name} exited with {proc.returncode}:\n{tail}")
+    return lines
+
+
+async def wait_ready(service: Service, logs: Path) -> None:
+    """Every API answers /readyz (which wants a writer heartbeat) and every metrics port."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    waiting = [f"{u}/readyz" for u in service.api_urls] + list(service.metrics_urls)
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while waiting:
+            if gone := exited(service, logs):
+                raise RuntimeError("\n".join(gone))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s: {waiting}")
+            still = []
+            for url in waiting:
+                try:
+                    ok = (await client.get(url)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if not ok:
+                    still.append(url)
+            waiting = still
+            if waiting:
+                await asyncio.sleep(0.2)
+
+
+async def delete_stream_keys(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match="{" + prefix + "}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    database_url: str, redis_url: str, layout: Layout, logs: Path
+) -> AsyncIterator[Service]:
+    settings = base_settings(database_url, redis_url, layout)
+    service = Service(settings, api_urls=[], metrics_urls=[])
+    try:
+        start_processes(service, layout, logs)
+        command = ["keys", "create", "--org", "bench", "--scopes", SCOPES, "--name", "bench"]
+        out, _ = await asyncio.gather(run_app(command, settings), wait_ready(service, logs))
+        service.key = out.strip().splitlines()[-1]
+        yield service
+    except BaseException:
+        for line in exited(service, logs):
+            say(line)
+        raise
+    finally:
+        await asyncio.to_thread(stop_processes, service.processes)
+        await delete_stream_keys(redis_url, settings["AUDIT_STREAM_PREFIX"])

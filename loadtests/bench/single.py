@@ -1,0 +1,171 @@
+"""Single-event POST /events: requests/s and latency at saturation (closed loop: wrk when it is
+installed, else Python processes) and at 80% of that rate (open loop: h2load --rps when it is
+installed, else Python processes); and each generator's own ceiling on GET /healthz with the
+same connections, to show it is not what limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from loadtests.bench import tools
+from loadtests.bench.context import Context
+from loadtests.bench.driver import Job, LoadResult, Target, closed_loop, in_processes
+from loadtests.bench.options import Options
+from loadtests.bench.progress import say
+from loadtests.bench.sampler import Window
+from loadtests.bench.stats import latency_summary
+
+SATURATION_SHARE = 0.8
+EVENT = {
+    "action": "fhir.patient.read",
+    "status": "success",
+    "principal_id": "dr.smith",
+    "principal_type": "practitioner",
+    "patient_id": "p-123",
+    "target_resource_type": "Patient",
+    "target_resource_id": "Patient/p-123",
+    "data_classification": "PHI",
+    "purpose_of_use": "TREAT",
+    "session_context": {"session_id": "s-9", "ip_address": "10.1.2.3"},
+    "details": {"fields": ["name", "dob"]},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SinglePhase:
+    phase: str
+    generator: str
+    connections: int
+    offered_per_s: float | None  # None: closed loop
+    requests: int
+    ok: int
+    failed: dict[str, int]
+    requests_per_s: float
+    latency_ms: dict[str, float | None]
+    # Requests whose answer the generator never saw (time-outs; and for wrk and h2load, what is
+    # in flight when they stop): the service may have accepted them.
+    unknown_events: int
+    service: Window
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    generator: str
+    used_for: str
+    connections: int
+    requests_per_s: float
+
+
+def saturation_tool(options: Options) -> str:
+    wanted = options.single_tool
+    return "wrk" if wanted == "wrk" or (wanted == "auto" and tools.available("wrk")) else "python"
+
+
+def open_loop_tool(options: Options) -> str:
+    wanted = options.open_loop_tool
+    auto = wanted == "auto" and tools.available("h2load")
+    return "h2load" if wanted == "h2load" or auto else "python"
+
+
+def single_target(ctx: Context, path: str = "/events") -> Target:
+    body = orjson.dumps(EVENT) if path == "/events" else None
+    return Target(
+        tuple(ctx.service.api_urls),
+        path,
+        ctx.service.key,
+        body,
+        1 if body else 0,
+        ctx.options.single_connections,
+    )
+
+
+async def saturate(
+    ctx: Context, target: Target, seconds: float
+) -> tuple[LoadResult, dict[str, float | None]]:
+    o = ctx.options
+    if saturation_tool(o) == "wrk":
+        return await tools.wrk(target, seconds, o.wrk_threads)
+    result = await in_processes(Job(target, seconds), o.python_processes)
+    return result, latency_summary(result.latencies_ms)
+
+
+async def offer(ctx: Context, target: Target, rate: float, seconds: float) -> LoadResult:
+    if open_loop_tool(ctx.options) == "h2load":
+        return await tools.h2load(target, rate, seconds)
+    return await in_processes(Job(target, seconds, rate), ctx.options.python_processes)
+
+
+def single_phase(
+    phase: str,
+    tool: str,
+    offered: float | None,
+    result: LoadResult,
+    latency: tools.Latency,
+    window: Window,
+) -> SinglePhase:
+    return SinglePhase(
+        phase=phase,
+        generator=tool,
+        connections=result.connections,
+        offered_per_s=None if offered is None else round(offered, 1),
+        requests=result.sent,
+        ok=result.ok,
+        failed=result.failed,
+        requests_per_s=round(result.requests_per_s, 1),
+        latency_ms=latency,
+        unknown_events=result.unanswered(),
+        service=window,
+    )
+
+
+async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, SinglePhase]:
+    o = ctx.options
+    target = single_target(ctx)
+    tool = saturation_tool(o)
+    phase = f"run {run} single saturation"
+    (result, latency), window = await ctx.measured(phase, saturate(ctx, target, o.single_seconds))
+    saturated = single_phase(phase, tool, None, result, latency, window)
+    say(f"  single saturation ({tool}): {saturated.requests_per_s:,.0f} requests/s")
+    await ctx.drain(o.drain_timeout)
+    rate = max(1.0, SATURATION_SHARE * saturated.requests_per_s)
+    tool = open_loop_tool(o)
+    phase = f"run {run} single 80%"
+    result, window = await ctx.measured(phase, offer(ctx, target, rate, o.single_seconds))
+    steady = single_phase(phase, tool, rate, result, latency_summary(result.latencies_ms), window)
+    say(
+        f"  single at {rate:,.0f}/s ({tool}): {steady.requests_per_s:,.0f}/s answered, "
+        f"p99 {steady.latency_ms['p99']} ms"
+    )
+    await ctx.drain(o.drain_timeout)
+    return saturated, steady
+
+
+async def ceilings(ctx: Context) -> list[Ceiling]:
+    """Each generator, as configured for its phase, against GET /healthz."""
+    o = ctx.options
+    seconds = o.ceiling_seconds
+    health = single_target(ctx, "/healthz")
+    bulk = Target(health.urls, "/healthz", health.key, None, 0, o.connections)
+    found = [
+        Ceiling(
+            "python (asyncio + httpx)",
+            "bulk",
+            o.connections,
+            (await closed_loop(bulk, seconds)).requests_per_s,
+        ),
+    ]
+    result, _ = await saturate(ctx, health, seconds)
+    found.append(
+        Ceiling(saturation_tool(o), "single saturation", result.connections, result.requests_per_s)
+    )
+    if open_loop_tool(o) == "h2load":
+        result = await tools.h2load(health, None, seconds)
+        found.append(Ceiling("h2load", "single 80%", result.connections, result.requests_per_s))
+    for c in found:
+        say(
+            f"generator ceiling on /healthz: {c.generator} ({c.used_for}): "
+            f"{c.requests_per_s:,.0f} requests/s",
+        )
+    return found

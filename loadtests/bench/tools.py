@@ -1,0 +1,156 @@
+"""External load generators in C: wrk (closed loop, saturation) and h2load (`--rps`: constant
+rate per client, open loop). One instance per API process; results come back as LoadResult."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from loadtests.bench.driver import LoadResult, Target
+
+WRK_DONE = """
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, '
+    .. '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
+    .. '"max_us": %d}\\n', summary.requests, summary.duration, e.status, e.connect, e.read,
+    e.write, e.timeout, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+H2LOAD_CLIENT_RPS = 20
+H2LOAD_MAX_CLIENTS = 256
+Latency = dict[str, float | None]  # p50, p95, p99, max in ms
+
+
+def available(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def wrk_script(target: Target) -> str:
+    lines = [
+        f'wrk.method = "{"GET" if target.body is None else "POST"}"',
+        'wrk.headers["Authorization"] = "Bearer ' + target.key + '"',
+    ]
+    if target.body is not None:
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+        lines.append(f"wrk.body = [==[{target.body.decode()}]==]")
+    return "\n".join(lines) + WRK_DONE
+
+
+@contextlib.asynccontextmanager
+async def scratch_dir() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="audit-bench-") as name:
+        yield Path(name)
+
+
+async def _output(*command: str, within_s: float) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited {proc.returncode}: {err.decode()[-1000:]}")
+    return out.decode()
+
+
+async def wrk(target: Target, seconds: float, threads: int) -> tuple[LoadResult, Latency]:
+    """Saturation: `target.connections` connections per API process, for `seconds`. wrk keeps
+    a histogram, not the samples: its percentiles, of the slowest instance when several run."""
+    async with scratch_dir() as folder:
+        script = folder / "bench.lua"
+        script.write_text(wrk_script(target))
+        connections = max(threads, target.connections)
+        outputs = await asyncio.gather(
+            *(
+                _output(
+                    "wrk",
+                    f"-t{threads}",
+                    f"-c{connections}",
+                    f"-d{max(1, round(seconds))}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(script),
+                    url + target.path,
+                    within_s=seconds + 60,
+                )
+                for url in target.urls
+            )
+        )
+    result = LoadResult(seconds=seconds, connections=connections * len(target.urls))
+    result.cut_off = result.connections
+    worst: dict[str, float] = {}
+    for output in outputs:
+        line = next(x for x in reversed(output.splitlines()) if x.startswith("{"))
+        report = json.loads(line)
+        errors = {k: int(report[k]) for k in ("non2xx", "connect", "read", "write", "timeout")}
+        result.sent += int(report["requests"])
+        result.ok += int(report["requests"]) - errors["non2xx"]
+        for reason, count in errors.items():
+            if count:
+                result.failed[reason] = result.failed.get(reason, 0) + count
+        result.seconds = max(result.seconds, int(report["duration_us"]) / 1e6)
+        for name in ("p50", "p95", "p99", "max"):
+            worst[name] = max(worst.get(name, 0.0), report[f"{name}_us"] / 1000)
+    result.accepted_events = result.ok * target.events_per_request
+    return result, {k: round(v, 2) for k, v in worst.items()}
+
+
+def h2load_clients(target: Target, rate: float | None) -> int:
+    """Clients per API process. Over HTTP/1.1 each client has one request in flight, so a
+    client due again before its last answer came would hold the next one back: enough clients
+    that each sends at most H2LOAD_CLIENT_RPS requests/s."""
+    if rate is None:
+        return target.connections
+    wanted = math.ceil(rate / len(target.urls) / H2LOAD_CLIENT_RPS)
+    return max(target.connections, min(H2LOAD_MAX_CLIENTS, wanted))
+
+
+async def h2load(target: Target, rate: float | None, seconds: float) -> LoadResult:
+    """`rate` requests/s in all (each client at its share: open loop), or as fast as they can
+    with None (closed loop). Per-request times come from h2load's log file."""
+    clients = h2load_clients(target, rate)
+    result = LoadResult(seconds=seconds, connections=clients * len(target.urls))
+    result.cut_off = result.connections
+    async with scratch_dir() as folder:
+        commands = []
+        for i, url in enumerate(target.urls):
+            command = ["h2load", "--h1", f"-c{clients}", f"-D{max(1, round(seconds))}"]
+            command += ["-H", f"Authorization: Bearer {target.key}", f"--log-file={folder}/{i}.log"]
+            if rate is not None:
+                command.append(f"--rps={rate / len(target.urls) / clients:.3f}")
+            if target.body is not None:
+                (folder / "body.json").write_bytes(target.body)
+                command += ["-H", "Content-Type: application/json", "-d", str(folder / "body.json")]
+            commands.append([*command, url + target.path])
+        await asyncio.gather(*(_output(*c, within_s=seconds + 60) for c in commands))
+        for i in range(len(target.urls)):
+            _read_h2load_log(folder / f"{i}.log", result)
+    result.accepted_events = result.ok * target.events_per_request
+    return result
+
+
+def _read_h2load_log(path: Path, result: LoadResult) -> None:
+    """Tab-separated: start (us since the epoch), status, microseconds to the end of the answer."""
+    for line in path.read_text().splitlines():
+        _, status, micros = line.split("\t")[:3]
+        result.sent += 1
+        if 200 <= int(status) < 300:
+            result.ok += 1
+            result.latencies_ms.append(int(micros) / 1000)
+        else:
+            result.fail(status)

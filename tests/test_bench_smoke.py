@@ -1,0 +1,64 @@
+"""The benchmark's smoke run (`make bench-smoke`) as part of the suite: the whole write-side
+benchmark in seconds, on the same PostgreSQL and Redis as the other tests. It checks that every
+event the load generators had accepted was stored exactly once and sealed, and that the ledger
+verifies; it says nothing about speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE_LIMIT_S = 240  # seconds; it takes about 20 on a quiet 2-core machine
+
+
+def run_smoke(server_url: str, redis_url: str, out: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "loadtests.bench", "--smoke", "--out-dir", str(out)]
+    command += ["--database-url", server_url, "--redis-url", redis_url]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        output, _ = proc.communicate(timeout=SMOKE_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets the benchmark stop its service and drop its databases.
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        raise AssertionError(
+            f"bench smoke still running after {SMOKE_LIMIT_S} s:\n{output}"
+        ) from None
+    return subprocess.CompletedProcess(command, proc.returncode, output)
+
+
+def test_bench_smoke_accounts_for_every_event(
+    server_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    done = run_smoke(server_url, redis_url, tmp_path)
+
+    assert done.returncode == 0, done.stdout[-5000:]
+    results = json.loads((tmp_path / "bench-results.json").read_text())
+    accounting = results["accounting"]
+    assert accounting["ok"], accounting["problems"]
+    assert accounting["drained"]
+    assert accounting["accepted_total"] > 0
+    # The Python generators see every answer: their count is exact, not a bound.
+    assert accounting["client_unknown"] == 0
+    assert accounting["client_accepted"] == accounting["accepted_total"]
+    assert accounting["rows"] == accounting["accepted_total"] == accounting["persisted_total"]
+    assert accounting["sealed_rows"] == accounting["rows"]
+    assert accounting["dead_lettered_events"] == 0
+    assert results["verification"]["intact"]
+    assert results["verification"]["summary"]["events"] == accounting["rows"]
+    assert "Accounting and verification" in (tmp_path / "bench-results.md").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        charts = {p.name for p in (tmp_path / "bench-charts").iterdir()}
+        assert charts == {"throughput.png", "backlog.png", "lag.png"}
