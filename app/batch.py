@@ -5,9 +5,12 @@ Pure data work, no I/O: the writer (app.writer) moves batches, this module shape
 
 from __future__ import annotations
 
+import operator
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -42,6 +45,21 @@ def describe_error(exc: BaseException) -> str:
     return ", ".join(parts)
 
 
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+ROW_OF = operator.itemgetter(*BASE_COLUMNS)
+
+
+def _canonical_id(text: str) -> str:
+    return text if CANONICAL_UUID.fullmatch(text) else str(uuid.UUID(text))
+
+
+def _canonical_time(text: str, moment: datetime) -> str:
+    """The canonical text of a time: the text itself when it already is (as the API queues it;
+    formatting again costs a tenth of a row), else formatted anew."""
+    return text if CANONICAL_TIME.fullmatch(text) else format_timestamp(moment)
+
+
 def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
     """The audit_log row for a record (BASE_COLUMNS order), hashed and signed. Times and the id
     are brought to their canonical text first, so the hash is of exactly what is stored."""
@@ -49,9 +67,9 @@ def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
     received_at = parse_timestamp(record["received_at"])
     canonical = dict(
         record,
-        event_id=str(uuid.UUID(record["event_id"])),
-        timestamp=format_timestamp(timestamp),
-        received_at=format_timestamp(received_at),
+        event_id=_canonical_id(record["event_id"]),
+        timestamp=_canonical_time(record["timestamp"], timestamp),
+        received_at=_canonical_time(record["received_at"], received_at),
     )
     digest = event_hash(canonical)
     details = record["details"]
@@ -64,7 +82,8 @@ def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
     values["hash"] = digest
     values["signature"] = sign_hash(digest, key)
     values["key_id"] = key.key_id
-    return tuple(values[column] for column in BASE_COLUMNS)
+    row: tuple[Any, ...] = ROW_OF(values)
+    return row
 
 
 @dataclass(slots=True)
