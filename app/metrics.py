@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+# Fine enough around the one-second mark that lag quantiles under load mean something.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60)
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -62,7 +64,7 @@ class Metrics:
             ingest_to_persist_seconds=Histogram(
                 "audit_ingest_to_persist_seconds",
                 "From receipt by the API to commit, per stream entry (one request's events)",
-                buckets=SECONDS_BUCKETS,
+                buckets=LAG_BUCKETS,
                 registry=reg,
             ),
             queue_depth=Gauge(
