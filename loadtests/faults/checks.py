@@ -1,0 +1,183 @@
+"""After a scenario: wait for the drain, then account for every id in PostgreSQL and in the
+dead-letter stream, check the Redis counters, verify the chain, and print the table."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis
+
+from app.dead_letter import event_ids
+from app.stream import StreamKeys
+from loadtests.faults.driver import Tally
+
+SHOWN_IDS = 10
+
+
+@dataclass
+class Expectation:
+    """What a scenario tolerates: loss only of ids acknowledged at or after `loss_allowed_from`
+    (a monotonic time; None: no loss at all)."""
+
+    loss_allowed_from: float | None = None
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    accepted: int = 0
+    stored: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    lost_allowed: int = 0
+    duplicated: int = 0
+    drain_s: float | None = None
+    verified: bool = False
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+async def drained(client: redis.Redis, keys: StreamKeys, timeout_s: float) -> float | None:
+    """Seconds until no event is queued or pending (None: not within `timeout_s`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        depth = await client.get(keys.depth)
+        entries = await client.xlen(keys.high) + await client.xlen(keys.normal)
+        if entries == 0 and int(depth or 0) == 0:
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def stored_counts(database_url: str, organization: str) -> dict[str, int]:
+    """How many rows each event id has in audit_log."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_id::text AS id, count(*) AS n FROM audit_log "
+            "WHERE organization_id = $1 GROUP BY event_id",
+            organization,
+        )
+    finally:
+        await conn.close()
+    return {r["id"]: int(r["n"]) for r in rows}
+
+
+async def dead_letter_ids(client: redis.Redis, keys: StreamKeys) -> dict[str, list[str]]:
+    """Event id -> the errors of the dead letters holding it."""
+    found: dict[str, list[str]] = {}
+    start = "-"
+    while True:
+        page: Any = await client.xrange(keys.dead, min=start, max="+", count=500)
+        for dead_id, fields in page:
+            for event_id in event_ids(fields.get(b"payload", b"")):
+                found.setdefault(event_id, []).append(fields.get(b"error", b"").decode())
+            start = "(" + dead_id.decode()
+        if len(page) < 500:
+            return found
+
+
+async def counters_balance(client: redis.Redis, keys: StreamKeys) -> str | None:
+    """accepted = persisted + dead-lettered + queued + discarded, or what differs."""
+    names = (keys.accepted, keys.persisted, keys.dead_events, keys.depth, keys.discarded)
+    values = [int(v or 0) for v in await client.mget(*names)]
+    accepted, persisted, dead, queued, discarded = values
+    if accepted == persisted + dead + queued + discarded:
+        return None
+    return (
+        f"queue counters do not balance: accepted {accepted} != persisted {persisted} + dead "
+        f"{dead} + queued {queued} + discarded {discarded}"
+    )
+
+
+def shown(ids: set[str] | list[str]) -> str:
+    listed = sorted(ids)
+    more = f" (+{len(listed) - SHOWN_IDS} more)" if len(listed) > SHOWN_IDS else ""
+    return ", ".join(listed[:SHOWN_IDS]) + more
+
+
+def account(
+    out: Outcome,
+    tally: Tally,
+    counts: dict[str, int],
+    dead: dict[str, list[str]],
+    expect: Expectation,
+) -> None:
+    """Every accepted id stored exactly once, or dead-lettered when it was meant to be."""
+    accepted = set(tally.accepted_at)
+    out.accepted = len(accepted)
+    out.stored = sum(counts.values())
+    out.dead_lettered = sum(len(errors) for errors in dead.values())
+    duplicated = {i for i, n in counts.items() if n > 1}
+    out.duplicated = len(duplicated)
+    missing = {i for i in accepted - tally.poison if i not in counts}
+    since = expect.loss_allowed_from
+    allowed = {i for i in missing if since is not None and tally.accepted_at[i] >= since}
+    out.lost, out.lost_allowed = len(missing), len(allowed)
+    if duplicated:
+        out.problems.append(f"stored more than once: {shown(duplicated)}")
+    if missing - allowed:
+        out.problems.append(f"accepted (202) and never stored: {shown(missing - allowed)}")
+    if stray := set(counts) - tally.sent - tally.conflicts_sent:
+        out.problems.append(f"stored but never sent: {shown(stray)}")
+    if tally.refused:
+        out.problems.append(f"requests refused for good (not 202/503): {shown(tally.refused)}")
+    if tally.misanswered:
+        out.problems.append(f"202 answers naming other ids than sent: {shown(tally.misanswered)}")
+    check_dead_letters(out, tally, set(counts), dead)
+
+
+def check_dead_letters(
+    out: Outcome, tally: Tally, stored: set[str], dead: dict[str, list[str]]
+) -> None:
+    """Poison events and conflicting resends, and nothing else, are in the dead-letter stream."""
+    problems = out.problems
+    if stored_poison := tally.poison & stored:
+        problems.append(f"poison events stored: {shown(stored_poison)}")
+    if undead := (tally.poison & set(tally.accepted_at)) - set(dead):
+        problems.append(f"poison events accepted but not dead-lettered: {shown(undead)}")
+    if unconflicted := tally.conflicts - set(dead):
+        problems.append(f"conflicting resends not dead-lettered: {shown(unconflicted)}")
+    if wrongly_dead := set(dead) - tally.poison - tally.conflicts_sent:
+        problems.append(f"good events dead-lettered: {shown(wrongly_dead)}")
+    if tally.poison or tally.conflicts_sent:
+        kinds = Counter(e.split(",")[0].split(":")[0] for errs in dead.values() for e in errs)
+        poison = len(tally.poison & set(tally.accepted_at))
+        out.notes.append(
+            f"{poison} poison events and {len(tally.conflicts)} conflicting resends accepted; "
+            f"dead letters: {dict(kinds)}"
+        )
+
+
+def table(outcomes: list[Outcome]) -> str:
+    head = (
+        f"{'scenario':<18}{'accepted':>10}{'stored':>10}{'dead':>6}{'lost':>6}{'dup':>5}"
+        f"{'drain s':>9}{'run s':>7}  {'verify':<7}result"
+    )
+    lines = [head, "-" * len(head)]
+    for o in outcomes:
+        lost = f"{o.lost}" + ("*" if o.lost_allowed else "")
+        drain = "-" if o.drain_s is None else f"{o.drain_s:.1f}"
+        lines.append(
+            f"{o.scenario:<18}{o.accepted:>10}{o.stored:>10}{o.dead_lettered:>6}{lost:>6}"
+            f"{o.duplicated:>5}{drain:>9}{o.seconds:>7.0f}  {'ok' if o.verified else 'FAIL':<7}"
+            f"{'pass' if o.passed else 'FAIL'}"
+        )
+    if any(o.lost_allowed for o in outcomes):
+        lines.append("* lost within the allowed window (AOF appendfsync everysec)")
+    for o in outcomes:
+        for note in o.notes:
+            lines.append(f"  {o.scenario}: {note}")
+        for problem in o.problems:
+            lines.append(f"  {o.scenario}: PROBLEM: {problem}")
+    return "\n".join(lines)
