@@ -143,7 +143,8 @@ async def _page_end(
 async def _page_text(conn: AsyncConnection, query: repository.EventQuery, line: Any) -> bytes:
     """The page's NDJSON lines, made by PostgreSQL; read as plain asyncpg rows of one text."""
     stmt = repository.event_select(query).with_only_columns(line).limit(None)
-    compiled = stmt.compile(dialect=conn.dialect)
+    # Expanding parameters (`action IN (...)` of repeated filters) rendered into the SQL text.
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = [compiled.params[name] for name in compiled.positiontup or ()]
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None, "a live pooled connection has its driver connection"

@@ -249,8 +249,8 @@ class EventPage(BaseModel):
     next_cursor: str | None
 
 
-class EventFilters(BaseModel):
-    """Query parameters of GET /events; unknown parameters are rejected."""
+class EventSelection(BaseModel):
+    """Which events, as GET /events and its export take them; unknown parameters are rejected."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -270,6 +270,11 @@ class EventFilters(BaseModel):
     purpose_of_use: Identifier | None = None
     break_glass: bool | None = None
     order: Order = "desc"
+
+
+class EventFilters(EventSelection):
+    """Query parameters of GET /events: the selection, a page at a time."""
+
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
 
@@ -288,6 +293,13 @@ class QueueStats(BaseModel):
     discarded_events: int = Field(description="dead-lettered events an admin deleted, unstored")
     consumers: int
     oldest_pending_age_ms: int | None
+
+
+class Readiness(BaseModel):
+    """GET /readyz when every dependency answers (503 with the error shape otherwise)."""
+
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="each dependency and `ok`")
 
 
 class ErrorBody(BaseModel):
@@ -321,7 +333,13 @@ def _stream_id(value: str) -> str:
     return value
 
 
-DeadLetterId = Annotated[str, StringConstraints(max_length=41), AfterValidator(_stream_id)]
+DeadLetterId = Annotated[
+    str,
+    StringConstraints(max_length=41),
+    AfterValidator(_stream_id),
+    # Documents the form _stream_id checks; its own error says what is wrong more plainly.
+    Field(json_schema_extra={"pattern": r"^[0-9]{1,20}-[0-9]{1,20}$"}),
+]
 
 
 class DeadLetterQuery(BaseModel):

@@ -17,12 +17,12 @@ from app.auth import Caller, require_scope
 from app.errors import InvalidCursor, NotFound
 from app.main_state import resources
 from app.pagination import CursorError, decode_cursor, encode_cursor
-from app.schemas import ErrorResponse, EventFilters, EventOut, EventPage
+from app.schemas import ErrorResponse, EventFilters, EventOut, EventPage, EventSelection
 
 router = APIRouter(tags=["events"])
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
 }
 
 
@@ -52,18 +52,20 @@ MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv", "fhir": "app
 EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "fhir": "json"}
 
 
-class ExportFilters(EventFilters):
+class ExportFilters(EventSelection):
     format: Literal["ndjson", "csv", "fhir"] = "ndjson"
 
-    @model_validator(mode="after")
-    def _whole_result(self) -> ExportFilters:
-        if self.model_fields_set & {"cursor", "limit"}:
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_result(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.keys() & {"cursor", "limit"}:
             raise ValueError("an export streams every matching event: no cursor or limit")
-        return self
+        return data
 
 
 @router.get(
     "/events/export",
+    response_class=StreamingResponse,
     responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}, **ERRORS},
     summary="Export every matching event (NDJSON, CSV or a FHIR R4 AuditEvent Bundle), streamed",
 )
@@ -71,10 +73,9 @@ async def export_events(
     request: Request, caller: Reader, filters: Annotated[ExportFilters, Query()]
 ) -> StreamingResponse:
     query = repository.EventQuery(
-        organization_id=caller.organization_id,
-        **filters.model_dump(exclude={"cursor", "format", "limit"}),
+        organization_id=caller.organization_id, **filters.model_dump(exclude={"format"})
     )
-    asked = filters.model_dump(exclude={"cursor", "limit"})
+    asked = filters.model_dump()
     await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"audit-events-{stamp}.{EXTENSIONS[filters.format]}"

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app.auth import token_matches
 from app.errors import error_response
 from app.main_state import resources
+from app.schemas import ErrorResponse, Readiness
 
 router = APIRouter(tags=["operations"])
 CHECK_TIMEOUT_S = 2.0
@@ -36,7 +37,7 @@ async def _database_ok(request: Request) -> bool:
         return bool(await conn.scalar(text("SELECT 1")))
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Response:
     res = resources(request)
     checks = dict(

@@ -36,6 +36,7 @@ def _line(kind: str, value: Any) -> bytes:
 
 @router.get(
     "/integrity/verify",
+    response_class=StreamingResponse,
     responses={200: {"content": {"application/x-ndjson": {}}}, **ERRORS},
     summary="Verify the ledger over a seq or time range (NDJSON stream)",
 )
