@@ -171,9 +171,10 @@ def first_of_each(plan: BatchPlan, rows: Sequence[PendingRow]) -> list[PendingRo
     for row in rows:
         if row.dead:
             continue
-        first = seen.get(row.key)
+        key = row.key
+        first = seen.get(key)
         if first is None:
-            seen[row.key] = row
+            seen[key] = row
             kept.append(row)
         elif first.digest != row.digest and first.content != row.content:
             plan.kill_row(row, CONFLICT)

@@ -270,8 +270,13 @@ def _seed(settings: Settings, args: argparse.Namespace) -> None:
 
 def _worker(settings: Settings) -> None:
     require_urls(settings)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(settings))
+    import uvloop  # the event loop `serve` runs on, here too
+
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(run_worker(settings))
 
 
 def main(argv: list[str] | None = None) -> int:
