@@ -27,29 +27,37 @@ def app_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+async def command_status(
+    command: list[str],
+    within_s: float,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Run a command to the end (killed after `within_s`): exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(), err.decode(errors="replace")
+
+
 async def app_status(
     args: list[str], settings: Mapping[str, str], within_s: float = 300
 ) -> tuple[int, str, str]:
     """Run `python -m app <args>` to the end: exit code, stdout, stderr. The working directory
     is empty, so no `.env` of a checkout leaks in."""
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as cwd:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app",
-            *args,
-            cwd=cwd,
-            env=app_env(settings),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), within_s)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    return proc.returncode or 0, out.decode(), err.decode(errors="replace")
+        command = [sys.executable, "-m", "app", *args]
+        return await command_status(command, within_s, cwd, app_env(settings))
 
 
 async def run_app(args: list[str], settings: Mapping[str, str], within_s: float = 300) -> str:

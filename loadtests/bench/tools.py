@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from loadtests.bench.database import command_status
 from loadtests.bench.driver import LoadResult, Target
 
 WRK_DONE = """
@@ -53,18 +54,10 @@ async def scratch_dir() -> AsyncIterator[Path]:
 
 
 async def _output(*command: str, within_s: float) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), within_s)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command[0]} exited {proc.returncode}: {err.decode()[-1000:]}")
-    return out.decode()
+    code, out, err = await command_status(list(command), within_s)
+    if code != 0:
+        raise RuntimeError(f"{command[0]} exited {code}: {err[-1000:]}")
+    return out
 
 
 async def wrk(target: Target, seconds: float, threads: int) -> tuple[LoadResult, Latency]:
