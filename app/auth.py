@@ -123,12 +123,17 @@ async def authenticate(request: Request) -> Caller:
     return caller
 
 
+async def authorize(request: Request, scope: str) -> Caller:
+    """The caller of this request, who must hold `scope`."""
+    caller = await authenticate(request)
+    if scope not in caller.scopes:
+        raise Forbidden(f"this API key lacks the '{scope}' scope")
+    return caller
+
+
 def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]]:
     async def dependency(request: Request) -> Caller:
-        caller = await authenticate(request)
-        if scope not in caller.scopes:
-            raise Forbidden(f"this API key lacks the '{scope}' scope")
-        return caller
+        return await authorize(request, scope)
 
     dependency.__name__ = f"require_{scope}"
     return dependency

@@ -123,9 +123,13 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict
     return described
 
 
+def api_error_response(exc: ApiError) -> Response:
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
 async def _api_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    return api_error_response(exc)
 
 
 async def _request_validation(_: Request, exc: Exception) -> Response:

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import Caller, authenticate
-from app.errors import DEPENDENCY_ERRORS, ApiError, Forbidden, dependency_down, error_response
+from app.auth import Caller, authorize
+from app.errors import DEPENDENCY_ERRORS, ApiError, api_error_response, dependency_down
 from app.main_state import resources
 from app.routers import ingest
 
@@ -46,11 +46,8 @@ class IngestFastPath:
     @staticmethod
     async def _answer(request: Request, handler: Handler) -> Response:
         try:
-            caller = await authenticate(request)
-            if "ingest" not in caller.scopes:
-                raise Forbidden("this API key lacks the 'ingest' scope")
-            return await handler(request, caller)
+            return await handler(request, await authorize(request, "ingest"))
         except ApiError as exc:
-            return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+            return api_error_response(exc)
         except DEPENDENCY_ERRORS as exc:
             return dependency_down(exc)

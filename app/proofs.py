@@ -70,7 +70,7 @@ async def event_proof(
     # hashes were recorded when they were pruned (the root and the signed head still decide).
     for index, digest in unpack_leaves(await conn.fetchval(PRUNED_LEAVES, row["batch_id"])):
         damaged = damaged or index in by_index
-        by_index[index] = by_index.get(index, digest)
+        by_index.setdefault(index, digest)
     index, count = row["leaf_index"], row["event_count"]
     if damaged or sorted(by_index) != list(range(count)):
         raise DamagedBatch(f"the batch sealed as seq {row['seq']} no longer matches its entry")

@@ -190,21 +190,12 @@ def _run_slice(
     return asyncio.run(_load_slice(settings, plan, part, span))
 
 
-async def _prepare(settings: Settings, months: int) -> None:
+async def _execute(settings: Settings, *statements: tuple[Any, ...]) -> None:
+    """Run each (sql, *args) in turn on one connection."""
     conn = await connect_raw(settings)
     try:
-        await conn.execute(
-            "SELECT audit_ensure_partitions($1, $2)", settings.partitions_ahead_months, months
-        )
-    finally:
-        await conn.close()
-
-
-async def _analyze(settings: Settings) -> None:
-    conn = await connect_raw(settings)
-    try:
-        await conn.execute("ANALYZE audit_log")
-        await conn.execute("ANALYZE audit_ledger")
+        for sql, *args in statements:
+            await conn.execute(sql, *args)
     finally:
         await conn.close()
 
@@ -216,7 +207,8 @@ def run_seed(settings: Settings, plan: SeedPlan) -> dict[str, Any]:
     if plan.events < 1 or plan.orgs < 1 or plan.months < 1:
         raise SystemExit("--events, --orgs and --months must be at least 1")
     span = time_span(plan.months)
-    asyncio.run(_prepare(settings, plan.months))
+    ahead = settings.partitions_ahead_months
+    asyncio.run(_execute(settings, ("SELECT audit_ensure_partitions($1, $2)", ahead, plan.months)))
     started = time.monotonic()
     processes = max(1, min(plan.processes, -(-plan.events // plan.batch_size)))
     plan = dataclasses.replace(plan, processes=processes)
@@ -229,7 +221,7 @@ def run_seed(settings: Settings, plan: SeedPlan) -> dict[str, Any]:
                 pool.starmap(_run_slice, [(settings, plan, p, span) for p in range(processes)])
             )
     elapsed = time.monotonic() - started
-    asyncio.run(_analyze(settings))
+    asyncio.run(_execute(settings, ("ANALYZE audit_log",), ("ANALYZE audit_ledger",)))
     return {
         "events": written,
         "organizations": plan.organizations,
