@@ -110,10 +110,12 @@ class PendingRow:
 
 @dataclass(slots=True)
 class BatchPlan:
-    """A batch's entries, the rows they carry, and the items to dead-letter."""
+    """A batch's entries, the rows they carry, the items to dead-letter, and the ledger chain
+    (the stream shard the entries came from) it is sealed into."""
 
     entries: Sequence[Entry]
     rows: list[PendingRow] = field(default_factory=list)
+    chain: int = 0
     dead: dict[int, list[DeadItem]] = field(default_factory=dict)
 
     def kill(
@@ -144,8 +146,8 @@ def owner(record: Any) -> str:
     return organization if isinstance(organization, str) else ""
 
 
-def plan_batch(entries: Sequence[Entry], key: SigningKey) -> BatchPlan:
-    plan = BatchPlan(entries)
+def plan_batch(entries: Sequence[Entry], key: SigningKey, chain: int = 0) -> BatchPlan:
+    plan = BatchPlan(entries, chain=chain)
     for index, entry in enumerate(entries):
         try:
             records = orjson.loads(entry.payload)

@@ -2,17 +2,20 @@
 with no database (NDJSON, one object per line):
 
     {"bundle": {"kind": "audit-bundle-v1", "start", "end", "organization", "created_at"}}
-    {"ledger": {seq, event_count, merkle_root, first/last_timestamp, prev_head, head, key_id,
-                signature, public_signature}}                      every seq from first to last
-    {"event": {the stored fields, hash, signature, key_id, batch_seq, leaf_index}}
-    {"leaf": {"batch_seq", "leaf_index", "hash"}}     the other leaves of those batches (events
-                                                      outside the range or organization: hash only)
+    {"ledger": {chain, seq, event_count, merkle_root, first/last_timestamp, prev_head, head,
+                key_id, signature, public_signature}}   every seq from first to last, per chain
+    {"event": {the stored fields, hash, signature, key_id, batch_chain, batch_seq, leaf_index}}
+    {"leaf": {"batch_chain", "batch_seq", "leaf_index", "hash"}}   the other leaves of those
+                      batches (events outside the range or organization: hash only)
+
+A bundle of a single-chain ledger is the same with every chain 0 (a missing `chain` or
+`batch_chain` reads as 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,15 +27,20 @@ from app.proofs import ledger_entry_json
 from app.verify import Finding, Report, Verifier
 
 EVENTS = """
-SELECT a.*, l.seq AS batch_seq FROM audit_log a JOIN audit_ledger l USING (batch_id)
+SELECT a.*, l.chain AS batch_chain, l.seq AS batch_seq
+FROM audit_log a JOIN audit_ledger l USING (batch_id)
 WHERE a."timestamp" >= $1 AND a."timestamp" < $2 AND ($3::text IS NULL OR a.organization_id = $3)
-ORDER BY l.seq, a.leaf_index
+ORDER BY l.chain, l.seq, a.leaf_index
+"""
+ENTRIES = """
+SELECT * FROM audit_ledger WHERE chain = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq
 """
 LEAVES = """
 SELECT l.seq, a.leaf_index, a.hash, a.event_id, a."timestamp", a.organization_id
 FROM audit_log a JOIN audit_ledger l USING (batch_id)
-WHERE l.seq >= $1 AND l.seq <= $2 ORDER BY l.seq, a.leaf_index
+WHERE l.chain = $1 AND l.seq >= $2 AND l.seq <= $3 ORDER BY l.seq, a.leaf_index
 """
+Place = tuple[int, int]  # (chain, seq) of a batch
 
 
 def _line(kind: str, value: Any) -> bytes:
@@ -45,6 +53,7 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "hash": bytes(row["hash"]).hex(),
         "signature": bytes(row["signature"]).hex(),
         "key_id": row["key_id"],
+        "batch_chain": row["batch_chain"],
         "batch_seq": row["batch_seq"],
         "leaf_index": row["leaf_index"],
     }
@@ -64,26 +73,28 @@ async def export_bundle(
         },
     )
     events = await conn.fetch(EVENTS, start, end, organization)
-    if not events:
-        return
-    first, last = events[0]["batch_seq"], events[-1]["batch_seq"]
-    for entry in await conn.fetch(
-        "SELECT * FROM audit_ledger WHERE seq >= $1 AND seq <= $2 ORDER BY seq", first, last
-    ):
-        yield _line("ledger", ledger_entry_json(entry))
-    exported = {(e["batch_seq"], e["leaf_index"]) for e in events}
+    spans: dict[int, tuple[int, int]] = {}  # chain -> (first, last) seq of its events
+    for event in events:
+        chain, seq = event["batch_chain"], event["batch_seq"]
+        low, high = spans.get(chain, (seq, seq))
+        spans[chain] = (min(low, seq), max(high, seq))
+    for chain, (first, last) in spans.items():
+        for entry in await conn.fetch(ENTRIES, chain, first, last):
+            yield _line("ledger", ledger_entry_json(entry))
+    exported = {(e["batch_chain"], e["batch_seq"], e["leaf_index"]) for e in events}
     for event in events:
         yield _line("event", event_json(event))
-    for leaf in await conn.fetch(LEAVES, first, last):
-        if (leaf["seq"], leaf["leaf_index"]) not in exported:
-            yield _line(
-                "leaf",
-                {
-                    "batch_seq": leaf["seq"],
-                    "leaf_index": leaf["leaf_index"],
-                    "hash": bytes(leaf["hash"]).hex(),
-                },
-            )
+    for chain, (first, last) in spans.items():
+        for leaf in await conn.fetch(LEAVES, chain, first, last):
+            if (chain, leaf["seq"], leaf["leaf_index"]) in exported:
+                continue
+            value = {
+                "batch_chain": chain,
+                "batch_seq": leaf["seq"],
+                "leaf_index": leaf["leaf_index"],
+                "hash": bytes(leaf["hash"]).hex(),
+            }
+            yield _line("leaf", value)
 
 
 def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,13 +122,14 @@ class _BundleCheck:
     report: Report = field(default_factory=lambda: Report(0, 0))
     header: dict[str, Any] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
-    leaves: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    leaves: dict[Place, dict[int, bytes]] = field(default_factory=dict)
 
-    def place(self, seq: int, index: int, digest: bytes) -> None:
-        batch = self.leaves.setdefault(seq, {})
+    def place(self, value: Mapping[str, Any], digest: bytes) -> None:
+        chain, seq, index = value.get("batch_chain") or 0, value["batch_seq"], value["leaf_index"]
+        batch = self.leaves.setdefault((chain, seq), {})
         if index in batch:  # a second line for one leaf could stand in for the real one
             self.report.findings.append(
-                Finding("event_unexpected", seq, None, f"leaf {index} twice")
+                Finding("event_unexpected", seq, None, f"leaf {index} twice", chain)
             )
         batch[index] = digest
 
@@ -131,23 +143,30 @@ class _BundleCheck:
             self.report.events += 1
             self.report.findings += self.verifier.check_event(row, value["batch_seq"])
             self.report.findings += _outside(self.header, value)
-            self.place(value["batch_seq"], value["leaf_index"], row["hash"])
+            self.place(value, row["hash"])
         elif kind == "leaf":
-            self.place(value["batch_seq"], value["leaf_index"], bytes.fromhex(value["hash"]))
+            self.place(value, bytes.fromhex(value["hash"]))
 
     def finish(self) -> Report:
-        report, prev = self.report, None
+        report = self.report
+        prev: dict[int, dict[str, Any]] = {}  # chain -> its entry before
         for entry in self.entries:
-            if prev is not None and entry["seq"] != prev["seq"] + 1:
-                report.findings.append(Finding("ledger_entry_missing", entry["seq"]))
-            report.findings += self.verifier.check_entry(entry, prev)
-            report.findings += _check_leaves(entry, self.leaves.pop(entry["seq"], {}))
+            chain = entry.setdefault("chain", 0) or 0
+            before = prev.get(chain)
+            found: list[Finding] = []
+            if before is not None and entry["seq"] != before["seq"] + 1:
+                found.append(Finding("ledger_entry_missing", entry["seq"]))
+            found += self.verifier.check_entry(entry, before)
+            found += _check_leaves(entry, self.leaves.pop((chain, entry["seq"]), {}))
+            report.findings += [replace(f, chain=chain) for f in found]
             report.entries += 1
-            prev = entry
-        for seq in self.leaves:
-            report.findings.append(Finding("event_unsealed", seq, None, "no ledger entry for it"))
+            prev[chain] = entry
+        for chain, seq in self.leaves:
+            detail = "no ledger entry for it"
+            report.findings.append(Finding("event_unsealed", seq, None, detail, chain))
         if self.entries:
-            report.from_seq, report.to_seq = self.entries[0]["seq"], self.entries[-1]["seq"]
+            seqs = [e["seq"] for e in self.entries]
+            report.from_seq, report.to_seq = min(seqs), max(seqs)
         return report
 
 
@@ -171,7 +190,8 @@ def _outside(header: Mapping[str, Any], event: Mapping[str, Any]) -> list[Findin
         header["start"] <= event["timestamp"] < header["end"]
     ):
         where = "outside the bundle's range or organization"
-        return [Finding("event_unexpected", event["batch_seq"], event["event_id"], where)]
+        seq, chain = event["batch_seq"], event.get("batch_chain") or 0
+        return [Finding("event_unexpected", seq, event["event_id"], where, chain)]
     return []
 
 

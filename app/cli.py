@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify the ledger; exit 0 intact, 1 not")
     verify.add_argument("--from-seq", type=int)
     verify.add_argument("--to-seq", type=int)
+    verify.add_argument("--chain", type=int, help="the chain a seq range is of (default 0)")
     verify.add_argument("--start", help="RFC 3339 time; with --end instead of seqs")
     verify.add_argument("--end")
     verify.add_argument("--checkpoint", help="a file from `checkpoint export`")

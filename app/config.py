@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # Stream layout; the prefix lets several deployments (or test runs) share one Redis.
     stream_prefix: str = "audit"
     consumer_group: str = "writers"
+    # Shards of the stream (app.shards): each its own hash tag (a Redis Cluster spreads them
+    # over its masters) and its own ledger chain. Raise it, never lower it while shards above
+    # the new count still hold events. redis_cluster: connect with the Redis Cluster protocol.
+    stream_shards: int = Field(default=1, ge=1, le=64)
+    redis_cluster: bool = False
 
     # Writer task group.
     run_writers: bool = True

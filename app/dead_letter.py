@@ -11,16 +11,21 @@ from one counter to another in the same step, so at every moment
 A replayed item goes back to the stream it came from with its history (deliveries so far,
 replays, first failure); the writer then stores it once, or dead-letters it again. Deleted
 events are counted as discarded: never stored, and never silently gone.
+
+With stream shards (app.shards) each shard keeps its own dead letters beside its stream; the
+API names an item of shard s > 0 `s:<id>` (shard 0's ids are plain stream ids, as unsharded)
+and pages through shard 0, then 1, and so on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from app.shards import ShardedStream
 from app.stream import EventStream, Priority
 
 _MAX_ID_PART = 2**64 - 1
@@ -98,8 +103,18 @@ return {events, remaining(), removed}
 
 
 def id_time(dead_id: str) -> datetime:
-    """When Redis added the item: its id starts with the Unix milliseconds."""
-    return datetime.fromtimestamp(int(dead_id.split("-", 1)[0]) / 1000, UTC)
+    """When Redis added the item: its id (after any shard) starts with the Unix milliseconds."""
+    return datetime.fromtimestamp(int(split_id(dead_id)[1].split("-", 1)[0]) / 1000, UTC)
+
+
+def split_id(dead_id: str) -> tuple[int, str]:
+    """(shard, stream id) of an API dead-letter id."""
+    shard, sep, raw = dead_id.partition(":")
+    return (int(shard), raw) if sep else (0, dead_id)
+
+
+def join_id(shard: int, raw: str) -> str:
+    return f"{shard}:{raw}" if shard else raw
 
 
 def event_ids(payload: bytes) -> list[str]:
@@ -145,7 +160,79 @@ class Outcome:
 
 
 class DeadLetters:
-    """One organization's view of the dead-letter stream."""
+    """One organization's view of the dead letters of every shard."""
+
+    def __init__(self, stream: ShardedStream, organization: str) -> None:
+        self.parts = [ShardDeadLetters(shard, organization) for shard in stream.shards]
+
+    async def page(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
+        """Up to `limit` items after the id `after`, shard by shard, oldest first within each,
+        and the next page's cursor."""
+        shard, raw = split_id(after) if after else (0, None)
+        letters: list[DeadLetter] = []
+        while shard < len(self.parts):
+            found, more = await self.parts[shard].page(raw, limit - len(letters))
+            letters += [replace(letter, id=join_id(shard, letter.id)) for letter in found]
+            if more is not None:
+                return letters, join_id(shard, more)
+            if len(letters) >= limit:  # this shard is done; the next page starts past it
+                last = found[-1].id if found else raw
+                return letters, join_id(shard, last) if last else join_id(shard + 1, "0-0")
+            shard, raw = shard + 1, None
+        return letters, None
+
+    async def first_ids(self, count: int) -> list[str]:
+        ids: list[str] = []
+        for shard, part in enumerate(self.parts):
+            if len(ids) >= count:
+                break
+            ids += [join_id(shard, raw) for raw in await part.first_ids(count - len(ids))]
+        return ids
+
+    def _by_shard(self, ids: list[str]) -> dict[int, list[str]]:
+        grouped: dict[int, list[str]] = {}
+        for dead_id in ids:
+            shard, raw = split_id(dead_id)
+            if shard < len(self.parts):  # an id of no shard is simply not found
+                grouped.setdefault(shard, []).append(raw)
+        return grouped
+
+    async def fetch(self, ids: list[str]) -> list[DeadLetter]:
+        """The organization's items among `ids`, in that order; others are left out."""
+        found: dict[str, DeadLetter] = {}
+        for shard, raws in self._by_shard(ids).items():
+            for letter in await self.parts[shard].fetch(raws):
+                joined = join_id(shard, letter.id)
+                found[joined] = replace(letter, id=joined)
+        return [found[dead_id] for dead_id in ids if dead_id in found]
+
+    async def replay(self, ids: list[str]) -> Outcome:
+        """Move the organization's items among `ids` back to their streams, atomically per
+        shard."""
+        return await self._each(ids, replay=True)
+
+    async def delete(self, ids: list[str]) -> Outcome:
+        """Remove the organization's items among `ids`; their events count as discarded."""
+        return await self._each(ids, replay=False)
+
+    async def _each(self, ids: list[str], *, replay: bool) -> Outcome:
+        moved: list[str] = []
+        events = remaining = 0
+        grouped = self._by_shard(ids)
+        for shard, part in enumerate(self.parts):
+            raws = grouped.get(shard)
+            if not raws:
+                remaining += await part.left()
+                continue
+            done = await (part.replay(raws) if replay else part.delete(raws))
+            moved += [join_id(shard, raw) for raw in done.ids]
+            events += done.events
+            remaining += done.remaining
+        return Outcome(moved, events, remaining)
+
+
+class ShardDeadLetters:
+    """One organization's view of one shard's dead-letter stream."""
 
     def __init__(self, stream: EventStream, organization: str) -> None:
         self.client = stream.client
@@ -169,6 +256,10 @@ class DeadLetters:
     async def first_ids(self, count: int) -> list[str]:
         reply: Any = await self.client.xrange(self.index, min="-", max="+", count=count)
         return [_text(dead_id) for dead_id, _ in reply]
+
+    async def left(self) -> int:
+        """The organization's items in this shard's dead-letter stream."""
+        return int(await self.client.xlen(self.index))
 
     async def fetch(self, ids: list[str]) -> list[DeadLetter]:
         """The organization's items among `ids`, in that order; others are left out."""

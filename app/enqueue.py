@@ -15,13 +15,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from app.stream import EventStream
+from app.shards import ShardedStream
 
 Pending = tuple[Sequence[dict[str, Any]], asyncio.Future[None]]
 
 
 class EnqueueBatcher:
-    def __init__(self, stream: EventStream, chunk: int, max_events: int = 5_000) -> None:
+    def __init__(self, stream: ShardedStream, chunk: int, max_events: int = 5_000) -> None:
         self.stream = stream
         self.chunk = chunk
         self.max_events = max_events

@@ -181,6 +181,16 @@ def root_from_path(event_digest: bytes, index: int, tree_size: int, path: list[b
 
 GENESIS_HEAD = bytes(32)
 HEAD_DOMAIN = b"audit-ledger-head-v1"
+GENESIS_DOMAIN = b"audit-ledger-genesis-v1"
+
+
+def genesis_head(chain: int) -> bytes:
+    """The prev_head of a chain's first entry: 32 zero bytes for chain 0 (the only chain before
+    stream shards), SHA-256(domain tag || chain as 4 bytes big-endian) for the others, so an
+    entry cannot be moved to the start of another chain unnoticed."""
+    if chain == 0:
+        return GENESIS_HEAD
+    return hashlib.sha256(GENESIS_DOMAIN + chain.to_bytes(4, "big")).digest()
 
 
 def epoch_micros(moment: datetime) -> int:

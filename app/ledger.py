@@ -3,7 +3,8 @@
 The events are COPYed straight into audit_log with their batch id and leaf index. Only then is
 the chain touched: an advisory lock serializes the short step that reads the newest entry and
 appends the next one (seq + 1, Merkle root, head, signatures), so concurrent writers never fork
-the chain and do not wait on each other's inserts.
+the chain and do not wait on each other's inserts. With stream shards each shard seals into its
+own chain (its own seq, genesis head and lock), so shards do not wait on each other at all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from app.config import SigningKey
-from app.integrity import GENESIS_HEAD, content_digest, ledger_head, merkle_root, sign_head
+from app.integrity import content_digest, genesis_head, ledger_head, merkle_root, sign_head
 from app.models import AUDIT_COLUMNS
 from app.signing import PublicSigner
 
@@ -25,7 +26,8 @@ BASE_COLUMNS = AUDIT_COLUMNS[:-2]  # without batch_id, leaf_index
 HASH_POS = BASE_COLUMNS.index("hash")
 TIMESTAMP_POS = BASE_COLUMNS.index("timestamp")
 KEY_POSITIONS = tuple(BASE_COLUMNS.index(c) for c in ("event_id", "timestamp", "organization_id"))
-LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of the single chain
+LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of chain 0; chain c locks LEDGER_LOCK + c
+MAX_CHAINS = 1024
 
 EventKey = tuple[str, datetime, str]
 
@@ -34,16 +36,17 @@ SELECT * FROM audit_log
 WHERE (event_id, "timestamp", organization_id) IN (
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]))
 """
-NEWEST_ENTRY = "SELECT seq, head FROM audit_ledger ORDER BY seq DESC LIMIT 1"
+NEWEST_ENTRY = "SELECT seq, head FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
 APPEND_ENTRY = """
-INSERT INTO audit_ledger (seq, batch_id, event_count, merkle_root, first_timestamp,
+INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_timestamp,
     last_timestamp, prev_head, head, key_id, signature, public_signature)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Sealed:
+    chain: int
     seq: int
     batch_id: int
     count: int
@@ -72,9 +75,13 @@ async def seal_batch(
     rows: Sequence[tuple[Any, ...]],
     key: SigningKey,
     public_signer: PublicSigner | None,
+    chain: int = 0,
 ) -> Sealed:
-    """Insert `rows` (new events, unique keys) as one sealed batch. A unique violation means an
-    event was stored meanwhile: the caller drops the stored ones and seals the rest again."""
+    """Insert `rows` (new events, unique keys) as one sealed batch of `chain`. A unique violation
+    means an event was stored meanwhile: the caller drops the stored ones and seals the rest
+    again."""
+    if not 0 <= chain < MAX_CHAINS:
+        raise ValueError(f"chain {chain} is outside 0..{MAX_CHAINS - 1}")
     digests = [row[HASH_POS] for row in rows]
     root_task = asyncio.create_task(asyncio.to_thread(merkle_root, digests))
     times = [row[TIMESTAMP_POS] for row in rows]
@@ -84,15 +91,16 @@ async def seal_batch(
             records = [(*row, batch_id, index) for index, row in enumerate(rows)]
             await conn.copy_records_to_table("audit_log", records=records, columns=AUDIT_COLUMNS)
             root = await root_task
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
-            newest = await conn.fetchrow(NEWEST_ENTRY)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK + chain)
+            newest = await conn.fetchrow(NEWEST_ENTRY, chain)
             seq = newest["seq"] + 1 if newest else 1
-            prev_head = bytes(newest["head"]) if newest else GENESIS_HEAD
+            prev_head = bytes(newest["head"]) if newest else genesis_head(chain)
             first, last = min(times), max(times)
             head = ledger_head(prev_head, seq, root, len(rows), first, last)
             public = public_signer.sign(head) if public_signer else None
             await conn.execute(
                 APPEND_ENTRY,
+                chain,
                 seq,
                 batch_id,
                 len(rows),
@@ -108,4 +116,4 @@ async def seal_batch(
     finally:
         if not root_task.done():
             root_task.cancel()
-    return Sealed(seq, batch_id, len(rows), head)
+    return Sealed(chain, seq, batch_id, len(rows), head)

@@ -7,11 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
+from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import db
@@ -22,7 +23,8 @@ from app.errors import install_error_handlers
 from app.fastpath import IngestFastPath
 from app.metrics import Metrics
 from app.routers import events, health, ingest, integrity, phi, queue
-from app.stream import EventStream, StreamKeys, eviction_policy
+from app.shards import ShardedStream
+from app.stream import eviction_policy
 from app.tasks import stop_tasks, wait_or_stop
 from app.workers import WriterGroup
 
@@ -35,7 +37,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     redis: redis.Redis
-    stream: EventStream
+    stream: ShardedStream
     metrics: Metrics
     key_cache: KeyCache
     enqueuer: EnqueueBatcher
@@ -46,13 +48,29 @@ class Resources:
 
 
 def redis_client(settings: Settings, *, block_ms: int = 1000) -> redis.Redis:
+    """A client of one Redis, or of a Redis Cluster (AUDIT_REDIS_CLUSTER; the URL names any of
+    its nodes). Every command the service sends touches keys of one hash tag, so both serve."""
     # Socket timeout above the blocking read time, so a blocked XREADGROUP is not cut off.
+    if settings.redis_cluster:
+        cluster: Any = RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=block_ms / 1000 + 5,
+            socket_connect_timeout=5,
+            max_connections=256,
+        )
+        return cast(redis.Redis, cluster)
     return redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=block_ms / 1000 + 5,
         socket_connect_timeout=5,
         health_check_interval=30,
         max_connections=256,
+    )
+
+
+def event_stream(client: redis.Redis, settings: Settings) -> ShardedStream:
+    return ShardedStream(
+        client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
     )
 
 
@@ -86,9 +104,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, block_ms=max(settings.read_block_ms, settings.batch_max_wait_ms)
     )
     await check_redis_policy(client, settings)
-    stream = EventStream(
-        client, StreamKeys.for_prefix(settings.stream_prefix), settings.consumer_group
-    )
+    stream = event_stream(client, settings)
     await stream.ensure_group()
     return Resources(
         settings=settings,

@@ -26,6 +26,7 @@ class Metrics:
     circuit_open: Gauge
     writer_errors: Counter
     ingest_request_seconds: Histogram
+    ledger_head_seq: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -83,6 +84,12 @@ class Metrics:
                 "Time to answer an ingest request (POST /events, /events/bulk), any status",
                 ["route"],
                 buckets=SECONDS_BUCKETS,
+                registry=reg,
+            ),
+            ledger_head_seq=Gauge(
+                "audit_ledger_head_seq",
+                "Seq of the newest ledger entry this process sealed, per chain (stream shard)",
+                ["chain"],
                 registry=reg,
             ),
         )

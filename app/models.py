@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     Uuid,
@@ -65,6 +66,7 @@ AUDIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in audit_log.columns)
 audit_ledger = Table(
     "audit_ledger",
     metadata,
+    Column("chain", SmallInteger, primary_key=True),
     Column("seq", BigInteger, primary_key=True),
     Column("batch_id", BigInteger, nullable=False, unique=True),
     Column("event_count", Integer, nullable=False),

@@ -1,6 +1,6 @@
-"""Verification of a whole chain in several processes: the seq range is cut into contiguous
-parts, each part is verified with its own connection (checking its link to the part before),
-and the rows no ledger entry covers are found once, by the database, at the end."""
+"""Verification of every chain in several processes: each chain's seq range is cut into
+contiguous parts, each part is verified with its own connection (checking its link to the part
+before), and the rows no ledger entry covers are found once, by the database, at the end."""
 
 from __future__ import annotations
 
@@ -12,23 +12,20 @@ from typing import Any
 import asyncpg
 
 from app.config import parse_signing_keys
-from app.verify import Finding, Report, Verifier, verify_range
+from app.verify import CHAINS, NEWEST_SEQ, ORPHANS, Finding, Report, Verifier, verify_range
 
-ORPHANS = """
-SELECT a.event_id, a.organization_id FROM audit_log a
-WHERE a.batch_id IS NULL OR a.batch_id < 1
-   OR NOT EXISTS (SELECT 1 FROM audit_ledger l WHERE l.batch_id = a.batch_id)
-"""
 MIN_ENTRIES_PER_JOB = 50
 
 
-def _part(dsn: str, keys: str, public_key: str, first: int, last: int) -> dict[str, Any]:
+def _part(
+    dsn: str, keys: str, public_key: str, chain: int, shared: bool, first: int, last: int
+) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
             ring = {k.key_id: k for k in parse_signing_keys(keys)}
             verifier = Verifier(ring, public_key, check_hmac=bool(ring))
-            report = await verify_range(conn, verifier, first, last)
+            report = await verify_range(conn, verifier, first, last, chain=chain, shared=shared)
         finally:
             await conn.close()
         return {
@@ -59,16 +56,25 @@ async def verify_whole_chain(
     jobs: int,
     min_per_job: int = MIN_ENTRIES_PER_JOB,
 ) -> Report:
-    newest = await conn.fetchval("SELECT max(seq) FROM audit_ledger") or 0
-    report = Report(1, newest)
-    parts = split(1, newest, jobs, min_per_job) if newest else []
+    chains = [r[0] for r in await conn.fetch(CHAINS)] or [0]
+    shared = chains != [0]
+    parts: list[tuple[int, int, int]] = []
+    report = Report(1, 0)
+    for chain in chains:
+        newest = await conn.fetchval(NEWEST_SEQ, chain) or 0
+        report.to_seq = max(report.to_seq, newest)
+        share = max(1, jobs // len(chains))
+        parts += [
+            (chain, a, b) for a, b in (split(1, newest, share, min_per_job) if newest else [])
+        ]
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, len(parts)), mp_context=context) as pool:
+    workers = max(1, min(jobs, len(parts)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, _part, dsn, keys, public_key, first, last)
-                for first, last in parts
+                loop.run_in_executor(pool, _part, dsn, keys, public_key, chain, shared, a, b)
+                for chain, a, b in parts
             )
         )
     seen: set[tuple[str, str | None]] = set()
@@ -78,7 +84,7 @@ async def verify_whole_chain(
         report.pruned_events += result["pruned_events"]
         report.pruned_ranges = result["pruned_ranges"]
         for found in result["findings"]:
-            finding = Finding(**found)
+            finding = Finding(**{**found, "chain": parts[n][0]})
             if n and finding.check == "prune_record_invalid" and finding.seq is None:
                 continue  # every part reads the same prune records: say it once
             if finding.check == "event_unsealed":

@@ -1,7 +1,9 @@
 """Inclusion proofs for single events, and checkpoints of the chain head for keeping elsewhere.
 
 A proof lets a third party check, with only SHA-256 (and HMAC or Ed25519 for the signatures),
-that an event is leaf `leaf_index` of the batch sealed as ledger entry `batch_seq`:
+that an event is leaf `leaf_index` of the batch sealed as entry `batch_seq` of chain `chain`
+(one chain per stream shard; chain 0's first prev_head is 32 zero bytes, chain c's is
+SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
 
     leaf = SHA-256(0x00 || event_hash)
     fold the audit path into the leaf as RFC 9162 section 2.1.3.2 says -> must equal merkle_root
@@ -33,6 +35,7 @@ ORDER BY a."timestamp" LIMIT 1
 """
 BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
 PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
+CHECKPOINT_ENTRY = "SELECT head FROM audit_ledger WHERE chain = $1 AND seq = $2"
 
 
 class DamagedBatch(Exception):
@@ -43,6 +46,7 @@ class DamagedBatch(Exception):
 def ledger_entry_json(entry: Any) -> dict[str, Any]:
     public = entry["public_signature"]
     return {
+        "chain": entry["chain"],
         "seq": entry["seq"],
         "event_count": entry["event_count"],
         "merkle_root": bytes(entry["merkle_root"]).hex(),
@@ -73,11 +77,13 @@ async def event_proof(
         by_index.setdefault(index, digest)
     index, count = row["leaf_index"], row["event_count"]
     if damaged or sorted(by_index) != list(range(count)):
-        raise DamagedBatch(f"the batch sealed as seq {row['seq']} no longer matches its entry")
+        where = f"seq {row['seq']} of chain {row['chain']}"
+        raise DamagedBatch(f"the batch sealed as {where} no longer matches its entry")
     leaves = [by_index[i] for i in range(count)]
     return {
         "event_id": str(row["event_id"]),
         "event_hash": bytes(row["hash"]).hex(),
+        "chain": row["chain"],
         "batch_seq": row["seq"],
         "leaf_index": index,
         "tree_size": count,
@@ -86,15 +92,23 @@ async def event_proof(
     }
 
 
+NEWEST_OF_EACH_CHAIN = """
+SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC
+"""
+
+
 async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
-    """The newest signed ledger entry, to be kept outside the database."""
-    entry = await conn.fetchrow("SELECT * FROM audit_ledger ORDER BY seq DESC LIMIT 1")
-    if entry is None:
+    """The newest signed entry of every chain, to be kept outside the database. The top-level
+    fields are the first chain's newest entry (as a single-chain checkpoint has them); `chains`
+    lists every chain's."""
+    entries = [ledger_entry_json(e) for e in await conn.fetch(NEWEST_OF_EACH_CHAIN)]
+    if not entries:
         return None
     return {
         "kind": "audit-ledger-checkpoint-v1",
         "exported_at": format_timestamp(datetime.now(UTC)),
-        **ledger_entry_json(entry),
+        **entries[0],
+        "chains": entries,
     }
 
 
@@ -120,15 +134,20 @@ async def check_checkpoint(
     keys: dict[str, SigningKey],
     public_key: str = "",
 ) -> list[Finding]:
-    """The chain still holds the checkpoint's entry, with the same head."""
-    seq = int(checkpoint["seq"])
-    head = bytes.fromhex(checkpoint["head"])
-    signed = _checkpoint_signed(checkpoint, head, keys, public_key)
-    if not signed:
-        return [Finding("checkpoint_invalid", seq, None, "the checkpoint's signature fails")]
-    entry = await conn.fetchrow("SELECT head FROM audit_ledger WHERE seq = $1", seq)
-    if entry is None:
-        return [Finding("checkpoint_not_extended", seq, None, "the chain ends before it")]
-    if bytes(entry["head"]) != head:
-        return [Finding("checkpoint_not_extended", seq, None, "the chain has another head there")]
-    return []
+    """Every chain still holds the checkpoint's entry of it, with the same head."""
+    found: list[Finding] = []
+    for point in checkpoint.get("chains") or [checkpoint]:
+        chain, seq = int(point.get("chain") or 0), int(point["seq"])
+        head = bytes.fromhex(point["head"])
+        if not _checkpoint_signed(point, head, keys, public_key):
+            detail = "the checkpoint's signature fails"
+            found.append(Finding("checkpoint_invalid", seq, None, detail, chain))
+            continue
+        entry = await conn.fetchrow(CHECKPOINT_ENTRY, chain, seq)
+        if entry is None:
+            detail = "the chain ends before it"
+            found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))
+        elif bytes(entry["head"]) != head:
+            detail = "the chain has another head there"
+            found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))
+    return found

@@ -293,6 +293,7 @@ class QueueStats(BaseModel):
     discarded_events: int = Field(description="dead-lettered events an admin deleted, unstored")
     consumers: int
     oldest_pending_age_ms: int | None
+    shards: int = Field(default=1, description="stream shards (AUDIT_STREAM_SHARDS); all summed")
 
 
 class Readiness(BaseModel):
@@ -319,7 +320,11 @@ _MAX_STREAM_ID_PART = 2**64 - 1
 
 
 def is_stream_id(value: str) -> bool:
-    """A Redis stream id, `milliseconds-sequence`, each part within 64 bits."""
+    """A Redis stream id, `milliseconds-sequence`, each part within 64 bits, after an optional
+    `shard:` (a dead letter of a stream shard other than the first)."""
+    shard, colon, value = value.rpartition(":")
+    if colon and not (shard.isascii() and shard.isdigit() and len(shard) <= 2):
+        return False
     ms, sep, seq = value.partition("-")
     parts = (ms, seq)
     if not sep or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):

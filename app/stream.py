@@ -3,8 +3,9 @@
 Two streams carry events, `high` and `normal`; writers drain `high` first. An entry holds up to
 `stream_entry_events` canonical records as one JSON array. A counter beside the streams holds
 the number of events accepted and not yet settled: the queue depth that backpressure reads.
-All keys share one hash tag so the Lua scripts stay on one Redis Cluster slot. Listing,
-replaying and deleting dead letters is in app.dead_letter.
+All keys of a shard share one hash tag so the Lua scripts stay on one Redis Cluster slot; with
+AUDIT_STREAM_SHARDS=N there are N such sets of keys (app.shards). Listing, replaying and deleting
+dead letters is in app.dead_letter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Literal
 
 import orjson
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
 Priority = Literal["high", "normal"]
@@ -112,6 +115,16 @@ class StreamKeys:
     heartbeat: str
 
     @classmethod
+    def for_shard(cls, prefix: str, shard: int, shards: int) -> StreamKeys:
+        """The keys of one shard: shard 0 keeps the unsharded keys (so events queued before the
+        stream was split are still read); shard i > 0 gets a tag whose Redis Cluster slot lies
+        in the middle of the i-th of N equal slot ranges after shard 0's, so a cluster whose
+        masters hold equal ranges serves each shard from a different master."""
+        if shard == 0:
+            return cls.for_prefix(prefix)
+        return cls.for_prefix(shard_tag(prefix, shard, shards))
+
+    @classmethod
     def for_prefix(cls, prefix: str) -> StreamKeys:
         tag = "{" + prefix + "}"
         return cls(
@@ -132,6 +145,21 @@ class StreamKeys:
     def dead_index(self, organization: str) -> str:
         """The organization's dead-letter ids, in the dead-letter stream's order."""
         return f"{self.dead}:org:{organization}"
+
+
+def shard_tag(prefix: str, shard: int, shards: int) -> str:
+    """The hash tag of shard `shard` (> 0) of `shards`: `<prefix>-<shard>`, or with a numeric
+    suffix, the first whose slot falls in the shard's window. Deterministic, so every process
+    derives the same keys."""
+    width = REDIS_CLUSTER_HASH_SLOTS // shards
+    home = key_slot(("{" + prefix + "}").encode()) // width
+    start = ((home + shard) % shards) * width
+    low, high = start + width // 4, start + 3 * width // 4
+    for suffix in range(100_000):
+        tag = f"{prefix}-{shard}" + (f"-{suffix}" if suffix else "")
+        if low <= key_slot(("{" + tag + "}").encode()) < high:
+            return tag
+    raise RuntimeError(f"no hash tag found for shard {shard} of {shards}")
 
 
 @dataclass(slots=True)
@@ -185,10 +213,13 @@ def entry_age_ms(entry_id: str) -> int:
 
 
 class EventStream:
-    def __init__(self, client: redis.Redis, keys: StreamKeys, group: str) -> None:
+    """One shard's streams and counters. `shard` is also the ledger chain its writers seal to."""
+
+    def __init__(self, client: redis.Redis, keys: StreamKeys, group: str, shard: int = 0) -> None:
         self.client = client
         self.keys = keys
         self.group = group
+        self.shard = shard
         self._settle = client.register_script(_SETTLE_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
         self._leave = client.register_script(_LEAVE_LUA)
@@ -381,11 +412,22 @@ class EventStream:
 
 
 async def eviction_policy(client: redis.Redis) -> str | None:
-    """Redis's maxmemory-policy, or None when CONFIG is not allowed (managed services)."""
+    """Redis's maxmemory-policy, or None when CONFIG is not allowed (managed services). On a
+    Redis Cluster every master is asked; the first one that evicts is named."""
     try:
-        reply = await client.config_get("maxmemory-policy")
+        if isinstance(client, RedisCluster):
+            replies = await client.config_get(
+                "maxmemory-policy", target_nodes=RedisCluster.PRIMARIES
+            )
+            policies = [_policy(reply) for reply in replies.values()]
+            evicting = [p for p in policies if p is not None and p != "noeviction"]
+            return evicting[0] if evicting else "noeviction"
+        return _policy(await client.config_get("maxmemory-policy"))
     except ResponseError:
         return None
+
+
+def _policy(reply: Any) -> str | None:
     for name, value in reply.items():
         if _text(name) == "maxmemory-policy":
             return _text(value)

@@ -17,6 +17,10 @@ Checks, by the name a finding carries:
 - prune_record_invalid: a record of a retention prune does not verify (forged, altered, or its
   partition's record gone), so the events it claims were pruned count as deleted.
 
+With stream shards there is one chain per shard (app.ledger); each is walked on its own (a seq
+range names one chain), every finding names its chain, and the rows that belong to no batch of
+any chain are found once, at the end.
+
 Events removed by a retention prune (app.retention) are not findings: the report lists the
 pruned ranges and counts the pruned events, and a partly pruned batch's root is recomputed from
 the kept events and the recorded hashes of the pruned ones.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +40,7 @@ from app.config import SigningKey
 from app.integrity import (
     UnknownSigningKeyError,
     event_hash,
+    genesis_head,
     ledger_head,
     merkle_root,
     record_from_row,
@@ -48,11 +53,27 @@ ENTRY_CHUNK = 200
 MAX_LISTED_MISSING = 1000
 ROWS_PER_FETCH = 20_000
 LEDGER_CHUNK = """
-SELECT * FROM audit_ledger WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
+SELECT * FROM audit_ledger WHERE chain = $4 AND seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
 """
 ROWS_OF_BATCHES = """
 SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
 ORDER BY batch_id, leaf_index
+"""
+# With several chains a chain's batch ids interleave with the others': read only its own.
+ROWS_OF_CHAIN = """
+SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
+  AND batch_id IN (SELECT batch_id FROM audit_ledger
+                   WHERE chain = $3 AND batch_id >= $1 AND batch_id <= $2)
+ORDER BY batch_id, leaf_index
+"""
+CHAINS = "SELECT DISTINCT chain FROM audit_ledger ORDER BY chain"
+SEVERAL_CHAINS = "SELECT EXISTS (SELECT 1 FROM audit_ledger WHERE chain > 0)"
+NEWEST_SEQ = "SELECT max(seq) FROM audit_ledger WHERE chain = $1"
+ENTRY_AT = "SELECT * FROM audit_ledger WHERE chain = $1 AND seq = $2"
+ORPHANS = """
+SELECT a.event_id, a.organization_id FROM audit_log a
+WHERE a.batch_id IS NULL OR a.batch_id < 1
+   OR NOT EXISTS (SELECT 1 FROM audit_ledger l WHERE l.batch_id = a.batch_id)
 """
 UNSEALED = "SELECT event_id, organization_id FROM audit_log WHERE batch_id IS NULL OR batch_id < 1"
 BATCHES_BEYOND = "SELECT DISTINCT batch_id FROM audit_log WHERE batch_id >= $1"
@@ -67,10 +88,12 @@ class Finding:
     seq: int | None = None
     event_id: str | None = None
     detail: str = ""
+    chain: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "check": self.check,
+            "chain": self.chain,
             "seq": self.seq,
             "event_id": self.event_id,
             "detail": self.detail,
@@ -99,6 +122,22 @@ class Findings(list[Finding]):
         for finding in findings:
             self.append(finding)
 
+    def absorb(self, other: Findings, chain: int, *, skip_unplaced_prunes: bool) -> None:
+        """Take another chain's findings, naming the chain; those `other` only counted are
+        counted here too. Prune records are read by every chain's walk: with
+        `skip_unplaced_prunes` their chain-less findings are not counted twice."""
+        listed: dict[str, int] = {}
+        for finding in other:
+            listed[finding.check] = listed.get(finding.check, 0) + 1
+            if skip_unplaced_prunes and finding.check == "prune_record_invalid":
+                if finding.seq is None:
+                    continue
+            self.append(replace(finding, chain=chain))
+        for check, count in other.by_check.items():
+            unlisted = count - listed.get(check, 0)
+            self.total += unlisted
+            self.by_check[check] = self.by_check.get(check, 0) + unlisted
+
     def __iadd__(self, findings: Iterable[Finding]) -> Findings:  # type: ignore[override,misc]
         self.extend(findings)
         return self
@@ -108,6 +147,8 @@ class Findings(list[Finding]):
 class Report:
     from_seq: int
     to_seq: int
+    chain: int = 0
+    chains: list[dict[str, Any]] = field(default_factory=list)
     entries: int = 0
     events: int = 0
     pruned_events: int = 0
@@ -130,6 +171,17 @@ class Report:
             "findings": self.findings.total,
             "findings_by_check": dict(self.findings.by_check),
             "findings_listed": len(self.findings),
+            "chains": self.chains or [self.chain_summary()],
+        }
+
+    def chain_summary(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "from_seq": self.from_seq,
+            "to_seq": self.to_seq,
+            "ledger_entries": self.entries,
+            "events": self.events,
+            "findings": self.findings.total,
         }
 
 
@@ -161,6 +213,9 @@ class Verifier:
         found: list[Finding] = []
         if prev is not None and bytes(entry["prev_head"]) != bytes(prev["head"]):
             found.append(Finding("chain_link_broken", seq, None, "prev_head differs"))
+        chain = entry.get("chain") or 0
+        if seq == 1 and bytes(entry["prev_head"]) != genesis_head(chain):
+            found.append(Finding("chain_link_broken", seq, None, "not its chain's genesis"))
         head = ledger_head(
             bytes(entry["prev_head"]),
             seq,
@@ -291,11 +346,11 @@ def _by_events(entries: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
 
 
 async def _ledger_entries(
-    conn: asyncpg.Connection, from_seq: int, to_seq: int
+    conn: asyncpg.Connection, from_seq: int, to_seq: int, chain: int
 ) -> AsyncIterator[list[asyncpg.Record]]:
     cursor = from_seq
     while cursor <= to_seq:
-        chunk = await conn.fetch(LEDGER_CHUNK, cursor, to_seq, ENTRY_CHUNK)
+        chunk = await conn.fetch(LEDGER_CHUNK, cursor, to_seq, ENTRY_CHUNK, chain)
         if not chunk:
             return
         yield chunk
@@ -310,24 +365,29 @@ async def verify_range(
     progress: Progress | None = None,
     *,
     times: tuple[datetime, datetime] | None = None,
+    chain: int = 0,
+    shared: bool = False,
 ) -> Report:
-    """Verify ledger entries from_seq..to_seq (to the newest when None) with their batches.
+    """Verify entries from_seq..to_seq (to the newest when None) of one chain with their
+    batches.
 
     With `times`, the whole chain's entries are checked (cheap: no events) and the events of
     those entries whose signed time span overlaps [start, end); so neither deleting a month's
     entries nor re-dating one can shrink what is checked. A full run (no range) also finds
-    events that claim no batch or one the ledger does not have."""
-    newest = await conn.fetchval("SELECT max(seq) FROM audit_ledger") or 0
+    events that claim no batch or one the ledger does not have, unless `shared` (other chains
+    exist: verify_chains looks for those once, for all chains)."""
+    newest = await conn.fetchval(NEWEST_SEQ, chain) or 0
     if times is not None:
         from_seq, to_seq = 1, None
     last = newest if to_seq is None else to_seq
-    report = Report(from_seq, last)
+    report = Report(from_seq, last, chain=chain)
     walk = _Walk(verifier, report, full=from_seq == 1 and to_seq is None, times=times)
+    walk.chain, walk.shared = chain, shared
     report.pruned_ranges, forged = await pruned_ranges(conn, verifier.signed_by_ring)
     for name in forged:
         report.findings.append(Finding("prune_record_invalid", None, None, f"prune of {name}"))
     walk.any_pruned = bool(await conn.fetchval(ANY_PRUNED))
-    walk.prev = await conn.fetchrow("SELECT * FROM audit_ledger WHERE seq = $1", from_seq - 1)
+    walk.prev = await conn.fetchrow(ENTRY_AT, chain, from_seq - 1)
     if walk.prev is None and from_seq > 1:
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
     walk.expected = from_seq
@@ -336,13 +396,57 @@ async def verify_range(
         report.findings.append(
             Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
         )
-    if walk.full:
+    if walk.full and not shared:
         if times is None:
             await walk.fetch_unknown_beyond(conn)
         for row in await conn.fetch(UNSEALED):
             report.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
     await walk.settle_leftovers(conn)
     return report
+
+
+async def several_chains(conn: asyncpg.Connection) -> bool:
+    """Whether the ledger has chains besides chain 0 (the stream was sharded)."""
+    return bool(await conn.fetchval(SEVERAL_CHAINS))
+
+
+async def verify_chains(
+    conn: asyncpg.Connection,
+    verifier: Verifier,
+    progress: Progress | None = None,
+    *,
+    times: tuple[datetime, datetime] | None = None,
+) -> Report:
+    """Verify every chain whole (or, with `times`, every chain's events of that time range).
+    One chain: exactly verify_range. Several: each walked alone, then the rows of no batch of
+    any chain are found by one query (or, for a time range, the rows of no batch at all)."""
+    chains = [r[0] for r in await conn.fetch(CHAINS)] or [0]
+    if chains == [0]:
+        return await verify_range(conn, verifier, 1, None, progress, times=times)
+    total = Report(1, 0)
+
+    def along(part: Report) -> None:  # progress over all chains so far
+        if progress is not None:
+            progress(
+                Report(
+                    1, 0, entries=total.entries + part.entries, events=total.events + part.events
+                )
+            )
+
+    for chain in chains:
+        part = await verify_range(
+            conn, verifier, 1, None, along, times=times, chain=chain, shared=True
+        )
+        total.to_seq = max(total.to_seq, part.to_seq)
+        total.entries += part.entries
+        total.events += part.events
+        total.pruned_events += part.pruned_events
+        total.pruned_ranges = part.pruned_ranges
+        total.chains.append(part.chain_summary())
+        total.findings.absorb(part.findings, chain, skip_unplaced_prunes=bool(chain))
+    for row in await conn.fetch(UNSEALED if times is not None else ORPHANS):
+        total.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
+    return total
 
 
 @dataclass(slots=True)
@@ -364,6 +468,8 @@ class _Walk:
     held: dict[int, list[asyncpg.Record]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     any_pruned: bool = False
+    chain: int = 0
+    shared: bool = False
 
     def wanted(self, entry: asyncpg.Record) -> bool:
         """Whether this entry's events are checked (its header always is)."""
@@ -377,7 +483,7 @@ class _Walk:
     ) -> None:
         """Check entries first..last, reading each part while the one before is hashed."""
         checking: asyncio.Future[None] | None = None
-        async for chunk in _ledger_entries(conn, first, last):
+        async for chunk in _ledger_entries(conn, first, last, self.chain):
             for part in _by_events(chunk):
                 batches = await self.prepare(conn, part)
                 if checking is not None:
@@ -433,7 +539,11 @@ class _Walk:
         if self.full and self.times is None:
             low = max(low, self.next_low)
         skip = self.done | self.held.keys()  # checked already, or held whole from a read before
-        for row in await conn.fetch(ROWS_OF_BATCHES, low, high):
+        if self.shared:
+            rows = await conn.fetch(ROWS_OF_CHAIN, low, high, self.chain)
+        else:
+            rows = await conn.fetch(ROWS_OF_BATCHES, low, high)
+        for row in rows:
             if row["batch_id"] not in skip:
                 self.held.setdefault(row["batch_id"], []).append(row)
         self.next_low = max(self.next_low, high + 1)

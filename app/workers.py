@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import repository
 from app.config import Settings
 from app.metrics import Metrics
-from app.stream import EventStream
+from app.shards import ShardedStream
 from app.tasks import stop_tasks, wait_or_stop
 from app.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
 
@@ -20,7 +20,7 @@ PARTITION_INTERVAL_S = 24 * 3600
 
 class WriterGroup:
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, stream: EventStream, metrics: Metrics
+        self, settings: Settings, engine: AsyncEngine, stream: ShardedStream, metrics: Metrics
     ) -> None:
         self.settings = settings
         self.engine = engine

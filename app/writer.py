@@ -36,6 +36,7 @@ from app.db import connect_raw
 from app.integrity import parse_timestamp
 from app.ledger import seal_batch, stored_contents
 from app.metrics import Metrics
+from app.shards import ShardedStream
 from app.signing import PublicSigner
 from app.stream import Entry, EventStream, Priority
 
@@ -43,6 +44,7 @@ log = logging.getLogger("app.writer")
 
 DEDUPE_ROUNDS = 5
 MAX_READ_COUNT = 256
+MIN_BLOCK_MS = 50  # a writer serving several shards blocks at least this long on each
 
 
 class PoisonData(Exception):
@@ -95,23 +97,29 @@ def consumer_name(index: int) -> str:
 
 
 class BatchWriter:
+    """One consumer of the group. It serves the shards the roster gives it (app.shards), one
+    read-and-write round per shard in turn, and seals each shard's batches into that shard's
+    chain."""
+
     def __init__(
         self,
         settings: Settings,
-        stream: EventStream,
+        streams: ShardedStream,
         metrics: Metrics,
         breaker: CircuitBreaker,
         name: str,
     ) -> None:
         self.settings = settings
-        self.stream = stream
+        self.streams = streams
         self.metrics = metrics
         self.breaker = breaker
         self.name = name
         self._conn: asyncpg.Connection | None = None
-        self._claim_cursors: dict[Priority, str] = {"high": "0-0", "normal": "0-0"}
-        self._next_claim = 0.0
+        self._claim_cursors: dict[int, dict[Priority, str]] = {}
+        self._next_claim: dict[int, float] = {}
         self._next_beat = 0.0
+        self._shards: list[int] = []
+        self._served: set[int] = set()
         self._events_per_entry = 1.0
         self._public_signer = (
             PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
@@ -141,34 +149,56 @@ class BatchWriter:
         await self.close()
 
     async def cycle(self, stopping: asyncio.Event) -> int:
-        """One read-and-write round; returns the number of entries handled."""
+        """One read-and-write round on each shard this writer serves; returns entries handled."""
         if self.breaker.is_open:  # the database is down: neither read nor reclaim
             await self.breaker.wait_closed(self.settings.retry_max_ms / 1000)
+        beat = time.monotonic() >= self._next_beat
+        if beat or not self._shards:
+            self._shards = await self.streams.roster(self.name)
+            self._served.update(self._shards)
+        if not self._shards:  # more writers than the roster shows yet: wait for the next beat
+            await asyncio.sleep(self.settings.read_block_ms / 1000)
+            self._next_beat = 0.0
+            return 0
+        block_ms = max(MIN_BLOCK_MS, self.settings.read_block_ms // len(self._shards))
+        handled = 0
+        for shard in self._shards:
+            stream = self.streams.shards[shard]
+            handled += await self.cycle_shard(stream, stopping, block_ms)
+            if beat:  # alive: a read of this shard just succeeded
+                await stream.beat(self.name)
+        if beat:
+            self._next_beat = time.monotonic() + 1.0
+        return handled
+
+    async def cycle_shard(self, stream: EventStream, stopping: asyncio.Event, block_ms: int) -> int:
+        """Reclaim idle entries when due, else read one batch; write it. Returns entries."""
         now = time.monotonic()
-        if now >= self._next_claim and not self.breaker.is_open:
-            self._next_claim = now + self.settings.claim_interval_ms / 1000
-            claimed = await self.stream.claim(
-                self.name, self.settings.claim_idle_ms, self._claim_cursors, MAX_READ_COUNT
+        shard = stream.shard
+        if now >= self._next_claim.get(shard, 0.0) and not self.breaker.is_open:
+            self._next_claim[shard] = now + self.settings.claim_interval_ms / 1000
+            cursors = self._claim_cursors.setdefault(shard, {"high": "0-0", "normal": "0-0"})
+            claimed = await stream.claim(
+                self.name, self.settings.claim_idle_ms, cursors, MAX_READ_COUNT
             )
             if claimed:
                 log.info("writer %s reclaimed %d idle entries", self.name, len(claimed))
-                await self.write_claimed(claimed, stopping)
+                await self.write_claimed(stream, claimed, stopping)
                 return len(claimed)
-        entries = await self.collect(stopping)
-        if time.monotonic() >= self._next_beat:  # alive: a read just succeeded
-            await self.stream.beat(self.name)
-            self._next_beat = time.monotonic() + 1.0
+        entries = await self.collect(stream, stopping, block_ms)
         for chunk in chunk_entries(entries, self.settings.batch_size):
-            await self.write(chunk, stopping)
+            await self.write(stream, chunk, stopping)
         return len(entries)
 
-    async def write_claimed(self, entries: Sequence[Entry], stopping: asyncio.Event) -> None:
+    async def write_claimed(
+        self, stream: EventStream, entries: Sequence[Entry], stopping: asyncio.Event
+    ) -> None:
         """Reclaimed entries in batches of the usual size; one delivered more than
         `max_deliveries` times is written alone, so it cannot hold back its batch-mates again."""
         again = [e for e in entries if e.deliveries > self.settings.max_deliveries]
         usual = [e for e in entries if e.deliveries <= self.settings.max_deliveries]
         for chunk in chunk_entries(usual, self.settings.batch_size):
-            await self.write(chunk, stopping)
+            await self.write(stream, chunk, stopping)
         for entry in again:
             log.warning(
                 "writer %s writes entry %s alone after %d deliveries",
@@ -176,11 +206,14 @@ class BatchWriter:
                 entry.entry_id,
                 entry.deliveries,
             )
-            await self.write([entry], stopping)
+            await self.write(stream, [entry], stopping)
 
-    async def collect(self, stopping: asyncio.Event) -> list[Entry]:
+    async def collect(
+        self, stream: EventStream, stopping: asyncio.Event, block_ms: int | None = None
+    ) -> list[Entry]:
         """Entries for one batch: closed by size, or by the wait after its first entry."""
-        entries = await self._read(self.settings.batch_size, self.settings.read_block_ms)
+        first_block = self.settings.read_block_ms if block_ms is None else block_ms
+        entries = await self._read(stream, self.settings.batch_size, first_block)
         if not entries:
             return entries
         events = sum(e.events for e in entries)
@@ -189,26 +222,29 @@ class BatchWriter:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            more = await self._read(self.settings.batch_size - events, remaining_ms)
+            more = await self._read(stream, self.settings.batch_size - events, remaining_ms)
             entries += more
             events += sum(e.events for e in more)
         return entries
 
-    async def _read(self, wanted_events: int, block_ms: int) -> list[Entry]:
+    async def _read(self, stream: EventStream, wanted_events: int, block_ms: int) -> list[Entry]:
         count = max(1, min(MAX_READ_COUNT, round(wanted_events / self._events_per_entry)))
-        entries = await self.stream.read(self.name, count, block_ms)
+        entries = await stream.read(self.name, count, block_ms)
         if entries:
             self._events_per_entry = max(1.0, sum(e.events for e in entries) / len(entries))
         return entries
 
     # -- one batch ----------------------------------------------------------------------------
 
-    async def write(self, entries: Sequence[Entry], stopping: asyncio.Event) -> int:
-        """Persist what the entries carry, then settle them in Redis. Returns rows inserted."""
+    async def write(
+        self, stream: EventStream, entries: Sequence[Entry], stopping: asyncio.Event
+    ) -> int:
+        """Persist what the entries carry into the shard's chain, then settle them in Redis.
+        Returns rows inserted."""
         started = time.perf_counter()
-        plan = plan_batch(entries, self.settings.signing_key_ring[0])
+        plan = plan_batch(entries, self.settings.signing_key_ring[0], chain=stream.shard)
         inserted = await self._store_isolating(plan, plan.rows, stopping)
-        await self.stream.settle(plan.settlements())
+        await stream.settle(plan.settlements())
         self._observe(plan, inserted, time.perf_counter() - started)
         return inserted
 
@@ -285,7 +321,9 @@ class BatchWriter:
             if not fresh:
                 return 0
             try:
-                sealed = await seal_batch(conn, [r.row for r in fresh], key, self._public_signer)
+                batch = [r.row for r in fresh]
+                sealed = await seal_batch(conn, batch, key, self._public_signer, plan.chain)
+                self.metrics.ledger_head_seq.labels(chain=str(sealed.chain)).set(sealed.seq)
                 return sealed.count
             except asyncpg.UniqueViolationError:
                 # Stored meanwhile (a redelivery raced us): leave those out, flag conflicts.
@@ -299,7 +337,7 @@ class BatchWriter:
     async def _recreate_group(self) -> None:
         """The stream lost its group (Redis lost its data): create it again."""
         try:
-            await self.stream.ensure_group()
+            await self.streams.ensure_group()
             log.warning("writer %s recreated the consumer group", self.name)
         except Exception as exc:
             log.warning("writer %s could not recreate the group: %s", self.name, type(exc).__name__)
@@ -317,6 +355,8 @@ class BatchWriter:
     async def close(self) -> None:
         await self._drop_connection()
         try:
-            await self.stream.remove_consumer(self.name)
+            for shard in sorted(self._served):
+                await self.streams.shards[shard].remove_consumer(self.name)
+            await self.streams.leave_roster(self.name)
         except Exception as exc:
             log.warning("writer %s could not leave the group: %s", self.name, type(exc).__name__)

@@ -162,10 +162,10 @@ async def test_replay_after_the_fault_is_fixed_stores_the_event_once(
     # A valid event the database refused for a reason since fixed: dead-lettered the way the
     # writer does it, through the plan and settle.
     [event_id] = await accept(rig, ["success"], priority="high")
-    entries = await rig.res.stream.read("outage", 10, None)
+    entries = await rig.res.stream.shards[0].read("outage", 10, None)
     plan = plan_batch(entries, rig.res.settings.signing_key_ring[0])
     plan.kill_row(plan.rows[0], "CheckViolationError, sqlstate 23514, constraint ck_since_fixed")
-    await rig.res.stream.settle(plan.settlements())
+    await rig.res.stream.shards[0].settle(plan.settlements())
     assert (await balanced(rig))["dead_lettered_events"] == 1
     [item] = await listed(rig, rig.admin)
     assert item["source"] == "high"
@@ -174,7 +174,8 @@ async def test_replay_after_the_fault_is_fixed_stores_the_event_once(
     assert resp.json()["requeued_entries"] == 0
     resp = await rig.svc.client.post(REPLAY, json={"all": True}, headers=rig.admin)
     assert resp.status_code == 200 and resp.json()["requeued_ids"] == [item["id"]]
-    assert await rig.res.stream.client.xlen(rig.res.stream.keys.high) == 1  # back to its stream
+    shard = rig.res.stream.shards[0]
+    assert await shard.client.xlen(shard.keys.high) == 1  # back to its stream
     await balanced(rig)
 
     await drain(rig)

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.schemas import EventIn
-from app.stream import EventStream, StreamKeys
+from app.shards import ShardedStream
 from tests.conftest import Service, event, running, wait_stored
 
 
@@ -23,9 +23,9 @@ def records(n: int, org: str) -> list[dict[str, object]]:
     ]
 
 
-async def stream_for(settings: Settings) -> tuple[redis.Redis, EventStream]:
+async def stream_for(settings: Settings) -> tuple[redis.Redis, ShardedStream]:
     client = redis.Redis.from_url(settings.redis_url)
-    stream = EventStream(client, StreamKeys.for_prefix(settings.stream_prefix), "writers")
+    stream = ShardedStream(client, settings.stream_prefix, "writers")
     await stream.ensure_group()
     return client, stream
 
@@ -38,7 +38,7 @@ async def test_concurrent_requests_share_lua_calls_and_lose_nothing(
         batcher = EnqueueBatcher(stream, chunk=500)
         await asyncio.gather(*(batcher.enqueue(records(1, org)) for _ in range(300)))
         await batcher.enqueue(records(2, org))  # alone again once idle
-        entries: list[Any] = await client.xrange(stream.keys.normal) or []
+        entries: list[Any] = await client.xrange(stream.shards[0].keys.normal) or []
         counts = [int(fields[b"n"]) for _, fields in entries]
         assert sum(counts) == 302 == await stream.queued_events()
         # The 300 concurrent requests share a call or two; the lone one after has its own.
@@ -52,15 +52,15 @@ async def test_a_failed_write_fails_every_request_in_it_and_queues_none(
 ) -> None:
     client, stream = await stream_for(settings)
     try:
-        await client.delete(stream.keys.normal)
-        await client.set(stream.keys.normal, "not a stream")  # XADD now fails: WRONGTYPE
+        await client.delete(stream.shards[0].keys.normal)
+        await client.set(stream.shards[0].keys.normal, "not a stream")  # XADD now fails: WRONGTYPE
         batcher = EnqueueBatcher(stream, chunk=500)
         results = await asyncio.gather(
             *(batcher.enqueue(records(1, org)) for _ in range(20)), return_exceptions=True
         )
         assert all(isinstance(r, ResponseError) for r in results)
         assert await stream.queued_events() == 0
-        await client.delete(stream.keys.normal)
+        await client.delete(stream.shards[0].keys.normal)
         await stream.ensure_group()
         await batcher.enqueue(records(1, org))  # the batcher goes on after a failure
         assert await stream.queued_events() == 1

@@ -1,7 +1,8 @@
 """The fault-injection harness (loadtests/faults), short version, on a few scenarios: writers
-killed mid-batch, PostgreSQL down under load, poison events. Every id answered 202 is stored
-exactly once (or dead-lettered, when it was meant to be) and the chain verifies. `make faults`
-runs every scenario at full length."""
+killed mid-batch, PostgreSQL down under load, poison events, and two APIs and two workers on a
+real 3-master Redis Cluster with three stream shards (three chains). Every id answered 202 is
+stored exactly once (or dead-lettered, when it was meant to be) and every chain verifies.
+`make faults` runs every scenario at full length."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from loadtests.faults.checks import table
 from loadtests.faults.scenarios import run_scenarios
 from loadtests.faults.servers import missing_tools
 
-CI_SCENARIOS = ["writer-kill", "pg-outage", "poison"]
+CI_SCENARIOS = ["writer-kill", "pg-outage", "poison", "redis-cluster"]
 MISSING = missing_tools()
 
 

@@ -284,7 +284,7 @@ async def test_high_priority_events_are_written_first(
             json=[event(priority="high", principal_id=f"h{i}") for i in range(3)],
             headers=headers,
         )
-        stream = svc.app.state.resources.stream
+        stream = svc.app.state.resources.stream.shards[0]
         entries = await stream.read("probe", 2, None)
         plan = plan_batch(entries, settings.signing_key_ring[0])
         assert [r.record["priority"] for r in plan.rows] == ["high"] * 3 + ["normal"]

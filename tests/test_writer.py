@@ -48,7 +48,7 @@ async def test_writer_killed_after_commit_before_ack_loses_and_duplicates_nothin
     ids = await accept(parts, org, 40)
     crashed = new_writer(parts, "crashed")
     stop = asyncio.Event()
-    entries = await crashed.collect(stop)
+    entries = await crashed.collect(parts.stream.shards[0], stop)
     plan = plan_batch(entries, parts.settings.signing_key_ring[0])
     assert await crashed._store_isolating(plan, plan.rows, stop) == 40
     await crashed.close()  # gone without acking: its entries stay pending
@@ -72,7 +72,7 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
     records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in good]
     records[1]["status"] = "bogus"  # passes the writer, refused by the table's CHECK
     client = parts.stream.client
-    keys = parts.stream.keys
+    keys = parts.stream.shards[0].keys
     await client.xadd(keys.normal, {"n": 3, "e": orjson.dumps(records)})
     await client.xadd(keys.normal, {"n": 1, "e": b"{not json"})
     await client.incrby(keys.depth, 4)
@@ -81,7 +81,7 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
     await writer.cycle(asyncio.Event())
     rows = await stored_rows(database_url, org)
     assert sorted(r["principal_id"] for r in rows) == ["g0", "g2"]
-    errors = sorted(d["error"] for d in await parts.stream.dead_letters())
+    errors = sorted(d["error"] for d in await parts.stream.shards[0].dead_letters())
     assert len(errors) == 2
     assert errors[0].startswith("CheckViolationError")
     assert errors[1].startswith("unreadable entry")
@@ -95,7 +95,7 @@ async def test_entry_delivered_too_often_is_written_alone(
     parts: Resources, org: str, database_url: str
 ) -> None:
     await accept(parts, org, 2)
-    stream = parts.stream
+    stream = parts.stream.shards[0]
     for consumer in ("a", "b"):  # two deliveries that never ack
         got = await stream.read(consumer, 10, None)
         if not got:
@@ -131,7 +131,7 @@ async def test_resend_with_other_content_is_dead_lettered_not_dropped(
     await writer.cycle(asyncio.Event())
     rows = await stored_rows(database_url, org)
     assert [r["principal_id"] for r in rows] == ["dr.smith"]
-    dead = await parts.stream.dead_letters()
+    dead = await parts.stream.shards[0].dead_letters()
     assert [d["error"] for d in dead] == [CONFLICT]
     stats = await parts.stream.stats()
     assert stats["accepted_total"] == 3
@@ -144,7 +144,7 @@ async def test_writer_recreates_a_lost_consumer_group(
     parts: Resources, org: str, database_url: str
 ) -> None:
     writer = new_writer(parts, "w")
-    keys = parts.stream.keys
+    keys = parts.stream.shards[0].keys
     await parts.stream.client.delete(keys.high, keys.normal)  # Redis lost its data
     await accept(parts, org, 3)  # XADD makes the streams again, without the group
     with pytest.raises(Exception, match="NOGROUP"):

@@ -18,7 +18,7 @@ from app.errors import Conflict, InvalidEvents, NotFound
 from app.main_state import resources
 from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
-from app.verify import Report, Verifier, verify_range
+from app.verify import Report, Verifier, several_chains, verify_chains, verify_range
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
@@ -27,6 +27,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)
 }
 SeqParam = Annotated[int | None, Query(ge=1, le=2**62)]
+ChainParam = Annotated[
+    int | None, Query(ge=0, le=1023, description="the chain a seq range is of (default 0)")
+]
 TimeParam = Annotated[EventTime | None, Query()]
 
 
@@ -45,24 +48,27 @@ async def verify(
     caller: Auditor,
     from_seq: SeqParam = None,
     to_seq: SeqParam = None,
+    chain: ChainParam = None,
     start: TimeParam = None,
     end: TimeParam = None,
 ) -> StreamingResponse:
     """Streams `{"progress": ...}` lines while it runs, one `{"finding": ...}` line per thing
     that broke, and a final `{"summary": ...}`. Events of other organizations in shared batches
-    are checked too but never named."""
+    are checked too but never named. Without a seq range every chain (one per stream shard) is
+    verified; a seq range is of one chain."""
     if (start is None) != (end is None):
         raise InvalidEvents("give both start and end, or neither")
-    if start is not None and (from_seq is not None or to_seq is not None):
+    seq_range = from_seq is not None or to_seq is not None
+    if start is not None and (seq_range or chain is not None):
         raise InvalidEvents("give a seq range or a time range, not both")
     res = resources(request)
-    query = {"from_seq": from_seq, "to_seq": to_seq, "start": start, "end": end}
+    query = {"from_seq": from_seq, "to_seq": to_seq, "chain": chain, "start": start, "end": end}
     await record_access(request, caller, "verify", query, 0)
     verifier = Verifier(
         res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
     )
     return StreamingResponse(
-        _verify_lines(res.engine, verifier, from_seq, to_seq, start, end),
+        _verify_lines(res.engine, verifier, (from_seq, to_seq, chain), start, end),
         media_type="application/x-ndjson",
     )
 
@@ -70,8 +76,7 @@ async def verify(
 async def _verify_lines(
     engine: Any,
     verifier: Verifier,
-    from_seq: int | None,
-    to_seq: int | None,
+    seqs: tuple[int | None, int | None, int | None],
     start: Any,
     end: Any,
 ) -> AsyncIterator[bytes]:
@@ -85,11 +90,21 @@ async def _verify_lines(
 
     async def run() -> None:
         try:
+            from_seq, to_seq, chain = seqs
             async with driver_connection(engine) as conn:
-                times = (start, end) if start is not None else None
-                report = await verify_range(
-                    conn, verifier, from_seq or 1, to_seq, progress, times=times
-                )
+                if from_seq is None and to_seq is None and chain is None:
+                    times = (start, end) if start is not None else None
+                    report = await verify_chains(conn, verifier, progress, times=times)
+                else:
+                    report = await verify_range(
+                        conn,
+                        verifier,
+                        from_seq or 1,
+                        to_seq,
+                        progress,
+                        chain=chain or 0,
+                        shared=await several_chains(conn),
+                    )
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
             lines.put_nowait(_line("summary", report.summary()))

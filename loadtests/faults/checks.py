@@ -47,13 +47,16 @@ class Outcome:
         return not self.problems
 
 
-async def drained(client: redis.Redis, keys: StreamKeys, timeout_s: float) -> float | None:
-    """Seconds until no event is queued or pending (None: not within `timeout_s`)."""
+async def drained(client: redis.Redis, shards: list[StreamKeys], timeout_s: float) -> float | None:
+    """Seconds until no event is queued or pending in any shard (None: not within
+    `timeout_s`)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        depth = await client.get(keys.depth)
-        entries = await client.xlen(keys.high) + await client.xlen(keys.normal)
-        if entries == 0 and int(depth or 0) == 0:
+        left = 0
+        for keys in shards:
+            left += int(await client.get(keys.depth) or 0)
+            left += await client.xlen(keys.high) + await client.xlen(keys.normal)
+        if left == 0:
             return time.monotonic() - started
         await asyncio.sleep(0.1)
     return None
@@ -73,31 +76,35 @@ async def stored_counts(database_url: str, organization: str) -> dict[str, int]:
     return {r["id"]: int(r["n"]) for r in rows}
 
 
-async def dead_letter_ids(client: redis.Redis, keys: StreamKeys) -> dict[str, list[str]]:
-    """Event id -> the errors of the dead letters holding it."""
+async def dead_letter_ids(client: redis.Redis, shards: list[StreamKeys]) -> dict[str, list[str]]:
+    """Event id -> the errors of the dead letters holding it, over every shard."""
     found: dict[str, list[str]] = {}
-    start = "-"
-    while True:
-        page: Any = await client.xrange(keys.dead, min=start, max="+", count=500)
-        for dead_id, fields in page:
-            for event_id in event_ids(fields.get(b"payload", b"")):
-                found.setdefault(event_id, []).append(fields.get(b"error", b"").decode())
-            start = "(" + dead_id.decode()
-        if len(page) < 500:
-            return found
+    for keys in shards:
+        start = "-"
+        while True:
+            page: Any = await client.xrange(keys.dead, min=start, max="+", count=500)
+            for dead_id, fields in page:
+                for event_id in event_ids(fields.get(b"payload", b"")):
+                    found.setdefault(event_id, []).append(fields.get(b"error", b"").decode())
+                start = "(" + dead_id.decode()
+            if len(page) < 500:
+                break
+    return found
 
 
-async def counters_balance(client: redis.Redis, keys: StreamKeys) -> str | None:
-    """accepted = persisted + dead-lettered + queued + discarded, or what differs."""
-    names = (keys.accepted, keys.persisted, keys.dead_events, keys.depth, keys.discarded)
-    values = [int(v or 0) for v in await client.mget(*names)]
-    accepted, persisted, dead, queued, discarded = values
-    if accepted == persisted + dead + queued + discarded:
-        return None
-    return (
-        f"queue counters do not balance: accepted {accepted} != persisted {persisted} + dead "
-        f"{dead} + queued {queued} + discarded {discarded}"
-    )
+async def counters_balance(client: redis.Redis, shards: list[StreamKeys]) -> str | None:
+    """accepted = persisted + dead-lettered + queued + discarded in every shard, or what
+    differs."""
+    for n, keys in enumerate(shards):
+        names = (keys.accepted, keys.persisted, keys.dead_events, keys.depth, keys.discarded)
+        values = [int(v or 0) for v in await client.mget(*names)]
+        accepted, persisted, dead, queued, discarded = values
+        if accepted != persisted + dead + queued + discarded:
+            return (
+                f"shard {n}: queue counters do not balance: accepted {accepted} != persisted "
+                f"{persisted} + dead {dead} + queued {queued} + discarded {discarded}"
+            )
+    return None
 
 
 def shown(ids: set[str] | list[str]) -> str:

@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import asyncpg
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.stream import StreamKeys
 from loadtests.faults.checks import (
@@ -32,7 +34,12 @@ from loadtests.faults.checks import (
 )
 from loadtests.faults.driver import POISON_PREFIX, LoadDriver, LoadPlan
 from loadtests.faults.processes import HarnessError, Service, clean_environment, run_command
-from loadtests.faults.servers import PostgresServer, RedisServer, free_port
+from loadtests.faults.servers import (
+    PostgresServer,
+    RedisClusterServers,
+    RedisServer,
+    free_port,
+)
 
 ORG = "faults"
 TEMPLATE = "faults_template"
@@ -66,12 +73,24 @@ class Stage:
 
     profile: Profile
     postgres: PostgresServer
-    redis_server: RedisServer
+    redis_servers: RedisServer | RedisClusterServers
     service: Service
     driver: LoadDriver
     client: redis.Redis
-    keys: StreamKeys
+    shards: list[StreamKeys]
     outcome: Outcome
+
+    @property
+    def keys(self) -> StreamKeys:
+        """The first shard's keys (all of them, unless the scenario shards the stream)."""
+        return self.shards[0]
+
+    @property
+    def redis_server(self) -> RedisServer:
+        """The one Redis of a scenario that is not on a cluster."""
+        if not isinstance(self.redis_servers, RedisServer):
+            raise HarnessError("this scenario runs on a Redis Cluster, not one server")
+        return self.redis_servers
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,8 @@ class Scenario:
     workers: int = 1
     appendfsync: str = "always"
     poison: bool = False
+    shards: int = 1  # AUDIT_STREAM_SHARDS
+    cluster: bool = False  # a 3-master Redis Cluster instead of one Redis
     settings: Callable[[Profile], dict[str, str]] = field(default=lambda _: {})
     plan: Callable[[LoadPlan], LoadPlan] = field(default=lambda plan: plan)
 
@@ -126,20 +147,36 @@ class Harness:
             print(f"logs kept in {kept}", file=sys.stderr)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def env(self, database_url: str, redis_url: str = "", prefix: str = ORG) -> dict[str, str]:
-        return clean_environment() | {
-            "AUDIT_DATABASE_URL": database_url,
-            "AUDIT_REDIS_URL": redis_url,
-            "AUDIT_SIGNING_KEYS": self.signing_keys,
-            "AUDIT_STREAM_PREFIX": prefix,
-            "AUDIT_CLAIM_IDLE_MS": "2000",
-            "AUDIT_CLAIM_INTERVAL_MS": "500",
-            "AUDIT_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
-            "AUDIT_RETRY_MAX_MS": "1000",
-            "AUDIT_BATCH_SIZE": "1000",
-            "AUDIT_DB_POOL_SIZE": "4",
-            "AUDIT_LOG_LEVEL": "INFO",
-        }
+    def env(
+        self,
+        database_url: str,
+        redis_url: str = "",
+        prefix: str = ORG,
+        scenario: Scenario | None = None,
+    ) -> dict[str, str]:
+        layout = {}
+        if scenario is not None:
+            layout = {
+                "AUDIT_STREAM_SHARDS": str(scenario.shards),
+                "AUDIT_REDIS_CLUSTER": "true" if scenario.cluster else "false",
+            }
+        return (
+            clean_environment()
+            | layout
+            | {
+                "AUDIT_DATABASE_URL": database_url,
+                "AUDIT_REDIS_URL": redis_url,
+                "AUDIT_SIGNING_KEYS": self.signing_keys,
+                "AUDIT_STREAM_PREFIX": prefix,
+                "AUDIT_CLAIM_IDLE_MS": "2000",
+                "AUDIT_CLAIM_INTERVAL_MS": "500",
+                "AUDIT_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
+                "AUDIT_RETRY_MAX_MS": "1000",
+                "AUDIT_BATCH_SIZE": "1000",
+                "AUDIT_DB_POOL_SIZE": "4",
+                "AUDIT_LOG_LEVEL": "INFO",
+            }
+        )
 
     async def _app(self, log: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
         return await run_command([sys.executable, "-m", "app", *args], log, env, check=False)
@@ -179,39 +216,76 @@ class Harness:
         and stop everything; a harness failure is reported as the scenario's problem."""
         outcome = Outcome(scenario.name)
         started = time.monotonic()
-        redis_server = RedisServer(self.root, scenario.name, scenario.appendfsync)
+        servers: RedisServer | RedisClusterServers
+        if scenario.cluster:
+            servers = RedisClusterServers(self.root)
+        else:
+            servers = RedisServer(self.root, scenario.name, scenario.appendfsync)
         prefix = f"faults-{scenario.name}"
-        keys = StreamKeys.for_prefix(prefix)
-        client = redis.Redis.from_url(redis_server.url)
+        shards = [StreamKeys.for_shard(prefix, i, scenario.shards) for i in range(scenario.shards)]
+        client: redis.Redis | None = None
         service: Service | None = None
         try:
             database_url = await self.database_for(scenario)
-            await redis_server.start()
-            env = self.env(database_url, redis_server.url, prefix)
-            service = await self._start_service(scenario, env, redis_server.url, keys)
+            await servers.start()
+            client = self.redis_client(servers.url, scenario.cluster)
+            env = self.env(database_url, servers.url, prefix, scenario)
+            service = await self._start_service(scenario, env, client, shards)
             plan = scenario.plan(LoadPlan(events_per_s=self.profile.events_per_s))
             driver = LoadDriver(service.urls, self.key, plan)
             stage = Stage(
-                self.profile, self.postgres, redis_server, service, driver, client, keys, outcome
+                self.profile, self.postgres, servers, service, driver, client, shards, outcome
             )
             expect = await self._under_load(scenario, stage)
             await self._check(stage, expect, database_url)
+            if scenario.shards > 1:
+                await self._check_chains(stage, database_url, scenario.shards)
         except Exception as exc:
             outcome.problems.append(f"harness: {type(exc).__name__}: {exc}")
         finally:
             if service is not None:
                 await service.stop_all(SHUTDOWN_GRACE_S + 10)
-            await client.aclose()
-            await redis_server.stop()
+            if client is not None:
+                await client.aclose()
+            await servers.stop()
         outcome.seconds = time.monotonic() - started
         self.failed = self.failed or not outcome.passed
         return outcome
 
+    @staticmethod
+    def redis_client(url: str, cluster: bool) -> redis.Redis:
+        if cluster:
+            return cast(redis.Redis, RedisCluster.from_url(url))
+        return redis.Redis.from_url(url)
+
+    async def _check_chains(self, stage: Stage, database_url: str, shards: int) -> None:
+        """Each shard sealed its own chain, every one of them gap-free from seq 1."""
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT chain, count(*) AS entries, max(seq) AS newest, sum(event_count) AS events"
+                " FROM audit_ledger GROUP BY chain ORDER BY chain"
+            )
+        finally:
+            await conn.close()
+        chains = {r["chain"]: r for r in rows}
+        if sorted(chains) != list(range(shards)):
+            stage.outcome.problems.append(f"chains {sorted(chains)}, expected 0..{shards - 1}")
+        for chain, row in chains.items():
+            if row["entries"] != row["newest"]:
+                stage.outcome.problems.append(f"chain {chain} has gaps")
+        events = ", ".join(f"chain {c}: {r['events']}" for c, r in chains.items())
+        stage.outcome.notes.append(f"{len(chains)} chains; events per chain: {events}")
+
     async def _start_service(
-        self, scenario: Scenario, env: dict[str, str], redis_url: str, keys: StreamKeys
+        self,
+        scenario: Scenario,
+        env: dict[str, str],
+        client: redis.Redis,
+        shards: list[StreamKeys],
     ) -> Service:
         env = env | scenario.settings(self.profile)
-        service = Service(env, self.logs / scenario.name, redis_url, keys)
+        service = Service(env, self.logs / scenario.name, client, shards)
         service.logs.mkdir()
         for _ in range(scenario.apis):
             service.add_api(free_port())
@@ -238,13 +312,13 @@ class Harness:
 
     async def _check(self, stage: Stage, expect: Expectation, database_url: str) -> None:
         out, tally = stage.outcome, stage.driver.tally
-        out.drain_s = await drained(stage.client, stage.keys, self.profile.drain_timeout_s)
+        out.drain_s = await drained(stage.client, stage.shards, self.profile.drain_timeout_s)
         if out.drain_s is None:
             out.problems.append(f"queue not drained in {self.profile.drain_timeout_s:.0f} s")
         counts = await stored_counts(database_url, ORG)
-        dead = await dead_letter_ids(stage.client, stage.keys)
+        dead = await dead_letter_ids(stage.client, stage.shards)
         account(out, tally, counts, dead, expect)
-        if unbalanced := await counters_balance(stage.client, stage.keys):
+        if unbalanced := await counters_balance(stage.client, stage.shards):
             out.problems.append(unbalanced)
         log = self.logs / out.scenario / "verify.log"
         code, summary = await self._app(log, self.env(database_url), "verify")

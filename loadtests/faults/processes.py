@@ -146,8 +146,8 @@ class Service:
 
     env: dict[str, str]
     logs: Path
-    redis_url: str
-    keys: StreamKeys
+    client: redis.Redis
+    shards: list[StreamKeys]
     apis: list[ServiceProcess] = field(default_factory=list)
     workers: list[ServiceProcess] = field(default_factory=list)
 
@@ -200,16 +200,16 @@ class Service:
                 return False
 
     async def _worker_ready(self, worker: ServiceProcess) -> bool:
-        """One of its writers has read from the stream: each beats the shared heartbeat key
+        """One of its writers has read from a shard: each beats its shards' heartbeat keys
         with its consumer name (which embeds the process id) about once a second."""
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            beat = await client.get(self.keys.heartbeat)
-        except RedisError:
-            return False
-        finally:
-            await client.aclose()
-        return isinstance(beat, bytes) and f":{worker.pid}:" in beat.decode()
+        for keys in self.shards:
+            try:
+                beat = await self.client.get(keys.heartbeat)
+            except RedisError:
+                return False
+            if isinstance(beat, bytes) and f":{worker.pid}:" in beat.decode():
+                return True
+        return False
 
     async def stop_all(self, grace_s: float) -> dict[str, float]:
         """SIGTERM every process at once; how long each took to exit."""

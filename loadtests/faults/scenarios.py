@@ -173,8 +173,9 @@ async def sigterm(stage: Stage) -> Expectation:
 
 async def scale_out(stage: Stage) -> Expectation:
     await asyncio.sleep(stage.profile.steady_s)
+    where = f", {len(stage.shards)} stream shards" if len(stage.shards) > 1 else ""
     stage.outcome.notes.append(
-        f"{len(stage.service.apis)} API and {len(stage.service.workers)} writer processes"
+        f"{len(stage.service.apis)} API and {len(stage.service.workers)} writer processes{where}"
     )
     return Expectation()
 
@@ -196,6 +197,7 @@ SCENARIOS = (
     Scenario("poison", poison, poison=True, plan=with_poison),
     Scenario("sigterm", sigterm, apis=2, workers=2),
     Scenario("scale-out", scale_out, apis=4, workers=3),
+    Scenario("redis-cluster", scale_out, apis=2, workers=2, shards=3, cluster=True),
 )
 NAMES = tuple(s.name for s in SCENARIOS)
 

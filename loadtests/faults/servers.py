@@ -3,7 +3,8 @@
 PostgreSQL comes from `initdb`/`pg_ctl` (AUDIT_FAULTS_PG_BIN, else the newest
 /usr/lib/postgresql/*/bin, else the PATH). Both refuse to run as root: as root they run as the
 `postgres` OS user through `runuser`. Redis is `redis-server` with AOF on, in its own process
-group, so a crash is one SIGKILL of that group.
+group, so a crash is one SIGKILL of that group. `RedisClusterServers` is a 3-master Redis Cluster
+(no replicas, no persistence) for tests of the cluster client.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import pwd
 import shutil
 import signal
 import socket
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -26,6 +30,7 @@ from loadtests.faults.processes import HarnessError, run_command
 
 PG_USER = "postgres"
 START_TIMEOUT_S = 30.0
+CLUSTER_SIZE = 3
 
 
 def free_port() -> int:
@@ -54,6 +59,8 @@ def missing_tools() -> list[str]:
     missing = [] if postgres_bin() else ["initdb/pg_ctl"]
     if not shutil.which("redis-server"):
         missing.append("redis-server")
+    if not shutil.which("redis-cli"):
+        missing.append("redis-cli (it creates the Redis Cluster)")
     if os.geteuid() == 0 and not shutil.which("runuser"):
         missing.append("runuser (PostgreSQL refuses to run as root)")
     return missing
@@ -176,3 +183,117 @@ class RedisServer:
         except TimeoutError:
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+async def cluster_ok(client: redis.Redis) -> bool:
+    """Whether this node says `cluster_state:ok` (all slots served)."""
+    info: dict[str, str] = await client.cluster("info")
+    return info.get("cluster_state") == "ok"
+
+
+class RedisClusterServers:
+    """A 3-master Redis Cluster on loopback, one `redis-server` per folder under a temporary
+    folder (each in its own process group, log in `<folder>/redis.log`); all stopped and the
+    folder removed on exit. Bus ports are picked free too: `port + 10000` may pass 65535.
+
+        async with RedisClusterServers() as cluster:
+            client = redis.RedisCluster.from_url(cluster.url)
+    """
+
+    def __init__(self, parent: Path | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="audit-cluster-", dir=parent))
+        picked: set[int] = set()
+        while len(picked) < 2 * CLUSTER_SIZE:
+            picked.add(free_port())
+        ordered = sorted(picked)
+        self.ports, self._bus_ports = ordered[:CLUSTER_SIZE], ordered[CLUSTER_SIZE:]
+        self._processes: list[asyncio.subprocess.Process] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        """The first node: enough as the startup node of a cluster client."""
+        return self.urls[0]
+
+    async def __aenter__(self) -> RedisClusterServers:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        for port, bus_port in zip(self.ports, self._bus_ports, strict=True):
+            self._processes.append(await self._start_node(port, bus_port))
+        await self._wait_all("answer PING", lambda client: client.ping())
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0"]
+        log = self.root / "cluster-create.log"
+        code, out = await run_command([*create, "--cluster-yes"], log, limit_s=60, check=False)
+        if code != 0:
+            detail = out[-2000:] + log.read_text(errors="replace")[-2000:]
+            raise HarnessError(f"redis-cli --cluster create exited {code}:\n{detail}")
+        await self._wait_all("reach cluster_state:ok", cluster_ok)
+
+    async def stop(self) -> None:
+        processes, self._processes = self._processes, []
+        for process in processes:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _start_node(self, port: int, bus_port: int) -> asyncio.subprocess.Process:
+        folder = self.root / f"node-{port}"
+        folder.mkdir()
+        cluster = ("--cluster-enabled", "yes", "--cluster-port", str(bus_port))
+        return await asyncio.create_subprocess_exec(
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", *cluster),
+            *("--cluster-config-file", str(folder / f"nodes-{port}.conf")),
+            *("--save", "", "--appendonly", "no", "--dir", str(folder), "--daemonize", "no"),
+            *("--logfile", str(folder / "redis.log")),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def _wait_all(self, what: str, ready: Callable[[redis.Redis], Awaitable[bool]]) -> None:
+        """Until `ready` holds on every node; on timeout, a HarnessError with the logs' tails."""
+        clients = [redis.Redis.from_url(url, socket_connect_timeout=1) for url in self.urls]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if any(process.returncode is not None for process in self._processes):
+                    break  # a node exited: its log says why
+                with contextlib.suppress(RedisError, OSError):
+                    if all([await ready(client) for client in clients]):
+                        return
+                await asyncio.sleep(0.05)
+        finally:
+            for client in clients:
+                await client.aclose()
+        tails = "\n".join(self._log_tail(port) for port in self.ports)
+        raise HarnessError(f"Redis Cluster nodes {self.ports} did not {what}\n{tails}")
+
+    def _log_tail(self, port: int, lines: int = 10) -> str:
+        try:
+            text = (self.root / f"node-{port}" / "redis.log").read_text(errors="replace")
+        except OSError as exc:
+            return f"--- node {port}: no log ({exc})"
+        return f"--- node {port} redis.log:\n" + "\n".join(text.splitlines()[-lines:])
