@@ -230,7 +230,10 @@ class Harness:
             await servers.start()
             client = self.redis_client(servers.url, scenario.cluster)
             env = self.env(database_url, servers.url, prefix, scenario)
-            service = await self._start_service(scenario, env, client, shards)
+            url, cluster = servers.url, scenario.cluster
+            service = await self._start_service(
+                scenario, env, lambda: self.redis_client(url, cluster), shards
+            )
             plan = scenario.plan(LoadPlan(events_per_s=self.profile.events_per_s))
             driver = LoadDriver(service.urls, self.key, plan)
             stage = Stage(
@@ -281,11 +284,11 @@ class Harness:
         self,
         scenario: Scenario,
         env: dict[str, str],
-        client: redis.Redis,
+        connect: Callable[[], redis.Redis],
         shards: list[StreamKeys],
     ) -> Service:
         env = env | scenario.settings(self.profile)
-        service = Service(env, self.logs / scenario.name, client, shards)
+        service = Service(env, self.logs / scenario.name, connect, shards)
         service.logs.mkdir()
         for _ in range(scenario.apis):
             service.add_api(free_port())

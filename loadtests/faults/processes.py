@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -146,7 +147,7 @@ class Service:
 
     env: dict[str, str]
     logs: Path
-    client: redis.Redis
+    connect: Callable[[], redis.Redis]  # a new client of the scenario's Redis (or cluster)
     shards: list[StreamKeys]
     apis: list[ServiceProcess] = field(default_factory=list)
     workers: list[ServiceProcess] = field(default_factory=list)
@@ -201,14 +202,18 @@ class Service:
 
     async def _worker_ready(self, worker: ServiceProcess) -> bool:
         """One of its writers has read from a shard: each beats its shards' heartbeat keys
-        with its consumer name (which embeds the process id) about once a second."""
-        for keys in self.shards:
-            try:
-                beat = await self.client.get(keys.heartbeat)
-            except RedisError:
-                return False
-            if isinstance(beat, bytes) and f":{worker.pid}:" in beat.decode():
-                return True
+        with its consumer name (which embeds the process id) about once a second. A client of
+        its own: one kept from before a Redis crash would hold a dead connection."""
+        client = self.connect()
+        try:
+            for keys in self.shards:
+                beat = await client.get(keys.heartbeat)
+                if isinstance(beat, bytes) and f":{worker.pid}:" in beat.decode():
+                    return True
+        except RedisError:
+            return False
+        finally:
+            await client.aclose()
         return False
 
     async def stop_all(self, grace_s: float) -> dict[str, float]:
