@@ -3,7 +3,7 @@ and no failed request, a hold at that rate, and a steady phase at a fixed rate."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -11,6 +11,7 @@ from loadtests.bench.context import Context
 from loadtests.bench.driver import LoadResult, Target, open_loop
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Sample, Window
+from loadtests.bench.soak import Soak, soak
 from loadtests.bench.stats import latency_summary, slope
 
 ACTIONS = ("fhir.patient.read", "fhir.observation.search", "ehr.chart.open", "fhir.patient.update")
@@ -58,6 +59,7 @@ class BulkPhase:
     holds: bool
     verdict: str
     service: Window
+    soak: Soak | None = None  # the steady phase's, window by window
 
 
 def backlog_floor(ctx: Context, rate: float) -> float:
@@ -84,6 +86,14 @@ def judge(
 
 async def drive_bulk(ctx: Context, phase: str, rate: float, bulk: int, seconds: float) -> BulkPhase:
     """Offer `rate` events/s in requests of `bulk` events for `seconds`, open loop."""
+    measured, _ = await load_bulk(ctx, phase, rate, bulk, seconds)
+    return measured
+
+
+async def load_bulk(
+    ctx: Context, phase: str, rate: float, bulk: int, seconds: float
+) -> tuple[BulkPhase, LoadResult]:
+    """drive_bulk's phase, and what the driver saw request by request."""
     service = ctx.service
     target = Target(
         tuple(service.api_urls),
@@ -96,7 +106,7 @@ async def drive_bulk(ctx: Context, phase: str, rate: float, bulk: int, seconds: 
     result, window = await ctx.measured(phase, open_loop(target, rate / bulk, seconds))
     samples = [s for s in ctx.sampler.samples if s.phase == phase]
     growth, problem = judge(result, samples, rate, backlog_floor(ctx, rate))
-    return BulkPhase(
+    measured = BulkPhase(
         phase=phase,
         offered_events_per_s=rate,
         events_per_request=bulk,
@@ -112,6 +122,7 @@ async def drive_bulk(ctx: Context, phase: str, rate: float, bulk: int, seconds: 
         verdict=problem or "holds",
         service=window,
     )
+    return measured, result
 
 
 @dataclass(slots=True)
@@ -144,7 +155,10 @@ async def ramp_and_hold(ctx: Context, run: int) -> BulkRun:
 
 async def steady(ctx: Context, run: int) -> BulkPhase:
     o = ctx.options
-    phase = await drive_bulk(ctx, f"run {run} steady", o.steady_rate, o.steady_bulk, o.steady)
+    name = f"run {run} steady"
+    phase, result = await load_bulk(ctx, name, o.steady_rate, o.steady_bulk, o.steady)
+    answered = (result.latencies_ms, result.answered_at)
+    windows = soak(ctx.sampler, name, answered, o.soak_window, o.soak_warmup)
     say(f"  steady {o.steady_rate:,.0f} events/s: {phase.verdict}")
     await ctx.drain(o.drain_timeout)
-    return phase
+    return replace(phase, soak=windows)

@@ -55,6 +55,8 @@ class LoadResult:
     failed: dict[str, int] = field(default_factory=dict)
     max_behind_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    # When each latency's answer came (time.monotonic()); the Python generators only.
+    answered_at: list[float] = field(default_factory=list)
 
     @property
     def failures(self) -> int:
@@ -101,6 +103,7 @@ class LoadResult:
             self.failed[reason] = self.failed.get(reason, 0) + count
         self.max_behind_ms = max(self.max_behind_ms, other.max_behind_ms)
         self.latencies_ms += other.latencies_ms
+        self.answered_at += other.answered_at
 
 
 @contextlib.asynccontextmanager
@@ -136,6 +139,7 @@ async def send(client: httpx.AsyncClient, target: Target, result: LoadResult) ->
         result.fail(str(response.status_code))
         return
     result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    result.answered_at.append(time.monotonic())
     result.ok += 1
     result.accepted_events += target.events_per_request
 

@@ -35,6 +35,8 @@ SMOKE = {
     "steady_bulk": 100,
     "drain_timeout": 60.0,
     "sample_interval": 0.25,
+    "soak_window": 0.5,
+    "soak_warmup": 0.5,
     "verify_jobs": 1,
 }
 
@@ -71,6 +73,8 @@ class Options:
     steady_bulk: int
     drain_timeout: float
     sample_interval: float
+    soak_window: float
+    soak_warmup: float
     verify_jobs: int
     charts: bool
 
@@ -127,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steady-bulk", type=int, default=100, help="events per request, steady phase")
     add("--drain-timeout", type=float, default=300.0)
     add("--sample-interval", type=float, default=1.0)
+    add("--soak-window", type=float, default=30.0, help="seconds per row of the steady table")
+    add(
+        "--soak-warmup",
+        type=float,
+        default=30.0,
+        help="steady seconds before the windows the trend compares with the last ones",
+    )
     add("--verify-jobs", type=int, default=0, help="`verify --jobs`; 0: its default")
     add("--no-charts", dest="charts", action="store_false")
     return p

@@ -1,7 +1,8 @@
 """What the service is doing, read from outside: /queue/stats (admin key), the writers'
-Prometheus histogram of ingest-to-persist time, and CPU and memory of every process involved
+Prometheus histogram of ingest-to-persist time, CPU and memory of every process involved
 (the service's own, this load generator, Redis, and the PostgreSQL backends of the bench
-database)."""
+database), and the connections open: sockets of the service's processes and of Redis, backends
+of the bench database, Redis clients."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ LAG_METRIC = "audit_ingest_to_persist_seconds"
 BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
 # Processes whose resident memory means little (shared buffers count in each backend's RSS).
 NO_RSS = frozenset({"postgres"})
+# Processes whose sockets are not the service's: the bench's own, and the backends (counted
+# from pg_stat_activity instead).
+NO_SOCKETS = frozenset({"load generator", "postgres"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,13 @@ class Snapshot:
     cpu: dict[str, dict[int, float]]  # process group -> pid -> CPU seconds
 
 
+@dataclass(frozen=True, slots=True)
+class Connections:
+    sockets: dict[str, int]  # process -> open sockets (service processes and Redis)
+    pg_backends: int | None  # connected to the bench database, the probe's own not counted
+    redis_clients: int | None  # INFO clients connected_clients, the probe's own not counted
+
+
 @dataclass(slots=True)
 class Probe:
     service: Service
@@ -41,25 +52,26 @@ class Probe:
     http: httpx.AsyncClient = field(init=False)
     db: asyncpg.Connection | None = None
     redis_pid: int | None = None
+    redis_conn: redis.Redis | None = None
     db_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one query at a time
 
     async def open(self) -> None:
         headers = {"Authorization": f"Bearer {self.service.key}"}
         self.http = httpx.AsyncClient(headers=headers, timeout=10.0)
         self.db = await asyncpg.connect(self.database_url)
-        client = redis.Redis.from_url(self.redis_url)
+        self.redis_conn = redis.Redis.from_url(self.redis_url)
         try:
-            info = await client.info("server")
+            info = await self.redis_conn.info("server")
             self.redis_pid = int(info["process_id"])
         except (redis.RedisError, KeyError, ValueError):
             self.redis_pid = None
-        finally:
-            await client.aclose()
 
     async def close(self) -> None:
         await self.http.aclose()
         if self.db is not None:
             await self.db.close()
+        if self.redis_conn is not None:
+            await self.redis_conn.aclose()
 
     async def stats(self) -> dict[str, Any]:
         response = await self.http.get(f"{self.service.api_urls[0]}/queue/stats")
@@ -101,6 +113,30 @@ class Probe:
             if found:
                 memory[name] = sum(s.rss_bytes for s in found) / 2**20
         return memory
+
+    async def connections(self) -> Connections:
+        groups = await self.process_groups()
+        sockets: dict[str, int] = {}
+        for name, pids in groups.items():
+            if name in NO_SOCKETS:
+                continue
+            found = [n for n in (procstat.open_sockets(p) for p in pids) if n is not None]
+            if found:
+                sockets[name] = sum(found)
+        backends = groups.get("postgres")
+        return Connections(
+            sockets=sockets,
+            pg_backends=None if backends is None else len(backends),
+            redis_clients=await self.redis_clients(),
+        )
+
+    async def redis_clients(self) -> int | None:
+        """Clients connected to Redis, all of them (the server may serve others than the
+        bench), less the probe's own connection."""
+        if self.redis_conn is None:
+            return None
+        info = await self.redis_conn.info("clients")
+        return int(info["connected_clients"]) - 1
 
 
 def cpu_percent(before: Snapshot, after: Snapshot) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""CPU time and resident memory of processes, read from /proc (Linux; None elsewhere)."""
+"""CPU time, resident memory and open sockets of processes, read from /proc (Linux; None
+elsewhere)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,20 @@ def sample(pid: int) -> ProcSample | None:
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
     found = {pid: sample(pid) for pid in pids}
     return {pid: s.cpu_s for pid, s in found.items() if s is not None}
+
+
+def open_sockets(pid: int) -> int | None:
+    """How many of `pid`'s file descriptors are sockets (TCP, UDP, Unix); None when it is gone
+    or unreadable."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    count = 0
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since the listing
+            continue
+        count += target.startswith("socket:[")
+    return count

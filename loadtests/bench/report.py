@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from loadtests.bench.run import BenchResult, RunResult
+from loadtests.bench.soak import Soak, SoakRow
 from loadtests.bench.stats import median
 
 Getter = Callable[[RunResult], float | None]
@@ -116,6 +117,93 @@ def _process_rows(result: BenchResult) -> list[str]:
     ]
 
 
+def _clock(seconds: float, window_s: float = 60.0) -> str:
+    if window_s < 1:  # --smoke
+        return f"{seconds:.1f} s"
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _each(values: dict[str, float] | dict[str, int]) -> str:
+    def show(value: float) -> str:
+        return _count(value) if isinstance(value, int) else _fmt(value)
+
+    return " / ".join(f"{name} {show(values[name])}" for name in sorted(values))
+
+
+def _soak_cells(r: SoakRow, window_s: float) -> list[str]:
+    return [
+        _clock(r.start_s, window_s),
+        _fmt(r.accepted_per_s),
+        _fmt(r.persisted_per_s),
+        _count(r.queue_depth_max),
+        _fmt(r.latency_p99_ms),
+        _fmt(r.lag_p99_ms),
+        _each(r.rss_mb),
+        _each(r.sockets),
+        _count(r.pg_backends),
+        _count(r.redis_clients),
+    ]
+
+
+def _trend_cells(soak: Soak) -> list[str]:
+    """The last row: each column's trend, per process where the column has one per process."""
+    t = soak.trend
+    if not soak.compared:
+        return [f"trend: too few windows after {_clock(soak.warmup_s, soak.window_s)}", *[""] * 9]
+
+    def each(prefix: str) -> str:
+        names = sorted(k.removeprefix(prefix) for k in t if k.startswith(prefix))
+        return " / ".join(f"{name} {t[prefix + name]}" for name in names) or "-"
+
+    since = _clock(soak.warmup_s, soak.window_s)
+    label = f"trend: last {soak.compared} vs first {soak.compared} from {since}"
+    return [
+        f"**{label}**",
+        "",
+        "",
+        *(t.get(name, "-") for name in ("queue depth", "request p99 ms", "lag p99 ms")),
+        each("RSS MB "),
+        each("sockets "),
+        t.get("PG backends", "-"),
+        t.get("Redis clients", "-"),
+    ]
+
+
+def _soak_rows(result: BenchResult) -> list[str]:
+    last = result.runs[-1]
+    soak = last.steady.soak
+    if soak is None or not soak.rows:
+        return []
+    head = [
+        "time",
+        "accepted/s",
+        "persisted/s",
+        "queue depth max",
+        "request p99 ms",
+        "lag p99 ms",
+        "RSS MB max",
+        "sockets max",
+        "PG backends",
+        "Redis clients",
+    ]
+    rows = [_soak_cells(r, soak.window_s) for r in soak.rows] + [_trend_cells(soak)]
+    return [
+        f"### Steady phase of run {last.run}, every {soak.window_s:g} s",
+        "",
+        *_table(head, rows),
+        "",
+        "Each window's most for queue depth, memory and connections; sockets open per process "
+        "(/proc/PID/fd); backends connected to the bench database, and clients of the whole "
+        "Redis server, the probe's own not counted. The trend compares means (flat: within "
+        "what the bench tolerates as noise).",
+        "",
+    ]
+
+
 def _verdicts(result: BenchResult) -> str:
     parts = []
     for r in result.runs:
@@ -155,6 +243,7 @@ def markdown(result: BenchResult) -> str:
         "",
         *_process_rows(result),
         "",
+        *_soak_rows(result),
         "### Load generators alone, on GET /healthz",
         "",
         *_table(

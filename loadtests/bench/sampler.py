@@ -23,6 +23,9 @@ class Sample:
     lag_p50_ms: float | None  # of the entries persisted since the previous sample
     lag_p99_ms: float | None
     rss_mb: dict[str, float]
+    sockets: dict[str, int]  # open sockets per service process and Redis
+    pg_backends: int | None  # connected to the bench database (the probe's own not counted)
+    redis_clients: int | None  # connected to Redis (the probe's own not counted)
 
 
 @dataclass(slots=True)
@@ -31,6 +34,7 @@ class Sampler:
     interval_s: float
     phase: str = "start"
     samples: list[Sample] = field(default_factory=list)
+    lags: list[Buckets] = field(default_factory=list)  # the cumulative histogram at each sample
     missed: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -38,8 +42,11 @@ class Sampler:
         previous: Buckets = {}
         while True:
             try:
-                stats, lag, rss = await asyncio.gather(
-                    self.probe.stats(), self.probe.lag(), self.probe.rss_mb()
+                stats, lag, rss, connections = await asyncio.gather(
+                    self.probe.stats(),
+                    self.probe.lag(),
+                    self.probe.rss_mb(),
+                    self.probe.connections(),
                 )
             except Exception as exc:  # a missed sample leaves a gap; the loop carries on
                 self.missed += 1
@@ -57,8 +64,12 @@ class Sampler:
                         lag_p50_ms=_ms(histogram_quantile(interval, 0.5)),
                         lag_p99_ms=_ms(histogram_quantile(interval, 0.99)),
                         rss_mb=rss,
+                        sockets=connections.sockets,
+                        pg_backends=connections.pg_backends,
+                        redis_clients=connections.redis_clients,
                     )
                 )
+                self.lags.append(lag)
             await asyncio.sleep(self.interval_s)
 
     def between(self, start: float, end: float) -> list[Sample]:
