@@ -14,17 +14,21 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Roles are cluster-wide, so they are created only when missing and kept on downgrade.
+# Roles are cluster-wide, so they are created only when missing and kept on downgrade. Two
+# databases of one fresh cluster migrated at once both find a role missing: the second CREATE
+# fails (unique_violation on pg_authid, or duplicate_object), which here means "exists".
 # Grant them to login roles: GRANT audit_writer TO ingest_service; GRANT audit_reader TO ...
 UPGRADE = [
     """
     DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'audit_writer') THEN
+        BEGIN
             CREATE ROLE audit_writer NOLOGIN;
-        END IF;
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'audit_reader') THEN
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+        BEGIN
             CREATE ROLE audit_reader NOLOGIN;
-        END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
     END $$
     """,
     "GRANT SELECT, INSERT ON audit_log, audit_ledger TO audit_writer",
