@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -44,16 +46,36 @@ def _in_range(value: datetime) -> datetime:
     return utc
 
 
+# A dotted quad already in normal form (no leading zeros): it is its own normal text. Parsing
+# with the ipaddress module took a third of the API's CPU in profiles of bulk ingest.
+_NORMAL_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+)
+
+
 def _plain_address(value: Any) -> str:
     """An IPv4 or IPv6 address in its normal text form (no zone id)."""
     if not isinstance(value, str) or len(value) > 64:
         raise PydanticCustomError("ip_address", "ip_address must be an IP address string")
+    if _NORMAL_IPV4.fullmatch(value):
+        return value
+    normal = _normal_address(value)
+    if normal is None:
+        raise PydanticCustomError("ip_address", "ip_address is not an IP address")
+    if normal == "":
+        raise PydanticCustomError("ip_address", "ip_address must not carry a zone id")
+    return normal
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_address(value: str) -> str | None:
+    """The normal text of an address; None: not one; "": an IPv6 address with a zone id."""
     try:
         address = ip_address(value)
-    except ValueError as exc:
-        raise PydanticCustomError("ip_address", "ip_address is not an IP address") from exc
+    except ValueError:
+        return None
     if isinstance(address, IPv6Address) and address.scope_id is not None:
-        raise PydanticCustomError("ip_address", "ip_address must not carry a zone id")
+        return ""
     return str(address)
 
 

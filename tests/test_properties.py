@@ -12,7 +12,7 @@ import random
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, get_args
 
 import orjson
@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from app.integrity import (
     CANONICAL_FIELDS,
@@ -48,6 +49,7 @@ from app.schemas import (
     EventIn,
     Priority,
     Status,
+    _plain_address,
 )
 
 MODERATE = settings(max_examples=60, deadline=None)
@@ -733,3 +735,28 @@ def test_ip_addresses_are_stored_in_normal_form_and_zone_ids_refused(
     event = parse_event(event_body(session_context={"ip_address": text}))
     assert stored_text(event, "ip_address") == str(address)
     assert error_types(event_body(session_context={"ip_address": f"{text}%eth0"})) == {"ip_address"}
+
+
+def _reference_address(value: str) -> str | None:
+    """The normal text by the ipaddress module alone ("zone" for an IPv6 zone id)."""
+    try:
+        address = ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        return "zone"
+    return str(address)
+
+
+OCTETS = st.integers(0, 999).map(str) | st.from_regex(r"0[0-9]{1,3}", fullmatch=True)
+DOTTED = st.lists(OCTETS, min_size=3, max_size=5).map(".".join)
+
+
+@given(DOTTED | st.ip_addresses().map(str) | st.text(max_size=40))
+def test_the_ipv4_shortcut_normalizes_exactly_as_the_ipaddress_module(value: str) -> None:
+    expected = _reference_address(value) if len(value) <= 64 else None
+    try:
+        got: str | None = _plain_address(value)
+    except PydanticCustomError as exc:
+        got = "zone" if "zone" in str(exc) else None
+    assert got == expected
