@@ -51,27 +51,14 @@ def redis_client(settings: Settings, *, block_ms: int = 1000) -> redis.Redis:
     """A client of one Redis, or of a Redis Cluster (AUDIT_REDIS_CLUSTER; the URL names any of
     its nodes). Every command the service sends touches keys of one hash tag, so both serve."""
     # Socket timeout above the blocking read time, so a blocked XREADGROUP is not cut off.
+    options: dict[str, Any] = {
+        "socket_timeout": block_ms / 1000 + 5,
+        "socket_connect_timeout": 5,
+        "max_connections": 256,
+    }
     if settings.redis_cluster:
-        cluster: Any = RedisCluster.from_url(
-            settings.redis_url,
-            socket_timeout=block_ms / 1000 + 5,
-            socket_connect_timeout=5,
-            max_connections=256,
-        )
-        return cast(redis.Redis, cluster)
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        max_connections=256,
-    )
-
-
-def event_stream(client: redis.Redis, settings: Settings) -> ShardedStream:
-    return ShardedStream(
-        client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
-    )
+        return cast(redis.Redis, RedisCluster.from_url(settings.redis_url, **options))
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **options)
 
 
 async def check_redis_policy(client: redis.Redis, settings: Settings) -> None:
@@ -104,7 +91,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, block_ms=max(settings.read_block_ms, settings.batch_max_wait_ms)
     )
     await check_redis_policy(client, settings)
-    stream = event_stream(client, settings)
+    stream = ShardedStream(
+        client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
+    )
     await stream.ensure_group()
     return Resources(
         settings=settings,

@@ -61,12 +61,8 @@ class ShardedStream:
             EventStream(client, StreamKeys.for_shard(prefix, i, shards), group, shard=i)
             for i in range(shards)
         ]
-        self.roster_key = self.shards[0].keys.high.rsplit(":events:", 1)[0] + ":writers"
+        self.roster_key = self.shards[0].keys.roster
         self._turn = itertools.count()
-
-    @property
-    def count(self) -> int:
-        return len(self.shards)
 
     def next_shard(self) -> EventStream:
         if len(self.shards) == 1:

@@ -113,6 +113,7 @@ class StreamKeys:
     dead_events: str
     discarded: str
     heartbeat: str
+    roster: str  # the live writers (app.shards); shard 0's is the one used
 
     @classmethod
     def for_shard(cls, prefix: str, shard: int, shards: int) -> StreamKeys:
@@ -137,6 +138,7 @@ class StreamKeys:
             dead_events=f"{tag}:dead-lettered-events",
             discarded=f"{tag}:discarded-events",
             heartbeat=f"{tag}:writer-heartbeat",
+            roster=f"{tag}:writers",
         )
 
     def stream(self, priority: Priority) -> str:
