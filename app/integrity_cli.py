@@ -19,7 +19,7 @@ from app.integrity import parse_timestamp
 from app.parallel_verify import verify_whole_chain
 from app.proofs import check_checkpoint, export_checkpoint
 from app.signing import new_keypair
-from app.verify import Report, Verifier, several_chains, verify_chains, verify_range
+from app.verify import Report, Verifier, verify_chains, verify_range
 
 PROGRESS_EVERY_S = 2.0
 
@@ -40,7 +40,7 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
     try:
         start, end = _time(args.start), _time(args.end)
         times = (start, end) if start and end else None
-        chain = getattr(args, "chain", None)
+        chain = args.chain
         seqs = args.from_seq is not None or args.to_seq is not None or chain is not None
         if not seqs and times is None and args.jobs > 1:
             report = await verify_whole_chain(
@@ -56,7 +56,6 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
                 args.to_seq,
                 _progress_printer(),
                 chain=chain or 0,
-                shared=await several_chains(conn),
             )
         if checkpoint is not None:
             report.findings += await check_checkpoint(

@@ -12,20 +12,20 @@ from typing import Any
 import asyncpg
 
 from app.config import parse_signing_keys
-from app.verify import CHAINS, NEWEST_SEQ, ORPHANS, Finding, Report, Verifier, verify_range
+from app.verify import NEWEST_SEQ, ORPHANS, Finding, Report, Verifier, chain_ids, verify_range
 
 MIN_ENTRIES_PER_JOB = 50
 
 
 def _part(
-    dsn: str, keys: str, public_key: str, chain: int, shared: bool, first: int, last: int
+    dsn: str, keys: str, public_key: str, chain: int, first: int, last: int
 ) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
             ring = {k.key_id: k for k in parse_signing_keys(keys)}
             verifier = Verifier(ring, public_key, check_hmac=bool(ring))
-            report = await verify_range(conn, verifier, first, last, chain=chain, shared=shared)
+            report = await verify_range(conn, verifier, first, last, chain=chain)
         finally:
             await conn.close()
         return {
@@ -56,14 +56,13 @@ async def verify_whole_chain(
     jobs: int,
     min_per_job: int = MIN_ENTRIES_PER_JOB,
 ) -> Report:
-    chains = [r[0] for r in await conn.fetch(CHAINS)] or [0]
-    shared = chains != [0]
+    chains = await chain_ids(conn)
+    share = max(1, jobs // len(chains))  # jobs per chain
     parts: list[tuple[int, int, int]] = []
     report = Report(1, 0)
     for chain in chains:
         newest = await conn.fetchval(NEWEST_SEQ, chain) or 0
         report.to_seq = max(report.to_seq, newest)
-        share = max(1, jobs // len(chains))
         parts += [
             (chain, a, b) for a, b in (split(1, newest, share, min_per_job) if newest else [])
         ]
@@ -73,7 +72,7 @@ async def verify_whole_chain(
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, _part, dsn, keys, public_key, chain, shared, a, b)
+                loop.run_in_executor(pool, _part, dsn, keys, public_key, chain, a, b)
                 for chain, a, b in parts
             )
         )
@@ -84,7 +83,7 @@ async def verify_whole_chain(
         report.pruned_events += result["pruned_events"]
         report.pruned_ranges = result["pruned_ranges"]
         for found in result["findings"]:
-            finding = Finding(**{**found, "chain": parts[n][0]})
+            finding = Finding(**found)
             if n and finding.check == "prune_record_invalid" and finding.seq is None:
                 continue  # every part reads the same prune records: say it once
             if finding.check == "event_unsealed":

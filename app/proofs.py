@@ -25,7 +25,7 @@ from app.config import SigningKey
 from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
 from app.retention import unpack_leaves
 from app.signing import verify_with_any
-from app.verify import Finding
+from app.verify import ENTRY_AT, Finding
 
 PROOF_ROW = """
 SELECT a.event_id, a.hash, a.leaf_index, l.* FROM audit_log a
@@ -35,7 +35,7 @@ ORDER BY a."timestamp" LIMIT 1
 """
 BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
 PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
-CHECKPOINT_ENTRY = "SELECT head FROM audit_ledger WHERE chain = $1 AND seq = $2"
+NEWEST_OF_EACH_CHAIN = "SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC"
 
 
 class DamagedBatch(Exception):
@@ -92,11 +92,6 @@ async def event_proof(
     }
 
 
-NEWEST_OF_EACH_CHAIN = """
-SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC
-"""
-
-
 async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
     """The newest signed entry of every chain, to be kept outside the database. The top-level
     fields are the first chain's newest entry (as a single-chain checkpoint has them); `chains`
@@ -143,7 +138,7 @@ async def check_checkpoint(
             detail = "the checkpoint's signature fails"
             found.append(Finding("checkpoint_invalid", seq, None, detail, chain))
             continue
-        entry = await conn.fetchrow(CHECKPOINT_ENTRY, chain, seq)
+        entry = await conn.fetchrow(ENTRY_AT, chain, seq)
         if entry is None:
             detail = "the chain ends before it"
             found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))

@@ -122,17 +122,21 @@ class Findings(list[Finding]):
         for finding in findings:
             self.append(finding)
 
-    def absorb(self, other: Findings, chain: int, *, skip_unplaced_prunes: bool) -> None:
-        """Take another chain's findings, naming the chain; those `other` only counted are
-        counted here too. Prune records are read by every chain's walk: with
-        `skip_unplaced_prunes` their chain-less findings are not counted twice."""
+    def name_chain(self, chain: int) -> None:
+        """Say which chain every finding listed here is of (a walk makes them chain-less)."""
+        self[:] = [replace(finding, chain=chain) for finding in self]
+
+    def absorb(self, other: Findings, *, skip_unplaced_prunes: bool) -> None:
+        """Take another chain's findings; those `other` only counted are counted here too.
+        Prune records are read by every chain's walk: with `skip_unplaced_prunes` their
+        chain-less findings are not counted twice."""
         listed: dict[str, int] = {}
         for finding in other:
             listed[finding.check] = listed.get(finding.check, 0) + 1
             if skip_unplaced_prunes and finding.check == "prune_record_invalid":
                 if finding.seq is None:
                     continue
-            self.append(replace(finding, chain=chain))
+            self.append(finding)
         for check, count in other.by_check.items():
             unlisted = count - listed.get(check, 0)
             self.total += unlisted
@@ -366,7 +370,6 @@ async def verify_range(
     *,
     times: tuple[datetime, datetime] | None = None,
     chain: int = 0,
-    shared: bool = False,
 ) -> Report:
     """Verify entries from_seq..to_seq (to the newest when None) of one chain with their
     batches.
@@ -374,8 +377,9 @@ async def verify_range(
     With `times`, the whole chain's entries are checked (cheap: no events) and the events of
     those entries whose signed time span overlaps [start, end); so neither deleting a month's
     entries nor re-dating one can shrink what is checked. A full run (no range) also finds
-    events that claim no batch or one the ledger does not have, unless `shared` (other chains
-    exist: verify_chains looks for those once, for all chains)."""
+    events that claim no batch or one the ledger does not have, unless other chains exist
+    (verify_chains looks for those once, for all chains)."""
+    shared = await several_chains(conn)
     newest = await conn.fetchval(NEWEST_SEQ, chain) or 0
     if times is not None:
         from_seq, to_seq = 1, None
@@ -402,12 +406,18 @@ async def verify_range(
         for row in await conn.fetch(UNSEALED):
             report.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
     await walk.settle_leftovers(conn)
+    report.findings.name_chain(chain)
     return report
 
 
 async def several_chains(conn: asyncpg.Connection) -> bool:
     """Whether the ledger has chains besides chain 0 (the stream was sharded)."""
     return bool(await conn.fetchval(SEVERAL_CHAINS))
+
+
+async def chain_ids(conn: asyncpg.Connection) -> list[int]:
+    """The ledger's chains (chain 0 alone when it is empty)."""
+    return [r[0] for r in await conn.fetch(CHAINS)] or [0]
 
 
 async def verify_chains(
@@ -420,7 +430,7 @@ async def verify_chains(
     """Verify every chain whole (or, with `times`, every chain's events of that time range).
     One chain: exactly verify_range. Several: each walked alone, then the rows of no batch of
     any chain are found by one query (or, for a time range, the rows of no batch at all)."""
-    chains = [r[0] for r in await conn.fetch(CHAINS)] or [0]
+    chains = await chain_ids(conn)
     if chains == [0]:
         return await verify_range(conn, verifier, 1, None, progress, times=times)
     total = Report(1, 0)
@@ -434,16 +444,14 @@ async def verify_chains(
             )
 
     for chain in chains:
-        part = await verify_range(
-            conn, verifier, 1, None, along, times=times, chain=chain, shared=True
-        )
+        part = await verify_range(conn, verifier, 1, None, along, times=times, chain=chain)
         total.to_seq = max(total.to_seq, part.to_seq)
         total.entries += part.entries
         total.events += part.events
         total.pruned_events += part.pruned_events
         total.pruned_ranges = part.pruned_ranges
         total.chains.append(part.chain_summary())
-        total.findings.absorb(part.findings, chain, skip_unplaced_prunes=bool(chain))
+        total.findings.absorb(part.findings, skip_unplaced_prunes=bool(chain))
     for row in await conn.fetch(UNSEALED if times is not None else ORPHANS):
         total.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
     return total

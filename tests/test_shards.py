@@ -124,8 +124,8 @@ async def test_tampering_in_one_chain_is_named_with_its_chain(sharded: Sealed) -
         ("event_missing", 2, 1, "leaf 1 of 6")
     ]
     # A seq range names one chain: chain 1 alone is intact, chain 2 is not.
-    assert (await verify_range(conn, sharded.verifier, chain=1, shared=True)).intact
-    assert not (await verify_range(conn, sharded.verifier, chain=2, shared=True)).intact
+    assert (await verify_range(conn, sharded.verifier, chain=1)).intact
+    assert not (await verify_range(conn, sharded.verifier, chain=2)).intact
 
 
 async def test_an_entry_cannot_start_another_chain(sharded: Sealed) -> None:

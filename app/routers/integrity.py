@@ -18,7 +18,7 @@ from app.errors import Conflict, InvalidEvents, NotFound
 from app.main_state import resources
 from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
-from app.verify import Report, Verifier, several_chains, verify_chains, verify_range
+from app.verify import Report, Verifier, verify_chains, verify_range
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
@@ -103,7 +103,6 @@ async def _verify_lines(
                         to_seq,
                         progress,
                         chain=chain or 0,
-                        shared=await several_chains(conn),
                     )
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
