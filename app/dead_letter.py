@@ -175,9 +175,8 @@ class DeadLetters:
             letters += [replace(letter, id=join_id(shard, letter.id)) for letter in found]
             if more is not None:
                 return letters, join_id(shard, more)
-            if len(letters) >= limit:  # this shard is done; the next page starts past it
-                last = found[-1].id if found else raw
-                return letters, join_id(shard, last) if last else join_id(shard + 1, "0-0")
+            if len(letters) >= limit:  # filled by this shard: the next page starts past it
+                return letters, join_id(shard, found[-1].id)
             shard, raw = shard + 1, None
         return letters, None
 

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from app.config import Settings
 from app.db import engine_scope
 from app.schemas import ALL_SCOPES
 from loadtests.faults.processes import clean_environment
+from loadtests.faults.servers import free_port
 from tests.conftest import event, make_settings, wait_stored, with_database
 from tests.test_fuzz import OPERATIONS
 
@@ -80,13 +80,6 @@ class Phase:
             f"{name}: {len(self.operations)} operations, {self.cases} test cases, "
             f"{self.failed} failed, {self.errored} errored"
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _admin(server_url: str, sql: str) -> None:
@@ -150,7 +143,7 @@ def _tail(path: Path, chars: int = 3_000) -> str:
 @pytest.fixture
 def live(own_database: str, redis_url: str, org: str, tmp_path: Path) -> Iterator[Live]:
     """`python -m app serve` on a free port, a key with every scope, and sealed events."""
-    port = _free_port()
+    port = free_port()
     settings = make_settings(own_database, redis_url, port=port, log_level="WARNING")
     env = clean_environment()
     explicit = settings.model_dump(include=settings.model_fields_set)

@@ -16,11 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import cast
 
 import asyncpg
 import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
 
 from app.stream import StreamKeys
 from loadtests.faults.checks import (
@@ -228,12 +226,9 @@ class Harness:
         try:
             database_url = await self.database_for(scenario)
             await servers.start()
-            client = self.redis_client(servers.url, scenario.cluster)
+            client = servers.client()
             env = self.env(database_url, servers.url, prefix, scenario)
-            url, cluster = servers.url, scenario.cluster
-            service = await self._start_service(
-                scenario, env, lambda: self.redis_client(url, cluster), shards
-            )
+            service = await self._start_service(scenario, env, servers.client, shards)
             plan = scenario.plan(LoadPlan(events_per_s=self.profile.events_per_s))
             driver = LoadDriver(service.urls, self.key, plan)
             stage = Stage(
@@ -241,8 +236,8 @@ class Harness:
             )
             expect = await self._under_load(scenario, stage)
             await self._check(stage, expect, database_url)
-            if scenario.shards > 1:
-                await self._check_chains(stage, database_url, scenario.shards)
+            if len(shards) > 1:
+                await self._check_chains(stage, database_url)
         except Exception as exc:
             outcome.problems.append(f"harness: {type(exc).__name__}: {exc}")
         finally:
@@ -255,13 +250,7 @@ class Harness:
         self.failed = self.failed or not outcome.passed
         return outcome
 
-    @staticmethod
-    def redis_client(url: str, cluster: bool) -> redis.Redis:
-        if cluster:
-            return cast(redis.Redis, RedisCluster.from_url(url))
-        return redis.Redis.from_url(url)
-
-    async def _check_chains(self, stage: Stage, database_url: str, shards: int) -> None:
+    async def _check_chains(self, stage: Stage, database_url: str) -> None:
         """Each shard sealed its own chain, every one of them gap-free from seq 1."""
         conn = await asyncpg.connect(database_url)
         try:
@@ -272,6 +261,7 @@ class Harness:
         finally:
             await conn.close()
         chains = {r["chain"]: r for r in rows}
+        shards = len(stage.shards)
         if sorted(chains) != list(range(shards)):
             stage.outcome.problems.append(f"chains {sorted(chains)}, expected 0..{shards - 1}")
         for chain, row in chains.items():

@@ -21,9 +21,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
+from typing import cast
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from loadtests.faults.processes import HarnessError, run_command
@@ -140,6 +141,9 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
@@ -193,12 +197,8 @@ async def cluster_ok(client: redis.Redis) -> bool:
 
 class RedisClusterServers:
     """A 3-master Redis Cluster on loopback, one `redis-server` per folder under a temporary
-    folder (each in its own process group, log in `<folder>/redis.log`); all stopped and the
-    folder removed on exit. Bus ports are picked free too: `port + 10000` may pass 65535.
-
-        async with RedisClusterServers() as cluster:
-            client = redis.RedisCluster.from_url(cluster.url)
-    """
+    folder (each in its own process group, log in `<folder>/redis.log`); stop() ends them all
+    and removes the folder. Bus ports are picked free too: `port + 10000` may pass 65535."""
 
     def __init__(self, parent: Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="audit-cluster-", dir=parent))
@@ -218,20 +218,12 @@ class RedisClusterServers:
         """The first node: enough as the startup node of a cluster client."""
         return self.urls[0]
 
-    async def __aenter__(self) -> RedisClusterServers:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+    def client(self) -> redis.Redis:
+        """A Redis Cluster client (typed as the plain one, whose commands it serves)."""
+        return cast(redis.Redis, RedisCluster.from_url(self.url))
 
     async def start(self) -> None:
+        """Start the nodes and create the cluster (stop() ends what started, also on failure)."""
         for port, bus_port in zip(self.ports, self._bus_ports, strict=True):
             self._processes.append(await self._start_node(port, bus_port))
         await self._wait_all("answer PING", lambda client: client.ping())
