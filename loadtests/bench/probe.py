@@ -104,9 +104,10 @@ class Probe:
         cpu = {name: procstat.cpu_seconds(pids) for name, pids in groups.items()}
         return Snapshot(time.monotonic(), stats, lag, cpu)
 
-    async def rss_mb(self) -> dict[str, float]:
+    @staticmethod
+    def rss_mb(groups: dict[str, list[int]]) -> dict[str, float]:
         memory: dict[str, float] = {}
-        for name, pids in (await self.process_groups()).items():
+        for name, pids in groups.items():
             if name in NO_RSS:
                 continue
             found = [s for s in (procstat.sample(p) for p in pids) if s is not None]
@@ -114,8 +115,7 @@ class Probe:
                 memory[name] = sum(s.rss_bytes for s in found) / 2**20
         return memory
 
-    async def connections(self) -> Connections:
-        groups = await self.process_groups()
+    async def connections(self, groups: dict[str, list[int]]) -> Connections:
         sockets: dict[str, int] = {}
         for name, pids in groups.items():
             if name in NO_SOCKETS:

@@ -42,12 +42,11 @@ class Sampler:
         previous: Buckets = {}
         while True:
             try:
-                stats, lag, rss, connections = await asyncio.gather(
-                    self.probe.stats(),
-                    self.probe.lag(),
-                    self.probe.rss_mb(),
-                    self.probe.connections(),
+                stats, lag, groups = await asyncio.gather(
+                    self.probe.stats(), self.probe.lag(), self.probe.process_groups()
                 )
+                rss = self.probe.rss_mb(groups)
+                connections = await self.probe.connections(groups)
             except Exception as exc:  # a missed sample leaves a gap; the loop carries on
                 self.missed += 1
                 log.warning("sample failed: %s", type(exc).__name__)
