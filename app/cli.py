@@ -64,6 +64,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from app.main import create_app
+    from app.runtime import tune_gc
 
     require_urls(settings)
     options: dict[str, Any] = {
@@ -72,6 +73,7 @@ def serve(settings: Settings) -> None:
         "loop": "uvloop",
         "http": "httptools",
         "access_log": False,
+        "server_header": False,
         "log_config": None,
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
     }
@@ -80,13 +82,16 @@ def serve(settings: Settings) -> None:
             "app.main:create_app_from_env", factory=True, workers=settings.api_processes, **options
         )
     else:
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        tune_gc()
+        uvicorn.run(app, **options)
 
 
 async def run_worker(settings: Settings) -> None:
     """Writers only, for scale-out; SIGTERM or Ctrl-C drains in-flight batches, then exits."""
     from app.main import close_resources, open_resources
     from app.metrics import Metrics
+    from app.runtime import tune_gc
     from app.workers import WriterGroup
 
     res = await open_resources(settings, Metrics.create())
@@ -100,6 +105,7 @@ async def run_worker(settings: Settings) -> None:
         start_http_server(settings.worker_metrics_port, settings.host, res.metrics.registry)
     res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
     res.writers.start()
+    tune_gc()
     log.info("worker running %d writers; stop with SIGTERM or Ctrl-C", settings.writers)
     try:
         await stop.wait()

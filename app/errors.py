@@ -177,9 +177,15 @@ DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
+def internal_error(exc: BaseException) -> Response:
+    """A 500 for an error nothing else handled; logged with its traceback (the service's own
+    code paths, no request data)."""
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error")
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    return internal_error(exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

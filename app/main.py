@@ -20,9 +20,10 @@ from app.auth import KeyCache
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.errors import install_error_handlers
-from app.fastpath import IngestFastPath
+from app.fastpath import AuditApp
 from app.metrics import Metrics
 from app.routers import events, health, ingest, integrity, phi, queue
+from app.runtime import tune_gc
 from app.shards import ShardedStream
 from app.stream import eviction_policy
 from app.tasks import stop_tasks, wait_or_stop
@@ -131,7 +132,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
+    app = AuditApp(
         title="audit-ingest",
         version="0.1.0",
         description="HIPAA audit events: accepted at once, sealed into PostgreSQL.",
@@ -146,7 +147,6 @@ def create_app(settings: Settings) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=app.state.metrics.registry,
     ).instrument(app)
-    app.add_middleware(IngestFastPath)  # added last: runs first, ahead of the metrics middleware
     _describe_event_bodies(app)
     return app
 
@@ -157,7 +157,9 @@ def create_app_from_env() -> FastAPI:
 
     settings = Settings()
     setup_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app
 
 
 def _describe_event_bodies(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from app import fastpath
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.schemas import EventIn
@@ -86,6 +87,26 @@ async def test_fast_path_answers_like_the_routes_and_is_measured(
         # Other methods and paths are the framework's, as before.
         assert (await service.client.put("/events", headers=headers)).status_code == 405
         await assert_measured(service)
+
+
+async def test_fast_path_turns_an_unexpected_error_into_the_usual_500(
+    service: Service, org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(request: Any, caller: Any) -> Any:
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setitem(fastpath.ROUTES, "/events", broken)
+    headers = await service.key(org, ("ingest",))
+    resp = await service.client.post("/events", json=event(), headers=headers)
+    assert resp.status_code == 500
+    assert resp.json()["error"] == {
+        "code": "internal_error",
+        "message": "internal error",
+        "details": None,
+    }
+    # The service goes on answering.
+    monkeypatch.undo()
+    assert (await service.client.post("/events", json=event(), headers=headers)).status_code == 202
 
 
 async def assert_measured(service: Service) -> None:
