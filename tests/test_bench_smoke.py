@@ -13,6 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from loadtests.bench.driver import Target, parse_head, request_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_LIMIT_S = 240  # seconds; it takes about 20 on a quiet 2-core machine
 
@@ -62,3 +66,31 @@ def test_bench_smoke_accounts_for_every_event(
     if importlib.util.find_spec("matplotlib") is not None:
         charts = {p.name for p in (tmp_path / "bench-charts").iterdir()}
         assert charts == {"throughput.png", "backlog.png", "lag.png"}
+    storage = results["storage"]
+    assert all(s["writer_us_per_row"] > 0 for s in storage)
+    assert all(s["database_us_per_row"] is None or s["database_us_per_row"] > 0 for s in storage)
+
+
+def test_the_generator_reads_answers_by_their_head() -> None:
+    assert parse_head(b"HTTP/1.1 202 Accepted\r\ncontent-length: 52\r\n\r\n") == (202, 52, False)
+    assert parse_head(b"HTTP/1.1 503 X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n") == (
+        503,
+        0,
+        True,
+    )
+    for head in (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ndate: x\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+    ):
+        with pytest.raises(ConnectionError):
+            parse_head(head)
+
+
+def test_the_generator_sends_one_prepared_request() -> None:
+    target = Target(("http://127.0.0.1:8000",), "/events", "aik_x", b'{"a":1}', 1)
+    assert request_bytes("127.0.0.1:8000", target) == (
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAuthorization: Bearer aik_x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+        b'{"a":1}'
+    )

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from loadtests.bench.run import BenchResult, RunResult
+from loadtests.bench.sampler import Window
 from loadtests.bench.soak import Soak, SoakRow
 from loadtests.bench.stats import median
 
@@ -88,7 +89,7 @@ def _service_rows(result: BenchResult) -> list[str]:
     rows = [[label, _fmt(middle[label]), *(_fmt(get(r)) for r in runs)] for label, get in HEADLINES]
     first = runs[0]
     tools = (
-        f"Generators: bulk and steady phases open loop in Python (asyncio + httpx); single POST "
+        f"Generators: bulk and steady phases open loop in Python (asyncio streams); single POST "
         f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}."
     )
     return [*_table(head, rows), "", tools, "", _verdicts(result)]
@@ -104,17 +105,49 @@ def _process_rows(result: BenchResult) -> list[str]:
         "steady": last.steady.service,
     }
     names = sorted({name for w in windows.values() for name in w.cpu_percent})
-    rss = windows["bulk hold"].rss_mb_max
+    hold = windows["bulk hold"]
+    per_event = cpu_us_per_event(hold)
     rows = [
-        [name, *(_fmt(w.cpu_percent.get(name)) for w in windows.values()), _fmt(rss.get(name))]
+        [
+            name,
+            *(_fmt(w.cpu_percent.get(name)) for w in windows.values()),
+            _fmt(per_event.get(name)),
+            _fmt(hold.rss_mb_max.get(name)),
+        ]
         for name in names
     ]
-    head = ["process", *(f"CPU % {phase}" for phase in windows), "RSS MB max, hold"]
-    return [
+    head = [
+        "process",
+        *(f"CPU % {phase}" for phase in windows),
+        "CPU us an event, hold",
+        "RSS MB max, hold",
+    ]
+    lines = [
         f"### Processes in run {last.run} (CPU: 100 = one core busy)",
         "",
         *_table(head, rows),
     ]
+    cpus = result.machine.get("cpus")
+    if per_event and isinstance(cpus, int):
+        total = sum(per_event.values())
+        lines += [
+            "",
+            f"At the bulk hold these processes spent {total:,.0f} us of CPU per persisted event "
+            f"(the service's processes, its PostgreSQL backends, Redis and the generator; not "
+            f"PostgreSQL's WAL writer and checkpointer): on {cpus} cores that is a ceiling of "
+            f"{cpus * 1e6 / total:,.0f} events/s for this layout.",
+        ]
+    return lines
+
+
+def cpu_us_per_event(window: Window) -> dict[str, float]:
+    """CPU microseconds per persisted event of each process group in the window."""
+    if window.persisted_per_s <= 0:
+        return {}
+    return {
+        name: round(percent / 100 * 1e6 / window.persisted_per_s, 1)
+        for name, percent in window.cpu_percent.items()
+    }
 
 
 def _clock(seconds: float, window_s: float = 60.0) -> str:
@@ -230,9 +263,21 @@ def markdown(result: BenchResult) -> str:
         "### Storage limit (record_row + seal_batch into a scratch database; no HTTP, no Redis)",
         "",
         *_table(
-            ["writer connections", "sealed rows/s (rows built before)", "writer path rows/s"],
             [
-                [str(s.connections), _fmt(s.sealed_rows_per_s), _fmt(s.writer_rows_per_s)]
+                "writer connections",
+                "sealed rows/s (rows built before)",
+                "database CPU us a row",
+                "writer path rows/s",
+                "writer CPU us a row",
+            ],
+            [
+                [
+                    str(s.connections),
+                    _fmt(s.sealed_rows_per_s),
+                    _fmt(s.database_us_per_row),
+                    _fmt(s.writer_rows_per_s),
+                    _fmt(s.writer_us_per_row),
+                ]
                 for s in result.storage
             ],
         ),

@@ -150,7 +150,7 @@ async def ceilings(ctx: Context) -> list[Ceiling]:
     bulk = Target(health.urls, "/healthz", health.key, None, 0, o.connections)
     found = [
         Ceiling(
-            "python (asyncio + httpx)",
+            "python (asyncio streams)",
             "bulk",
             o.connections,
             (await closed_loop(bulk, seconds)).requests_per_s,

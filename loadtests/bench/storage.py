@@ -17,6 +17,7 @@ import asyncpg
 from app.batch import record_row
 from app.ledger import seal_batch
 from app.schemas import EventIn, new_event_id
+from loadtests.bench import procstat
 from loadtests.bench.progress import say
 from loadtests.seal_overhead import KEY
 
@@ -32,6 +33,10 @@ class StorageResult:
     sealed_rows_per_s: float
     # record_row in the timed loop too, as a writer does per batch: one worker process's limit.
     writer_rows_per_s: float
+    # CPU per row, sealed path: the connections' PostgreSQL backends (WAL writer and checkpointer
+    # not counted); writer path: this process (record_row, COPY encoding, the Merkle root).
+    database_us_per_row: float | None
+    writer_us_per_row: float
 
 
 def queued_records(count: int, first: int) -> list[Record]:
@@ -72,26 +77,41 @@ async def _write_records(conn: asyncpg.Connection, batches: Sequence[list[Record
         await seal_batch(conn, [record_row(r, KEY) for r in records], KEY, None)
 
 
+@dataclass(frozen=True, slots=True)
+class Timed:
+    rows_per_s: float
+    database_cpu_s: float | None  # the backends' CPU seconds in the timed part
+    own_cpu_s: float  # this process's
+
+
 async def _timed(
     conns: Sequence[asyncpg.Connection], batches: int, batch_size: int, prebuilt: bool
-) -> float:
-    """Rows per second of `batches` batches on each connection at once."""
+) -> Timed:
+    """`batches` batches on each connection at once: rows/s and CPU spent."""
+    backends = [conn.get_server_pid() for conn in conns]
     work = [
         [queued_records(batch_size, (c * batches + b) * batch_size) for b in range(batches)]
         for c in range(len(conns))
     ]
+    rows = [[[record_row(r, KEY) for r in batch] for batch in part] for part in work] * prebuilt
+    database_before = procstat.cpu_seconds(backends)
+    own_before = time.process_time()
+    started = time.perf_counter()
     if prebuilt:
-        rows = [[[record_row(r, KEY) for r in batch] for batch in part] for part in work]
-        started = time.perf_counter()
         await asyncio.gather(
             *(_seal_rows(conn, part) for conn, part in zip(conns, rows, strict=True))
         )
     else:
-        started = time.perf_counter()
         await asyncio.gather(
             *(_write_records(conn, part) for conn, part in zip(conns, work, strict=True))
         )
-    return len(conns) * batches * batch_size / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    own = time.process_time() - own_before
+    database_after = procstat.cpu_seconds(backends)
+    database = None
+    if database_before.keys() == database_after.keys() == set(backends):  # readable (Linux)
+        database = sum(database_after.values()) - sum(database_before.values())
+    return Timed(len(conns) * batches * batch_size / seconds, database, own)
 
 
 async def measure_storage(
@@ -106,10 +126,19 @@ async def measure_storage(
             sealed = await _timed(conns[:count], batches, batch_size, prebuilt=True)
             writer = await _timed(conns[:count], batches, batch_size, prebuilt=False)
             rows = count * batches * batch_size
-            results.append(StorageResult(count, rows, sealed, writer))
+            database_us = None
+            if sealed.database_cpu_s is not None:
+                database_us = round(sealed.database_cpu_s / rows * 1e6, 1)
+            writer_us = round(writer.own_cpu_s / rows * 1e6, 1)
+            results.append(
+                StorageResult(
+                    count, rows, sealed.rows_per_s, writer.rows_per_s, database_us, writer_us
+                )
+            )
             say(
-                f"storage: {count} connection(s): sealed {sealed:,.0f} rows/s, "
-                f"writer path {writer:,.0f} rows/s",
+                f"storage: {count} connection(s): sealed {sealed.rows_per_s:,.0f} rows/s "
+                f"(database {database_us} us CPU a row), writer path "
+                f"{writer.rows_per_s:,.0f} rows/s (writer {writer_us} us CPU a row)",
             )
         return results
     finally:
