@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT_S = 30.0
 MAX_HEAD_BYTES = 64 * 1024
+# A connection idle this long is opened anew: uvicorn closes idle ones after 5 s, and a request
+# written into a connection the server is closing fails without an answer.
+REUSE_WITHIN_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +121,13 @@ class Connection:
         self.request = request_bytes(f"{self.host}:{self.port}", target)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._used_at = 0.0
 
     async def exchange(self) -> int:
         """Send the request, read the whole answer; returns its status code."""
+        stale = time.monotonic() - self._used_at > REUSE_WITHIN_S
+        if self._reader is None or self._reader.at_eof() or stale:
+            self.close()
         if self._writer is None or self._reader is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._reader, self._writer
@@ -132,6 +139,7 @@ class Connection:
         except BaseException:
             self.close()
             raise
+        self._used_at = time.monotonic()
         if closing:
             self.close()
         return status
