@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--smoke", action="store_true", help="a seconds-long run: accounting, not speed")
     add("--runs", type=int, default=3, help="repeat the service measurements; medians")
-    add("--api-processes", type=int, default=2, help="serve processes, each on its own port (one per core here)")
+    add("--api-processes", type=int, default=2, help="serve processes, each on its own port")
     add("--worker-processes", type=int, default=1, help="0: writers run inside serve")
     add("--writers", type=int, default=2, help="writer tasks per writing process")
     add("--batch-size", type=int, default=5000)
