@@ -64,10 +64,22 @@ class BenchResult:
     timeline: list[Sample]
 
 
+# What decides PostgreSQL's cost per row beyond the schema: the buffer cache, how often a
+# checkpoint comes (each is followed by full-page images in the WAL), the commit's flush.
+POSTGRES_SETTINGS = (
+    "shared_buffers",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "synchronous_commit",
+    "full_page_writes",
+)
+
+
 async def machine(options: Options, database_url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(database_url)
     try:
         postgres = await conn.fetchval("SHOW server_version")
+        settings = {name: await conn.fetchval(f"SHOW {name}") for name in POSTGRES_SETTINGS}
     finally:
         await conn.close()
     client = redis.Redis.from_url(options.redis_url)
@@ -79,6 +91,7 @@ async def machine(options: Options, database_url: str) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "postgresql": postgres,
+        "postgresql_settings": settings,
         "redis": redis_version,
         "wrk": tools.available("wrk"),
         "h2load": tools.available("h2load"),
