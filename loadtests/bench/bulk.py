@@ -130,6 +130,10 @@ class BulkRun:
     steps: list[BulkPhase] = field(default_factory=list)
     best_rate: float | None = None  # events/s of the last step that held
     hold: BulkPhase | None = None
+    eighty: BulkPhase | None = None  # 80% of the held rate: where the latency target applies
+
+    def phases(self) -> list[BulkPhase]:
+        return [*self.steps, *(p for p in (self.hold, self.eighty) if p is not None)]
 
 
 async def ramp_and_hold(ctx: Context, run: int) -> BulkRun:
@@ -149,6 +153,11 @@ async def ramp_and_hold(ctx: Context, run: int) -> BulkRun:
     rate = out.best_rate or o.ramp_start
     out.hold = await drive_bulk(ctx, f"run {run} hold", rate, o.bulk, o.hold)
     say(f"  hold {rate:>9,.0f} events/s for {o.hold:.0f} s: {out.hold.verdict}")
+    await ctx.drain(o.drain_timeout)
+    seconds = 2 * o.step_seconds
+    out.eighty = await drive_bulk(ctx, f"run {run} bulk 80%", 0.8 * rate, o.bulk, seconds)
+    p99 = out.eighty.latency_ms["p99"]
+    say(f"  bulk {0.8 * rate:>9,.0f} events/s (80%): {out.eighty.verdict}, request p99 {p99} ms")
     await ctx.drain(o.drain_timeout)
     return out
 

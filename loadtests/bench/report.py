@@ -22,6 +22,10 @@ def _hold(r: RunResult) -> Any:
     return r.bulk.hold
 
 
+def _eighty(r: RunResult) -> Any:
+    return r.bulk.eighty
+
+
 # (label, how to read it from a run); one table row each.
 HEADLINES: list[tuple[str, Getter]] = [
     ("bulk: highest rate that holds (events/s offered)", lambda r: r.bulk.best_rate),
@@ -34,6 +38,10 @@ HEADLINES: list[tuple[str, Getter]] = [
     ("bulk hold: ingest-to-persist p99 ms", lambda r: _hold(r).service.lag_p99_ms),
     ("bulk hold: queue depth max (events)", lambda r: _hold(r).service.queue_depth_max),
     ("bulk hold: driver's latest send, ms behind", lambda r: _hold(r).max_behind_ms),
+    ("bulk at 80% of the hold: accepted events/s", lambda r: _eighty(r).accepted_per_s),
+    ("bulk at 80%: request latency p50 ms", lambda r: _eighty(r).latency_ms["p50"]),
+    ("bulk at 80%: request latency p99 ms", lambda r: _eighty(r).latency_ms["p99"]),
+    ("bulk at 80%: ingest-to-persist p99 ms", lambda r: _eighty(r).service.lag_p99_ms),
     ("single POST, saturation: requests/s", lambda r: r.single_saturation.requests_per_s),
     ("single POST, saturation: latency p50 ms", lambda r: r.single_saturation.latency_ms["p50"]),
     ("single POST, saturation: latency p99 ms", lambda r: r.single_saturation.latency_ms["p99"]),

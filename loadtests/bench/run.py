@@ -43,7 +43,7 @@ class RunResult:
 
     def client_counts(self) -> tuple[int, int]:
         """Events the generators saw accepted, and events in requests never answered."""
-        bulk = [*self.bulk.steps, *([self.bulk.hold] if self.bulk.hold else []), self.steady]
+        bulk = [*self.bulk.phases(), self.steady]
         single = [self.single_saturation, self.single_80]
         accepted = sum(p.accepted_events for p in bulk) + sum(p.ok for p in single)
         unknown = sum(p.unknown_events for p in bulk) + sum(p.unknown_events for p in single)
@@ -144,7 +144,7 @@ async def run_bench(options: Options) -> BenchResult:
             storage_url, database_url = urls
             say("scratch databases created and migrated; storage limit (no HTTP, no Redis)")
             storage = await measure_storage(
-                storage_url, options.storage_batches, options.batch_size
+                storage_url, options.storage_batches, options.batch_size, options.bulk
             )
             async with running_service(
                 database_url, options.redis_url, options.layout, Path(logs)

@@ -15,9 +15,11 @@ from typing import Any
 import asyncpg
 
 from app.batch import record_row
+from app.integrity import format_timestamp
 from app.ledger import seal_batch
-from app.schemas import EventIn, new_event_id
+from app.schemas import EVENT_LIST, new_event_ids
 from loadtests.bench import procstat
+from loadtests.bench.bulk import bulk_body
 from loadtests.bench.progress import say
 from loadtests.seal_overhead import KEY
 
@@ -39,32 +41,19 @@ class StorageResult:
     writer_us_per_row: float
 
 
-def queued_records(count: int, first: int) -> list[Record]:
-    """Records as the API queues them (EventIn.to_record), each with its own event id."""
-    received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    template = EventIn.model_validate(
-        {
-            "action": "fhir.patient.read",
-            "status": "success",
-            "principal_id": "u0",
-            "principal_type": "practitioner",
-            "target_resource_type": "Patient",
-            "data_classification": "PHI",
-            "purpose_of_use": "TREAT",
-            "session_context": {"session_id": "s-1", "ip_address": "10.1.2.3"},
-            "details": {"fields": ["name", "dob"]},
-        }
-    ).to_record("bench", received)
-    return [
-        dict(
-            template,
-            event_id=new_event_id(),
-            principal_id=f"u{(first + i) % 500}",
-            patient_id=f"p{(first + i) % 20_000}",
-            target_resource_id=f"Patient/p{(first + i) % 20_000}",
-        )
-        for i in range(count)
-    ]
+def queued_records(count: int, bulk: int) -> list[Record]:
+    """`count` records as the API queues them for the bulk phase's requests: its body of `bulk`
+    events (loadtests.bench.bulk.bulk_body) validated and made records again and again, each
+    copy with its own event ids and time, so the database gets the same rows as through the
+    service (the same spread of principals, patients and correlation ids: index upkeep, the
+    main cost per row, depends on it)."""
+    events = EVENT_LIST.validate_json(bulk_body(bulk), strict=True)
+    records: list[Record] = []
+    while len(records) < count:
+        received = format_timestamp(datetime.now(UTC))
+        ids = iter(new_event_ids(len(events)))
+        records += [event.to_record("bench", received, next(ids)) for event in events]
+    return records[:count]
 
 
 async def _seal_rows(conn: asyncpg.Connection, batches: Sequence[list[Row]]) -> None:
@@ -85,14 +74,11 @@ class Timed:
 
 
 async def _timed(
-    conns: Sequence[asyncpg.Connection], batches: int, batch_size: int, prebuilt: bool
+    conns: Sequence[asyncpg.Connection], batches: int, batch_size: int, bulk: int, prebuilt: bool
 ) -> Timed:
     """`batches` batches on each connection at once: rows/s and CPU spent."""
     backends = [conn.get_server_pid() for conn in conns]
-    work = [
-        [queued_records(batch_size, (c * batches + b) * batch_size) for b in range(batches)]
-        for c in range(len(conns))
-    ]
+    work = [[queued_records(batch_size, bulk) for _ in range(batches)] for c in range(len(conns))]
     rows = [[[record_row(r, KEY) for r in batch] for batch in part] for part in work] * prebuilt
     database_before = procstat.cpu_seconds(backends)
     own_before = time.process_time()
@@ -115,16 +101,16 @@ async def _timed(
 
 
 async def measure_storage(
-    url: str, batches: int, batch_size: int, connection_counts: Sequence[int] = (1, 2)
+    url: str, batches: int, batch_size: int, bulk: int, connection_counts: Sequence[int] = (1, 2)
 ) -> list[StorageResult]:
     """In the (scratch, migrated) database at `url`."""
     conns = [await asyncpg.connect(url) for _ in range(max(connection_counts))]
     try:
-        await _timed(conns[:1], 1, batch_size, prebuilt=True)  # warm-up: caches, plans
+        await _timed(conns[:1], 1, batch_size, bulk, prebuilt=True)  # warm-up: caches, plans
         results = []
         for count in connection_counts:
-            sealed = await _timed(conns[:count], batches, batch_size, prebuilt=True)
-            writer = await _timed(conns[:count], batches, batch_size, prebuilt=False)
+            sealed = await _timed(conns[:count], batches, batch_size, bulk, prebuilt=True)
+            writer = await _timed(conns[:count], batches, batch_size, bulk, prebuilt=False)
             rows = count * batches * batch_size
             database_us = None
             if sealed.database_cpu_s is not None:
