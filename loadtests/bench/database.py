@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import uuid
@@ -27,6 +28,9 @@ def app_env(settings: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+TIMED_OUT = -1
+
+
 async def command_status(
     command: list[str],
     within_s: float,
@@ -40,12 +44,16 @@ async def command_status(
         env=dict(env) if env is not None else None,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: a timeout kills its children too
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), within_s)
+    except TimeoutError:
+        return TIMED_OUT, "", f"{command[-1]}: killed after {within_s:.0f} s"
     finally:
         if proc.returncode is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     return proc.returncode or 0, out.decode(), err.decode(errors="replace")
 

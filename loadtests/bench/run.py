@@ -154,7 +154,7 @@ async def run_bench(options: Options) -> BenchResult:
                     options, service, database_url
                 )
             say("service stopped; python -m app verify")
-            verification = await verify(service.settings, options.verify_jobs)
+            verification = await verify(service.settings, options.verify_jobs, accounting.rows)
             about = await machine(options, database_url)
     return BenchResult(
         started_at=started.isoformat(timespec="seconds"),
