@@ -56,7 +56,9 @@ async def planned(admin: asyncpg.Connection) -> asyncpg.Connection:
                FROM generate_series(1, 20000) AS i""",
             PLAN_ORG,
         )
-        await admin.execute("ANALYZE audit_log")
+    # Fresh statistics each time: other tests add rows (many without a patient), and plans
+    # chosen on statistics from before them would test the wrong table.
+    await admin.execute("ANALYZE audit_log")
     return admin
 
 
