@@ -148,6 +148,33 @@ async def _plan(conn: asyncpg.Connection, engine: AsyncEngine, query: Any) -> di
     return plan
 
 
+SPARSE_ROWS = 200
+
+
+async def _partitions_read_otherwise(
+    conn: asyncpg.Connection, nodes: list[dict[str, Any]], index: str
+) -> int:
+    """The planned organization's rows in the partitions whose plan uses an index other than
+    the partition's own copy of `index`."""
+    names = [n["Index Name"] for n in nodes if "Index Name" in n]
+    partitions = await conn.fetch(
+        """SELECT DISTINCT child_table.relname FROM pg_index
+           JOIN pg_class child ON child.oid = indexrelid
+           JOIN pg_class child_table ON child_table.oid = indrelid
+           JOIN pg_inherits ON inhrelid = indexrelid
+           JOIN pg_class parent ON parent.oid = inhparent
+           WHERE child.relname = ANY($1::text[]) AND parent.relname <> $2""",
+        names,
+        index,
+    )
+    rows = 0
+    for record in partitions:
+        rows += await conn.fetchval(
+            f'SELECT count(*) FROM "{record["relname"]}" WHERE organization_id = $1', PLAN_ORG
+        )
+    return rows
+
+
 async def _parent_indexes(conn: asyncpg.Connection, nodes: list[dict[str, Any]]) -> set[str]:
     """The audit_log index each partition index of the plan belongs to."""
     names = [n["Index Name"] for n in nodes if "Index Name" in n]
@@ -218,9 +245,12 @@ async def test_phi_reports_use_their_index(
     query = repository.PhiQuery(PLAN_ORG, subject, value)
     events_sql = repository._phi_events_select(query, None)
     counts_sql = repository._phi_counts_select(query, None)
-    assert await _parent_indexes(planned, _nodes(await _plan(planned, engine_for, events_sql))) == {
-        index
-    }
+    planned_events = _nodes(await _plan(planned, engine_for, events_sql))
+    assert index in await _parent_indexes(planned, planned_events)
+    # Another index only where the organization has next to no rows: early in a month the
+    # current partition holds a few hours of them beside other tests' rows, and their
+    # statistics can make a bitmap AND with another index look cheaper there; that costs nothing.
+    assert await _partitions_read_otherwise(planned, planned_events, index) <= SPARSE_ROWS
     counts = _nodes(await _plan(planned, engine_for, counts_sql))
     assert await _parent_indexes(planned, counts) == {index}
     await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
