@@ -252,7 +252,8 @@ async def test_phi_reports_use_their_index(
     # statistics can make a bitmap AND with another index look cheaper there; that costs nothing.
     assert await _partitions_read_otherwise(planned, planned_events, index) <= SPARSE_ROWS
     counts = _nodes(await _plan(planned, engine_for, counts_sql))
-    assert await _parent_indexes(planned, counts) == {index}
+    assert index in await _parent_indexes(planned, counts)
+    assert await _partitions_read_otherwise(planned, counts, index) <= SPARSE_ROWS
     await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
     try:
         events = _nodes(await _plan(planned, engine_for, events_sql))
