@@ -151,41 +151,41 @@ async def _plan(conn: asyncpg.Connection, engine: AsyncEngine, query: Any) -> di
 SPARSE_ROWS = 200
 
 
+async def _index_uses(
+    conn: asyncpg.Connection, nodes: list[dict[str, Any]]
+) -> set[tuple[str, str]]:
+    """(audit_log index, partition) of each partition index the plan reads."""
+    names = [n["Index Name"] for n in nodes if "Index Name" in n]
+    rows = await conn.fetch(
+        """SELECT DISTINCT parent.relname AS parent, child_table.relname AS partition
+           FROM pg_inherits
+           JOIN pg_class parent ON parent.oid = inhparent
+           JOIN pg_class child ON child.oid = inhrelid
+           JOIN pg_index ON indexrelid = inhrelid
+           JOIN pg_class child_table ON child_table.oid = indrelid
+           WHERE child.relname = ANY($1::text[])""",
+        names,
+    )
+    return {(r["parent"], r["partition"]) for r in rows}
+
+
+async def _parent_indexes(conn: asyncpg.Connection, nodes: list[dict[str, Any]]) -> set[str]:
+    """The audit_log index each partition index of the plan belongs to."""
+    return {parent for parent, _ in await _index_uses(conn, nodes)}
+
+
 async def _partitions_read_otherwise(
     conn: asyncpg.Connection, nodes: list[dict[str, Any]], index: str
 ) -> int:
     """The planned organization's rows in the partitions whose plan uses an index other than
     the partition's own copy of `index`."""
-    names = [n["Index Name"] for n in nodes if "Index Name" in n]
-    partitions = await conn.fetch(
-        """SELECT DISTINCT child_table.relname FROM pg_index
-           JOIN pg_class child ON child.oid = indexrelid
-           JOIN pg_class child_table ON child_table.oid = indrelid
-           JOIN pg_inherits ON inhrelid = indexrelid
-           JOIN pg_class parent ON parent.oid = inhparent
-           WHERE child.relname = ANY($1::text[]) AND parent.relname <> $2""",
-        names,
-        index,
-    )
+    partitions = {part for parent, part in await _index_uses(conn, nodes) if parent != index}
     rows = 0
-    for record in partitions:
+    for partition in partitions:
         rows += await conn.fetchval(
-            f'SELECT count(*) FROM "{record["relname"]}" WHERE organization_id = $1', PLAN_ORG
+            f'SELECT count(*) FROM "{partition}" WHERE organization_id = $1', PLAN_ORG
         )
     return rows
-
-
-async def _parent_indexes(conn: asyncpg.Connection, nodes: list[dict[str, Any]]) -> set[str]:
-    """The audit_log index each partition index of the plan belongs to."""
-    names = [n["Index Name"] for n in nodes if "Index Name" in n]
-    rows = await conn.fetch(
-        """SELECT DISTINCT parent.relname FROM pg_inherits
-           JOIN pg_class parent ON parent.oid = inhparent
-           JOIN pg_class child ON child.oid = inhrelid
-           WHERE child.relname = ANY($1::text[])""",
-        names,
-    )
-    return {r["relname"] for r in rows}
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:

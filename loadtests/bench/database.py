@@ -49,7 +49,7 @@ async def command_status(
     try:
         out, err = await asyncio.wait_for(proc.communicate(), within_s)
     except TimeoutError:
-        return TIMED_OUT, "", f"{command[-1]}: killed after {within_s:.0f} s"
+        return TIMED_OUT, "", f"{' '.join(command)}: killed after {within_s:.0f} s"
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -264,7 +264,7 @@ def markdown(result: BenchResult) -> str:
         f"## Write-side benchmark, {result.started_at} ({result.elapsed_s:,.0f} s)",
         "",
         f"{m['cpus']} CPUs, Python {m['python']}, PostgreSQL {m['postgresql']} ("
-        + ", ".join(f"{k} {v}" for k, v in m.get("postgresql_settings", {}).items())
+        + ", ".join(f"{k} {v}" for k, v in m["postgresql_settings"].items())
         + f"), Redis {m['redis']}. Service: {o['api_processes']} API process(es), "
         f"{o['worker_processes']} worker process(es) x {o['writers']} writers, batches of "
         f"{o['batch_size']} / {o['batch_wait_ms']} ms; bulk requests of {o['bulk']} events.",
