@@ -63,6 +63,7 @@ def require_urls(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from app.http_protocol import HttpProtocol
     from app.main import create_app
     from app.runtime import tune_gc
 
@@ -71,7 +72,7 @@ def serve(settings: Settings) -> None:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HttpProtocol,  # httptools, head and body in one send
         "access_log": False,
         "server_header": False,
         "log_config": None,

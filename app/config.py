@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     run_writers: bool = True
     writers: int = Field(default=2, ge=0, le=64)
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    batch_max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    batch_max_wait_ms: int = Field(default=10, ge=1, le=60_000)
     read_block_ms: int = Field(default=1000, ge=10, le=30_000)
     claim_idle_ms: int = Field(default=30_000, ge=1)
     claim_interval_ms: int = Field(default=5_000, ge=10)

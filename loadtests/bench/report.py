@@ -49,6 +49,7 @@ HEADLINES: list[tuple[str, Getter]] = [
     ("single POST, 80%: answered requests/s", lambda r: r.single_80.requests_per_s),
     ("single POST, 80%: latency p50 ms", lambda r: r.single_80.latency_ms["p50"]),
     ("single POST, 80%: latency p99 ms", lambda r: r.single_80.latency_ms["p99"]),
+    ("single POST, 80%: generator's latest send, ms behind", lambda r: r.single_80.max_behind_ms),
     ("steady: accepted events/s", lambda r: r.steady.accepted_per_s),
     ("steady: persisted events/s", lambda r: r.steady.service.persisted_per_s),
     ("steady: request latency p50 ms", lambda r: r.steady.latency_ms["p50"]),
@@ -98,7 +99,8 @@ def _service_rows(result: BenchResult) -> list[str]:
     first = runs[0]
     tools = (
         f"Generators: bulk and steady phases open loop in Python (asyncio streams); single POST "
-        f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}."
+        f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}"
+        f"{' (paced to an even schedule)' if first.single_80.generator == 'wrk' else ''}."
     )
     return [*_table(head, rows), "", tools, "", _verdicts(result)]
 

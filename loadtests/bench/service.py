@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import redis.asyncio as redis
 
+from app.config import Settings
 from loadtests.bench.database import app_env, run_app
 from loadtests.bench.progress import say
 
@@ -34,8 +35,8 @@ class Layout:
     api_processes: int = 1
     worker_processes: int = 1  # 0: the API processes run the writers themselves
     writers: int = 2  # writer tasks per writing process
-    batch_size: int = 5000
-    batch_wait_ms: int = 50
+    batch_size: int = Settings.model_fields["batch_size"].default
+    batch_wait_ms: int = Settings.model_fields["batch_max_wait_ms"].default
 
 
 @dataclass(slots=True)

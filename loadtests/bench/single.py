@@ -1,11 +1,11 @@
 """Single-event POST /events: requests/s and latency at saturation (closed loop: wrk when it is
-installed, else Python processes) and at 80% of that rate (open loop: h2load --rps when it is
-installed, else Python processes); and each generator's own ceiling on GET /healthz with the
-same connections, to show it is not what limits."""
+installed, else Python processes) and at 80% of that rate (open loop: wrk paced to an even
+schedule when it is installed, else h2load --rps, else Python processes); and each generator's
+own ceiling on GET /healthz with the same connections, to show it is not what limits."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -18,6 +18,9 @@ from loadtests.bench.sampler import Window
 from loadtests.bench.stats import latency_summary
 
 SATURATION_SHARE = 0.8
+# The paced run keeps this many times the saturation connections open, so that a connection is
+# free when a request is due even while some answers are slow.
+PACED_SPARE = 2
 EVENT = {
     "action": "fhir.patient.read",
     "status": "success",
@@ -47,6 +50,8 @@ class SinglePhase:
     # Requests whose answer the generator never saw (time-outs; and for wrk and h2load, what is
     # in flight when they stop): the service may have accepted them.
     unknown_events: int
+    # Open loop: how late the generator sent its latest request (every connection busy).
+    max_behind_ms: float
     service: Window
 
 
@@ -65,8 +70,9 @@ def saturation_tool(options: Options) -> str:
 
 def open_loop_tool(options: Options) -> str:
     wanted = options.open_loop_tool
-    auto = wanted == "auto" and tools.available("h2load")
-    return "h2load" if wanted == "h2load" or auto else "python"
+    if wanted != "auto":
+        return wanted
+    return next((t for t in ("wrk", "h2load") if tools.available(t)), "python")
 
 
 def single_target(ctx: Context, path: str = "/events") -> Target:
@@ -91,10 +97,18 @@ async def saturate(
     return result, latency_summary(result.latencies_ms)
 
 
-async def offer(ctx: Context, target: Target, rate: float, seconds: float) -> LoadResult:
-    if open_loop_tool(ctx.options) == "h2load":
-        return await tools.h2load(target, rate, seconds)
-    return await in_processes(Job(target, seconds, rate), ctx.options.python_processes)
+async def offer(
+    ctx: Context, target: Target, rate: float, seconds: float
+) -> tuple[LoadResult, dict[str, float | None]]:
+    tool = open_loop_tool(ctx.options)
+    if tool == "wrk":
+        paced = replace(target, connections=target.connections * PACED_SPARE)
+        return await tools.wrk(paced, seconds, ctx.options.wrk_threads, rate)
+    if tool == "h2load":
+        result = await tools.h2load(target, rate, seconds)
+    else:
+        result = await in_processes(Job(target, seconds, rate), ctx.options.python_processes)
+    return result, latency_summary(result.latencies_ms)
 
 
 def single_phase(
@@ -116,6 +130,7 @@ def single_phase(
         requests_per_s=round(result.requests_per_s, 1),
         latency_ms=latency,
         unknown_events=result.unanswered(),
+        max_behind_ms=round(result.max_behind_ms, 1),
         service=window,
     )
 
@@ -132,8 +147,10 @@ async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, SinglePhas
     rate = max(1.0, SATURATION_SHARE * saturated.requests_per_s)
     tool = open_loop_tool(o)
     phase = f"run {run} single 80%"
-    result, window = await ctx.measured(phase, offer(ctx, target, rate, o.single_seconds))
-    steady = single_phase(phase, tool, rate, result, latency_summary(result.latencies_ms), window)
+    (result, latency), window = await ctx.measured(
+        phase, offer(ctx, target, rate, o.single_seconds)
+    )
+    steady = single_phase(phase, tool, rate, result, latency, window)
     say(
         f"  single at {rate:,.0f}/s ({tool}): {steady.requests_per_s:,.0f}/s answered, "
         f"p99 {steady.latency_ms['p99']} ms"
@@ -160,7 +177,11 @@ async def ceilings(ctx: Context) -> list[Ceiling]:
     found.append(
         Ceiling(saturation_tool(o), "single saturation", result.connections, result.requests_per_s)
     )
-    if open_loop_tool(o) == "h2load":
+    if open_loop_tool(o) == "wrk":
+        paced = replace(health, connections=health.connections * PACED_SPARE)
+        result, _ = await tools.wrk(paced, seconds, o.wrk_threads)
+        found.append(Ceiling("wrk", "single 80%", result.connections, result.requests_per_s))
+    elif open_loop_tool(o) == "h2load":
         result = await tools.h2load(health, None, seconds)
         found.append(Ceiling("h2load", "single 80%", result.connections, result.requests_per_s))
     for c in found:

@@ -1,5 +1,6 @@
-"""External load generators in C: wrk (closed loop, saturation) and h2load (`--rps`: constant
-rate per client, open loop). One instance per API process; results come back as LoadResult."""
+"""External load generators in C: wrk (closed loop at saturation; or paced: requests sent on an
+even schedule, open loop while a connection is free) and h2load (`--rps`: constant rate per
+client). One instance per API process; results come back as LoadResult."""
 
 from __future__ import annotations
 
@@ -23,9 +24,47 @@ function done(summary, latency, requests)
     .. '"max_us": %d}\\n', summary.requests, summary.duration, e.status, e.connect, e.read,
     e.write, e.timeout, latency:percentile(50), latency:percentile(95),
     latency:percentile(99), latency.max))
+  if behind then io.write(string.format('{"behind_ms": %.3f}\\n', behind())) end
 end
 """
 
+
+# Paced wrk: each thread sends its share of the rate on an even schedule (LuaJIT's FFI reads
+# CLOCK_MONOTONIC); a connection that comes free takes the next slot. A slot already past when
+# a connection comes free (every connection busy) is sent at once and counted in `behind_ms`,
+# so a generator that could not keep the schedule shows it.
+WRK_PACED = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local clock = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local due = nil
+behind_ms = 0
+function delay()
+  local now = now_ms()
+  if due == nil then due = now end
+  local wait = due - now
+  due = due + INTERVAL_MS
+  if wait < 0 then
+    if -wait > behind_ms then behind_ms = -wait end
+    return 0
+  end
+  return math.floor(wait + 0.5)
+end
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function behind()
+  local most = 0
+  for _, t in ipairs(threads) do most = math.max(most, t:get("behind_ms")) end
+  return most
+end
+"""
 
 H2LOAD_CLIENT_RPS = 20
 H2LOAD_MAX_CLIENTS = 256
@@ -36,7 +75,8 @@ def available(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def wrk_script(target: Target) -> str:
+def wrk_script(target: Target, interval_ms: float | None = None) -> str:
+    """The request, its `done` report, and with `interval_ms` the pacing of each thread."""
     lines = [
         f'wrk.method = "{"GET" if target.body is None else "POST"}"',
         'wrk.headers["Authorization"] = "Bearer ' + target.key + '"',
@@ -44,7 +84,8 @@ def wrk_script(target: Target) -> str:
     if target.body is not None:
         lines.append('wrk.headers["Content-Type"] = "application/json"')
         lines.append(f"wrk.body = [==[{target.body.decode()}]==]")
-    return "\n".join(lines) + WRK_DONE
+    paced = "" if interval_ms is None else WRK_PACED.replace("INTERVAL_MS", f"{interval_ms:.6f}")
+    return "\n".join(lines) + paced + WRK_DONE
 
 
 @contextlib.asynccontextmanager
@@ -60,12 +101,16 @@ async def _output(*command: str, within_s: float) -> str:
     return out
 
 
-async def wrk(target: Target, seconds: float, threads: int) -> tuple[LoadResult, Latency]:
-    """Saturation: `target.connections` connections per API process, for `seconds`. wrk keeps
-    a histogram, not the samples: its percentiles, of the slowest instance when several run."""
+async def wrk(
+    target: Target, seconds: float, threads: int, rate: float | None = None
+) -> tuple[LoadResult, Latency]:
+    """`target.connections` connections per API process for `seconds`: as fast as they go
+    (rate None: saturation), or `rate` requests/s in all, paced. wrk keeps a histogram, not the
+    samples: its percentiles, of the slowest instance when several run."""
     async with scratch_dir() as folder:
         script = folder / "bench.lua"
-        script.write_text(wrk_script(target))
+        interval_ms = None if rate is None else 1000 * len(target.urls) * threads / rate
+        script.write_text(wrk_script(target, interval_ms))
         connections = max(threads, target.connections)
         outputs = await asyncio.gather(
             *(
@@ -88,8 +133,11 @@ async def wrk(target: Target, seconds: float, threads: int) -> tuple[LoadResult,
     result.cut_off = result.connections
     worst: dict[str, float] = {}
     for output in outputs:
-        line = next(x for x in reversed(output.splitlines()) if x.startswith("{"))
-        report = json.loads(line)
+        lines = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+        report = next(x for x in lines if "requests" in x)
+        result.max_behind_ms = max(
+            [result.max_behind_ms, *(x["behind_ms"] for x in lines if "behind_ms" in x)]
+        )
         errors = {k: int(report[k]) for k in ("non2xx", "connect", "read", "write", "timeout")}
         result.sent += int(report["requests"])
         result.ok += int(report["requests"]) - errors["non2xx"]
