@@ -12,10 +12,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from loadtests.bench import bulk as bulk_module
+from loadtests.bench.bulk import BulkPhase
+from loadtests.bench.context import Context
 from loadtests.bench.driver import Target, parse_head, request_bytes
+from loadtests.bench.sampler import Window
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE_LIMIT_S = 240  # seconds; it takes about 20 on a quiet 2-core machine
@@ -94,3 +100,40 @@ def test_the_generator_sends_one_prepared_request() -> None:
         b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
         b'{"a":1}'
     )
+
+
+async def test_a_hold_that_fails_is_tried_a_step_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ramp's last good step may hold for seconds and not for the whole hold: the bench
+    then holds a step lower, and keeps the failed hold's events in its accounting."""
+    driven: list[tuple[str, float]] = []
+
+    async def drive(ctx: object, phase: str, rate: float, bulk: int, seconds: float) -> BulkPhase:
+        driven.append((phase, rate))
+        holds = rate <= (12_500 if "hold" in phase else 15_000)
+        window = Window(seconds, rate, rate, None, None, 0, {}, {})
+        verdict = "holds" if holds else "backlog grows"
+        latency: dict[str, float | None] = {"p50": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0}
+        return BulkPhase(phase, rate, bulk, 1, 1.0, 0, {}, 0, latency, 0, 0, holds, verdict, window)
+
+    async def drain(within_s: float) -> None:
+        return None
+
+    options = SimpleNamespace(
+        ramp_start=10_000,
+        ramp_step=2_500,
+        ramp_max_steps=10,
+        bulk=100,
+        step_seconds=1,
+        hold=5,
+        drain_timeout=1,
+    )
+    monkeypatch.setattr(bulk_module, "drive_bulk", drive)
+    ctx = cast(Context, SimpleNamespace(options=options, drain=drain))
+    out = await bulk_module.ramp_and_hold(ctx, 1)
+
+    assert [rate for _, rate in driven] == [10_000, 12_500, 15_000, 17_500, 15_000, 12_500, 10_000]
+    assert out.best_rate == 12_500
+    assert [h.offered_events_per_s for h in out.failed_holds] == [15_000]
+    assert out.hold is not None and out.hold.holds and out.hold.offered_events_per_s == 12_500
+    assert out.eighty is not None and out.eighty.offered_events_per_s == 10_000
+    assert len(out.phases()) == len(driven)

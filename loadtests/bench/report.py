@@ -252,6 +252,8 @@ def _verdicts(result: BenchResult) -> str:
     for r in result.runs:
         hold = r.bulk.hold
         held = f"hold at {_fmt(hold.offered_events_per_s)}/s {hold.verdict}" if hold else "no hold"
+        for failed in reversed(r.bulk.failed_holds):
+            held = f"hold at {_fmt(failed.offered_events_per_s)}/s {failed.verdict}, {held}"
         steps = ", ".join(f"{_fmt(s.offered_events_per_s)}: {s.verdict}" for s in r.bulk.steps)
         parts.append(f"run {r.run}: ramp ({steps}); {held}; steady {r.steady.verdict}")
     return "Verdicts (a rate holds when no request fails and the backlog does not grow): " + (
