@@ -12,6 +12,7 @@ import orjson
 
 from loadtests.bench.run import BenchResult, RunResult
 from loadtests.bench.sampler import Window
+from loadtests.bench.single import LOWER_SHARES
 from loadtests.bench.soak import Soak, SoakRow
 from loadtests.bench.stats import median
 
@@ -24,6 +25,18 @@ def _hold(r: RunResult) -> Any:
 
 def _eighty(r: RunResult) -> Any:
     return r.bulk.eighty
+
+
+def _lower(index: int, name: str) -> Getter:
+    """A figure of the paced single-event phase at LOWER_SHARES[index] of saturation."""
+
+    def get(r: RunResult) -> float | None:
+        if index >= len(r.single_lower):
+            return None
+        phase = r.single_lower[index]
+        return phase.offered_per_s if name == "offered_per_s" else phase.latency_ms[name]
+
+    return get
 
 
 # (label, how to read it from a run); one table row each.
@@ -50,6 +63,15 @@ HEADLINES: list[tuple[str, Getter]] = [
     ("single POST, 80%: latency p50 ms", lambda r: r.single_80.latency_ms["p50"]),
     ("single POST, 80%: latency p99 ms", lambda r: r.single_80.latency_ms["p99"]),
     ("single POST, 80%: generator's latest send, ms behind", lambda r: r.single_80.max_behind_ms),
+    *(
+        row
+        for i, share in enumerate(LOWER_SHARES)
+        for row in (
+            (f"single POST, {share:.0%}: offered requests/s", _lower(i, "offered_per_s")),
+            (f"single POST, {share:.0%}: latency p50 ms", _lower(i, "p50")),
+            (f"single POST, {share:.0%}: latency p99 ms", _lower(i, "p99")),
+        )
+    ),
     ("steady: accepted events/s", lambda r: r.steady.accepted_per_s),
     ("steady: persisted events/s", lambda r: r.steady.service.persisted_per_s),
     ("steady: request latency p50 ms", lambda r: r.steady.latency_ms["p50"]),

@@ -39,12 +39,13 @@ class RunResult:
     bulk: BulkRun
     single_saturation: SinglePhase
     single_80: SinglePhase
+    single_lower: list[SinglePhase]  # paced at each of LOWER_SHARES of saturation
     steady: BulkPhase
 
     def client_counts(self) -> tuple[int, int]:
         """Events the generators saw accepted, and events in requests never answered."""
         bulk = [*self.bulk.phases(), self.steady]
-        single = [self.single_saturation, self.single_80]
+        single = [self.single_saturation, self.single_80, *self.single_lower]
         accepted = sum(p.accepted_events for p in bulk) + sum(p.ok for p in single)
         unknown = sum(p.unknown_events for p in bulk) + sum(p.unknown_events for p in single)
         return accepted, unknown
@@ -104,8 +105,8 @@ async def measure_service(ctx: Context) -> tuple[list[Ceiling], list[RunResult]]
     for number in range(1, ctx.options.runs + 1):
         say(f"run {number} of {ctx.options.runs}")
         bulk = await ramp_and_hold(ctx, number)
-        saturated, eighty = await single_events(ctx, number)
-        runs.append(RunResult(number, bulk, saturated, eighty, await steady(ctx, number)))
+        saturated, (eighty, *lower) = await single_events(ctx, number)
+        runs.append(RunResult(number, bulk, saturated, eighty, lower, await steady(ctx, number)))
     return found, runs
 
 

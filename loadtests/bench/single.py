@@ -18,6 +18,8 @@ from loadtests.bench.sampler import Window
 from loadtests.bench.stats import latency_summary
 
 SATURATION_SHARE = 0.8
+# Lower paced rates, as shares of saturation: where the latency targets hold.
+LOWER_SHARES = (0.6, 0.4)
 # The paced run keeps this many times the saturation connections open, so that a connection is
 # free when a request is due even while some answers are slow.
 PACED_SPARE = 2
@@ -135,7 +137,8 @@ def single_phase(
     )
 
 
-async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, SinglePhase]:
+async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, list[SinglePhase]]:
+    """Saturation, then paced phases at SATURATION_SHARE and each of LOWER_SHARES of it."""
     o = ctx.options
     target = single_target(ctx)
     tool = saturation_tool(o)
@@ -144,19 +147,28 @@ async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, SinglePhas
     saturated = single_phase(phase, tool, None, result, latency, window)
     say(f"  single saturation ({tool}): {saturated.requests_per_s:,.0f} requests/s")
     await ctx.drain(o.drain_timeout)
-    rate = max(1.0, SATURATION_SHARE * saturated.requests_per_s)
-    tool = open_loop_tool(o)
-    phase = f"run {run} single 80%"
+    paced = []
+    for share in (SATURATION_SHARE, *LOWER_SHARES):
+        paced.append(await _paced(ctx, target, run, share, saturated.requests_per_s))
+    return saturated, paced
+
+
+async def _paced(
+    ctx: Context, target: Target, run: int, share: float, saturation: float
+) -> SinglePhase:
+    rate = max(1.0, share * saturation)
+    tool = open_loop_tool(ctx.options)
+    phase = f"run {run} single {share:.0%}"
     (result, latency), window = await ctx.measured(
-        phase, offer(ctx, target, rate, o.single_seconds)
+        phase, offer(ctx, target, rate, ctx.options.single_seconds)
     )
-    steady = single_phase(phase, tool, rate, result, latency, window)
+    measured = single_phase(phase, tool, rate, result, latency, window)
     say(
-        f"  single at {rate:,.0f}/s ({tool}): {steady.requests_per_s:,.0f}/s answered, "
-        f"p99 {steady.latency_ms['p99']} ms"
+        f"  single at {rate:,.0f}/s ({tool}): {measured.requests_per_s:,.0f}/s answered, "
+        f"p50 {measured.latency_ms['p50']} ms, p99 {measured.latency_ms['p99']} ms"
     )
-    await ctx.drain(o.drain_timeout)
-    return saturated, steady
+    await ctx.drain(ctx.options.drain_timeout)
+    return measured
 
 
 async def ceilings(ctx: Context) -> list[Ceiling]:
