@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,28 +69,69 @@ async def create_api_key(
     return str(key_id), key
 
 
+Lookup = Callable[[bytes], Awaitable[Caller | None]]  # None: unknown or revoked
+
+
 class KeyCache:
-    """Verified keys for a few seconds, so a hot client costs no database round trip.
-    A revoked key stops working within `ttl` seconds. While the database cannot be asked, a key
-    verified in the last STALE_SECONDS still works, so ingest goes on through an outage."""
+    """Verified keys for `ttl` seconds, so a hot client costs no database round trip.
+
+    A revoked key stops working within `ttl` seconds of its last lookup's start. A key in use is
+    looked up again in the background once half its time is past, while the cached answer still
+    serves; a key not cached (or past its time) is looked up once however many requests present
+    it at that moment, the others waiting for that one answer. (Each request used to make its own
+    lookup whenever the entry ran out: a burst of connections and queries every `ttl` seconds,
+    which every request of those milliseconds waited for.) While the database cannot be asked, a
+    key verified in the last STALE_SECONDS still works, so ingest goes on through an outage."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[bytes, tuple[float, Caller]] = {}
+        self._entries: dict[bytes, tuple[float, Caller]] = {}  # verified at (monotonic), caller
+        self._lookups: dict[bytes, asyncio.Task[Caller | None]] = {}
 
     def get(self, key_hash: bytes, *, stale: bool = False) -> Caller | None:
         hit = self._entries.get(key_hash)
         if hit is None:
             return None
-        limit = hit[0] + (STALE_SECONDS if stale else 0)
-        return hit[1] if time.monotonic() <= limit else None
+        limit = self.ttl + (STALE_SECONDS if stale else 0)
+        return hit[1] if time.monotonic() - hit[0] <= limit else None
 
-    def put(self, key_hash: bytes, caller: Caller) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._entries) >= CACHE_LIMIT:
-            self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + self.ttl, caller)
+    async def verify(self, key_hash: bytes, lookup: Lookup) -> Caller | None:
+        """The key's caller, from the cache or from `lookup` (shared by whoever asks while it
+        runs); raises what the lookup raised."""
+        if self.ttl <= 0:  # no caching: every request asks the database itself
+            return await lookup(key_hash)
+        hit = self._entries.get(key_hash)
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age <= self.ttl:
+                if age > self.ttl / 2 and key_hash not in self._lookups:
+                    self._start(key_hash, lookup)  # refresh ahead; a failure leaves the entry
+                return hit[1]
+        task = self._lookups.get(key_hash) or self._start(key_hash, lookup)
+        return await asyncio.shield(task)  # a waiter's cancellation leaves the lookup running
+
+    def _start(self, key_hash: bytes, lookup: Lookup) -> asyncio.Task[Caller | None]:
+        task = asyncio.get_running_loop().create_task(self._lookup(key_hash, lookup))
+        self._lookups[key_hash] = task
+        task.add_done_callback(functools.partial(self._finished, key_hash))
+        return task
+
+    async def _lookup(self, key_hash: bytes, lookup: Lookup) -> Caller | None:
+        started = time.monotonic()
+        caller = await lookup(key_hash)
+        if caller is None:
+            self._entries.pop(key_hash, None)
+        else:
+            if len(self._entries) >= CACHE_LIMIT:
+                self._entries.clear()
+            self._entries[key_hash] = (started, caller)
+        return caller
+
+    def _finished(self, key_hash: bytes, task: asyncio.Task[Caller | None]) -> None:
+        if self._lookups.get(key_hash) is task:
+            del self._lookups[key_hash]
+        if not task.cancelled():
+            task.exception()  # a background refresh's failure is not an error of its own
 
 
 def _bearer(request: Request) -> str:
@@ -101,25 +144,29 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+async def _active_key(engine: AsyncEngine, key_hash: bytes) -> Caller | None:
+    async with engine.connect() as conn:
+        record = await repository.active_key_by_hash(conn, key_hash)
+    if record is None:
+        return None
+    return Caller(str(record.id), record.organization_id, frozenset(record.scopes))
+
+
 async def authenticate(request: Request) -> Caller:
     token = _bearer(request)
     key_hash = hash_api_key(token)
     state = resources(request)
-    caller = state.key_cache.get(key_hash)
-    if caller is not None:
-        return caller
     try:
-        async with state.engine.connect() as conn:
-            record = await repository.active_key_by_hash(conn, key_hash)
+        caller = await state.key_cache.verify(
+            key_hash, functools.partial(_active_key, state.engine)
+        )
     except (OSError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
         stale = state.key_cache.get(key_hash, stale=True)
         if stale is None:
             raise
         return stale
-    if record is None:
+    if caller is None:
         raise Unauthenticated("unknown or revoked API key")
-    caller = Caller(str(record.id), record.organization_id, frozenset(record.scopes))
-    state.key_cache.put(key_hash, caller)
     return caller
 
 

@@ -1,0 +1,92 @@
+"""The verified-key cache (app.auth.KeyCache): one lookup per key at a time, refreshed ahead of
+its time, revocations seen within it, the database's failures survived with the last answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.auth import Caller, KeyCache
+
+KEY = b"k" * 32
+CALLER = Caller("key-1", "org-1", frozenset({"ingest"}))
+
+
+class Directory:
+    """What the database would answer about KEY, with a count of the lookups made."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.answer: Caller | None = CALLER
+        self.failure: Exception | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def lookup(self, key_hash: bytes) -> Caller | None:
+        assert key_hash == KEY
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self.answer
+
+
+async def test_many_requests_at_once_make_one_lookup() -> None:
+    cache, directory = KeyCache(10), Directory()
+    directory.gate = asyncio.Event()
+    waiting = [asyncio.create_task(cache.verify(KEY, directory.lookup)) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    directory.gate.set()
+    assert await asyncio.gather(*waiting) == [CALLER] * 50
+    assert directory.calls == 1
+    assert await cache.verify(KEY, directory.lookup) == CALLER
+    assert directory.calls == 1  # cached
+
+
+async def test_past_half_its_time_a_key_is_refreshed_once_in_the_background() -> None:
+    cache, directory = KeyCache(1.0), Directory()
+    assert await cache.verify(KEY, directory.lookup) == CALLER
+    await asyncio.sleep(0.6)
+    directory.gate = asyncio.Event()  # the refresh is slow: requests do not wait for it
+    answers = [await cache.verify(KEY, directory.lookup) for _ in range(20)]
+    assert answers == [CALLER] * 20
+    await asyncio.sleep(0.01)  # the refresh task starts
+    assert directory.calls == 2
+    directory.answer = None  # revoked meanwhile: the refresh's answer drops the entry
+    directory.gate.set()
+    await asyncio.sleep(0.01)
+    assert await cache.verify(KEY, directory.lookup) is None
+    assert directory.calls == 3
+
+
+async def test_a_failed_refresh_keeps_the_entry_until_its_time_then_raises() -> None:
+    cache, directory = KeyCache(1.0), Directory()
+    assert await cache.verify(KEY, directory.lookup) == CALLER
+    await asyncio.sleep(0.6)
+    directory.failure = OSError("database unreachable")
+    assert await cache.verify(KEY, directory.lookup) == CALLER  # served; refresh fails apart
+    await asyncio.sleep(0.5)
+    with pytest.raises(OSError):
+        await cache.verify(KEY, directory.lookup)
+    assert cache.get(KEY) is None
+    assert cache.get(KEY, stale=True) == CALLER  # what authenticate falls back on
+
+
+async def test_a_cancelled_request_leaves_the_lookup_to_the_others() -> None:
+    cache, directory = KeyCache(10), Directory()
+    directory.gate = asyncio.Event()
+    first = asyncio.create_task(cache.verify(KEY, directory.lookup))
+    second = asyncio.create_task(cache.verify(KEY, directory.lookup))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    directory.gate.set()
+    assert await second == CALLER
+    assert first.cancelled() and directory.calls == 1
+
+
+async def test_without_caching_every_request_asks() -> None:
+    cache, directory = KeyCache(0), Directory()
+    for _ in range(3):
+        assert await cache.verify(KEY, directory.lookup) == CALLER
+    assert directory.calls == 3
