@@ -27,16 +27,14 @@ def _eighty(r: RunResult) -> Any:
     return r.bulk.eighty
 
 
-def _lower(index: int, name: str) -> Getter:
-    """A figure of the paced single-event phase at LOWER_SHARES[index] of saturation."""
-
-    def get(r: RunResult) -> float | None:
-        if index >= len(r.single_lower):
-            return None
-        phase = r.single_lower[index]
-        return phase.offered_per_s if name == "offered_per_s" else phase.latency_ms[name]
-
-    return get
+def _lower_rows(index: int, share: float) -> list[tuple[str, Getter]]:
+    """The rows of the paced single-event phase at LOWER_SHARES[index] of saturation."""
+    label = f"single POST, {share:.0%}"
+    return [
+        (f"{label}: offered requests/s", lambda r: r.single_lower[index].offered_per_s),
+        (f"{label}: latency p50 ms", lambda r: r.single_lower[index].latency_ms["p50"]),
+        (f"{label}: latency p99 ms", lambda r: r.single_lower[index].latency_ms["p99"]),
+    ]
 
 
 # (label, how to read it from a run); one table row each.
@@ -63,15 +61,7 @@ HEADLINES: list[tuple[str, Getter]] = [
     ("single POST, 80%: latency p50 ms", lambda r: r.single_80.latency_ms["p50"]),
     ("single POST, 80%: latency p99 ms", lambda r: r.single_80.latency_ms["p99"]),
     ("single POST, 80%: generator's latest send, ms behind", lambda r: r.single_80.max_behind_ms),
-    *(
-        row
-        for i, share in enumerate(LOWER_SHARES)
-        for row in (
-            (f"single POST, {share:.0%}: offered requests/s", _lower(i, "offered_per_s")),
-            (f"single POST, {share:.0%}: latency p50 ms", _lower(i, "p50")),
-            (f"single POST, {share:.0%}: latency p99 ms", _lower(i, "p99")),
-        )
-    ),
+    *(row for i, share in enumerate(LOWER_SHARES) for row in _lower_rows(i, share)),
     ("steady: accepted events/s", lambda r: r.steady.accepted_per_s),
     ("steady: persisted events/s", lambda r: r.steady.service.persisted_per_s),
     ("steady: request latency p50 ms", lambda r: r.steady.latency_ms["p50"]),

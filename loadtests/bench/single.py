@@ -99,13 +99,17 @@ async def saturate(
     return result, latency_summary(result.latencies_ms)
 
 
+def _with_spare(target: Target) -> Target:
+    """The target with the paced run's connections (PACED_SPARE times the saturation's)."""
+    return replace(target, connections=target.connections * PACED_SPARE)
+
+
 async def offer(
     ctx: Context, target: Target, rate: float, seconds: float
 ) -> tuple[LoadResult, dict[str, float | None]]:
     tool = open_loop_tool(ctx.options)
     if tool == "wrk":
-        paced = replace(target, connections=target.connections * PACED_SPARE)
-        return await tools.wrk(paced, seconds, ctx.options.wrk_threads, rate)
+        return await tools.wrk(_with_spare(target), seconds, ctx.options.wrk_threads, rate)
     if tool == "h2load":
         result = await tools.h2load(target, rate, seconds)
     else:
@@ -189,11 +193,11 @@ async def ceilings(ctx: Context) -> list[Ceiling]:
     found.append(
         Ceiling(saturation_tool(o), "single saturation", result.connections, result.requests_per_s)
     )
-    if open_loop_tool(o) == "wrk":
-        paced = replace(health, connections=health.connections * PACED_SPARE)
-        result, _ = await tools.wrk(paced, seconds, o.wrk_threads)
+    paced_tool = open_loop_tool(o)
+    if paced_tool == "wrk":
+        result, _ = await tools.wrk(_with_spare(health), seconds, o.wrk_threads)
         found.append(Ceiling("wrk", "single 80%", result.connections, result.requests_per_s))
-    elif open_loop_tool(o) == "h2load":
+    elif paced_tool == "h2load":
         result = await tools.h2load(health, None, seconds)
         found.append(Ceiling("h2load", "single 80%", result.connections, result.requests_per_s))
     for c in found:

@@ -21,10 +21,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('{"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, '
     .. '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
-    .. '"max_us": %d}\\n', summary.requests, summary.duration, e.status, e.connect, e.read,
-    e.write, e.timeout, latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max))
-  if behind then io.write(string.format('{"behind_ms": %.3f}\\n', behind())) end
+    .. '"max_us": %d, "behind_ms": %.3f}\\n', summary.requests, summary.duration, e.status,
+    e.connect, e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, behind and behind() or 0))
 end
 """
 
@@ -133,11 +132,9 @@ async def wrk(
     result.cut_off = result.connections
     worst: dict[str, float] = {}
     for output in outputs:
-        lines = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
-        report = next(x for x in lines if "requests" in x)
-        result.max_behind_ms = max(
-            [result.max_behind_ms, *(x["behind_ms"] for x in lines if "behind_ms" in x)]
-        )
+        line = next(x for x in reversed(output.splitlines()) if x.startswith("{"))
+        report = json.loads(line)
+        result.max_behind_ms = max(result.max_behind_ms, report["behind_ms"])
         errors = {k: int(report[k]) for k in ("non2xx", "connect", "read", "write", "timeout")}
         result.sent += int(report["requests"])
         result.ok += int(report["requests"]) - errors["non2xx"]
