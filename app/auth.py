@@ -83,8 +83,9 @@ class KeyCache:
     which every request of those milliseconds waited for.) While the database cannot be asked, a
     key verified in the last STALE_SECONDS still works, so ingest goes on through an outage."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, lookup: Lookup) -> None:
         self.ttl = ttl
+        self._lookup_key = lookup
         self._entries: dict[bytes, tuple[float, Caller]] = {}  # verified at (monotonic), caller
         self._lookups: dict[bytes, asyncio.Task[Caller | None]] = {}
 
@@ -95,30 +96,30 @@ class KeyCache:
         limit = self.ttl + (STALE_SECONDS if stale else 0)
         return hit[1] if time.monotonic() - hit[0] <= limit else None
 
-    async def verify(self, key_hash: bytes, lookup: Lookup) -> Caller | None:
-        """The key's caller, from the cache or from `lookup` (shared by whoever asks while it
+    async def verify(self, key_hash: bytes) -> Caller | None:
+        """The key's caller, from the cache or from the lookup (shared by whoever asks while it
         runs); raises what the lookup raised."""
         if self.ttl <= 0:  # no caching: every request asks the database itself
-            return await lookup(key_hash)
+            return await self._lookup_key(key_hash)
         hit = self._entries.get(key_hash)
         if hit is not None:
             age = time.monotonic() - hit[0]
             if age <= self.ttl:
                 if age > self.ttl / 2 and key_hash not in self._lookups:
-                    self._start(key_hash, lookup)  # refresh ahead; a failure leaves the entry
+                    self._start(key_hash)  # refresh ahead; a failure leaves the entry
                 return hit[1]
-        task = self._lookups.get(key_hash) or self._start(key_hash, lookup)
+        task = self._lookups.get(key_hash) or self._start(key_hash)
         return await asyncio.shield(task)  # a waiter's cancellation leaves the lookup running
 
-    def _start(self, key_hash: bytes, lookup: Lookup) -> asyncio.Task[Caller | None]:
-        task = asyncio.get_running_loop().create_task(self._lookup(key_hash, lookup))
+    def _start(self, key_hash: bytes) -> asyncio.Task[Caller | None]:
+        task = asyncio.get_running_loop().create_task(self._lookup(key_hash))
         self._lookups[key_hash] = task
         task.add_done_callback(functools.partial(self._finished, key_hash))
         return task
 
-    async def _lookup(self, key_hash: bytes, lookup: Lookup) -> Caller | None:
+    async def _lookup(self, key_hash: bytes) -> Caller | None:
         started = time.monotonic()
-        caller = await lookup(key_hash)
+        caller = await self._lookup_key(key_hash)
         if caller is None:
             self._entries.pop(key_hash, None)
         else:
@@ -144,12 +145,17 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def _active_key(engine: AsyncEngine, key_hash: bytes) -> Caller | None:
-    async with engine.connect() as conn:
-        record = await repository.active_key_by_hash(conn, key_hash)
-    if record is None:
-        return None
-    return Caller(str(record.id), record.organization_id, frozenset(record.scopes))
+def key_lookup(engine: AsyncEngine) -> Lookup:
+    """The lookup of active keys in `engine`'s database, for a KeyCache."""
+
+    async def active_key(key_hash: bytes) -> Caller | None:
+        async with engine.connect() as conn:
+            record = await repository.active_key_by_hash(conn, key_hash)
+        if record is None:
+            return None
+        return Caller(str(record.id), record.organization_id, frozenset(record.scopes))
+
+    return active_key
 
 
 async def authenticate(request: Request) -> Caller:
@@ -157,9 +163,7 @@ async def authenticate(request: Request) -> Caller:
     key_hash = hash_api_key(token)
     state = resources(request)
     try:
-        caller = await state.key_cache.verify(
-            key_hash, functools.partial(_active_key, state.engine)
-        )
+        caller = await state.key_cache.verify(key_hash)
     except (OSError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
         stale = state.key_cache.get(key_hash, stale=True)
         if stale is None:

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import db
-from app.auth import KeyCache
+from app.auth import KeyCache, key_lookup
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.errors import install_error_handlers
@@ -96,13 +96,14 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
     )
     await stream.ensure_group()
+    engine = db.create_engine(settings)
     return Resources(
         settings=settings,
-        engine=db.create_engine(settings),
+        engine=engine,
         redis=client,
         stream=stream,
         metrics=metrics,
-        key_cache=KeyCache(settings.auth_cache_seconds),
+        key_cache=KeyCache(settings.auth_cache_seconds, key_lookup(engine)),
         enqueuer=EnqueueBatcher(stream, settings.stream_entry_events),
     )
 

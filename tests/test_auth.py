@@ -33,51 +33,55 @@ class Directory:
 
 
 async def test_many_requests_at_once_make_one_lookup() -> None:
-    cache, directory = KeyCache(10), Directory()
+    directory = Directory()
+    cache = KeyCache(10, directory.lookup)
     directory.gate = asyncio.Event()
-    waiting = [asyncio.create_task(cache.verify(KEY, directory.lookup)) for _ in range(50)]
+    waiting = [asyncio.create_task(cache.verify(KEY)) for _ in range(50)]
     await asyncio.sleep(0.01)
     directory.gate.set()
     assert await asyncio.gather(*waiting) == [CALLER] * 50
     assert directory.calls == 1
-    assert await cache.verify(KEY, directory.lookup) == CALLER
+    assert await cache.verify(KEY) == CALLER
     assert directory.calls == 1  # cached
 
 
 async def test_past_half_its_time_a_key_is_refreshed_once_in_the_background() -> None:
-    cache, directory = KeyCache(1.0), Directory()
-    assert await cache.verify(KEY, directory.lookup) == CALLER
+    directory = Directory()
+    cache = KeyCache(1.0, directory.lookup)
+    assert await cache.verify(KEY) == CALLER
     await asyncio.sleep(0.6)
     directory.gate = asyncio.Event()  # the refresh is slow: requests do not wait for it
-    answers = [await cache.verify(KEY, directory.lookup) for _ in range(20)]
+    answers = [await cache.verify(KEY) for _ in range(20)]
     assert answers == [CALLER] * 20
     await asyncio.sleep(0.01)  # the refresh task starts
     assert directory.calls == 2
     directory.answer = None  # revoked meanwhile: the refresh's answer drops the entry
     directory.gate.set()
     await asyncio.sleep(0.01)
-    assert await cache.verify(KEY, directory.lookup) is None
+    assert await cache.verify(KEY) is None
     assert directory.calls == 3
 
 
 async def test_a_failed_refresh_keeps_the_entry_until_its_time_then_raises() -> None:
-    cache, directory = KeyCache(1.0), Directory()
-    assert await cache.verify(KEY, directory.lookup) == CALLER
+    directory = Directory()
+    cache = KeyCache(1.0, directory.lookup)
+    assert await cache.verify(KEY) == CALLER
     await asyncio.sleep(0.6)
     directory.failure = OSError("database unreachable")
-    assert await cache.verify(KEY, directory.lookup) == CALLER  # served; refresh fails apart
+    assert await cache.verify(KEY) == CALLER  # served; refresh fails apart
     await asyncio.sleep(0.5)
     with pytest.raises(OSError):
-        await cache.verify(KEY, directory.lookup)
+        await cache.verify(KEY)
     assert cache.get(KEY) is None
     assert cache.get(KEY, stale=True) == CALLER  # what authenticate falls back on
 
 
 async def test_a_cancelled_request_leaves_the_lookup_to_the_others() -> None:
-    cache, directory = KeyCache(10), Directory()
+    directory = Directory()
+    cache = KeyCache(10, directory.lookup)
     directory.gate = asyncio.Event()
-    first = asyncio.create_task(cache.verify(KEY, directory.lookup))
-    second = asyncio.create_task(cache.verify(KEY, directory.lookup))
+    first = asyncio.create_task(cache.verify(KEY))
+    second = asyncio.create_task(cache.verify(KEY))
     await asyncio.sleep(0.01)
     first.cancel()
     directory.gate.set()
@@ -86,7 +90,8 @@ async def test_a_cancelled_request_leaves_the_lookup_to_the_others() -> None:
 
 
 async def test_without_caching_every_request_asks() -> None:
-    cache, directory = KeyCache(0), Directory()
+    directory = Directory()
+    cache = KeyCache(0, directory.lookup)
     for _ in range(3):
-        assert await cache.verify(KEY, directory.lookup) == CALLER
+        assert await cache.verify(KEY) == CALLER
     assert directory.calls == 3
