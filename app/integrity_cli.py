@@ -19,7 +19,7 @@ from app.integrity import parse_timestamp
 from app.parallel_verify import verify_whole_chain
 from app.proofs import check_checkpoint, export_checkpoint
 from app.signing import new_keypair
-from app.verify import Report, Verifier, verify_chains, verify_range
+from app.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
 
 PROGRESS_EVERY_S = 2.0
 
@@ -38,6 +38,7 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
     verifier = Verifier(settings.signing_keys_by_id, args.public_key or settings.ledger_public_key)
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
+        await summarize_batch_ranges(conn)
         start, end = _time(args.start), _time(args.end)
         times = (start, end) if start and end else None
         chain = args.chain

@@ -24,6 +24,13 @@ async def ensure_partitions(engine: AsyncEngine, months_ahead: int) -> int:
     return int(created or 0)
 
 
+async def summarize_batch_ranges(engine: AsyncEngine) -> int:
+    """Summarize the batch index's new ranges (migration 0008); returns how many."""
+    async with engine.begin() as conn:
+        summarized = await conn.scalar(text("SELECT audit_summarize_batch_ranges()"))
+    return int(summarized or 0)
+
+
 # -- API keys -----------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The writer task group: N batch writers plus partition upkeep, with a graceful stop."""
+"""The writer task group: N batch writers plus partition and batch-index upkeep, with a graceful
+stop."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from app.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_na
 
 log = logging.getLogger("app.workers")
 PARTITION_INTERVAL_S = 24 * 3600
+SUMMARIZE_INTERVAL_S = 60.0
 
 
 class WriterGroup:
@@ -41,6 +43,7 @@ class WriterGroup:
             asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}") for w in self.writers
         ]
         self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
+        self._tasks.append(asyncio.create_task(self._summarize_upkeep(), name="summarize"))
         log.info("started %d writers", len(self.writers))
 
     async def _partition_upkeep(self) -> None:
@@ -59,6 +62,20 @@ class WriterGroup:
                 log.warning("partition upkeep failed: %s", type(exc).__name__)
                 delay = backoff_seconds(attempt, 1000, 300_000)
             await wait_or_stop(self.stopping, delay)
+
+    async def _summarize_upkeep(self) -> None:
+        """Summarize the batch index's new ranges every SUMMARIZE_INTERVAL_S, so reads of one
+        batch (proofs, verification) read its pages, not every page of the ranges autovacuum
+        has not summarized yet."""
+        while not self.stopping.is_set():
+            await wait_or_stop(self.stopping, SUMMARIZE_INTERVAL_S)
+            if self.stopping.is_set():
+                return
+            try:
+                await repository.summarize_batch_ranges(self.engine)
+            except Exception as exc:
+                self.metrics.writer_errors.labels(stage="summarize").inc()
+                log.warning("batch index upkeep failed: %s", type(exc).__name__)
 
     async def stop(self) -> None:
         """Let in-flight batches commit and ack; cancel what is still running after the grace

@@ -18,7 +18,7 @@ from app.errors import Conflict, InvalidEvents, NotFound
 from app.main_state import resources
 from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
-from app.verify import Report, Verifier, verify_chains, verify_range
+from app.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
@@ -92,6 +92,7 @@ async def _verify_lines(
         try:
             from_seq, to_seq, chain = seqs
             async with driver_connection(engine) as conn:
+                await summarize_batch_ranges(conn)
                 if from_seq is None and to_seq is None and chain is None:
                     times = (start, end) if start is not None else None
                     report = await verify_chains(conn, verifier, progress, times=times)
