@@ -25,7 +25,7 @@ from app.config import SigningKey
 from app.integrity import UnknownSigningKeyError, audit_path, format_timestamp, verify_signature
 from app.retention import unpack_leaves
 from app.signing import verify_with_any
-from app.verify import ENTRY_AT, Finding
+from app.verify import ENTRY_AT, Finding, fetch_by_batch
 
 PROOF_ROW = """
 SELECT a.event_id, a.hash, a.leaf_index, l.* FROM audit_log a
@@ -67,7 +67,7 @@ async def event_proof(
     row = await conn.fetchrow(PROOF_ROW, event_id, organization_id)
     if row is None:
         return None
-    found = await conn.fetch(BATCH_LEAVES, row["batch_id"])
+    found = await fetch_by_batch(conn, BATCH_LEAVES, row["batch_id"])
     by_index = {r["leaf_index"]: bytes(r["hash"]) for r in found}
     damaged = len(by_index) != len(found)  # two rows claim one leaf
     # A batch sealed across a month boundary may have lost its older leaves to retention: their
