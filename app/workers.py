@@ -67,7 +67,7 @@ class WriterGroup:
         """Summarize the batch index's new ranges every SUMMARIZE_INTERVAL_S, so reads of one
         batch (proofs, verification) read its pages, not every page of the ranges autovacuum
         has not summarized yet."""
-        while not self.stopping.is_set():
+        while True:
             await wait_or_stop(self.stopping, SUMMARIZE_INTERVAL_S)
             if self.stopping.is_set():
                 return

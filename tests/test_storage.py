@@ -119,7 +119,7 @@ async def test_writer_role_appends_and_nothing_else(
             await asyncio.wait_for(writer.cycle(asyncio.Event()), 20)
             await writer.close()
             await repository.ensure_partitions(res.engine, 4)
-            assert await repository.summarize_batch_ranges(res.engine) >= 0  # granted: no error
+            await repository.summarize_batch_ranges(res.engine)  # granted: raises if not
         finally:
             await close_resources(res)
         assert len(await stored_rows(database_url, org)) == 1
