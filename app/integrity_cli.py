@@ -20,6 +20,7 @@ from app.parallel_verify import verify_whole_chain
 from app.proofs import check_checkpoint, export_checkpoint
 from app.signing import new_keypair
 from app.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
+from app.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 
 PROGRESS_EVERY_S = 2.0
 
@@ -29,34 +30,37 @@ def _time(text: str | None) -> datetime | None:
 
 
 def run_verify(settings: Settings, args: Any) -> int:
-    """Exit 0 when intact, 1 when anything broke; findings on stdout, progress on stderr."""
+    """Exit 0 when intact, 1 when anything broke, 2 when nothing could be verified (no key, a
+    range the ledger does not have); findings on stdout, progress and refusals on stderr."""
     checkpoint = orjson.loads(Path(args.checkpoint).read_bytes()) if args.checkpoint else None
-    return asyncio.run(_verify(settings, args, checkpoint))
+    try:
+        verifier = verifier_for(
+            settings.signing_keys_by_id, args.public_key or settings.ledger_public_key
+        )
+        return asyncio.run(_verify(settings, args, verifier, checkpoint))
+    except (NoVerificationKey, RangeError) as exc:
+        print(f"verify: {exc}", file=sys.stderr)
+        return 2
 
 
-async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | None) -> int:
-    verifier = Verifier(settings.signing_keys_by_id, args.public_key or settings.ledger_public_key)
+async def _verify(
+    settings: Settings, args: Any, verifier: Verifier, checkpoint: dict[str, Any] | None
+) -> int:
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
-        await summarize_batch_ranges(conn)
         start, end = _time(args.start), _time(args.end)
         times = (start, end) if start and end else None
         chain = args.chain
         seqs = args.from_seq is not None or args.to_seq is not None or chain is not None
+        first, last = await resolve_range(conn, chain, args.from_seq, args.to_seq)
+        await summarize_batch_ranges(conn)
         if not seqs and times is None and args.jobs > 1:
-            report = await verify_whole_chain(
-                conn, settings.asyncpg_dsn, settings.signing_keys, verifier.public_key, args.jobs
-            )
+            report = await verify_whole_chain(conn, settings.asyncpg_dsn, verifier, args.jobs)
         elif not seqs:
             report = await verify_chains(conn, verifier, _progress_printer(), times=times)
         else:
             report = await verify_range(
-                conn,
-                verifier,
-                args.from_seq or 1,
-                args.to_seq,
-                _progress_printer(),
-                chain=chain or 0,
+                conn, verifier, first, last, _progress_printer(), chain=chain or 0
             )
         if checkpoint is not None:
             report.findings += await check_checkpoint(
@@ -66,7 +70,9 @@ async def _verify(settings: Settings, args: Any, checkpoint: dict[str, Any] | No
         await conn.close()
     for finding in report.findings:
         print(orjson.dumps(finding.as_dict()).decode())
-    print(orjson.dumps(report.summary()).decode())
+    print(orjson.dumps({**report.summary(), "checked": verifier.checked}).decode())
+    if report.entries == 0:
+        print("verify: nothing to verify: the ledger (or this range) is empty", file=sys.stderr)
     return 0 if report.intact else 1
 
 
@@ -134,17 +140,18 @@ async def _bundle_lines(
 
 def run_verify_bundle(settings: Settings, args: Any) -> int:
     """No database: the bundle, the HMAC keys if this auditor has them, the public key."""
-    keys = settings.signing_keys_by_id
-    public = args.public_key or settings.ledger_public_key
-    if not keys and not public:
-        raise SystemExit("give --public-key (or AUDIT_SIGNING_KEYS) to check signatures with")
-    verifier = Verifier(keys, public, check_hmac=bool(keys))
+    try:
+        verifier = verifier_for(
+            settings.signing_keys_by_id, args.public_key or settings.ledger_public_key
+        )
+    except NoVerificationKey as exc:
+        print(f"verify-bundle: {exc}", file=sys.stderr)
+        return 2
     with Path(args.bundle).open("rb") as bundle:
         report = verify_bundle(bundle, verifier)
     for finding in report.findings:
         print(orjson.dumps(finding.as_dict()).decode())
-    summary = {**report.summary(), "hmac_checked": bool(keys), "public_key_checked": bool(public)}
-    print(orjson.dumps(summary).decode())
+    print(orjson.dumps({**report.summary(), "checked": verifier.checked}).decode())
     return 0 if report.intact else 1
 
 

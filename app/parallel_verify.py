@@ -11,20 +11,18 @@ from typing import Any
 
 import asyncpg
 
-from app.config import parse_signing_keys
 from app.verify import NEWEST_SEQ, ORPHANS, Finding, Report, Verifier, chain_ids, verify_range
 
 MIN_ENTRIES_PER_JOB = 50
 
 
-def _part(
-    dsn: str, keys: str, public_key: str, chain: int, first: int, last: int
-) -> dict[str, Any]:
+def _part(dsn: str, verifier: Verifier, chain: int, first: int, last: int) -> dict[str, Any]:
+    """One part in its own process, with the very verifier of the whole run (the same keys and
+    the same checks as a run in one process)."""
+
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
-            ring = {k.key_id: k for k in parse_signing_keys(keys)}
-            verifier = Verifier(ring, public_key, check_hmac=bool(ring))
             report = await verify_range(conn, verifier, first, last, chain=chain)
         finally:
             await conn.close()
@@ -51,8 +49,7 @@ def split(
 async def verify_whole_chain(
     conn: asyncpg.Connection,
     dsn: str,
-    keys: str,
-    public_key: str,
+    verifier: Verifier,
     jobs: int,
     min_per_job: int = MIN_ENTRIES_PER_JOB,
 ) -> Report:
@@ -72,7 +69,7 @@ async def verify_whole_chain(
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         results = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, _part, dsn, keys, public_key, chain, a, b)
+                loop.run_in_executor(pool, _part, dsn, verifier, chain, a, b)
                 for chain, a, b in parts
             )
         )
@@ -89,7 +86,6 @@ async def verify_whole_chain(
             if finding.check == "event_unsealed":
                 seen.add((finding.check, finding.event_id))
             report.findings.append(finding)
-    verifier = Verifier({}, check_hmac=False)
     for row in await conn.fetch(ORPHANS):
         finding = verifier.event_finding("event_unsealed", row, None, "no known batch")
         if (finding.check, finding.event_id) not in seen:

@@ -180,6 +180,7 @@ class Report:
             "findings_by_check": dict(self.findings.by_check),
             "findings_listed": len(self.findings),
             "chains": self.chains or [self.chain_summary()],
+            "empty": self.entries == 0,
         }
 
     def chain_summary(self) -> dict[str, Any]:
@@ -199,6 +200,11 @@ class Verifier:
     public_key: str = ""
     organization_id: str | None = None  # set: other organizations' events stay anonymous
     check_hmac: bool = True  # off for an auditor who holds only the Ed25519 public key
+
+    @property
+    def checked(self) -> dict[str, bool]:
+        """Which signatures this verifier checks (a report says so beside its verdict)."""
+        return {"hmac": self.check_hmac, "public_key": bool(self.public_key)}
 
     def signed(self, digest: bytes, signature: bytes, key_id: str) -> bool:
         """The HMAC checks out (or this verifier does not check HMACs)."""

@@ -223,7 +223,7 @@ async def test_proof_of_a_damaged_batch_is_refused(sealed: Sealed) -> None:
 async def test_whole_chain_in_parallel_parts_finds_the_same(sealed_factory: SealedFactory) -> None:
     sealed = await sealed_factory([3, 5, 2, 4, 6, 1])
     settings = sealed.res.settings
-    args = (sealed.conn, settings.asyncpg_dsn, settings.signing_keys, "", 3)
+    args = (sealed.conn, settings.asyncpg_dsn, sealed.verifier, 3)
     intact = await verify_whole_chain(*args, min_per_job=1)
     assert intact.intact and (intact.entries, intact.events) == (6, 21)
     target = (await sealed.rows(4))[2]

@@ -14,11 +14,12 @@ from fastapi.responses import StreamingResponse
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.db import driver_connection
-from app.errors import Conflict, InvalidEvents, NotFound
+from app.errors import ApiError, Conflict, InvalidEvents, NotFound
 from app.main_state import resources
 from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
 from app.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
+from app.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
@@ -31,6 +32,16 @@ ChainParam = Annotated[
     int | None, Query(ge=0, le=1023, description="the chain a seq range is of (default 0)")
 ]
 TimeParam = Annotated[EventTime | None, Query()]
+
+
+class InvalidRange(ApiError):
+    status_code = 422
+    code = "invalid_range"
+
+
+class VerificationUnavailable(ApiError):
+    status_code = 503
+    code = "verification_unavailable"
 
 
 def _line(kind: str, value: Any) -> bytes:
@@ -62,21 +73,30 @@ async def verify(
     if start is not None and (seq_range or chain is not None):
         raise InvalidEvents("give a seq range or a time range, not both")
     res = resources(request)
+    try:
+        verifier = verifier_for(
+            res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
+        )
+    except NoVerificationKey as exc:
+        raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
+    async with driver_connection(res.engine) as conn:
+        try:
+            first, last = await resolve_range(conn, chain, from_seq, to_seq)
+        except RangeError as exc:
+            heads = {str(c): head for c, head in exc.heads.items()}
+            raise InvalidRange(str(exc), details={"heads": heads}) from exc
     query = {"from_seq": from_seq, "to_seq": to_seq, "chain": chain, "start": start, "end": end}
     await record_access(request, caller, "verify", query, 0)
-    verifier = Verifier(
-        res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
-    )
+    seqs = (first, last, chain) if seq_range or chain is not None else None
     return StreamingResponse(
-        _verify_lines(res.engine, verifier, (from_seq, to_seq, chain), start, end),
-        media_type="application/x-ndjson",
+        _verify_lines(res.engine, verifier, seqs, start, end), media_type="application/x-ndjson"
     )
 
 
 async def _verify_lines(
     engine: Any,
     verifier: Verifier,
-    seqs: tuple[int | None, int | None, int | None],
+    seqs: tuple[int, int, int | None] | None,
     start: Any,
     end: Any,
 ) -> AsyncIterator[bytes]:
@@ -90,24 +110,19 @@ async def _verify_lines(
 
     async def run() -> None:
         try:
-            from_seq, to_seq, chain = seqs
             async with driver_connection(engine) as conn:
                 await summarize_batch_ranges(conn)
-                if from_seq is None and to_seq is None and chain is None:
+                if seqs is None:
                     times = (start, end) if start is not None else None
                     report = await verify_chains(conn, verifier, progress, times=times)
                 else:
+                    first, last, chain = seqs
                     report = await verify_range(
-                        conn,
-                        verifier,
-                        from_seq or 1,
-                        to_seq,
-                        progress,
-                        chain=chain or 0,
+                        conn, verifier, first, last, progress, chain=chain or 0
                     )
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
-            lines.put_nowait(_line("summary", report.summary()))
+            lines.put_nowait(_line("summary", {**report.summary(), "checked": verifier.checked}))
         except Exception as exc:  # the status line is sent already: say it in the stream
             failure = {"code": "verification_failed", "message": type(exc).__name__}
             lines.put_nowait(_line("error", failure))
