@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=1_000_000, ge=1)
     max_events_per_request: int = Field(default=10_000, ge=1)
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # JSON values (objects, arrays, scalars) in one body over 1 MiB: what bounds the memory of
+    # parsing it (about 64 bytes a value). A valid event holds 15-40 of them.
+    max_json_values: int = Field(default=500_000, ge=1_000)
     max_details_bytes: int = Field(default=64 * 1024, ge=64)
     max_future_skew_s: int = Field(default=900, ge=0)
     stream_entry_events: int = Field(default=500, ge=1, le=10_000)

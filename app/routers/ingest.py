@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from app.auth import Caller, require_scope
 from app.errors import (
     ApiError,
     Backpressure,
-    InvalidEvents,
-    MalformedJson,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
-    describe_validation_errors,
 )
+from app.event_bodies import Limits, parse_bulk, parse_event
 from app.integrity import format_timestamp
 from app.main_state import resources
-from app.schemas import (
-    EVENT_LIST,
-    Accepted,
-    BulkAccepted,
-    ErrorResponse,
-    EventIn,
-    new_event_ids,
-)
+from app.schemas import Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
 
 router = APIRouter(tags=["ingest"])
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
@@ -71,39 +61,10 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _raise_for(exc: ValidationError) -> NoReturn:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    if any(e["type"] == "json_invalid" for e in errors):
-        raise MalformedJson("request body is not valid JSON")
-    details = describe_validation_errors(errors)
-    if any(e["type"] == "details_too_large" for e in errors):
-        raise PayloadTooLarge("an event's details is over the size limit", details=details)
-    raise InvalidEvents("events are invalid; nothing was accepted", details=details)
-
-
-def check_times(events: list[EventIn], max_skew_s: int, bulk: bool) -> None:
-    latest = datetime.now(UTC) + timedelta(seconds=max_skew_s)
-    bad = [
-        {
-            **({"index": i} if bulk else {}),
-            "field": "timestamp",
-            "type": "timestamp_in_future",
-            "message": f"timestamp is more than {max_skew_s} s in the future",
-        }
-        for i, event in enumerate(events)
-        if event.timestamp is not None and event.timestamp > latest
-    ]
-    if bad:
-        raise InvalidEvents("events are invalid; nothing was accepted", details=bad)
-
-
-async def accept(
-    request: Request, caller: Caller, events: list[EventIn], *, bulk: bool
-) -> list[str]:
+async def accept(request: Request, caller: Caller, events: list[EventIn]) -> list[str]:
     """Queue validated events; all of them or, on any refusal, none."""
     res = resources(request)
     settings = res.settings
-    check_times(events, settings.max_future_skew_s, bulk=bulk)
     if res.queued_events + len(events) > settings.max_queue_depth:
         raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
     received_at = format_timestamp(datetime.now(UTC))
@@ -142,11 +103,8 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
 async def post_event(request: Request, caller: Ingestor) -> Response:
     try:
         body = await read_body(request, resources(request).settings.max_request_bytes)
-        try:
-            event = EventIn.model_validate_json(body, strict=True, context=_context(request))
-        except ValidationError as exc:
-            _raise_for(exc)
-        ids = await accept(request, caller, [event], bulk=False)
+        event = parse_event(body, _limits(request))
+        ids = await accept(request, caller, [event])
     except ApiError as exc:
         _count_rejection(request, exc)
         raise
@@ -165,17 +123,8 @@ async def post_bulk(request: Request, caller: Ingestor) -> Response:
     settings = resources(request).settings
     try:
         body = await read_body(request, settings.max_request_bytes)
-        try:
-            events = EVENT_LIST.validate_json(body, strict=True, context=_context(request))
-        except ValidationError as exc:
-            _raise_for(exc)
-        if not events:
-            raise InvalidEvents("send at least one event")
-        if len(events) > settings.max_events_per_request:
-            raise PayloadTooLarge(
-                f"{len(events)} events; the limit is {settings.max_events_per_request}"
-            )
-        ids = await accept(request, caller, events, bulk=True)
+        events = parse_bulk(body, _limits(request))
+        ids = await accept(request, caller, events)
     except ApiError as exc:
         _count_rejection(request, exc)
         raise
@@ -183,5 +132,11 @@ async def post_bulk(request: Request, caller: Ingestor) -> Response:
     return Response(body_out, 202, media_type="application/json")
 
 
-def _context(request: Request) -> dict[str, int]:
-    return {"max_details_bytes": resources(request).settings.max_details_bytes}
+def _limits(request: Request) -> Limits:
+    settings = resources(request).settings
+    return Limits(
+        max_events=settings.max_events_per_request,
+        max_values=settings.max_json_values,
+        max_future_skew_s=settings.max_future_skew_s,
+        context={"max_details_bytes": settings.max_details_bytes},
+    )
