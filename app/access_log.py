@@ -47,7 +47,8 @@ async def record_access(
         details=details,
     )
     res = resources(request)
-    record = event.to_record(caller.organization_id, format_timestamp(datetime.now(UTC)))
+    received_at = format_timestamp(datetime.now(UTC))
+    record = event.to_record(caller.organization_id, received_at, api_key_id=caller.key_id)
     try:
         await res.stream.enqueue([record], res.settings.stream_entry_events)
     except RedisError as exc:

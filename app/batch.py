@@ -65,11 +65,13 @@ def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
     are brought to their canonical text first, so the hash is of exactly what is stored."""
     timestamp = parse_timestamp(record["timestamp"])
     received_at = parse_timestamp(record["received_at"])
+    key_id = record.get("api_key_id")
     canonical = dict(
         record,
         event_id=_canonical_id(record["event_id"]),
         timestamp=_canonical_time(record["timestamp"], timestamp),
         received_at=_canonical_time(record["received_at"], received_at),
+        api_key_id=None if key_id is None else _canonical_id(key_id),
     )
     digest = event_hash(canonical)
     details = record["details"]

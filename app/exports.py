@@ -50,6 +50,7 @@ CSV_COLUMNS = (
     "user_agent",
     "details",
     "priority",
+    "api_key_id",
     "hash",
     "signature",
     "key_id",

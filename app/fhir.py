@@ -139,6 +139,11 @@ def _record_entity(event: Mapping[str, Any]) -> dict[str, Any]:
         {"type": "event_hash_sha256", "valueBase64Binary": _b64(event["hash"])},
         {"type": "signature_hmac_sha256", "valueBase64Binary": _b64(event["signature"])},
         {"type": "key_id", "valueString": event["key_id"]},
+        *(
+            [{"type": "api_key_id", "valueString": str(event["api_key_id"])}]
+            if event.get("api_key_id")
+            else []
+        ),
         {"type": "priority", "valueString": event["priority"]},
         {"type": "data_classification", "valueString": event["data_classification"]},
     ]

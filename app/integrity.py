@@ -2,8 +2,10 @@
 
 The canonical form of an event is the compact JSON encoding, keys sorted at every level, of
 exactly the stored fields named in `CANONICAL_FIELDS`: UUIDs lower-case and hyphenated,
-timestamps in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, absent optional values as `null`. Another
-implementation that follows this paragraph reproduces every hash bit for bit.
+timestamps in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, absent optional values as `null`, except
+`api_key_id` (the key that sent the event), which is left out when there is none (events stored
+before it was recorded). Another implementation that follows this paragraph reproduces every
+hash bit for bit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from app.config import SigningKey
 # Every stored column of `audit_log` except the integrity columns themselves.
 CANONICAL_FIELDS: tuple[str, ...] = (
     "action",
+    "api_key_id",
     "break_glass",
     "correlation_id",
     "data_classification",
@@ -44,6 +47,10 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "user_agent",
 )
 CANONICAL_FIELD_SET = frozenset(CANONICAL_FIELDS)
+KEY_ID_FIELD = "api_key_id"
+# The form of events without a key id: every field but that one.
+UNKEYED_FIELDS = tuple(f for f in CANONICAL_FIELDS if f != KEY_ID_FIELD)
+UNKEYED_FIELD_SET = frozenset(UNKEYED_FIELDS)
 
 
 class UnknownSigningKeyError(LookupError):
@@ -68,10 +75,15 @@ def parse_timestamp(text: str) -> datetime:
 
 
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
-    """The canonical encoding of an event record (see the module docstring)."""
-    if record.keys() != CANONICAL_FIELD_SET:
-        missing = sorted(CANONICAL_FIELD_SET - record.keys())
-        extra = sorted(record.keys() - CANONICAL_FIELD_SET)
+    """The canonical encoding of an event record (see the module docstring); a record whose
+    `api_key_id` is None, or that has none, is encoded without it."""
+    keys = record.keys()
+    if keys == CANONICAL_FIELD_SET:
+        if record[KEY_ID_FIELD] is None:
+            record = {k: v for k, v in record.items() if k != KEY_ID_FIELD}
+    elif keys != UNKEYED_FIELD_SET:
+        missing = sorted(UNKEYED_FIELD_SET - keys)
+        extra = sorted(keys - CANONICAL_FIELD_SET)
         raise ValueError(f"record fields differ: missing={missing} extra={extra}")
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
@@ -246,7 +258,10 @@ def sign_head(head: bytes, key: SigningKey) -> bytes:
 def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """The canonical record of a stored audit_log row (as asyncpg returns it): what its hash
     covers, so a row read back can be checked against its hash."""
-    record = dict(zip(CANONICAL_FIELDS, map(row.__getitem__, CANONICAL_FIELDS), strict=True))
+    record = dict(zip(UNKEYED_FIELDS, map(row.__getitem__, UNKEYED_FIELDS), strict=True))
+    key_id = row.get(KEY_ID_FIELD)
+    if key_id is not None:
+        record[KEY_ID_FIELD] = str(key_id)
     record["event_id"] = str(record["event_id"])
     record["timestamp"] = format_timestamp(record["timestamp"])
     record["received_at"] = format_timestamp(record["received_at"])
@@ -257,8 +272,9 @@ def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def content_digest(row: Mapping[str, Any]) -> bytes:
-    """What a client sent, without the time it arrived: an exact resend of an event has the same
-    content digest though its received_at (and so its hash) differs."""
+    """What a client sent, without the time it arrived and the key it came with: an exact resend
+    of an event has the same content digest though its received_at (and so its hash) differs."""
     record = record_from_row(row)
     record["received_at"] = None
+    record.pop(KEY_ID_FIELD, None)
     return hashlib.sha256(canonical_bytes(record)).digest()

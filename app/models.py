@@ -53,6 +53,7 @@ audit_log = Table(
     Column("user_agent", Text),
     Column("details", JSON(none_as_null=True)),
     Column("priority", Text, nullable=False),
+    Column("api_key_id", Uuid(as_uuid=True)),
     Column("hash", LargeBinary, nullable=False),
     Column("signature", LargeBinary, nullable=False),
     Column("key_id", Text, nullable=False),

@@ -100,6 +100,7 @@ Priority = Literal["normal", "high"]
 Scope = Literal["ingest", "read", "verify", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("ingest", "read", "verify", "admin")
 DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
+CLIENT = "client"  # validation context key: the body came from a client (see EventIn)
 
 
 def new_event_id() -> str:
@@ -164,6 +165,17 @@ class EventIn(BaseModel):
     details: dict[str, Any] | None = None
     priority: Priority = "normal"
 
+    @field_validator("action")
+    @classmethod
+    def _not_reserved(cls, value: str, info: ValidationInfo) -> str:
+        """`audit.*` is the service's own record of who read the trail: a client's event there
+        could pass for one. Only events sent by clients (CLIENT in the context) are checked."""
+        if (info.context or {}).get(CLIENT) and value.split(".", 1)[0].lower() == "audit":
+            raise PydanticCustomError(
+                "reserved_action", "actions audit and audit.* are reserved for the service"
+            )
+        return value
+
     @field_validator("details")
     @classmethod
     def _details_fit(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
@@ -193,13 +205,19 @@ class EventIn(BaseModel):
         return value
 
     def to_record(
-        self, organization_id: str, received_at: str, fresh_id: str | None = None
+        self,
+        organization_id: str,
+        received_at: str,
+        fresh_id: str | None = None,
+        api_key_id: str | None = None,
     ) -> dict[str, Any]:
         """The stored, canonical record (see app.integrity) with server-filled defaults;
-        `fresh_id` is the id to give an event sent without one (one is made when None)."""
+        `fresh_id` is the id to give an event sent without one (one is made when None),
+        `api_key_id` the id of the key that sent it."""
         session = self.session_context
         return {
             "action": self.action,
+            "api_key_id": api_key_id,
             "break_glass": self.break_glass,
             "correlation_id": self.correlation_id,
             "data_classification": self.data_classification,
@@ -261,6 +279,10 @@ class EventOut(BaseModel):
     session_context: SessionContextOut | None
     details: dict[str, Any] | None
     priority: str
+    api_key_id: uuid.UUID | None = Field(
+        description="the API key that sent the event (none for events stored before keys were"
+        " recorded)"
+    )
     hash: str = Field(description="SHA-256 of the canonical form, hex")
     signature: str = Field(description="HMAC-SHA256 of the raw hash, hex")
     key_id: str

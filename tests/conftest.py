@@ -254,8 +254,13 @@ class Sealed:
         )
 
 
-async def seal(res: Resources, org: str, sizes: list[int]) -> None:
-    """One ledger entry per size, in order."""
+SEALED_KEY_ID = "5eed0000-0000-4000-8000-000000000001"
+
+
+async def seal(
+    res: Resources, org: str, sizes: list[int], api_key_id: str | None = SEALED_KEY_ID
+) -> None:
+    """One ledger entry per size, in order, sent (as records say) with `api_key_id`."""
     writer = BatchWriter(
         res.settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "sealer"
     )
@@ -263,7 +268,8 @@ async def seal(res: Resources, org: str, sizes: list[int]) -> None:
         events = EVENT_LIST.validate_python(
             [event(principal_id=f"u{n}-{i}", patient_id=f"p{i}") for i in range(size)]
         )
-        records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in events]
+        received = "2026-11-20T10:00:00.000000Z"
+        records = [e.to_record(org, received, api_key_id=api_key_id) for e in events]
         await res.stream.enqueue(records, 10_000)
         assert await writer.cycle(asyncio.Event()) == 1
     await writer.close()
@@ -280,7 +286,9 @@ async def sealed_factory(
     made: list[tuple[str, Sealed]] = []
     admin = await asyncpg.connect(database_url)
 
-    async def make(sizes: list[int], **overrides: Any) -> Sealed:
+    async def make(
+        sizes: list[int], *, api_key_id: str | None = SEALED_KEY_ID, **overrides: Any
+    ) -> Sealed:
         name = f"audit_ledger_{uuid.uuid4().hex[:8]}"
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = with_database(database_url, name)
@@ -289,7 +297,7 @@ async def sealed_factory(
         )
         await asyncio.to_thread(migrate, settings)
         res = await open_resources(settings, Metrics.create())
-        await seal(res, "org-sealed", sizes)
+        await seal(res, "org-sealed", sizes, api_key_id)
         conn = await asyncpg.connect(url)
         verifier = Verifier(settings.signing_keys_by_id, settings.ledger_public_key)
         sealed = Sealed(conn, res, verifier, "org-sealed")

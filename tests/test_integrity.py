@@ -65,6 +65,25 @@ GOLDEN_KEY = SigningKey("k1", b"k" * 32)
 GOLDEN_SIGNATURE = "30fe5ce6759652628bd9f483ba5e028211aed74d9d012657da6b9baa31eabd3b"
 
 
+# The same event as sent with an API key: its id is part of the canonical form (sorted in after
+# "action"). A record without a key id (stored before keys were recorded) keeps the form above.
+GOLDEN_KEY_ID = "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+GOLDEN_KEYED_CANONICAL = GOLDEN_CANONICAL.replace(
+    '"action":"fhir.patient.read",', f'"action":"fhir.patient.read","api_key_id":"{GOLDEN_KEY_ID}",'
+)
+GOLDEN_KEYED_HASH = "7137c0c5063eb587d5055c1c4bbca5cd1af99955e12fa499655c76ef8ce87b29"
+GOLDEN_KEYED_SIGNATURE = "c8c3056d48ba851ce468f6bc935e0df90dfacd5c48d92f3c30172d474997b77a"
+
+
+def test_canonical_form_with_the_api_key_matches_golden_bytes() -> None:
+    keyed = dict(GOLDEN_RECORD, api_key_id=GOLDEN_KEY_ID)
+    assert canonical_bytes(keyed) == GOLDEN_KEYED_CANONICAL.encode()
+    assert event_hash(keyed).hex() == GOLDEN_KEYED_HASH
+    assert sign_hash(event_hash(keyed), GOLDEN_KEY).hex() == GOLDEN_KEYED_SIGNATURE
+    # No key id is the form without the field, however the record spells it.
+    assert canonical_bytes(dict(GOLDEN_RECORD, api_key_id=None)) == GOLDEN_CANONICAL.encode()
+
+
 def test_canonical_form_matches_golden_bytes() -> None:
     assert canonical_bytes(GOLDEN_RECORD) == GOLDEN_CANONICAL.encode()
 
@@ -77,10 +96,13 @@ def test_hash_and_signature_match_golden_vectors() -> None:
 
 
 def test_every_field_changes_the_hash() -> None:
+    keyed = dict(GOLDEN_RECORD, api_key_id=GOLDEN_KEY_ID)
+    assert set(keyed) == set(CANONICAL_FIELDS)
     for field in CANONICAL_FIELDS:
-        changed = dict(GOLDEN_RECORD)
+        changed = dict(keyed)
         changed[field] = "tampered" if changed[field] != "tampered" else "other"
-        assert event_hash(changed).hex() != GOLDEN_HASH, field
+        assert event_hash(changed).hex() != GOLDEN_KEYED_HASH, field
+    assert event_hash(GOLDEN_RECORD).hex() != GOLDEN_KEYED_HASH  # the key id dropped
 
 
 def test_nested_details_change_the_hash() -> None:

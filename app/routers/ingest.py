@@ -20,7 +20,7 @@ from app.errors import (
 from app.event_bodies import Limits, parse_bulk, parse_event
 from app.integrity import format_timestamp
 from app.main_state import resources
-from app.schemas import Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
+from app.schemas import CLIENT, Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
 
 router = APIRouter(tags=["ingest"])
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
@@ -69,9 +69,9 @@ async def accept(request: Request, caller: Caller, events: list[EventIn]) -> lis
         raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
     received_at = format_timestamp(datetime.now(UTC))
     fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
-    org = caller.organization_id
+    org, key_id = caller.organization_id, caller.key_id
     records = [
-        event.to_record(org, received_at, None if event.event_id else next(fresh))
+        event.to_record(org, received_at, None if event.event_id else next(fresh), key_id)
         for event in events
     ]
     try:
@@ -138,5 +138,5 @@ def _limits(request: Request) -> Limits:
         max_events=settings.max_events_per_request,
         max_values=settings.max_json_values,
         max_future_skew_s=settings.max_future_skew_s,
-        context={"max_details_bytes": settings.max_details_bytes},
+        context={"max_details_bytes": settings.max_details_bytes, CLIENT: True},
     )
