@@ -6,12 +6,14 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy.exc
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +25,6 @@ from app.schemas import ALL_SCOPES
 
 KEY_PREFIX = "aik_"
 CACHE_LIMIT = 10_000
-STALE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,36 +79,47 @@ class KeyCache:
     A revoked key stops working within `ttl` seconds of its last lookup's start. A key in use is
     looked up again in the background once half its time is past, while the cached answer still
     serves; a key not cached (or past its time) is looked up once however many requests present
-    it at that moment, the others waiting for that one answer. (Each request used to make its own
-    lookup whenever the entry ran out: a burst of connections and queries every `ttl` seconds,
-    which every request of those milliseconds waited for.) While the database cannot be asked, a
-    key verified in the last STALE_SECONDS still works, so ingest goes on through an outage."""
+    it at that moment, the others waiting for that one answer. An unknown (or revoked) key is
+    remembered as such for `negative_ttl` seconds, so a flood of bad keys costs no lookups.
 
-    def __init__(self, ttl: float, lookup: Lookup) -> None:
+    While the database cannot be reached (`usable_while_down`), a key verified in the last
+    `outage_grace` seconds still works, so ingest goes on through an outage. Only an outage
+    counts: a lookup that failed for any other reason (a pool wait, a query error) never serves
+    a cached answer past its time, so it cannot stretch a revoked key's life."""
+
+    def __init__(
+        self, ttl: float, lookup: Lookup, *, outage_grace: float = 120.0, negative_ttl: float = 2.0
+    ) -> None:
         self.ttl = ttl
+        self.outage_grace = outage_grace
+        self.negative_ttl = negative_ttl
         self._lookup_key = lookup
         self._entries: dict[bytes, tuple[float, Caller]] = {}  # verified at (monotonic), caller
+        self._unknown: dict[bytes, float] = {}  # found unknown at (monotonic)
         self._lookups: dict[bytes, asyncio.Task[Caller | None]] = {}
 
-    def get(self, key_hash: bytes, *, stale: bool = False) -> Caller | None:
+    def usable_while_down(self, key_hash: bytes) -> Caller | None:
+        """The caller of a key verified within `outage_grace`, for while the database is down."""
         hit = self._entries.get(key_hash)
-        if hit is None:
+        if hit is None or time.monotonic() - hit[0] > self.ttl + self.outage_grace:
             return None
-        limit = self.ttl + (STALE_SECONDS if stale else 0)
-        return hit[1] if time.monotonic() - hit[0] <= limit else None
+        return hit[1]
 
     async def verify(self, key_hash: bytes) -> Caller | None:
         """The key's caller, from the cache or from the lookup (shared by whoever asks while it
-        runs); raises what the lookup raised."""
+        runs); None for an unknown or revoked key; raises what the lookup raised."""
         if self.ttl <= 0:  # no caching: every request asks the database itself
             return await self._lookup_key(key_hash)
         hit = self._entries.get(key_hash)
+        now = time.monotonic()
         if hit is not None:
-            age = time.monotonic() - hit[0]
+            age = now - hit[0]
             if age <= self.ttl:
                 if age > self.ttl / 2 and key_hash not in self._lookups:
                     self._start(key_hash)  # refresh ahead; a failure leaves the entry
                 return hit[1]
+        elif now - self._unknown.get(key_hash, -math.inf) <= self.negative_ttl:
+            return None
         task = self._lookups.get(key_hash) or self._start(key_hash)
         return await asyncio.shield(task)  # a waiter's cancellation leaves the lookup running
 
@@ -122,10 +134,14 @@ class KeyCache:
         caller = await self._lookup_key(key_hash)
         if caller is None:
             self._entries.pop(key_hash, None)
+            if len(self._unknown) >= CACHE_LIMIT:
+                self._unknown.clear()
+            self._unknown[key_hash] = started
         else:
             if len(self._entries) >= CACHE_LIMIT:
                 self._entries.clear()
             self._entries[key_hash] = (started, caller)
+            self._unknown.pop(key_hash, None)
         return caller
 
     def _finished(self, key_hash: bytes, task: asyncio.Task[Caller | None]) -> None:
@@ -133,6 +149,32 @@ class KeyCache:
             del self._lookups[key_hash]
         if not task.cancelled():
             task.exception()  # a background refresh's failure is not an error of its own
+
+
+# The database cannot be reached at all (refused, reset, timed out connecting): the only
+# failures that let a recently verified key keep working.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a lookup failed because the database is unreachable (sqlalchemy wraps the
+    driver's error; a pool that had no free connection in time is no outage)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OUTAGE_ERRORS):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            if isinstance(seen.orig, BaseException) and is_outage(seen.orig):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _bearer(request: Request) -> str:
@@ -164,11 +206,11 @@ async def authenticate(request: Request) -> Caller:
     state = resources(request)
     try:
         caller = await state.key_cache.verify(key_hash)
-    except (OSError, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError):
-        stale = state.key_cache.get(key_hash, stale=True)
-        if stale is None:
+    except Exception as exc:
+        fallback = state.key_cache.usable_while_down(key_hash) if is_outage(exc) else None
+        if fallback is None:
             raise
-        return stale
+        return fallback
     if caller is None:
         raise Unauthenticated("unknown or revoked API key")
     return caller

@@ -92,9 +92,25 @@ class Settings(BaseSettings):
     stream_entry_events: int = Field(default=500, ge=1, le=10_000)
     depth_poll_ms: int = Field(default=100, ge=10)
 
-    # Auth.
+    # Auth. A revoked key stops within auth_cache_seconds while the database answers; while it
+    # cannot be reached, keys verified in the last auth_outage_grace_s keep working (so ingest
+    # goes on), which bounds how long a key revoked meanwhile may too. Unknown keys are
+    # remembered as unknown for auth_negative_cache_s.
     auth_cache_seconds: float = Field(default=10.0, ge=0)
+    auth_outage_grace_s: float = Field(default=120.0, ge=0)
+    auth_negative_cache_s: float = Field(default=2.0, ge=0)
     metrics_token: str = Field(default="", repr=False)
+
+    # Long reads, per API process, on connections of their own (so they never take the pool
+    # that queries and key lookups use): exports at once in all, per key, per organization;
+    # a client that takes no bytes for export_send_timeout_s has its export (or verification)
+    # ended. Verifications likewise.
+    export_concurrency: int = Field(default=4, ge=1, le=256)
+    export_per_key: int = Field(default=2, ge=1)
+    export_per_org: int = Field(default=3, ge=1)
+    export_send_timeout_s: float = Field(default=30.0, gt=0)
+    verify_concurrency: int = Field(default=2, ge=1, le=64)
+    verify_per_org: int = Field(default=1, ge=1)
 
     # Storage.
     partitions_ahead_months: int = Field(default=3, ge=1, le=24)

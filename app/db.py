@@ -13,15 +13,23 @@ from app.config import Settings
 WRITE_COMMAND_TIMEOUT_S = 120.0
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(
+    settings: Settings,
+    pool_size: int | None = None,
+    overflow: int | None = None,
+    command_timeout_s: float | None = 30,
+) -> AsyncEngine:
+    """A pooled engine: the settings' pool for queries, or a pool of its own (`pool_size`,
+    `overflow`) for one kind of work."""
+    size = settings.db_pool_size if pool_size is None else pool_size
     return create_async_engine(
         settings.sqlalchemy_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        pool_size=size,
+        max_overflow=size if overflow is None else overflow,
         pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": command_timeout_s},
     )
 
 

@@ -76,6 +76,7 @@ async def export_rows(
 
 NDJSON_PAGE = 5000
 EXPORT_BUILDERS = 2
+EXPORT_CONNECTIONS = EXPORT_BUILDERS + 1  # an NDJSON export's builders and its key reader
 CANONICAL_TIME = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 

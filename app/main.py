@@ -20,7 +20,9 @@ from app.auth import KeyCache, key_lookup
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.errors import install_error_handlers
+from app.exports import EXPORT_CONNECTIONS
 from app.fastpath import AuditApp
+from app.limits import Slots
 from app.metrics import Metrics
 from app.routers import events, health, ingest, integrity, phi, queue
 from app.runtime import tune_gc
@@ -36,12 +38,16 @@ SAFE_EVICTION_POLICY = "noeviction"
 @dataclass(slots=True)
 class Resources:
     settings: Settings
-    engine: AsyncEngine
+    engine: AsyncEngine  # queries and upkeep
+    long_reads: AsyncEngine  # exports and verifications, apart (app.slow_clients)
+    auth_engine: AsyncEngine  # key lookups, never waiting behind anything else
     redis: redis.Redis
     stream: ShardedStream
     metrics: Metrics
     key_cache: KeyCache
     enqueuer: EnqueueBatcher
+    exports: Slots
+    verifications: Slots
     writers: WriterGroup | None = None
     queued_events: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -96,15 +102,32 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
     )
     await stream.ensure_group()
-    engine = db.create_engine(settings)
+    auth_engine = db.create_engine(settings, pool_size=2, overflow=4, command_timeout_s=5)
+    s = settings
     return Resources(
         settings=settings,
-        engine=engine,
+        engine=db.create_engine(settings),
+        # An NDJSON export reads with up to EXPORT_CONNECTIONS connections at once.
+        long_reads=db.create_engine(
+            settings,
+            pool_size=s.export_concurrency * EXPORT_CONNECTIONS + s.verify_concurrency,
+            overflow=0,
+        ),
+        auth_engine=auth_engine,
         redis=client,
         stream=stream,
         metrics=metrics,
-        key_cache=KeyCache(settings.auth_cache_seconds, key_lookup(engine)),
+        key_cache=KeyCache(
+            settings.auth_cache_seconds,
+            key_lookup(auth_engine),
+            outage_grace=settings.auth_outage_grace_s,
+            negative_ttl=settings.auth_negative_cache_s,
+        ),
         enqueuer=EnqueueBatcher(stream, settings.stream_entry_events),
+        exports=Slots("exports", s.export_concurrency, s.export_per_key, s.export_per_org),
+        verifications=Slots(
+            "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
+        ),
     )
 
 
@@ -114,7 +137,8 @@ async def close_resources(res: Resources) -> None:
         await res.writers.stop()
     await stop_tasks(res.background, grace_s=2.0)
     await res.redis.aclose()
-    await res.engine.dispose()
+    for engine in (res.engine, res.long_reads, res.auth_engine):
+        await engine.dispose()
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import sqlalchemy.exc
 
-from app.auth import Caller, KeyCache
+from app.auth import Caller, KeyCache, is_outage
 
 KEY = b"k" * 32
 CALLER = Caller("key-1", "org-1", frozenset({"ingest"}))
@@ -59,7 +60,7 @@ async def test_past_half_its_time_a_key_is_refreshed_once_in_the_background() ->
     directory.gate.set()
     await asyncio.sleep(0.01)
     assert await cache.verify(KEY) is None
-    assert directory.calls == 3
+    assert directory.calls == 2  # now known revoked: no lookup for a while
 
 
 async def test_a_failed_refresh_keeps_the_entry_until_its_time_then_raises() -> None:
@@ -72,8 +73,41 @@ async def test_a_failed_refresh_keeps_the_entry_until_its_time_then_raises() -> 
     await asyncio.sleep(0.5)
     with pytest.raises(OSError):
         await cache.verify(KEY)
-    assert cache.get(KEY) is None
-    assert cache.get(KEY, stale=True) == CALLER  # what authenticate falls back on
+    assert cache.usable_while_down(KEY) == CALLER  # what authenticate falls back on
+
+
+async def test_an_outage_keeps_a_key_only_within_the_grace() -> None:
+    directory = Directory()
+    cache = KeyCache(0.2, directory.lookup, outage_grace=0.3)
+    assert await cache.verify(KEY) == CALLER
+    directory.failure = OSError("database unreachable")
+    await asyncio.sleep(0.3)
+    assert cache.usable_while_down(KEY) == CALLER
+    await asyncio.sleep(0.3)  # past ttl + grace: no more
+    assert cache.usable_while_down(KEY) is None
+
+
+def test_only_an_unreachable_database_is_an_outage() -> None:
+    try:
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, ConnectionRefusedError(111, "no"))
+    except sqlalchemy.exc.OperationalError as refused:
+        assert is_outage(refused)
+    assert is_outage(ConnectionResetError())
+    # A pool with no free connection in time, or a failing query, says nothing of revocation.
+    assert not is_outage(sqlalchemy.exc.TimeoutError("QueuePool limit reached"))
+    assert not is_outage(sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("syntax")))
+
+
+async def test_unknown_keys_are_remembered_briefly() -> None:
+    directory = Directory()
+    directory.answer = None
+    cache = KeyCache(10, directory.lookup, negative_ttl=0.2)
+    assert [await cache.verify(KEY) for _ in range(5)] == [None] * 5
+    assert directory.calls == 1
+    directory.answer = CALLER  # created meanwhile: found once the negative entry is old
+    await asyncio.sleep(0.25)
+    assert await cache.verify(KEY) == CALLER
+    assert directory.calls == 2
 
 
 async def test_a_cancelled_request_leaves_the_lookup_to_the_others() -> None:

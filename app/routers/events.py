@@ -15,14 +15,16 @@ from app import exports, fhir, repository
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.errors import InvalidCursor, NotFound
+from app.limits import TooManyExports
 from app.main_state import resources
 from app.pagination import CursorError, decode_cursor, encode_cursor
 from app.schemas import ErrorResponse, EventFilters, EventOut, EventPage, EventSelection
+from app.slow_clients import GuardedStream
 
 router = APIRouter(tags=["events"])
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 429, 503)
 }
 
 
@@ -72,15 +74,23 @@ class ExportFilters(EventSelection):
 async def export_events(
     request: Request, caller: Reader, filters: Annotated[ExportFilters, Query()]
 ) -> StreamingResponse:
+    res = resources(request)
     query = repository.EventQuery(
         organization_id=caller.organization_id, **filters.model_dump(exclude={"format"})
     )
     asked = filters.model_dump()
-    await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
+    slot = res.exports.acquire(caller.key_id, caller.organization_id, TooManyExports)
+    try:
+        await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
+    except BaseException:
+        slot.release()
+        raise
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"audit-events-{stamp}.{EXTENSIONS[filters.format]}"
-    return StreamingResponse(
+    return GuardedStream(
         _export_body(request, caller, query, filters.format, asked),
+        slot=slot,
+        send_timeout_s=res.settings.export_send_timeout_s,
         media_type=MEDIA_TYPES[filters.format],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -94,7 +104,7 @@ async def _export_body(
     asked: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     counted = [0]
-    engine = resources(request).engine
+    engine = resources(request).long_reads
     if fmt == "fhir":
         async for chunk in fhir.bundle(exports.export_rows(engine, query, counted)):
             yield chunk

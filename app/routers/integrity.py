@@ -15,9 +15,11 @@ from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.db import driver_connection
 from app.errors import ApiError, Conflict, InvalidEvents, NotFound
+from app.limits import TooManyVerifications
 from app.main_state import resources
 from app.proofs import DamagedBatch, event_proof
 from app.schemas import ErrorResponse, EventTime
+from app.slow_clients import GuardedStream
 from app.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
 from app.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 
@@ -25,7 +27,7 @@ router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 429, 503)
 }
 SeqParam = Annotated[int | None, Query(ge=1, le=2**62)]
 ChainParam = Annotated[
@@ -86,10 +88,18 @@ async def verify(
             heads = {str(c): head for c, head in exc.heads.items()}
             raise InvalidRange(str(exc), details={"heads": heads}) from exc
     query = {"from_seq": from_seq, "to_seq": to_seq, "chain": chain, "start": start, "end": end}
-    await record_access(request, caller, "verify", query, 0)
+    slot = res.verifications.acquire(caller.key_id, caller.organization_id, TooManyVerifications)
+    try:
+        await record_access(request, caller, "verify", query, 0)
+    except BaseException:
+        slot.release()
+        raise
     seqs = (first, last, chain) if seq_range or chain is not None else None
-    return StreamingResponse(
-        _verify_lines(res.engine, verifier, seqs, start, end), media_type="application/x-ndjson"
+    return GuardedStream(
+        _verify_lines(res.long_reads, verifier, seqs, start, end),
+        slot=slot,
+        send_timeout_s=res.settings.export_send_timeout_s,
+        media_type="application/x-ndjson",
     )
 
 
