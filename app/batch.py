@@ -19,6 +19,7 @@ import orjson
 from app.config import SigningKey
 from app.integrity import content_digest, event_hash, format_timestamp, parse_timestamp, sign_hash
 from app.ledger import BASE_COLUMNS, HASH_POS, EventKey, event_key
+from app.service_seal import ServiceSeal, ServiceSeals
 from app.stream import DeadItem, Entry, Settlement
 
 POISON_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})  # data, integrity, program limit
@@ -116,14 +117,27 @@ class BatchPlan:
     (the stream shard the entries came from) it is sealed into."""
 
     entries: Sequence[Entry]
+    dead_seal: ServiceSeal
     rows: list[PendingRow] = field(default_factory=list)
     chain: int = 0
     dead: dict[int, list[DeadItem]] = field(default_factory=dict)
 
     def kill(
-        self, entry_index: int, error: str, payload: bytes, events: int = 1, organization: str = ""
+        self,
+        entry_index: int,
+        error: str,
+        payload: bytes,
+        events: int = 1,
+        organization: str = "",
+        *,
+        vouched: bool = True,
     ) -> None:
-        item = DeadItem(error, payload, events, organization)
+        """Set events aside as a dead letter; `vouched`: the API queued them (its MAC checked),
+        so the item gets the writers' MAC and can be replayed."""
+        key_id, mac = "", b""
+        if vouched:
+            key_id, mac = self.dead_seal.sign(organization.encode(), str(events).encode(), payload)
+        item = DeadItem(error, payload, events, organization, key_id, mac)
         self.dead.setdefault(entry_index, []).append(item)
 
     def kill_row(self, row: PendingRow, error: str) -> None:
@@ -148,9 +162,20 @@ def owner(record: Any) -> str:
     return organization if isinstance(organization, str) else ""
 
 
-def plan_batch(entries: Sequence[Entry], key: SigningKey, chain: int = 0) -> BatchPlan:
-    plan = BatchPlan(entries, chain=chain)
+FORGED = "forged entry: its MAC does not check, the API did not queue it; nothing of it is stored"
+
+
+def plan_batch(
+    entries: Sequence[Entry], key: SigningKey, seals: ServiceSeals, chain: int = 0
+) -> BatchPlan:
+    """The rows of the entries the API vouched for; entries whose MAC fails (written to Redis
+    by someone else) go to the dead-letter stream owned by no organization, never signed."""
+    plan = BatchPlan(entries, seals.dead_letters, chain=chain)
     for index, entry in enumerate(entries):
+        if not entry.sealed(seals.entries):
+            entry.forged = True
+            plan.kill(index, FORGED, entry.payload, entry.events, vouched=False)
+            continue
         try:
             records = orjson.loads(entry.payload)
             if not isinstance(records, list):

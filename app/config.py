@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 
 from pydantic import Field, field_validator
@@ -13,29 +14,50 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
+    """A named HMAC key; `retired_at`: from then on it only verifies what it signed before."""
+
     key_id: str
     secret: bytes
+    retired_at: datetime | None = None
+
+    def retired_by(self, moment: datetime) -> bool:
+        return self.retired_at is not None and moment >= self.retired_at
 
 
 def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
-    """Parse `id:base64secret[,id:base64secret...]`; the first key is the active one."""
+    """Parse `id:base64secret[@retired-at][,...]`; the first key is the active one and must not
+    be retired. `@2026-12-01T00:00:00Z` retires a key: whatever it signs from then on is a
+    verification finding."""
     keys: list[SigningKey] = []
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
-        key_id, sep, encoded = part.partition(":")
+        key_id, sep, rest = part.partition(":")
         if not sep or not key_id:
-            raise ValueError("each signing key must look like id:base64secret")
+            raise ValueError("each key must look like id:base64secret[@retired-at]")
+        encoded, at, retired = rest.partition("@")
         try:
             secret = base64.b64decode(encoded, validate=True)
         except binascii.Error as exc:
-            raise ValueError(f"signing key {key_id!r} is not valid base64") from exc
+            raise ValueError(f"key {key_id!r} is not valid base64") from exc
         if len(secret) < 16:
-            raise ValueError(f"signing key {key_id!r} must be at least 16 bytes")
+            raise ValueError(f"key {key_id!r} must be at least 16 bytes")
         if any(k.key_id == key_id for k in keys):
-            raise ValueError(f"signing key id {key_id!r} appears twice")
-        keys.append(SigningKey(key_id, secret))
+            raise ValueError(f"key id {key_id!r} appears twice")
+        keys.append(SigningKey(key_id, secret, _retirement(key_id, retired) if at else None))
+    if keys and keys[0].retired_at is not None:
+        raise ValueError(f"the first key ({keys[0].key_id!r}) signs: it cannot be retired")
     return tuple(keys)
+
+
+def _retirement(key_id: str, text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"key {key_id!r}: retirement {text!r} is not an RFC 3339 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"key {key_id!r}: retirement {text!r} needs a UTC offset")
+    return moment
 
 
 class Settings(BaseSettings):
@@ -50,7 +72,13 @@ class Settings(BaseSettings):
     api_processes: int = Field(default=1, ge=1, le=64)
     database_url: str = ""
     redis_url: str = ""
+    # HMAC key rings, `id:base64secret[@retired-at][,...]`, the first key signs: events
+    # (signing_keys), ledger heads and prune records (ledger_keys), and what the service vouches
+    # for itself, stream entries, dead letters and API key rows (service_keys). Kept apart so
+    # that each can be held only where it is needed and rotated on its own.
     signing_keys: str = Field(default="", repr=False)
+    ledger_keys: str = Field(default="", repr=False)
+    service_keys: str = Field(default="", repr=False)
     # Ed25519, base64 of 32 raw bytes: the private key signs ledger heads; the public key alone
     # lets verification check them (`python -m app ledger-keygen` makes a pair).
     ledger_private_key: str = Field(default="", repr=False)
@@ -80,7 +108,13 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=3, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
-    # Ingest limits and backpressure.
+    # Ingest limits and backpressure. Per API process, each key may send rate_limit_key_events
+    # events a second and each organization rate_limit_org_events (0: no limit), with bursts of
+    # twice that or a whole bulk request; an organization may hold at most org_queue_share of
+    # max_queue_depth queued (all processes together). Over a limit: 429 with Retry-After.
+    rate_limit_key_events: float = Field(default=20_000, ge=0)
+    rate_limit_org_events: float = Field(default=50_000, ge=0)
+    org_queue_share: float = Field(default=0.25, gt=0, le=1)
     max_queue_depth: int = Field(default=1_000_000, ge=1)
     max_events_per_request: int = Field(default=10_000, ge=1)
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
@@ -123,9 +157,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "INFO"
 
-    @field_validator("signing_keys")
+    @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
-    def _check_signing_keys(cls, value: str) -> str:
+    def _check_key_ring(cls, value: str) -> str:
         parse_signing_keys(value)
         return value
 
@@ -144,6 +178,18 @@ class Settings(BaseSettings):
     @property
     def signing_keys_by_id(self) -> dict[str, SigningKey]:
         return {key.key_id: key for key in self.signing_key_ring}
+
+    @cached_property
+    def ledger_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.ledger_keys)
+
+    @property
+    def ledger_keys_by_id(self) -> dict[str, SigningKey]:
+        return {key.key_id: key for key in self.ledger_key_ring}
+
+    @cached_property
+    def service_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.service_keys)
 
     @property
     def asyncpg_dsn(self) -> str:

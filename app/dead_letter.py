@@ -19,29 +19,36 @@ and pages through shard 0, then 1, and so on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from app.service_seal import ServiceSeal, ServiceSeals
 from app.shards import ShardedStream
 from app.stream import EventStream, Priority
 
 _MAX_ID_PART = 2**64 - 1
 
 # KEYS: dead, index, then the script's own. ARGV: organization, then dead-letter ids.
-# take(id) removes the item if it is the organization's and returns its fields, else nil.
+# peek(id) returns the item's fields if it is the organization's, else nil; take(id) also
+# removes it.
 _TAKE_LUA = """
-local function take(id)
-  redis.call('XDEL', KEYS[2], id)
+local function peek(id)
   local found = redis.call('XRANGE', KEYS[1], id, id)
   if #found == 0 then return nil end
   local fields = {}
   local flat = found[1][2]
   for k = 1, #flat, 2 do fields[flat[k]] = flat[k + 1] end
   if fields['org'] ~= ARGV[1] then return nil end
-  redis.call('XDEL', KEYS[1], id)
+  return fields
+end
+local function take(id)
+  redis.call('XDEL', KEYS[2], id)
+  local fields = peek(id)
+  if fields then redis.call('XDEL', KEYS[1], id) end
   return fields
 end
 local function remaining()
@@ -51,27 +58,31 @@ local function remaining()
 end
 """
 
-# KEYS: dead, index, high, normal, depth, dead-events. Returns {events, remaining, {ids}}.
-# A dead item holds one record (a JSON object) or a whole entry (a JSON array): the stream
-# entry it becomes always holds an array.
+# KEYS: dead, index, high, normal, depth, dead-events, queued-by-org. ARGV: organization, then
+# per item: id, SHA-1 of its payload and its events (as fetched and checked), the entry's
+# payload (always an array), organizations and MAC key id and MAC (app.service_seal). Returns
+# {events, remaining, {ids}}. An item that changed since it was checked stays where it is.
 _REPLAY_LUA = (
     _TAKE_LUA
     + """
 local moved, events = {}, 0
-for i = 2, #ARGV do
-  local f = take(ARGV[i])
-  if f then
+local i = 2
+while i <= #ARGV do
+  local f = peek(ARGV[i])
+  if f and redis.sha1hex(f['payload']) == ARGV[i + 1] and f['events'] == ARGV[i + 2] then
+    take(ARGV[i])
     local target = KEYS[4]
     if f['source'] == KEYS[3] then target = KEYS[3] end
-    local payload = f['payload']
-    if string.sub(payload, 1, 1) ~= '[' then payload = '[' .. payload .. ']' end
     local first = f['first']
     if first == nil or first == '' then first = ARGV[i] end
-    redis.call('XADD', target, '*', 'n', f['events'], 'e', payload, 'd', f['deliveries'],
+    redis.call('XADD', target, '*', 'n', f['events'], 'e', ARGV[i + 3], 'o', ARGV[i + 4],
+               'k', ARGV[i + 5], 'm', ARGV[i + 6], 'd', f['deliveries'],
                'r', tonumber(f['replays'] or '0') + 1, 'f', first)
+    redis.call('HINCRBY', KEYS[7], ARGV[1], tonumber(f['events']))
     events = events + tonumber(f['events'])
     moved[#moved + 1] = ARGV[i]
   end
+  i = i + 7
 end
 if events > 0 then
   redis.call('DECRBY', KEYS[6], events)
@@ -139,6 +150,13 @@ class DeadLetter:
     events: int
     first_failed: datetime
     payload: bytes
+    mac_key: str = ""
+    mac: bytes = b""
+
+    def vouched(self, seal: ServiceSeal, organization: str) -> bool:
+        """A writer set this item aside from an entry the API queued (its MAC checks)."""
+        parts = (organization.encode(), str(self.events).encode(), self.payload)
+        return seal.check(self.mac_key, self.mac, *parts)
 
     @property
     def failed_at(self) -> datetime:
@@ -157,13 +175,14 @@ class Outcome:
     ids: list[str]
     events: int
     remaining: int
+    refused: list[str] = field(default_factory=list)  # not vouched for: never replayed
 
 
 class DeadLetters:
     """One organization's view of the dead letters of every shard."""
 
-    def __init__(self, stream: ShardedStream, organization: str) -> None:
-        self.parts = [ShardDeadLetters(shard, organization) for shard in stream.shards]
+    def __init__(self, stream: ShardedStream, organization: str, seals: ServiceSeals) -> None:
+        self.parts = [ShardDeadLetters(shard, organization, seals) for shard in stream.shards]
 
     async def page(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
         """Up to `limit` items after the id `after`, shard by shard, oldest first within each,
@@ -205,17 +224,19 @@ class DeadLetters:
                 found[joined] = replace(letter, id=joined)
         return [found[dead_id] for dead_id in ids if dead_id in found]
 
-    async def replay(self, ids: list[str]) -> Outcome:
-        """Move the organization's items among `ids` back to their streams, atomically per
-        shard."""
-        return await self._each(ids, replay=True)
+    async def replay(self, letters: list[DeadLetter]) -> Outcome:
+        """Move the organization's items back to their streams, atomically per shard; items
+        the writers did not vouch for are refused."""
+        by_id = {letter.id: letter for letter in letters}
+        return await self._each(list(by_id), replay=by_id)
 
     async def delete(self, ids: list[str]) -> Outcome:
         """Remove the organization's items among `ids`; their events count as discarded."""
-        return await self._each(ids, replay=False)
+        return await self._each(ids, replay=None)
 
-    async def _each(self, ids: list[str], *, replay: bool) -> Outcome:
+    async def _each(self, ids: list[str], *, replay: dict[str, DeadLetter] | None) -> Outcome:
         moved: list[str] = []
+        refused: list[str] = []
         events = remaining = 0
         grouped = self._by_shard(ids)
         for shard, part in enumerate(self.parts):
@@ -223,20 +244,26 @@ class DeadLetters:
             if not raws:
                 remaining += await part.left()
                 continue
-            done = await (part.replay(raws) if replay else part.delete(raws))
+            if replay is None:
+                done = await part.delete(raws)
+            else:
+                mine = [replace(replay[join_id(shard, raw)], id=raw) for raw in raws]
+                done = await part.replay(mine)
             moved += [join_id(shard, raw) for raw in done.ids]
+            refused += [join_id(shard, raw) for raw in done.refused]
             events += done.events
             remaining += done.remaining
-        return Outcome(moved, events, remaining)
+        return Outcome(moved, events, remaining, refused)
 
 
 class ShardDeadLetters:
     """One organization's view of one shard's dead-letter stream."""
 
-    def __init__(self, stream: EventStream, organization: str) -> None:
+    def __init__(self, stream: EventStream, organization: str, seals: ServiceSeals) -> None:
         self.client = stream.client
         self.keys = stream.keys
         self.organization = organization
+        self.seals = seals
         self.index = stream.keys.dead_index(organization)
         self._replay = self.client.register_script(_REPLAY_LUA)
         self._delete = self.client.register_script(_DELETE_LUA)
@@ -289,13 +316,36 @@ class ShardDeadLetters:
             events=int(fields.get(b"events", b"0")),
             first_failed=id_time(first),
             payload=fields.get(b"payload", b""),
+            mac_key=_text(fields.get(b"k", b"")),
+            mac=fields.get(b"m", b""),
         )
 
-    async def replay(self, ids: list[str]) -> Outcome:
-        """Move the organization's items among `ids` back to their streams, atomically."""
+    async def replay(self, letters: list[DeadLetter]) -> Outcome:
+        """Move the organization's items back to their streams, atomically, each as an entry
+        the API vouches for; an item without the writers' MAC is refused and stays."""
+        args: list[Any] = [self.organization]
+        refused = []
+        for letter in letters:
+            if not letter.vouched(self.seals.dead_letters, self.organization):
+                refused.append(letter.id)
+                continue
+            args += [letter.id, hashlib.sha1(letter.payload).hexdigest(), str(letter.events)]
+            args += self._entry_fields(letter)
         keys = [self.keys.dead, self.index, self.keys.high, self.keys.normal]
-        keys += [self.keys.depth, self.keys.dead_events]
-        return _outcome(await self._replay(keys=keys, args=[self.organization, *ids]))
+        keys += [self.keys.depth, self.keys.dead_events, self.keys.queued_by_org]
+        done = _outcome(await self._replay(keys=keys, args=args))
+        return replace(done, refused=refused)
+
+    def _entry_fields(self, letter: DeadLetter) -> list[Any]:
+        """The payload, organizations, key id and MAC of the entry the item becomes."""
+        payload = letter.payload
+        if not payload.startswith(b"["):
+            payload = b"[" + payload + b"]"
+        organizations = orjson.dumps({self.organization: letter.events})
+        key_id, mac = self.seals.entries.sign(
+            letter.source.encode(), str(letter.events).encode(), organizations, payload
+        )
+        return [payload, organizations, key_id, mac]
 
     async def delete(self, ids: list[str]) -> Outcome:
         """Remove the organization's items among `ids`; their events count as discarded."""

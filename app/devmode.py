@@ -63,13 +63,15 @@ def start_embedded_valkey(stop: ExitStack) -> str:
     return f"redis://127.0.0.1:{server.port}/0"
 
 
-def dev_signing_keys() -> str:
-    path = DATA / "signing-keys"
+def dev_key_ring(kind: str) -> str:
+    """A key ring of one generated key, kept in .data/<kind>-keys (`signing`, `ledger`,
+    `service`), made on first use."""
+    path = DATA / f"{kind}-keys"
     if not path.exists():
         secret = base64.b64encode(secrets.token_bytes(32)).decode()
-        path.write_text(f"dev-1:{secret}\n")
+        path.write_text(f"dev-{kind}-1:{secret}\n")
         path.chmod(0o600)
-        log.info("dev mode: generated a signing key in %s", path)
+        log.info("dev mode: generated a %s key in %s", kind, path)
     return path.read_text().strip()
 
 
@@ -122,8 +124,9 @@ def run_dev(settings: Settings) -> None:
         for name, start in starters:
             if not getattr(settings, name):
                 overrides[name] = start(stop)
-        if not settings.signing_keys:
-            overrides["signing_keys"] = dev_signing_keys()
+        for kind in ("signing", "service"):
+            if not getattr(settings, f"{kind}_keys"):
+                overrides[f"{kind}_keys"] = dev_key_ring(kind)
         settings = Settings(**overrides) if overrides else settings
         migrate(settings)
         key = asyncio.run(ensure_dev_key(settings))

@@ -99,17 +99,22 @@ class TokenBuckets:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
 
     def wait_for(self, name: str, tokens: float, now: float | None = None) -> float:
-        """0 when `tokens` were spent; else the seconds until they would be there."""
+        """0 when `tokens` are there now; else the seconds until they would be. Spends
+        nothing (see `spend`)."""
         if self.rate <= 0:
             return 0.0
+        level = self._level(name, time.monotonic() if now is None else now)
+        return 0.0 if tokens <= level else (tokens - level) / self.rate
+
+    def spend(self, name: str, tokens: float, now: float | None = None) -> None:
+        if self.rate <= 0:
+            return
         now = time.monotonic() if now is None else now
+        self._remember(name, self._level(name, now) - tokens, now)
+
+    def _level(self, name: str, now: float) -> float:
         level, at = self._buckets.get(name, (self.burst, now))
-        level = min(self.burst, level + (now - at) * self.rate)
-        if tokens > level:
-            self._remember(name, level, now)
-            return (tokens - level) / self.rate
-        self._remember(name, level - tokens, now)
-        return 0.0
+        return min(self.burst, level + (now - at) * self.rate)
 
     def _remember(self, name: str, level: float, now: float) -> None:
         self._buckets[name] = (level, now)

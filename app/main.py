@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import db
+from app.admission import Admission
 from app.auth import KeyCache, key_lookup
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
@@ -26,6 +27,7 @@ from app.limits import Slots
 from app.metrics import Metrics
 from app.routers import events, health, ingest, integrity, phi, queue
 from app.runtime import tune_gc
+from app.service_seal import ServiceSeals
 from app.shards import ShardedStream
 from app.stream import eviction_policy
 from app.tasks import stop_tasks, wait_or_stop
@@ -48,8 +50,9 @@ class Resources:
     enqueuer: EnqueueBatcher
     exports: Slots
     verifications: Slots
+    admission: Admission
+    seals: ServiceSeals
     writers: WriterGroup | None = None
-    queued_events: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -85,8 +88,11 @@ async def poll_queue_depth(res: Resources) -> None:
     interval = res.settings.depth_poll_ms / 1000
     while not res.stopping.is_set():
         try:
-            res.queued_events = await res.stream.queued_events()
-            res.metrics.queue_depth.set(res.queued_events)
+            admission = res.admission
+            mark = admission.mark()
+            queued = await res.stream.queued_events()
+            admission.refresh(queued, await res.stream.queued_by_organization(), mark)
+            res.metrics.queue_depth.set(queued)
         except Exception as exc:
             res.metrics.writer_errors.labels(stage="depth_poll").inc()
             log.warning("queue depth poll failed: %s", type(exc).__name__)
@@ -98,8 +104,13 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, block_ms=max(settings.read_block_ms, settings.batch_max_wait_ms)
     )
     await check_redis_policy(client, settings)
+    seals = ServiceSeals.of(settings.service_key_ring)
     stream = ShardedStream(
-        client, settings.stream_prefix, settings.consumer_group, settings.stream_shards
+        client,
+        settings.stream_prefix,
+        settings.consumer_group,
+        seals.entries,
+        settings.stream_shards,
     )
     await stream.ensure_group()
     auth_engine = db.create_engine(settings, pool_size=2, overflow=4, command_timeout_s=5)
@@ -128,6 +139,8 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         verifications=Slots(
             "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
         ),
+        admission=Admission(settings),
+        seals=seals,
     )
 
 

@@ -97,8 +97,11 @@ MAX_FILTER_VALUES = 20
 Status = Literal["attempt", "success", "failure"]
 Classification = Literal["PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI"]
 Priority = Literal["normal", "high"]
-Scope = Literal["ingest", "read", "verify", "admin"]
-ALL_SCOPES: tuple[Scope, ...] = ("ingest", "read", "verify", "admin")
+# ingest: send events; priority: mark them priority high; read: query and export; verify: check
+# the organization's part of the ledger; admin: the organization's queue and dead letters;
+# operator: service-wide figures and the whole ledger (for the service's own operators).
+Scope = Literal["ingest", "read", "verify", "admin", "priority", "operator"]
+ALL_SCOPES: tuple[Scope, ...] = ("ingest", "read", "verify", "admin", "priority", "operator")
 DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
 CLIENT = "client"  # validation context key: the body came from a client (see EventIn)
 
@@ -473,6 +476,10 @@ class DeadLetterReplayed(BaseModel):
     requeued_events: int
     requeued_ids: list[str]
     not_found: list[str] = Field(description="ids not in your organization's dead letters")
+    refused: list[str] = Field(
+        default_factory=list,
+        description="items no writer vouched for (their MAC does not check): not replayed",
+    )
     remaining: int = Field(description="your organization's items still dead-lettered")
 
 

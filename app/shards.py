@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from app.service_seal import ServiceSeal
 from app.stream import EventStream, StreamKeys
 
 ROSTER_TTL_MS = 15_000
@@ -53,12 +54,14 @@ def assigned_shards(rank: int, writers: int, shards: int) -> list[int]:
 class ShardedStream:
     """The N shards as one queue: enqueue spreads requests, reads of state sum over shards."""
 
-    def __init__(self, client: redis.Redis, prefix: str, group: str, shards: int = 1) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, group: str, seal: ServiceSeal, shards: int = 1
+    ) -> None:
         if shards < 1:
             raise ValueError("a stream has at least one shard")
         self.client = client
         self.shards = [
-            EventStream(client, StreamKeys.for_shard(prefix, i, shards), group, shard=i)
+            EventStream(client, StreamKeys.for_shard(prefix, i, shards), group, seal, shard=i)
             for i in range(shards)
         ]
         self.roster_key = self.shards[0].keys.roster
@@ -80,6 +83,14 @@ class ShardedStream:
         total = 0
         for shard in self.shards:
             total += await shard.queued_events()
+        return total
+
+    async def queued_by_organization(self) -> dict[str, int]:
+        """Each organization's queued events, over every shard."""
+        total: dict[str, int] = {}
+        for shard in self.shards:
+            for organization, events in (await shard.queued_by_organization()).items():
+                total[organization] = total.get(organization, 0) + events
         return total
 
     async def writer_alive(self) -> bool:

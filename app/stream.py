@@ -11,6 +11,7 @@ dead letters is in app.dead_letter.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,18 +22,25 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
+from app.service_seal import ServiceSeal
+
 Priority = Literal["high", "normal"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal")
 HEARTBEAT_TTL_MS = 30_000
 
-# KEYS: high, normal, depth, dead, persisted, dead-events, then one dead-letter index per
-#       organization (app.dead_letter) named by the items below.
-# ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_dead, then per dead
-#       item: error, payload, deliveries, events, organization, index key (0: none), replays,
-#       first failure (a dead-letter id, or '' when this is the first).
+# KEYS: high, normal, depth, dead, persisted, dead-events, queued-by-org, then one dead-letter
+#       index per organization (app.dead_letter) named by the items below.
+# ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_orgs, then per
+#       organization: name, events; then n_dead, then per dead item: error, payload,
+#       deliveries, events, organization, index key (0: none), replays, first failure (a
+#       dead-letter id, or '' when this is the first), service key id, MAC (app.service_seal).
 # An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
 # redelivered entry is counted once. Afterwards, for every accepted event:
-#   accepted-total = persisted-total + dead-events + queued-events + discarded-events.
+#   accepted-total = persisted-total + dead-events + queued-events + discarded-events,
+# and queued-by-org holds each organization's queued events. An entry whose MAC fails (changed
+# or written in Redis by someone else) is settled as its fields claim, all of it dead-lettered:
+# one the API accepted keeps the counts balanced, one it never queued shows as dead-lettered
+# events beyond those accepted (the queued count stops at 0).
 # Indexing uses pcall: an index entry that cannot be added leaves the item unlisted, never the
 # accounting half done.
 _SETTLE_LUA = """
@@ -45,9 +53,18 @@ for _ = 1, n do
   local key = KEYS[tonumber(ARGV[i])]
   local id = ARGV[i + 1]
   local events = tonumber(ARGV[i + 2])
-  local n_dead = tonumber(ARGV[i + 3])
+  local n_orgs = tonumber(ARGV[i + 3])
   local acked = redis.call('XACK', key, group, id)
   i = i + 4
+  for _ = 1, n_orgs do
+    if acked == 1 then
+      local left = redis.call('HINCRBY', KEYS[7], ARGV[i], -tonumber(ARGV[i + 1]))
+      if left <= 0 then redis.call('HDEL', KEYS[7], ARGV[i]) end
+    end
+    i = i + 2
+  end
+  local n_dead = tonumber(ARGV[i])
+  i = i + 1
   if acked == 1 then
     redis.call('XDEL', key, id)
     settled = settled + events
@@ -57,18 +74,19 @@ for _ = 1, n do
       local dead_id = redis.call('XADD', KEYS[4], '*', 'source', key, 'id', id,
                                  'org', ARGV[i + 4], 'error', ARGV[i], 'payload', ARGV[i + 1],
                                  'deliveries', ARGV[i + 2], 'events', ARGV[i + 3],
-                                 'replays', ARGV[i + 6], 'first', ARGV[i + 7])
+                                 'replays', ARGV[i + 6], 'first', ARGV[i + 7],
+                                 'k', ARGV[i + 8], 'm', ARGV[i + 9])
       local index = tonumber(ARGV[i + 5])
       if index > 0 then
         redis.pcall('XADD', KEYS[index], dead_id, 'events', ARGV[i + 3])
       end
       dead_events = dead_events + tonumber(ARGV[i + 3])
     end
-    i = i + 8
+    i = i + 10
   end
 end
 if settled > 0 then
-  redis.call('DECRBY', KEYS[3], settled)
+  if redis.call('DECRBY', KEYS[3], settled) < 0 then redis.call('SET', KEYS[3], 0) end
   redis.call('INCRBY', KEYS[5], settled - dead_events)
   redis.call('INCRBY', KEYS[6], dead_events)
 end
@@ -76,14 +94,21 @@ return settled
 """
 
 
-# KEYS: high, normal, depth, accepted. ARGV: total events, then per entry: stream index (1|2),
-# events, payload. One script call, so a request's entries and the counts land together or not
-# at all.
+# KEYS: high, normal, depth, accepted, queued-by-org. ARGV: total events, n_orgs, then per
+# organization: name, events; then per entry: stream index (1|2), events, payload, its
+# organizations (JSON), service key id, MAC. One script call, so a request's entries and the
+# counts land together or not at all.
 _ENQUEUE_LUA = """
-local i = 2
+local n_orgs = tonumber(ARGV[2])
+local i = 3
+for _ = 1, n_orgs do
+  redis.call('HINCRBY', KEYS[5], ARGV[i], tonumber(ARGV[i + 1]))
+  i = i + 2
+end
 while i <= #ARGV do
-  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'n', ARGV[i + 1], 'e', ARGV[i + 2])
-  i = i + 3
+  redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'n', ARGV[i + 1], 'e', ARGV[i + 2],
+             'o', ARGV[i + 3], 'k', ARGV[i + 4], 'm', ARGV[i + 5])
+  i = i + 6
 end
 redis.call('INCRBY', KEYS[4], tonumber(ARGV[1]))
 return redis.call('INCRBY', KEYS[3], tonumber(ARGV[1]))
@@ -114,6 +139,7 @@ class StreamKeys:
     discarded: str
     heartbeat: str
     roster: str  # the live writers (app.shards); shard 0's is the one used
+    queued_by_org: str  # each organization's queued events (quotas), a hash
 
     @classmethod
     def for_shard(cls, prefix: str, shard: int, shards: int) -> StreamKeys:
@@ -139,6 +165,7 @@ class StreamKeys:
             discarded=f"{tag}:discarded-events",
             heartbeat=f"{tag}:writer-heartbeat",
             roster=f"{tag}:writers",
+            queued_by_org=f"{tag}:queued-by-org",
         )
 
     def stream(self, priority: Priority) -> str:
@@ -167,7 +194,9 @@ def shard_tag(prefix: str, shard: int, shards: int) -> str:
 @dataclass(slots=True)
 class Entry:
     """One stream entry as a writer received it. A replayed dead letter carries its history:
-    deliveries before this entry, replays so far and the id of its first dead letter."""
+    deliveries before this entry, replays so far and the id of its first dead letter. The API
+    vouched for it with `mac` (key `mac_key`) over its stream, events, `organizations` (raw JSON,
+    as queued) and payload; `sealed()` checks that, and `forged` marks one that failed."""
 
     priority: Priority
     entry_id: str
@@ -177,17 +206,44 @@ class Entry:
     earlier_deliveries: int = 0
     replays: int = 0
     first_failed: str = ""
+    organizations: bytes = b""
+    mac_key: str = ""
+    mac: bytes = b""
+    forged: bool = False
+
+    def sealed(self, seal: ServiceSeal) -> bool:
+        """The API queued exactly this entry (its MAC checks)."""
+        count = str(self.events).encode()
+        parts = (self.priority.encode(), count, self.organizations, self.payload)
+        return seal.check(self.mac_key, self.mac, *parts)
+
+    def organization_counts(self) -> dict[str, int]:
+        """Its events per organization, as the API counted them (or as a forged entry claims:
+        these counts only steer quotas, never what is sealed)."""
+        if not self.organizations:
+            return {}
+        try:
+            counts = orjson.loads(self.organizations)
+        except orjson.JSONDecodeError:
+            return {}
+        if not isinstance(counts, dict):
+            return {}
+        return {k: v for k, v in counts.items() if isinstance(v, int) and v > 0}
 
 
 @dataclass(frozen=True, slots=True)
 class DeadItem:
     """Events the database refused. `organization` is the owner of `payload` ('' when it cannot
-    be read): only that organization's admins list, replay or delete the item."""
+    be read): only that organization's admins list, replay or delete the item. `mac` is the
+    writer's MAC of it (app.service_seal; none for an entry the API did not queue): only an item
+    whose MAC checks is replayed."""
 
     error: str
     payload: bytes
     events: int = 1
     organization: str = ""
+    mac_key: str = ""
+    mac: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +273,13 @@ def entry_age_ms(entry_id: str) -> int:
 class EventStream:
     """One shard's streams and counters. `shard` is also the ledger chain its writers seal to."""
 
-    def __init__(self, client: redis.Redis, keys: StreamKeys, group: str, shard: int = 0) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: StreamKeys, group: str, seal: ServiceSeal, shard: int = 0
+    ) -> None:
         self.client = client
         self.keys = keys
         self.group = group
+        self.seal = seal
         self.shard = shard
         self._settle = client.register_script(_SETTLE_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
@@ -235,15 +294,33 @@ class EventStream:
                     raise
 
     async def enqueue(self, records: Sequence[dict[str, Any]], chunk: int) -> None:
-        """Append records in entries of at most `chunk`; all of a request is queued, or none."""
-        args: list[Any] = [len(records)]
+        """Append records in entries of at most `chunk`, each with its MAC; all of a request is
+        queued, or none."""
+        entries: list[Any] = []
+        totals: dict[str, int] = {}
         for index, priority in enumerate(PRIORITIES, start=1):
             batch = [r for r in records if r["priority"] == priority]
             for start in range(0, len(batch), chunk):
                 part = batch[start : start + chunk]
-                args += [index, len(part), orjson.dumps(part)]
+                counts = Counter(r["organization_id"] for r in part)
+                for organization, events in counts.items():
+                    totals[organization] = totals.get(organization, 0) + events
+                payload = orjson.dumps(part)
+                organizations = orjson.dumps(counts, option=orjson.OPT_SORT_KEYS)
+                key_id, mac = self.seal.sign(
+                    priority.encode(), str(len(part)).encode(), organizations, payload
+                )
+                entries += [index, len(part), payload, organizations, key_id, mac]
+        args: list[Any] = [len(records), len(totals)]
+        for organization, events in totals.items():
+            args += [organization, events]
         keys = [self.keys.high, self.keys.normal, self.keys.depth, self.keys.accepted]
-        await self._enqueue(keys=keys, args=args)
+        await self._enqueue(keys=[*keys, self.keys.queued_by_org], args=args + entries)
+
+    async def queued_by_organization(self) -> dict[str, int]:
+        """Each organization's events queued and not yet settled."""
+        reply: dict[Any, Any] = await self.client.hgetall(self.keys.queued_by_org)
+        return {_text(k): int(v) for k, v in reply.items()}
 
     async def queued_events(self) -> int:
         value = await self.client.get(self.keys.depth)
@@ -288,6 +365,9 @@ class EventStream:
             earlier_deliveries=_count(fields, b"d"),
             replays=_count(fields, b"r"),
             first_failed=_text(fields.get(b"f", b"")),
+            organizations=fields.get(b"o", b""),
+            mac_key=_text(fields.get(b"k", b"")),
+            mac=fields.get(b"m", b""),
         )
 
     async def claim(
@@ -329,13 +409,18 @@ class EventStream:
             self.keys.dead,
             self.keys.persisted,
             self.keys.dead_events,
+            self.keys.queued_by_org,
         ]
         indexes: dict[str, int] = {}
         count = 0
         for item in settlements:
             entry = item.entry
             index = 1 if entry.priority == "high" else 2
-            args += [index, entry.entry_id, entry.events, len(item.dead)]
+            organizations = entry.organization_counts()
+            args += [index, entry.entry_id, entry.events, len(organizations)]
+            for organization, queued in organizations.items():
+                args += [organization, queued]
+            args.append(len(item.dead))
             for dead in item.dead:
                 org = dead.organization
                 if org and org not in indexes:
@@ -344,6 +429,7 @@ class EventStream:
                 deliveries = entry.deliveries + entry.earlier_deliveries
                 args += [dead.error, dead.payload, deliveries, dead.events, org]
                 args += [indexes.get(org, 0), entry.replays, entry.first_failed]
+                args += [dead.mac_key, dead.mac]
             count += 1
         args[1] = count
         return int(await self._settle(keys=keys, args=args))

@@ -36,6 +36,7 @@ from app.db import connect_raw
 from app.integrity import parse_timestamp
 from app.ledger import seal_batch, stored_contents
 from app.metrics import Metrics
+from app.service_seal import ServiceSeals
 from app.shards import ShardedStream
 from app.signing import PublicSigner
 from app.stream import Entry, EventStream, Priority
@@ -124,6 +125,7 @@ class BatchWriter:
         self._public_signer = (
             PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
         )
+        self.seals = ServiceSeals.of(settings.service_key_ring)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -242,7 +244,9 @@ class BatchWriter:
         """Persist what the entries carry into the shard's chain, then settle them in Redis.
         Returns rows inserted."""
         started = time.perf_counter()
-        plan = plan_batch(entries, self.settings.signing_key_ring[0], chain=stream.shard)
+        plan = plan_batch(
+            entries, self.settings.signing_key_ring[0], self.seals, chain=stream.shard
+        )
         inserted = await self._store_isolating(plan, plan.rows, stopping)
         await stream.settle(plan.settlements())
         self._observe(plan, inserted, time.perf_counter() - started)

@@ -36,6 +36,7 @@ from app.writer import BatchWriter, CircuitBreaker
 LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 TEST_SIGNING_KEYS = "test-1:" + base64.b64encode(b"k" * 32).decode()
+TEST_SERVICE_KEYS = "service-1:" + base64.b64encode(b"s" * 32).decode()
 
 
 def _local(host: str, port: int) -> bool:
@@ -113,6 +114,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "database_url": database_url,
         "redis_url": redis_url,
         "signing_keys": TEST_SIGNING_KEYS,
+        "service_keys": TEST_SERVICE_KEYS,
         "stream_prefix": f"audit-test-{uuid.uuid4().hex[:12]}",
         "batch_max_wait_ms": 5,
         "auth_cache_seconds": 0,

@@ -136,6 +136,7 @@ async def test_replay_sends_the_event_through_the_writer_again(rig: Rig, databas
         "requeued_events": 1,
         "requeued_ids": [before["id"]],
         "not_found": ["1-0"],
+        "refused": [],
         "remaining": 0,
     }
     stats = await balanced(rig)
@@ -163,7 +164,7 @@ async def test_replay_after_the_fault_is_fixed_stores_the_event_once(
     # writer does it, through the plan and settle.
     [event_id] = await accept(rig, ["success"], priority="high")
     entries = await rig.res.stream.shards[0].read("outage", 10, None)
-    plan = plan_batch(entries, rig.res.settings.signing_key_ring[0])
+    plan = plan_batch(entries, rig.res.settings.signing_key_ring[0], rig.res.seals)
     plan.kill_row(plan.rows[0], "CheckViolationError, sqlstate 23514, constraint ck_since_fixed")
     await rig.res.stream.shards[0].settle(plan.settlements())
     assert (await balanced(rig))["dead_lettered_events"] == 1

@@ -13,6 +13,7 @@ from app import fastpath
 from app.config import Settings
 from app.enqueue import EnqueueBatcher
 from app.schemas import EventIn
+from app.service_seal import ServiceSeals
 from app.shards import ShardedStream
 from tests.conftest import Service, event, running, wait_stored
 
@@ -26,7 +27,8 @@ def records(n: int, org: str) -> list[dict[str, object]]:
 
 async def stream_for(settings: Settings) -> tuple[redis.Redis, ShardedStream]:
     client = redis.Redis.from_url(settings.redis_url)
-    stream = ShardedStream(client, settings.stream_prefix, "writers")
+    seal = ServiceSeals.of(settings.service_key_ring).entries
+    stream = ShardedStream(client, settings.stream_prefix, "writers", seal)
     await stream.ensure_group()
     return client, stream
 

@@ -258,7 +258,7 @@ async def test_authentication_and_scopes(service: Service, org: str) -> None:
 async def test_backpressure_answers_503_with_retry_after(
     settings_factory: SettingsFactory, org: str
 ) -> None:
-    settings = settings_factory(run_writers=False, max_queue_depth=10)
+    settings = settings_factory(run_writers=False, max_queue_depth=10, org_queue_share=1)
     async with running(settings) as svc:
         headers = await svc.key(org)
         ok = await svc.client.post("/events/bulk", json=[event()] * 8, headers=headers)
@@ -286,5 +286,5 @@ async def test_high_priority_events_are_written_first(
         )
         stream = svc.app.state.resources.stream.shards[0]
         entries = await stream.read("probe", 2, None)
-        plan = plan_batch(entries, settings.signing_key_ring[0])
+        plan = plan_batch(entries, settings.signing_key_ring[0], svc.app.state.resources.seals)
         assert [r.record["priority"] for r in plan.rows] == ["high"] * 3 + ["normal"]

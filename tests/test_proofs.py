@@ -210,6 +210,7 @@ async def test_two_writer_processes_build_one_unbroken_chain(
         "AUDIT_DATABASE_URL": settings.database_url,
         "AUDIT_REDIS_URL": settings.redis_url,
         "AUDIT_SIGNING_KEYS": settings.signing_keys,
+        "AUDIT_SERVICE_KEYS": settings.service_keys,
         "AUDIT_STREAM_PREFIX": settings.stream_prefix,
         "AUDIT_BATCH_SIZE": "50",
         "AUDIT_WRITERS": "2",

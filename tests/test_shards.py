@@ -164,14 +164,16 @@ async def test_dead_letters_of_every_shard_are_listed_and_replayed(sharded: Seal
     ]
     await shard.enqueue(records, 10)
     entries = await shard.read("probe", 10, None)
-    item = DeadItem("refused", entries[0].payload, 1, sharded.org)
+    payload = entries[0].payload
+    key_id, mac = res.seals.dead_letters.sign(sharded.org.encode(), b"1", payload)
+    item = DeadItem("refused", payload, 1, sharded.org, key_id, mac)
     await shard.settle([Settlement(entries[0], (item,))])
-    dead = DeadLetters(res.stream, sharded.org)
+    dead = DeadLetters(res.stream, sharded.org, res.seals)
     letters, cursor = await dead.page(None, 10)
     assert cursor is None
     assert len(letters) == 1 and letters[0].id.startswith("1:")
     assert await dead.first_ids(10) == [letters[0].id]
-    done = await dead.replay([letters[0].id, "2:1-0"])
+    done = await dead.replay(await dead.fetch([letters[0].id, "2:1-0"]))
     assert (done.ids, done.events, done.remaining) == ([letters[0].id], 1, 0)
     assert await res.stream.client.xlen(shard.keys.normal) == 1  # back in its own shard
 

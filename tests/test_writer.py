@@ -49,7 +49,7 @@ async def test_writer_killed_after_commit_before_ack_loses_and_duplicates_nothin
     crashed = new_writer(parts, "crashed")
     stop = asyncio.Event()
     entries = await crashed.collect(parts.stream.shards[0], stop)
-    plan = plan_batch(entries, parts.settings.signing_key_ring[0])
+    plan = plan_batch(entries, parts.settings.signing_key_ring[0], parts.seals)
     assert await crashed._store_isolating(plan, plan.rows, stop) == 40
     await crashed.close()  # gone without acking: its entries stay pending
     assert (await parts.stream.stats())["pending"] == 1
@@ -71,11 +71,14 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
     good = [EventIn.model_validate(event(principal_id=f"g{i}")) for i in range(3)]
     records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in good]
     records[1]["status"] = "bogus"  # passes the writer, refused by the table's CHECK
+    await parts.stream.enqueue(records, 10)
+    # An entry the API vouched for that cannot be read (the service's own fault, if ever).
     client = parts.stream.client
     keys = parts.stream.shards[0].keys
-    await client.xadd(keys.normal, {"n": 3, "e": orjson.dumps(records)})
-    await client.xadd(keys.normal, {"n": 1, "e": b"{not json"})
-    await client.incrby(keys.depth, 4)
+    key_id, mac = parts.seals.entries.sign(b"normal", b"1", b"", b"{not json")
+    await client.xadd(keys.normal, {"n": 1, "e": b"{not json", "o": b"", "k": key_id, "m": mac})
+    await client.incrby(keys.depth, 1)
+    await client.incrby(keys.accepted, 1)
 
     writer = new_writer(parts, "w")
     await writer.cycle(asyncio.Event())

@@ -10,13 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from redis.exceptions import RedisError
 
 from app.auth import Caller, require_scope
-from app.errors import (
-    ApiError,
-    Backpressure,
-    PayloadTooLarge,
-    Unavailable,
-    UnsupportedMediaType,
-)
+from app.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from app.event_bodies import Limits, parse_bulk, parse_event
 from app.integrity import format_timestamp
 from app.main_state import resources
@@ -25,7 +19,7 @@ from app.schemas import CLIENT, Accepted, BulkAccepted, ErrorResponse, EventIn, 
 router = APIRouter(tags=["ingest"])
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 429, 503)
 }
 EVENT_REF = {"$ref": "#/components/schemas/EventIn"}
 COALESCE_BELOW = 500  # smaller requests share Lua calls (app.enqueue); larger ones go alone
@@ -64,12 +58,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def accept(request: Request, caller: Caller, events: list[EventIn]) -> list[str]:
     """Queue validated events; all of them or, on any refusal, none."""
     res = resources(request)
-    settings = res.settings
-    if res.queued_events + len(events) > settings.max_queue_depth:
-        raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
+    org, key_id = caller.organization_id, caller.key_id
+    high = any(event.priority == "high" for event in events)
+    res.admission.admit(key_id, caller.scopes, org, len(events), high=high)
     received_at = format_timestamp(datetime.now(UTC))
     fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
-    org, key_id = caller.organization_id, caller.key_id
     records = [
         event.to_record(org, received_at, None if event.event_id else next(fresh), key_id)
         for event in events
@@ -78,12 +71,15 @@ async def accept(request: Request, caller: Caller, events: list[EventIn]) -> lis
         if len(records) < COALESCE_BELOW:
             await res.enqueuer.enqueue(records)
         else:
-            await res.stream.enqueue(records, settings.stream_entry_events)
+            await res.stream.enqueue(records, res.settings.stream_entry_events)
     except RedisError as exc:
+        res.admission.not_queued(org, len(records))
         raise Unavailable(
             "the queue is unreachable; retry later", headers={"Retry-After": "1"}
         ) from exc
-    res.queued_events += len(records)
+    except BaseException:
+        res.admission.not_queued(org, len(records))
+        raise
     res.metrics.accepted.inc(len(records))
     return [record["event_id"] for record in records]
 

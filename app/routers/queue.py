@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from app.access_log import record_access
 from app.auth import Caller, require_scope
 from app.dead_letter import DeadLetter, DeadLetters
-from app.errors import ApiError, Backpressure, InvalidCursor
+from app.errors import ApiError, InvalidCursor
 from app.main_state import resources
 from app.schemas import (
     MAX_DEAD_LETTER_SELECTION,
@@ -60,7 +60,8 @@ async def list_dead_letters(
 ) -> DeadLetterPage:
     if query.cursor is not None and not is_stream_id(query.cursor):
         raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
-    dead = DeadLetters(resources(request).stream, caller.organization_id)
+    res = resources(request)
+    dead = DeadLetters(res.stream, caller.organization_id, res.seals)
     letters, next_cursor = await dead.page(query.cursor, query.limit)
     await record_access(request, caller, "dead_letter_list", query.model_dump(), len(letters))
     items = [_out(letter, query.include_payload) for letter in letters]
@@ -96,19 +97,23 @@ async def replay_dead_letters(
     request: Request, caller: Admin, selection: DeadLetterSelection
 ) -> DeadLetterReplayed:
     res = resources(request)
-    dead = DeadLetters(res.stream, caller.organization_id)
+    org = caller.organization_id
+    dead = DeadLetters(res.stream, org, res.seals)
     wanted, letters = await _select(dead, selection.ids, selection.all)
-    if res.queued_events + sum(letter.events for letter in letters) > res.settings.max_queue_depth:
-        raise Backpressure("the queue is full; retry later", headers={"Retry-After": "1"})
-    details = _details(selection.all, wanted, letters)
-    await record_access(request, caller, "dead_letter_replay", details, len(letters))
-    done = await dead.replay([letter.id for letter in letters])
-    res.queued_events += done.events
+    events = sum(letter.events for letter in letters)
+    res.admission.admit(caller.key_id, caller.scopes, org, events, rated=False)
+    try:
+        details = _details(selection.all, wanted, letters)
+        await record_access(request, caller, "dead_letter_replay", details, len(letters))
+        done = await dead.replay(letters)
+    finally:
+        res.admission.not_queued(org, events)  # what moved is counted by the next poll
     return DeadLetterReplayed(
         requeued_entries=len(done.ids),
         requeued_events=done.events,
         requeued_ids=done.ids,
-        not_found=_missing(wanted, done.ids),
+        not_found=_missing(wanted, [*done.ids, *done.refused]),
+        refused=done.refused,
         remaining=done.remaining,
     )
 
@@ -124,7 +129,8 @@ async def delete_dead_letters(
 ) -> DeadLetterDeleted:
     if query.confirm != "delete":
         raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
-    dead = DeadLetters(resources(request).stream, caller.organization_id)
+    res = resources(request)
+    dead = DeadLetters(res.stream, caller.organization_id, res.seals)
     wanted, letters = await _select(dead, query.ids, query.all)
     details = _details(query.all, wanted, letters)
     await record_access(request, caller, "dead_letter_delete", details, len(letters))

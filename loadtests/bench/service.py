@@ -60,11 +60,17 @@ def free_port() -> int:
 
 
 def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str, str]:
-    secret = base64.b64encode(os.urandom(32)).decode()
+    secret, service = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
     return {
         "AUDIT_DATABASE_URL": database_url,
         "AUDIT_REDIS_URL": redis_url,
         "AUDIT_SIGNING_KEYS": f"bench:{secret}",
+        "AUDIT_SERVICE_KEYS": f"bench-service:{service}",
+        # One tenant at the service's limit: its rate limits far above what a host holds (the
+        # buckets still run), and all of the queue its own.
+        "AUDIT_RATE_LIMIT_KEY_EVENTS": "10000000",
+        "AUDIT_RATE_LIMIT_ORG_EVENTS": "10000000",
+        "AUDIT_ORG_QUEUE_SHARE": "1",
         "AUDIT_STREAM_PREFIX": f"audit-bench-{uuid.uuid4().hex[:10]}",
         "AUDIT_HOST": "127.0.0.1",
         "AUDIT_WRITERS": str(layout.writers),

@@ -114,6 +114,7 @@ class Harness:
         self.logs.mkdir()
         self.postgres = PostgresServer(self.root)
         self.signing_keys = "faults-1:" + base64.b64encode(os.urandom(32)).decode()
+        self.service_keys = "faults-service-1:" + base64.b64encode(os.urandom(32)).decode()
         self.key = ""
         self.failed = False
 
@@ -165,6 +166,8 @@ class Harness:
                 "AUDIT_DATABASE_URL": database_url,
                 "AUDIT_REDIS_URL": redis_url,
                 "AUDIT_SIGNING_KEYS": self.signing_keys,
+                "AUDIT_SERVICE_KEYS": self.service_keys,
+                "AUDIT_ORG_QUEUE_SHARE": "1",  # one tenant: the queue depth mark is the bound
                 "AUDIT_STREAM_PREFIX": prefix,
                 "AUDIT_CLAIM_IDLE_MS": "2000",
                 "AUDIT_CLAIM_INTERVAL_MS": "500",
@@ -185,7 +188,7 @@ class Harness:
         code, _ = await self._app(self.logs / "migrate.log", env, "migrate")
         if code != 0:
             raise HarnessError(f"migrate failed; see {self.logs / 'migrate.log'}")
-        scopes = ("--org", ORG, "--scopes", "ingest,read,verify,admin")
+        scopes = ("--org", ORG, "--scopes", "ingest,priority,read,verify,admin,operator")
         code, out = await self._app(self.logs / "keys.log", env, "keys", "create", *scopes)
         if code != 0 or not out.strip():
             raise HarnessError(f"keys create failed; see {self.logs / 'keys.log'}")

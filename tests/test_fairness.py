@@ -1,0 +1,86 @@
+"""Per-tenant fairness: rate limits per key and organization, a queue quota per organization
+(429 with Retry-After), and `priority: high` only for keys with the `priority` scope. One
+tenant cannot fill the queue that every tenant shares."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.writer import BatchWriter, CircuitBreaker
+from tests.conftest import SettingsFactory, event, running
+
+
+async def test_priority_high_needs_the_priority_scope(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    async with running(settings_factory(run_writers=False)) as svc:
+        plain = await svc.key(org, ("ingest",))
+        allowed = await svc.key(org, ("ingest", "priority"))
+        high = [event(), event(priority="high")]
+        refused = await svc.client.post("/events/bulk", json=high, headers=plain)
+        assert refused.status_code == 403, refused.text
+        assert "priority" in refused.json()["error"]["message"]
+        one = await svc.client.post("/events", json=event(priority="high"), headers=plain)
+        assert one.status_code == 403
+        assert (
+            await svc.client.post("/events/bulk", json=high, headers=allowed)
+        ).status_code == 202
+        normal = await svc.client.post("/events", json=event(), headers=plain)
+        assert normal.status_code == 202
+
+
+async def test_rate_limits_per_key_and_organization(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    settings = settings_factory(
+        run_writers=False,
+        max_events_per_request=100,
+        rate_limit_key_events=50,  # bursts of 100
+        rate_limit_org_events=100,  # bursts of 200
+    )
+    async with running(settings) as svc:
+        first, second, third = [await svc.key(org, ("ingest",)) for _ in range(3)]
+        other = await svc.key(f"{org}-other", ("ingest",))
+        bulk = [event()] * 100
+        assert (await svc.client.post("/events/bulk", json=bulk, headers=first)).status_code == 202
+        limited = await svc.client.post("/events/bulk", json=bulk, headers=first)
+        assert limited.status_code == 429, limited.text
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert int(limited.headers["Retry-After"]) >= 1
+        # Another key of the organization has its own share, up to the organization's.
+        assert (await svc.client.post("/events/bulk", json=bulk, headers=second)).status_code == 202
+        org_limited = await svc.client.post("/events/bulk", json=bulk, headers=third)
+        assert org_limited.status_code == 429
+        # Another organization is not touched.
+        assert (await svc.client.post("/events/bulk", json=bulk, headers=other)).status_code == 202
+        await asyncio.sleep(0.25)  # 12.5 events back for the key
+        assert (
+            await svc.client.post("/events/bulk", json=[event()] * 10, headers=first)
+        ).status_code == 202
+
+
+async def test_one_organization_cannot_fill_the_shared_queue(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    settings = settings_factory(run_writers=False, max_queue_depth=1000, org_queue_share=0.1)
+    async with running(settings) as svc:
+        heavy = await svc.key(org, ("ingest",))
+        light = await svc.key(f"{org}-light", ("ingest",))
+        full = [event()] * 100
+        assert (await svc.client.post("/events/bulk", json=full, headers=heavy)).status_code == 202
+        over = await svc.client.post("/events", json=event(), headers=heavy)
+        assert over.status_code == 429, over.text
+        assert over.json()["error"]["code"] == "queue_quota_exceeded"
+        assert "Retry-After" in over.headers
+        assert (await svc.client.post("/events/bulk", json=full, headers=light)).status_code == 202
+        res = svc.app.state.resources
+        assert await res.stream.queued_by_organization() == {org: 100, f"{org}-light": 100}
+        # Once written, the quota is free again (across processes: counted in Redis).
+        writer = BatchWriter(settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "w")
+        while await res.stream.queued_events():
+            await writer.cycle(asyncio.Event())
+        await writer.close()
+        assert await res.stream.queued_by_organization() == {}
+        await asyncio.sleep(settings.depth_poll_ms / 1000 * 3)
+        again = await svc.client.post("/events", json=event(), headers=heavy)
+        assert again.status_code == 202, again.text
