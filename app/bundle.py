@@ -102,8 +102,9 @@ def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:
     row = dict(entry)
     for name in ("merkle_root", "prev_head", "head", "signature", "public_signature"):
         row[name] = bytes.fromhex(entry[name]) if entry.get(name) else None
-    for name in ("first_timestamp", "last_timestamp"):
-        row[name] = datetime.fromisoformat(entry[name])
+    for name in ("first_timestamp", "last_timestamp", "sealed_at"):
+        if entry.get(name) is not None:
+            row[name] = datetime.fromisoformat(entry[name])
     return row
 
 

@@ -199,6 +199,10 @@ class DeadLetters:
             shard, raw = shard + 1, None
         return letters, None
 
+    async def count(self) -> int:
+        """The organization's items in every shard's dead-letter stream."""
+        return sum([await part.left() for part in self.parts])
+
     async def first_ids(self, count: int) -> list[str]:
         ids: list[str] = []
         for shard, part in enumerate(self.parts):

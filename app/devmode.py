@@ -124,7 +124,7 @@ def run_dev(settings: Settings) -> None:
         for name, start in starters:
             if not getattr(settings, name):
                 overrides[name] = start(stop)
-        for kind in ("signing", "service"):
+        for kind in ("signing", "ledger", "service"):
             if not getattr(settings, f"{kind}_keys"):
                 overrides[f"{kind}_keys"] = dev_key_ring(kind)
         settings = Settings(**overrides) if overrides else settings

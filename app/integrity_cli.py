@@ -35,7 +35,9 @@ def run_verify(settings: Settings, args: Any) -> int:
     checkpoint = orjson.loads(Path(args.checkpoint).read_bytes()) if args.checkpoint else None
     try:
         verifier = verifier_for(
-            settings.signing_keys_by_id, args.public_key or settings.ledger_public_key
+            settings.signing_keys_by_id,
+            settings.ledger_keys_by_id,
+            args.public_key or settings.ledger_public_key,
         )
         return asyncio.run(_verify(settings, args, verifier, checkpoint))
     except (NoVerificationKey, RangeError) as exc:
@@ -64,7 +66,7 @@ async def _verify(
             )
         if checkpoint is not None:
             report.findings += await check_checkpoint(
-                conn, checkpoint, settings.signing_keys_by_id, verifier.public_key
+                conn, checkpoint, settings.ledger_keys_by_id, verifier.public_key
             )
     finally:
         await conn.close()
@@ -142,7 +144,9 @@ def run_verify_bundle(settings: Settings, args: Any) -> int:
     """No database: the bundle, the HMAC keys if this auditor has them, the public key."""
     try:
         verifier = verifier_for(
-            settings.signing_keys_by_id, args.public_key or settings.ledger_public_key
+            settings.signing_keys_by_id,
+            settings.ledger_keys_by_id,
+            args.public_key or settings.ledger_public_key,
         )
     except NoVerificationKey as exc:
         print(f"verify-bundle: {exc}", file=sys.stderr)

@@ -57,6 +57,7 @@ def ledger_entry_json(entry: Any) -> dict[str, Any]:
         "key_id": entry["key_id"],
         "signature": bytes(entry["signature"]).hex(),
         "public_signature": bytes(public).hex() if public is not None else None,
+        "sealed_at": format_timestamp(entry["sealed_at"]),
     }
 
 

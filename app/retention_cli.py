@@ -23,8 +23,8 @@ async def prune(settings: Settings, older_than: str, dry_run: bool) -> dict[str,
     """Prune (or, dry, list) every monthly partition ending before now minus `older_than`."""
     months = parse_retention(older_than)
     before = cutoff(months)
-    if not dry_run and not settings.signing_key_ring:
-        raise SystemExit("AUDIT_SIGNING_KEYS must be set: prune records are signed")
+    if not dry_run and not settings.ledger_key_ring:
+        raise SystemExit("AUDIT_LEDGER_KEYS must be set: prune records are signed")
     conn = await connect_raw(settings)
     done: list[dict[str, Any]] = []
     try:
@@ -38,7 +38,7 @@ async def prune(settings: Settings, older_than: str, dry_run: bool) -> dict[str,
                     "would_prune": True,
                 }
             else:
-                line = await prune_partition(conn, part, settings.signing_key_ring[0])
+                line = await prune_partition(conn, part, settings.ledger_key_ring[0])
             print(json.dumps(line), flush=True)
             done.append(line)
     finally:

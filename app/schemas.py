@@ -326,7 +326,22 @@ class EventFilters(EventSelection):
     cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
 
 
+class OrgQueueStats(BaseModel):
+    """GET /queue/stats: the caller's organization's part of the queue, nothing service-wide."""
+
+    organization: str
+    queued_events: int = Field(description="your events accepted and not yet settled")
+    queue_quota: int = Field(description="the most of your events the queue holds at once")
+    dead_letter: int = Field(description="your items in the dead-letter streams")
+    rate_limit_key_events: float = Field(description="events a second per key and API process")
+    rate_limit_org_events: float = Field(
+        description="events a second per organization and API process"
+    )
+
+
 class QueueStats(BaseModel):
+    """GET /operator/queue/stats: the whole queue, every tenant together."""
+
     waiting: int = Field(description="stream entries not yet delivered to a writer")
     pending: int = Field(description="stream entries delivered but not yet acknowledged")
     queued_events: int = Field(description="events accepted and not yet persisted")

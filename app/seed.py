@@ -161,7 +161,7 @@ async def _load_slice(
     settings: Settings, plan: SeedPlan, part: int, span: tuple[datetime, datetime]
 ) -> int:
     """Seal the batches part, part + processes, ... of the plan; returns events written."""
-    key = settings.signing_key_ring[0]
+    key, ledger_key = settings.signing_key_ring[0], settings.ledger_key_ring[0]
     signer = PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
     batches = -(-plan.events // plan.batch_size)
     maker = EventMaker(plan, plan.random_seed * 1000 + part)
@@ -172,7 +172,7 @@ async def _load_slice(
             size = min(plan.batch_size, plan.events - batch * plan.batch_size)
             moments = batch_times(span, batch, batches, size, maker.rng)
             rows = [record_row(maker.record(m), key) for m in moments]
-            await seal_batch(conn, rows, key, signer)
+            await seal_batch(conn, rows, ledger_key, signer)
             written += size
             now = time.monotonic()
             if now - last_report >= 5:

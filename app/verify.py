@@ -41,6 +41,7 @@ from app.config import SigningKey
 from app.integrity import (
     UnknownSigningKeyError,
     event_hash,
+    format_timestamp,
     genesis_head,
     ledger_head,
     merkle_root,
@@ -161,6 +162,7 @@ class Report:
     events: int = 0
     pruned_events: int = 0
     pruned_ranges: list[PrunedRange] = field(default_factory=list)
+    scoped: bool = False  # one organization's: no service-wide figures
     findings: Findings = field(default_factory=Findings)
 
     @property
@@ -174,14 +176,21 @@ class Report:
             "to_seq": self.to_seq,
             "ledger_entries": self.entries,
             "events": self.events,
-            "pruned_events": self.pruned_events,
-            "pruned_ranges": [r.as_dict() for r in self.pruned_ranges],
+            "pruned_events": None if self.scoped else self.pruned_events,
+            "pruned_ranges": [self._pruned(r) for r in self.pruned_ranges],
             "findings": self.findings.total,
             "findings_by_check": dict(self.findings.by_check),
             "findings_listed": len(self.findings),
             "chains": self.chains or [self.chain_summary()],
             "empty": self.entries == 0,
         }
+
+    def _pruned(self, pruned: PrunedRange) -> dict[str, Any]:
+        shown = pruned.as_dict()
+        if self.scoped:  # how many events and batches of every tenant: not one tenant's figure
+            shown.pop("events")
+            shown.pop("batches")
+        return shown
 
     def chain_summary(self) -> dict[str, Any]:
         return {
@@ -196,27 +205,35 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Verifier:
+    """What a verification checks with: `keys` the events' HMAC keys, `ledger_keys` those of
+    ledger heads and prune records, `public_key` the heads' Ed25519 key(s). With
+    `organization_id` it is that organization's verification: only its events are checked
+    and counted, the others' only give their stored hashes to the Merkle roots, and are never
+    named."""
+
     keys: Mapping[str, SigningKey]
     public_key: str = ""
-    organization_id: str | None = None  # set: other organizations' events stay anonymous
+    organization_id: str | None = None
     check_hmac: bool = True  # off for an auditor who holds only the Ed25519 public key
+    ledger_keys: Mapping[str, SigningKey] = field(default_factory=dict)
 
     @property
     def checked(self) -> dict[str, bool]:
         """Which signatures this verifier checks (a report says so beside its verdict)."""
         return {"hmac": self.check_hmac, "public_key": bool(self.public_key)}
 
-    def signed(self, digest: bytes, signature: bytes, key_id: str) -> bool:
-        """The HMAC checks out (or this verifier does not check HMACs)."""
-        if not self.check_hmac:
-            return True
-        return verify_signature(digest, bytes(signature), key_id, self.keys)
+    @property
+    def scoped(self) -> bool:
+        return self.organization_id is not None
+
+    def mine(self, row: Mapping[str, Any]) -> bool:
+        """The row is of the organization this verification is for (any, unscoped)."""
+        return self.organization_id is None or row["organization_id"] == self.organization_id
 
     def event_finding(
         self, check: str, row: Mapping[str, Any], seq: int | None, detail: str
     ) -> Finding:
-        mine = self.organization_id is None or row["organization_id"] == self.organization_id
-        if mine:
+        if self.mine(row):
             return Finding(check, seq, str(row["event_id"]), detail)
         return Finding(check, seq, None, "an event of another organization")
 
@@ -246,14 +263,17 @@ class Verifier:
     def _entry_signatures(self, entry: Mapping[str, Any]) -> list[Finding]:
         seq, head = entry["seq"], bytes(entry["head"])
         found: list[Finding] = []
-        try:
-            signature = bytes(entry["signature"])
-            if self.check_hmac and not verify_signature(
-                head, signature, entry["key_id"], self.keys
-            ):
-                found.append(Finding("ledger_signature_invalid", seq))
-        except UnknownSigningKeyError:
-            found.append(Finding("unknown_signing_key", seq, None, f"key {entry['key_id']!r}"))
+        if self.check_hmac:
+            try:
+                signature = bytes(entry["signature"])
+                if not verify_signature(head, signature, entry["key_id"], self.ledger_keys):
+                    found.append(Finding("ledger_signature_invalid", seq))
+            except UnknownSigningKeyError:
+                detail = f"key {entry['key_id']!r}"
+                found.append(Finding("unknown_signing_key", seq, None, detail))
+            retired = _retired(self.ledger_keys.get(entry["key_id"]), entry.get("sealed_at"))
+            if retired:
+                found.append(Finding("retired_key_used", seq, None, retired))
         if self.public_key:  # a comma list: keys of earlier periods still verify their heads
             public = entry["public_signature"]
             if public is None or not verify_with_any(self.public_key, head, bytes(public)):
@@ -261,8 +281,9 @@ class Verifier:
         return found
 
     def signed_by_ring(self, digest: bytes, signature: bytes, key_id: str) -> bool:
-        """For records only the HMAC key can vouch for (prunes): unchecked means untrusted."""
-        return self.check_hmac and verify_signature(digest, signature, key_id, self.keys)
+        """For records only the ledger's HMAC key can vouch for (prunes): unchecked means
+        untrusted."""
+        return self.check_hmac and verify_signature(digest, signature, key_id, self.ledger_keys)
 
     def check_batch(
         self,
@@ -273,15 +294,7 @@ class Verifier:
     ) -> list[Finding]:
         seq, count = entry["seq"], entry["event_count"]
         found: list[Finding] = []
-        leaves: dict[int, bytes] = {}
-        for row in rows:
-            found += self.check_event(row, seq)
-            index = row["leaf_index"]
-            if index is None or not 0 <= index < count or index in leaves:
-                where = f"leaf {index} of {count}"
-                found.append(self.event_finding("event_unexpected", row, seq, where))
-            else:
-                leaves[index] = bytes(row["hash"])
+        leaves = self._place_leaves(seq, count, rows, found)
         clean = len(leaves) == len(rows)
         if pruned is not None:
             gone = pruned_leaves(self.signed_by_ring, entry, pruned, ranges or [])
@@ -302,6 +315,22 @@ class Verifier:
             if root != bytes(entry["merkle_root"]):
                 found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
         return found
+
+    def _place_leaves(
+        self, seq: int, count: int, rows: list[Mapping[str, Any]], found: list[Finding]
+    ) -> dict[int, bytes]:
+        """Each row's stored hash at its leaf; the caller's rows also checked themselves."""
+        leaves: dict[int, bytes] = {}
+        for row in rows:
+            if self.mine(row):  # another organization's row only lends its hash to the root
+                found += self.check_event(row, seq)
+            index = row["leaf_index"]
+            if index is None or not 0 <= index < count or index in leaves:
+                where = f"leaf {index} of {count}"
+                found.append(self.event_finding("event_unexpected", row, seq, where))
+            else:
+                leaves[index] = bytes(row["hash"])
+        return leaves
 
     @staticmethod
     def _add_pruned(
@@ -330,16 +359,30 @@ class Verifier:
         found = []
         if event_hash(record_from_row(row)) != stored:
             found.append(self.event_finding("event_hash_mismatch", row, seq, "fields changed"))
+        if not self.check_hmac:
+            return found
         try:
             signature = bytes(row["signature"])
-            if self.check_hmac and not verify_signature(
-                stored, signature, row["key_id"], self.keys
-            ):
+            if not verify_signature(stored, signature, row["key_id"], self.keys):
                 found.append(self.event_finding("event_signature_invalid", row, seq, ""))
         except UnknownSigningKeyError:
             detail = f"key {row['key_id']!r}"
             found.append(self.event_finding("unknown_signing_key", row, seq, detail))
+        retired = _retired(self.keys.get(row["key_id"]), row["received_at"])
+        if retired:
+            found.append(self.event_finding("retired_key_used", row, seq, retired))
         return found
+
+
+def _retired(key: SigningKey | None, signed_at: datetime | None) -> str:
+    """What is wrong when `key` signed at `signed_at`, after its retirement ('' if nothing)."""
+    if key is None or key.retired_at is None or signed_at is None:
+        return ""
+    if signed_at < key.retired_at:
+        return ""
+    return f"key {key.key_id!r} signed at {format_timestamp(signed_at)}, retired at " + (
+        format_timestamp(key.retired_at)
+    )
 
 
 Progress = Callable[[Report], None]
@@ -394,7 +437,7 @@ async def verify_range(
     if times is not None:
         from_seq, to_seq = 1, None
     last = newest if to_seq is None else to_seq
-    report = Report(from_seq, last, chain=chain)
+    report = Report(from_seq, last, chain=chain, scoped=verifier.scoped)
     walk = _Walk(verifier, report, full=from_seq == 1 and to_seq is None, times=times)
     walk.chain, walk.shared = chain, shared
     report.pruned_ranges, forged = await pruned_ranges(conn, verifier.signed_by_ring)
@@ -413,7 +456,7 @@ async def verify_range(
     if walk.full and not shared:
         if times is None:
             await walk.fetch_unknown_beyond(conn)
-        for row in await conn.fetch(UNSEALED):
+        for row in filter(verifier.mine, await conn.fetch(UNSEALED)):
             report.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
     await walk.settle_leftovers(conn)
     report.findings.name_chain(chain)
@@ -467,7 +510,7 @@ async def verify_chains(
     chains = await chain_ids(conn)
     if chains == [0]:
         return await verify_range(conn, verifier, 1, None, progress, times=times)
-    total = Report(1, 0)
+    total = Report(1, 0, scoped=verifier.scoped)
 
     def along(part: Report) -> None:  # progress over all chains so far
         if progress is not None:
@@ -486,7 +529,7 @@ async def verify_chains(
         total.pruned_ranges = part.pruned_ranges
         total.chains.append(part.chain_summary())
         total.findings.absorb(part.findings, skip_unplaced_prunes=bool(chain))
-    for row in await conn.fetch(UNSEALED if times is not None else ORPHANS):
+    for row in filter(verifier.mine, await conn.fetch(UNSEALED if times else ORPHANS)):
         total.findings.append(verifier.event_finding("event_unsealed", row, None, "no batch"))
     return total
 
@@ -568,12 +611,16 @@ class _Walk:
                     Finding("ledger_entry_missing", entry["seq"], None, gap)
                 )
             self.report.findings += self.verifier.check_entry(entry, self.prev)
+            counted = not self.verifier.scoped  # scoped: the entries holding its events
             if rows is not None:
                 self.report.findings += self.verifier.check_batch(entry, rows, pruned, ranges)
-                self.report.events += len(rows)
-                self.report.pruned_events += pruned["pruned_events"] if pruned else 0
+                mine = sum(map(self.verifier.mine, rows)) if self.verifier.scoped else len(rows)
+                self.report.events += mine
+                counted = counted or mine > 0
+                if not self.verifier.scoped:
+                    self.report.pruned_events += pruned["pruned_events"] if pruned else 0
                 self.done.add(entry["batch_id"])
-            self.report.entries += 1
+            self.report.entries += counted
             self.prev, self.expected = entry, entry["seq"] + 1
 
     async def fetch(self, conn: asyncpg.Connection, low: int, high: int) -> None:
@@ -608,7 +655,7 @@ class _Walk:
         for batch_id, rows in self.held.items():
             if batch_id in known:
                 continue
-            for row in rows:
+            for row in filter(self.verifier.mine, rows):
                 finding = self.verifier.event_finding("event_unsealed", row, None, "unknown batch")
                 self.report.findings.append(finding)
                 self.report.events += 1

@@ -27,16 +27,27 @@ class RangeError(ValueError):
 
 
 def verifier_for(
-    keys: Mapping[str, SigningKey], public_key: str, organization_id: str | None = None
+    keys: Mapping[str, SigningKey],
+    ledger_keys: Mapping[str, SigningKey],
+    public_key: str,
+    organization_id: str | None = None,
 ) -> Verifier:
-    """The verifier of every path. HMAC keys check everything; the public key alone checks the
-    ledger heads (and so, through the Merkle roots, every event hash) but no event HMAC."""
+    """The verifier of every path. The HMAC keys (of events and of the ledger, both) check
+    everything; the public key alone checks the ledger heads (and so, through the Merkle roots,
+    every event hash) but no HMAC."""
+    if bool(keys) != bool(ledger_keys):
+        raise NoVerificationKey(
+            "set both AUDIT_SIGNING_KEYS and AUDIT_LEDGER_KEYS to check the HMACs (or neither, "
+            "with the ledger's Ed25519 public key)"
+        )
     if not keys and not public_key:
         raise NoVerificationKey(
-            "no key to verify with: set AUDIT_SIGNING_KEYS (or give the ledger's Ed25519 "
-            "public key, AUDIT_LEDGER_PUBLIC_KEY or --public-key)"
+            "no key to verify with: set AUDIT_SIGNING_KEYS and AUDIT_LEDGER_KEYS (or give the "
+            "ledger's Ed25519 public key, AUDIT_LEDGER_PUBLIC_KEY or --public-key)"
         )
-    return Verifier(keys, public_key, organization_id, check_hmac=bool(keys))
+    return Verifier(
+        keys, public_key, organization_id, check_hmac=bool(keys), ledger_keys=ledger_keys
+    )
 
 
 async def chain_heads(conn: asyncpg.Connection) -> dict[int, int]:

@@ -37,8 +37,13 @@ class WriterGroup:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if not self.settings.signing_key_ring:
-            raise RuntimeError("AUDIT_SIGNING_KEYS is empty: writers cannot sign events")
+        for ring, name in (
+            (self.settings.signing_key_ring, "AUDIT_SIGNING_KEYS"),
+            (self.settings.ledger_key_ring, "AUDIT_LEDGER_KEYS"),
+            (self.settings.service_key_ring, "AUDIT_SERVICE_KEYS"),
+        ):
+            if not ring:
+                raise RuntimeError(f"{name} is empty: writers cannot seal events")
         self._tasks = [
             asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}") for w in self.writers
         ]

@@ -320,7 +320,7 @@ class BatchWriter:
         """Seal the rows not stored yet; returns how many were inserted."""
         conn = await self._connection()
         fresh = first_of_each(plan, rows)
-        key = self.settings.signing_key_ring[0]
+        key = self.settings.ledger_key_ring[0]
         for _ in range(DEDUPE_ROUNDS):
             if not fresh:
                 return 0

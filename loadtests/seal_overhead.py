@@ -84,7 +84,8 @@ async def run(args: argparse.Namespace) -> None:
         await conn.execute("DELETE FROM audit_log WHERE batch_id < 0")  # the plain rows
         await conn.execute("VACUUM ANALYZE audit_log")
         started = time.perf_counter()
-        report = await verify_range(conn, Verifier({KEY.key_id: KEY}))
+        ring = {KEY.key_id: KEY}
+        report = await verify_range(conn, Verifier(ring, ledger_keys=ring))
         seconds = time.perf_counter() - started
         await conn.close()
     finally:

@@ -37,6 +37,7 @@ LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 TEST_SIGNING_KEYS = "test-1:" + base64.b64encode(b"k" * 32).decode()
 TEST_SERVICE_KEYS = "service-1:" + base64.b64encode(b"s" * 32).decode()
+TEST_LEDGER_KEYS = "ledger-1:" + base64.b64encode(b"l" * 32).decode()
 
 
 def _local(host: str, port: int) -> bool:
@@ -115,6 +116,7 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "redis_url": redis_url,
         "signing_keys": TEST_SIGNING_KEYS,
         "service_keys": TEST_SERVICE_KEYS,
+        "ledger_keys": TEST_LEDGER_KEYS,
         "stream_prefix": f"audit-test-{uuid.uuid4().hex[:12]}",
         "batch_max_wait_ms": 5,
         "auth_cache_seconds": 0,
@@ -301,7 +303,11 @@ async def sealed_factory(
         res = await open_resources(settings, Metrics.create())
         await seal(res, "org-sealed", sizes, api_key_id)
         conn = await asyncpg.connect(url)
-        verifier = Verifier(settings.signing_keys_by_id, settings.ledger_public_key)
+        verifier = Verifier(
+            settings.signing_keys_by_id,
+            settings.ledger_public_key,
+            ledger_keys=settings.ledger_keys_by_id,
+        )
         sealed = Sealed(conn, res, verifier, "org-sealed")
         made.append((name, sealed))
         return sealed

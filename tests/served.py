@@ -46,6 +46,7 @@ def environment(settings: Settings, **extra: Any) -> dict[str, str]:
         "AUDIT_REDIS_URL": settings.redis_url,
         "AUDIT_SIGNING_KEYS": settings.signing_keys,
         "AUDIT_SERVICE_KEYS": settings.service_keys,
+        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
         "AUDIT_STREAM_PREFIX": settings.stream_prefix,
         "AUDIT_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
         "AUDIT_LOG_LEVEL": "WARNING",

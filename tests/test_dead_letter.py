@@ -29,6 +29,7 @@ class Rig:
     org: str
     admin: dict[str, str]
     stranger: dict[str, str]  # an admin of another organization
+    operator: dict[str, str]  # the service's operator (service-wide figures)
 
 
 @pytest.fixture
@@ -40,7 +41,8 @@ async def rig(settings_factory: SettingsFactory, org: str) -> AsyncIterator[Rig]
         writer = BatchWriter(settings, res.stream, res.metrics, breaker, "w")
         admin = await svc.key(org, ("admin",))
         stranger = await svc.key(f"{org}-other", ("admin",))
-        yield Rig(svc, res, writer, org, admin, stranger)
+        operator = await svc.key("operations", ("operator",))
+        yield Rig(svc, res, writer, org, admin, stranger, operator)
         await writer.close()
 
 
@@ -68,7 +70,7 @@ async def drain(rig: Rig) -> None:
 
 async def balanced(rig: Rig) -> dict[str, Any]:
     """Queue stats, after checking that every accepted event is accounted for exactly once."""
-    resp = await rig.svc.client.get("/queue/stats", headers=rig.admin)
+    resp = await rig.svc.client.get("/operator/queue/stats", headers=rig.operator)
     assert resp.status_code == 200
     stats: dict[str, Any] = resp.json()
     assert stats["accepted_total"] == (

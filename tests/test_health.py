@@ -60,7 +60,7 @@ async def test_queue_stats_account_for_every_event(
     headers = await service.key(org)
     await service.client.post("/events/bulk", json=[event()] * 30, headers=headers)
     await wait_stored(database_url, org, 30)
-    stats = (await service.client.get("/queue/stats", headers=headers)).json()
+    stats = (await service.client.get("/operator/queue/stats", headers=headers)).json()
     assert stats["persisted_total"] == 30
     assert stats["queued_events"] == 0 and stats["pending"] == 0 and stats["waiting"] == 0
     assert stats["consumers"] >= 1 and stats["dead_letter"] == 0

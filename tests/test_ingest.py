@@ -79,7 +79,7 @@ async def test_resent_event_is_stored_once(service: Service, org: str, database_
     marker = event(principal_id="marker")
     await service.client.post("/events", json=marker, headers=headers)
     await wait_stored(database_url, org, 2)
-    stats = (await service.client.get("/queue/stats", headers=headers)).json()
+    stats = (await service.client.get("/operator/queue/stats", headers=headers)).json()
     assert stats["queued_events"] == 0
     rows = await stored_rows(database_url, org)
     assert sorted(r["principal_id"] for r in rows) == ["dr.smith", "marker"]
@@ -120,7 +120,9 @@ async def test_bulk_is_all_or_nothing_and_names_every_bad_item(
     assert error["code"] == "validation_failed"
     found = {(d["index"], d["field"]) for d in error["details"]}
     assert found == {(1, "status"), (3, "colour"), (4, "timestamp"), (5, "action")}
-    assert (await service.client.get("/queue/stats", headers=headers)).json()["queued_events"] == 0
+    assert (await service.client.get("/operator/queue/stats", headers=headers)).json()[
+        "queued_events"
+    ] == 0
     assert await stored_rows(database_url, org) == []
 
 
@@ -267,7 +269,7 @@ async def test_backpressure_answers_503_with_retry_after(
         assert full.status_code == 503
         assert full.headers["retry-after"] == "1"
         assert full.json()["error"]["code"] == "queue_full"
-        stats = (await svc.client.get("/queue/stats", headers=headers)).json()
+        stats = (await svc.client.get("/operator/queue/stats", headers=headers)).json()
         assert stats["queued_events"] == 8 and stats["waiting"] == 1
 
 

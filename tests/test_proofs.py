@@ -10,12 +10,15 @@ import hmac
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from app.config import SigningKey
+from app.config import SigningKey, parse_signing_keys
 from app.proofs import event_proof
 from app.schemas import EVENT_LIST
 from app.signing import new_keypair, verify_public_signature
@@ -82,7 +85,7 @@ def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
 async def test_proofs_round_trip_at_every_position(sealed_factory: SealedFactory) -> None:
     sizes = [1, 2, 3, 7, 500]
     sealed = await sealed_factory(sizes)
-    key = sealed.res.settings.signing_key_ring[0].secret
+    key = sealed.res.settings.ledger_key_ring[0].secret
     for seq, size in enumerate(sizes, start=1):
         rows = await sealed.rows(seq)
         assert len(rows) == size
@@ -104,33 +107,78 @@ async def test_public_key_alone_verifies_heads(sealed_factory: SealedFactory) ->
     sealed = await sealed_factory([4, 2], ledger_private_key=private)
     entries = await sealed.conn.fetch("SELECT head, public_signature FROM audit_ledger")
     assert all(verify_public_signature(public, bytes(e[0]), bytes(e[1])) for e in entries)
-    assert (await verify_range(sealed.conn, Verifier(sealed.verifier.keys, public))).intact
+    ledger = sealed.verifier.ledger_keys
+    assert (
+        await verify_range(sealed.conn, Verifier(sealed.verifier.keys, public, ledger_keys=ledger))
+    ).intact
     _, stranger = new_keypair()
-    report = await verify_range(sealed.conn, Verifier(sealed.verifier.keys, stranger))
+    report = await verify_range(
+        sealed.conn, Verifier(sealed.verifier.keys, stranger, ledger_keys=ledger)
+    )
     assert {f.check for f in report.findings} == {"ledger_public_signature_invalid"}
 
 
-async def test_new_active_key_keeps_old_batches_verifiable(
-    sealed_factory: SealedFactory, settings_factory: SettingsFactory
-) -> None:
+async def test_new_active_keys_keep_old_batches_verifiable(sealed_factory: SealedFactory) -> None:
     from tests.conftest import seal
 
     sealed = await sealed_factory([3])
-    old = sealed.res.settings.signing_key_ring[0]
-    new = SigningKey("test-2", b"n" * 32)
-    ring = (
-        f"test-2:{base64.b64encode(new.secret).decode()},{old.key_id}:"
-        + base64.b64encode(old.secret).decode()
+    settings = sealed.res.settings
+    rotated = settings.model_copy(
+        update={
+            "signing_keys": _ring(("test-2", b"n"), settings.signing_key_ring[0]),
+            "ledger_keys": _ring(("ledger-2", b"m"), settings.ledger_key_ring[0]),
+        }
     )
-    rotated = sealed.res.settings.model_copy(update={"signing_keys": ring})
-    rotated.__dict__.pop("signing_key_ring", None)
+    for ring in ("signing_key_ring", "ledger_key_ring"):
+        rotated.__dict__.pop(ring, None)
     sealed.res.settings = rotated
     await seal(sealed.res, sealed.org, [2])
-    key_ids = [
+    ledger_ids = [
         r[0] for r in await sealed.conn.fetch("SELECT key_id FROM audit_ledger ORDER BY seq")
     ]
-    assert key_ids == ["test-1", "test-2"]
-    assert (await verify_range(sealed.conn, Verifier(rotated.signing_keys_by_id))).intact
+    event_ids = [
+        r[0] for r in await sealed.conn.fetch("SELECT key_id FROM audit_log ORDER BY batch_id")
+    ]
+    assert ledger_ids == ["ledger-1", "ledger-2"]
+    assert event_ids == ["test-1"] * 3 + ["test-2"] * 2
+    verifier = Verifier(rotated.signing_keys_by_id, ledger_keys=rotated.ledger_keys_by_id)
+    assert (await verify_range(sealed.conn, verifier)).intact
+
+
+async def test_a_retired_key_signing_after_its_retirement_is_a_finding(
+    sealed_factory: SealedFactory,
+) -> None:
+    sealed = await sealed_factory([3, 2])
+    settings = sealed.res.settings
+    event_key, ledger_key = settings.signing_key_ring[0], settings.ledger_key_ring[0]
+    sealed_at = await sealed.conn.fetchval("SELECT min(sealed_at) FROM audit_ledger")
+    received = datetime(2026, 11, 20, 10, tzinfo=UTC)  # the sealed events' receipt time
+
+    def verifier(event_retired: datetime, ledger_retired: datetime) -> Verifier:
+        return Verifier(
+            {event_key.key_id: replace(event_key, retired_at=event_retired)},
+            ledger_keys={ledger_key.key_id: replace(ledger_key, retired_at=ledger_retired)},
+        )
+
+    later = sealed_at + timedelta(days=1)
+    assert (await verify_range(sealed.conn, verifier(received + timedelta(hours=1), later))).intact
+    report = await verify_range(
+        sealed.conn, verifier(received - timedelta(hours=1), sealed_at - timedelta(hours=1))
+    )
+    found = [(f.check, f.seq, f.event_id is not None) for f in report.findings]
+    assert found.count(("retired_key_used", 1, True)) == 3  # events signed after retirement
+    assert found.count(("retired_key_used", 2, True)) == 2
+    assert ("retired_key_used", 1, False) in found and ("retired_key_used", 2, False) in found
+    assert len(found) == 7
+    with pytest.raises(ValueError, match="cannot be retired"):
+        parse_signing_keys(f"k:{base64.b64encode(b'k' * 32).decode()}@2026-01-01T00:00:00Z")
+
+
+def _ring(new: tuple[str, bytes], old: SigningKey) -> str:
+    key_id, byte = new
+    return f"{key_id}:{base64.b64encode(byte * 32).decode()},{old.key_id}:" + (
+        base64.b64encode(old.secret).decode()
+    )
 
 
 def _cli(settings_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,7 +193,11 @@ async def test_cli_verify_and_checkpoint_catch_a_cut_tail(
 ) -> None:
     sealed = await sealed_factory([3, 4, 5])
     settings = sealed.res.settings
-    env = {"AUDIT_DATABASE_URL": settings.database_url, "AUDIT_SIGNING_KEYS": settings.signing_keys}
+    env = {
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_SIGNING_KEYS": settings.signing_keys,
+        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
+    }
     checkpoint = tmp_path / "checkpoint.json"
     exported = _cli(env, "checkpoint", "export", "--out", str(checkpoint))
     assert exported.returncode == 0, exported.stderr
@@ -180,7 +232,7 @@ async def test_verify_and_proof_over_http(
         event_id = resp.json()["event_ids"][7]
         proof = await svc.client.get(f"/events/{event_id}/proof", headers=headers)
         assert proof.status_code == 200
-        assert check_proof(proof.json(), svc.settings.signing_key_ring[0].secret)
+        assert check_proof(proof.json(), svc.settings.ledger_key_ring[0].secret)
         other = await svc.key(f"{org}-other")
         assert (await svc.client.get(f"/events/{event_id}/proof", headers=other)).status_code == 404
         seq = proof.json()["batch_seq"]
@@ -211,6 +263,7 @@ async def test_two_writer_processes_build_one_unbroken_chain(
         "AUDIT_REDIS_URL": settings.redis_url,
         "AUDIT_SIGNING_KEYS": settings.signing_keys,
         "AUDIT_SERVICE_KEYS": settings.service_keys,
+        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
         "AUDIT_STREAM_PREFIX": settings.stream_prefix,
         "AUDIT_BATCH_SIZE": "50",
         "AUDIT_WRITERS": "2",
@@ -255,7 +308,11 @@ async def test_offline_bundle_verifies_without_a_database(
     private, public = new_keypair()
     sealed = await sealed_factory([4, 6, 3], ledger_private_key=private)
     settings = sealed.res.settings
-    env = {"AUDIT_DATABASE_URL": settings.database_url, "AUDIT_SIGNING_KEYS": settings.signing_keys}
+    env = {
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_SIGNING_KEYS": settings.signing_keys,
+        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
+    }
     out = tmp_path / "bundle.ndjson"
     made = _cli(
         env,
@@ -271,7 +328,7 @@ async def test_offline_bundle_verifies_without_a_database(
     assert made.returncode == 0, made.stderr
     kinds = [next(iter(orjson.loads(line))) for line in out.read_bytes().splitlines()]
     assert kinds.count("ledger") == 3 and kinds.count("event") == 13
-    offline = {"AUDIT_DATABASE_URL": "", "AUDIT_SIGNING_KEYS": ""}
+    offline = {"AUDIT_DATABASE_URL": "", "AUDIT_SIGNING_KEYS": "", "AUDIT_LEDGER_KEYS": ""}
     checked = _cli(offline, "verify-bundle", str(out), "--public-key", public)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     summary = orjson.loads(checked.stdout.splitlines()[-1])

@@ -137,7 +137,7 @@ async def test_an_entry_cannot_start_another_chain(sharded: Sealed) -> None:
 
 async def test_checkpoint_proof_and_bundle_cover_every_chain(sharded: Sealed) -> None:
     ids = await fill(sharded, requests=6, per_request=2)
-    conn, keys = sharded.conn, sharded.res.settings.signing_keys_by_id
+    conn, keys = sharded.conn, sharded.res.settings.ledger_keys_by_id
     checkpoint = await export_checkpoint(conn)
     assert checkpoint is not None
     assert [c["chain"] for c in checkpoint["chains"]] == [0, 1, 2]

@@ -161,7 +161,9 @@ async def test_edited_root_is_named(sealed: Sealed) -> None:
 
 async def test_removed_signing_key_reports_unknown_key(sealed: Sealed) -> None:
     other = SigningKey("rotated", base64.b64decode(base64.b64encode(b"r" * 32)))
-    report = await verify_range(sealed.conn, Verifier({"rotated": other}))
+    report = await verify_range(
+        sealed.conn, Verifier({"rotated": other}, ledger_keys={"rotated": other})
+    )
     assert checks(report) == {"unknown_signing_key"}
     assert report.events == 17
 

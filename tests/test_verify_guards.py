@@ -16,10 +16,11 @@ from tests.test_proofs import _cli
 JOBS: tuple[list[str], ...] = ([], ["--jobs", "1"], ["--jobs", "2"])
 
 
-def _env(url: str, keys: str) -> dict[str, str]:
+def _env(url: str, keys: str, ledger_keys: str | None = None) -> dict[str, str]:
     return {
         "AUDIT_DATABASE_URL": url,
         "AUDIT_SIGNING_KEYS": keys,
+        "AUDIT_LEDGER_KEYS": keys if ledger_keys is None else ledger_keys,
         "AUDIT_LEDGER_PUBLIC_KEY": "",
     }
 
@@ -50,7 +51,8 @@ async def test_every_path_checks_the_same_things(sealed_factory: SealedFactory) 
 
 async def test_cli_refuses_ranges_the_ledger_does_not_have(sealed_factory: SealedFactory) -> None:
     sealed = await sealed_factory([3, 4])
-    env = _env(sealed.res.settings.database_url, sealed.res.settings.signing_keys)
+    settings = sealed.res.settings
+    env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
     for args in (
         ("--from-seq", "3", "--to-seq", "5"),  # past the head (2): no tamper alarm
         ("--from-seq", "7"),
@@ -69,7 +71,8 @@ async def test_cli_refuses_ranges_the_ledger_does_not_have(sealed_factory: Seale
 
 async def test_an_empty_ledger_says_so(sealed_factory: SealedFactory) -> None:
     sealed = await sealed_factory([])
-    env = _env(sealed.res.settings.database_url, sealed.res.settings.signing_keys)
+    settings = sealed.res.settings
+    env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
     result = _cli(env, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     summary = orjson.loads(result.stdout.splitlines()[-1])
@@ -113,7 +116,8 @@ async def test_api_refuses_ranges_naming_the_head(
 async def test_api_without_a_key_refuses_to_verify(
     settings_factory: SettingsFactory, org: str
 ) -> None:
-    async with running(settings_factory(signing_keys="", run_writers=False)) as svc:
+    settings = settings_factory(signing_keys="", ledger_keys="", run_writers=False)
+    async with running(settings) as svc:
         headers = await svc.key(org)
         resp = await svc.client.get("/integrity/verify", headers=headers)
         assert resp.status_code == 503, resp.text

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -25,6 +27,7 @@ from app.verify_guard import NoVerificationKey, RangeError, resolve_range, verif
 
 router = APIRouter(tags=["integrity"])
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
+Operator = Annotated[Caller, Depends(require_scope("operator"))]
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 429, 503)
@@ -50,11 +53,17 @@ def _line(kind: str, value: Any) -> bytes:
     return orjson.dumps({kind: value}) + b"\n"
 
 
+VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/x-ndjson": {}}},
+    **ERRORS,
+}
+
+
 @router.get(
     "/integrity/verify",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-ndjson": {}}}, **ERRORS},
-    summary="Verify the ledger over a seq or time range (NDJSON stream)",
+    responses=VERIFY_RESPONSES,
+    summary="Verify your organization's events in the ledger (NDJSON stream)",
 )
 async def verify(
     request: Request,
@@ -66,39 +75,80 @@ async def verify(
     end: TimeParam = None,
 ) -> StreamingResponse:
     """Streams `{"progress": ...}` lines while it runs, one `{"finding": ...}` line per thing
-    that broke, and a final `{"summary": ...}`. Events of other organizations in shared batches
-    are checked too but never named. Without a seq range every chain (one per stream shard) is
-    verified; a seq range is of one chain."""
-    if (start is None) != (end is None):
+    that broke, and a final `{"summary": ...}`. Your organization's events are checked and
+    counted; another organization's events in shared batches only lend their stored hashes to
+    the Merkle roots and are never named; the chain itself (links, heads, signatures) is checked
+    whole. Without a seq range every chain (one per stream shard) is verified; a seq range is of
+    one chain."""
+    ranges = Ranges(from_seq, to_seq, chain, start, end)
+    return await _verification(request, caller, ranges, caller.organization_id)
+
+
+@router.get(
+    "/operator/integrity/verify",
+    response_class=StreamingResponse,
+    responses=VERIFY_RESPONSES,
+    summary="Verify the whole ledger, every tenant's events (operator scope)",
+)
+async def verify_all(
+    request: Request,
+    caller: Operator,
+    from_seq: SeqParam = None,
+    to_seq: SeqParam = None,
+    chain: ChainParam = None,
+    start: TimeParam = None,
+    end: TimeParam = None,
+) -> StreamingResponse:
+    """As /integrity/verify, over every organization's events, each finding named."""
+    return await _verification(request, caller, Ranges(from_seq, to_seq, chain, start, end), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    from_seq: int | None
+    to_seq: int | None
+    chain: int | None
+    start: datetime | None
+    end: datetime | None
+
+
+async def _verification(
+    request: Request, caller: Caller, asked: Ranges, organization: str | None
+) -> StreamingResponse:
+    if (asked.start is None) != (asked.end is None):
         raise InvalidEvents("give both start and end, or neither")
-    seq_range = from_seq is not None or to_seq is not None
-    if start is not None and (seq_range or chain is not None):
+    seq_range = asked.from_seq is not None or asked.to_seq is not None
+    if asked.start is not None and (seq_range or asked.chain is not None):
         raise InvalidEvents("give a seq range or a time range, not both")
     res = resources(request)
+    settings = res.settings
     try:
         verifier = verifier_for(
-            res.settings.signing_keys_by_id, res.settings.ledger_public_key, caller.organization_id
+            settings.signing_keys_by_id,
+            settings.ledger_keys_by_id,
+            settings.ledger_public_key,
+            organization,
         )
     except NoVerificationKey as exc:
         raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
     async with driver_connection(res.engine) as conn:
         try:
-            first, last = await resolve_range(conn, chain, from_seq, to_seq)
+            first, last = await resolve_range(conn, asked.chain, asked.from_seq, asked.to_seq)
         except RangeError as exc:
             heads = {str(c): head for c, head in exc.heads.items()}
             raise InvalidRange(str(exc), details={"heads": heads}) from exc
-    query = {"from_seq": from_seq, "to_seq": to_seq, "chain": chain, "start": start, "end": end}
     slot = res.verifications.acquire(caller.key_id, caller.organization_id, TooManyVerifications)
     try:
+        query = {**asdict(asked), "whole_ledger": organization is None}
         await record_access(request, caller, "verify", query, 0)
     except BaseException:
         slot.release()
         raise
-    seqs = (first, last, chain) if seq_range or chain is not None else None
+    seqs = (first, last, asked.chain) if seq_range or asked.chain is not None else None
     return GuardedStream(
-        _verify_lines(res.long_reads, verifier, seqs, start, end),
+        _verify_lines(res.long_reads, verifier, seqs, asked.start, asked.end),
         slot=slot,
-        send_timeout_s=res.settings.export_send_timeout_s,
+        send_timeout_s=settings.export_send_timeout_s,
         media_type="application/x-ndjson",
     )
 

@@ -1,5 +1,6 @@
-"""GET /queue/stats: the stream as operators see it. /queue/dead-letter: the caller's
-organization's dead letters, listed, replayed or deleted (app.dead_letter).
+"""GET /queue/stats: the caller's organization's part of the queue; /operator/queue/stats: the
+whole queue, for the service's operators. /queue/dead-letter: the caller's organization's dead
+letters, listed, replayed or deleted (app.dead_letter).
 
 Dead letters hold the organization's audit events, so each of these calls is recorded in its
 audit trail before it answers or acts; when it cannot be recorded, nothing happens (503).
@@ -27,12 +28,14 @@ from app.schemas import (
     DeadLetterReplayed,
     DeadLetterSelection,
     ErrorResponse,
+    OrgQueueStats,
     QueueStats,
     is_stream_id,
 )
 
 router = APIRouter(tags=["operations"])
 Admin = Annotated[Caller, Depends(require_scope("admin"))]
+Operator = Annotated[Caller, Depends(require_scope("operator"))]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -44,8 +47,34 @@ class ConfirmationRequired(ApiError):
     code = "confirmation_required"
 
 
-@router.get("/queue/stats", response_model=QueueStats, responses=_errors(401, 403, 503))
-async def queue_stats(request: Request, caller: Admin) -> QueueStats:
+@router.get(
+    "/queue/stats",
+    response_model=OrgQueueStats,
+    responses=_errors(401, 403, 503),
+    summary="Your organization's part of the queue",
+)
+async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
+    res = resources(request)
+    org = caller.organization_id
+    queued = (await res.stream.queued_by_organization()).get(org, 0)
+    settings = res.settings
+    return OrgQueueStats(
+        organization=org,
+        queued_events=queued,
+        queue_quota=res.admission.org_quota,
+        dead_letter=await DeadLetters(res.stream, org, res.seals).count(),
+        rate_limit_key_events=settings.rate_limit_key_events,
+        rate_limit_org_events=settings.rate_limit_org_events,
+    )
+
+
+@router.get(
+    "/operator/queue/stats",
+    response_model=QueueStats,
+    responses=_errors(401, 403, 503),
+    summary="The whole queue, every tenant together (operator scope)",
+)
+async def service_queue_stats(request: Request, caller: Operator) -> QueueStats:
     return QueueStats.model_validate(await resources(request).stream.stats())
 
 

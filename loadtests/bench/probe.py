@@ -1,4 +1,4 @@
-"""What the service is doing, read from outside: /queue/stats (admin key), the writers'
+"""What the service is doing, read from outside: /operator/queue/stats (operator key), the writers'
 Prometheus histogram of ingest-to-persist time, CPU and memory of every process involved
 (the service's own, this load generator, Redis, and the PostgreSQL backends of the bench
 database), and the connections open: sockets of the service's processes and of Redis, backends
@@ -74,7 +74,7 @@ class Probe:
             await self.redis_conn.aclose()
 
     async def stats(self) -> dict[str, Any]:
-        response = await self.http.get(f"{self.service.api_urls[0]}/queue/stats")
+        response = await self.http.get(f"{self.service.api_urls[0]}/operator/queue/stats")
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats

@@ -27,7 +27,7 @@ from loadtests.bench.progress import say
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
-SCOPES = "ingest,read,admin"
+SCOPES = "ingest,read,admin,operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +60,13 @@ def free_port() -> int:
 
 
 def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str, str]:
-    secret, service = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    secret, service, ledger = (base64.b64encode(os.urandom(32)).decode() for _ in range(3))
     return {
         "AUDIT_DATABASE_URL": database_url,
         "AUDIT_REDIS_URL": redis_url,
         "AUDIT_SIGNING_KEYS": f"bench:{secret}",
         "AUDIT_SERVICE_KEYS": f"bench-service:{service}",
+        "AUDIT_LEDGER_KEYS": f"bench-ledger:{ledger}",
         # One tenant at the service's limit: its rate limits far above what a host holds (the
         # buckets still run), and all of the queue its own.
         "AUDIT_RATE_LIMIT_KEY_EVENTS": "10000000",

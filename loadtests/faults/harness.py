@@ -115,6 +115,7 @@ class Harness:
         self.postgres = PostgresServer(self.root)
         self.signing_keys = "faults-1:" + base64.b64encode(os.urandom(32)).decode()
         self.service_keys = "faults-service-1:" + base64.b64encode(os.urandom(32)).decode()
+        self.ledger_keys = "faults-ledger-1:" + base64.b64encode(os.urandom(32)).decode()
         self.key = ""
         self.failed = False
 
@@ -167,6 +168,7 @@ class Harness:
                 "AUDIT_REDIS_URL": redis_url,
                 "AUDIT_SIGNING_KEYS": self.signing_keys,
                 "AUDIT_SERVICE_KEYS": self.service_keys,
+                "AUDIT_LEDGER_KEYS": self.ledger_keys,
                 "AUDIT_ORG_QUEUE_SHARE": "1",  # one tenant: the queue depth mark is the bound
                 "AUDIT_STREAM_PREFIX": prefix,
                 "AUDIT_CLAIM_IDLE_MS": "2000",
