@@ -28,7 +28,8 @@ SMALL_BODY = 1 << 20  # a bulk body up to this size goes straight to the validat
 SMALL_EVENT = 64 * 1024  # likewise a single event
 MAX_LISTED = 100  # problems listed in a 422; the rest are counted
 MAX_FIELDS = 64  # an event with more fields than this is one problem, not one per field
-EVENT_FIELDS = len(EventIn.model_fields)
+EVENT_FIELD_NAMES = frozenset(EventIn.model_fields)
+EVENT_FIELDS = len(EVENT_FIELD_NAMES)
 SESSION_FIELDS = len(SessionContext.model_fields)
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
@@ -76,17 +77,26 @@ class Problems:
         self.events.add(index)
 
     def add_event(self, index: int, item: Any, context: Mapping[str, Any]) -> None:
-        """The problems of one event as sent (a parsed JSON value)."""
+        """The problems of one event as sent (a parsed JSON value). Unknown fields are found
+        here, each one problem, and the event is validated without them: the validator then
+        makes a few errors at most, however many unknown fields an event has."""
         shape = _shape_problem(item)
         if shape is not None:
             self.add(index, [shape])
             return
+        unknown = [name for name in item if name not in EVENT_FIELD_NAMES]
+        known = {k: v for k, v in item.items() if k in EVENT_FIELD_NAMES} if unknown else item
+        problems: list[dict[str, Any]] = []
+        count = len(unknown)
         try:
-            EventIn.model_validate_json(to_json(item), strict=True, context=context)
+            EventIn.model_validate_json(to_json(known), strict=True, context=context)
         except ValidationError as exc:
-            room = MAX_LISTED - len(self.listed)
-            listed = _described(exc) if room > 0 else []
-            self.add(index, listed, exc.error_count())
+            count += exc.error_count()
+            if len(self.listed) < MAX_LISTED:
+                problems = _described(exc)
+        if count:
+            problems += [_unknown_field(name) for name in unknown[:MAX_LISTED]]
+            self.add(index, problems if len(self.listed) < MAX_LISTED else [], count)
 
     def raise_all(self) -> NoReturn:
         summary = f"{_count(self.total, 'problem')} in {_count(len(self.events), 'event')}"
@@ -100,6 +110,10 @@ class Problems:
 
 def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}" + ("" if number == 1 else "s")
+
+
+def _unknown_field(name: str) -> dict[str, Any]:
+    return {"field": name, "type": "extra_forbidden", "message": "Extra inputs are not permitted"}
 
 
 def _described(exc: ValidationError) -> list[dict[str, Any]]:
