@@ -4,9 +4,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 AUDIT_HOST=0.0.0.0
 WORKDIR /srv/audit-ingest
 
+# Pinned versions with their hashes (requirements.lock, `make lock`): the image installs exactly
+# what was reviewed, and a changed or substituted package fails the build.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml ./
 COPY app ./app
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
  && useradd --system --uid 10001 --home-dir /srv/audit-ingest audit
 COPY alembic.ini ./
 COPY alembic ./alembic

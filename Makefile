@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint fmt migrate worker clean bench bench-smoke locust faults faults-short
+.PHONY: install run test lint fmt migrate worker clean bench bench-smoke locust faults faults-short lock
 
 install: $(STAMP)
 
@@ -70,6 +70,12 @@ locust: install
 	  -f loadtests/locustfile.py --host $(AUDIT_URL) --headless -u $(LOCUST_USERS) \
 	  -r $(LOCUST_SPAWN_RATE) -t $(LOCUST_TIME) --csv locust-report/locust \
 	  --html locust-report/report.html
+
+## The container image's pinned dependencies, with hashes, from pyproject.toml's.
+lock: install
+	$(PY) -m pip install --quiet pip-tools
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --no-emit-trusted-host --output-file=requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -6,23 +6,30 @@ import asyncio
 import functools
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import sqlalchemy.exc
 from fastapi import Request
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import repository
 from app.errors import Forbidden, Unauthenticated
+from app.integrity import format_timestamp
 from app.main_state import resources
 from app.schemas import ALL_SCOPES
+from app.service_seal import ServiceSeal
 
+log = logging.getLogger("app.auth")
 KEY_PREFIX = "aik_"
 CACHE_LIMIT = 10_000
 
@@ -51,23 +58,51 @@ def parse_scopes(raw: str) -> list[str]:
     return scopes
 
 
+def key_row_parts(record: repository.ApiKeyRecord) -> tuple[bytes, ...]:
+    """What a key row's MAC covers: everything it grants, and to whom."""
+    return (
+        str(record.id).encode(),
+        record.organization_id.encode(),
+        record.name.encode(),
+        ",".join(sorted(record.scopes)).encode(),
+        record.key_hash,
+        record.key_prefix.encode(),
+        format_timestamp(record.created_at).encode(),
+    )
+
+
+def row_vouched(record: repository.ApiKeyRecord, seal: ServiceSeal) -> bool:
+    """`keys create` (or `keys seal`) made this row as it is: its MAC checks."""
+    if record.mac is None or record.mac_key_id is None:
+        return False
+    return seal.check(record.mac_key_id, record.mac, *key_row_parts(record))
+
+
+def sealed_row(record: repository.ApiKeyRecord, seal: ServiceSeal) -> repository.ApiKeyRecord:
+    key_id, mac = seal.sign(*key_row_parts(record))
+    return replace(record, mac=mac, mac_key_id=key_id)
+
+
 async def create_api_key(
-    engine: AsyncEngine, organization_id: str, scopes: list[str], name: str
+    engine: AsyncEngine, organization_id: str, scopes: list[str], name: str, seal: ServiceSeal
 ) -> tuple[str, str]:
-    """Store a new key's hash; returns (key id, the key itself, shown once)."""
+    """Store a new key's hash, with the row's MAC; returns (key id, the key, shown once)."""
     if not organization_id.strip():
         raise ValueError("organization must not be empty")
     key = new_api_key()
+    record = repository.ApiKeyRecord(
+        id=uuid.uuid4(),
+        organization_id=organization_id,
+        name=name,
+        scopes=tuple(sorted(scopes)),
+        key_prefix=key[: len(KEY_PREFIX) + 6],
+        created_at=datetime.now(UTC),
+        revoked_at=None,
+        key_hash=hash_api_key(key),
+    )
     async with engine.begin() as conn:
-        key_id = await repository.insert_api_key(
-            conn,
-            organization_id=organization_id,
-            name=name,
-            scopes=scopes,
-            key_hash=hash_api_key(key),
-            key_prefix=key[: len(KEY_PREFIX) + 6],
-        )
-    return str(key_id), key
+        await repository.insert_api_key(conn, sealed_row(record, seal))
+    return str(record.id), key
 
 
 Lookup = Callable[[bytes], Awaitable[Caller | None]]  # None: unknown or revoked
@@ -187,13 +222,19 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def key_lookup(engine: AsyncEngine) -> Lookup:
-    """The lookup of active keys in `engine`'s database, for a KeyCache."""
+def key_lookup(engine: AsyncEngine, seal: ServiceSeal, refused: Counter | None = None) -> Lookup:
+    """The lookup of active keys in `engine`'s database, for a KeyCache. A row whose MAC does
+    not check is no key: it is logged (by id, never the key) and counted in `refused`."""
 
     async def active_key(key_hash: bytes) -> Caller | None:
         async with engine.connect() as conn:
             record = await repository.active_key_by_hash(conn, key_hash)
         if record is None:
+            return None
+        if not row_vouched(record, seal):
+            log.warning("api key row %s refused: its MAC does not check", record.id)
+            if refused is not None:
+                refused.inc()
             return None
         return Caller(str(record.id), record.organization_id, frozenset(record.scopes))
 

@@ -21,6 +21,7 @@ from app import repository
 from app.config import Settings
 from app.db import engine_scope
 from app.logs import setup_logging
+from app.service_seal import NoServiceKey, ServiceSeal, ServiceSeals
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("app.cli")
@@ -100,10 +101,11 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = None
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
+        from app.worker_metrics import serve_metrics
 
-        start_http_server(settings.worker_metrics_port, settings.host, res.metrics.registry)
+        server = await serve_metrics(settings, res.metrics.registry)
     res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
     res.writers.start()
     tune_gc()
@@ -112,27 +114,63 @@ async def run_worker(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: draining in-flight batches")
     finally:
+        if server is not None:
+            server.close()
         await close_resources(res)
+
+
+def key_row_seal(settings: Settings) -> ServiceSeal:
+    """The seal of API key rows: the service keys are needed to make or vouch for a key."""
+    try:
+        return ServiceSeals.of(settings.service_key_ring).api_keys
+    except NoServiceKey as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 async def keys_create(settings: Settings, org: str, scopes: str, name: str) -> str:
     from app.auth import create_api_key, parse_scopes
 
+    seal = key_row_seal(settings)
     async with engine_scope(settings) as engine:
-        key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name)
+        key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name, seal)
     print(f"created key {key_id} for organization {org!r} with scopes {scopes}", file=sys.stderr)
     return key
 
 
 async def keys_list(settings: Settings, org: str | None) -> None:
+    """Every key row (never a key), and whether its MAC checks (`NOT SEALED`: refused)."""
+    from app.auth import row_vouched
+
+    seal = key_row_seal(settings)
     async with engine_scope(settings) as engine, engine.connect() as conn:
         records = await repository.list_api_keys(conn, org)
-    print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked")
+    print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked\tsealed")
     for r in records:
+        sealed = "yes" if row_vouched(r, seal) else "NOT SEALED"
         print(
             f"{r.id}\t{r.organization_id}\t{r.name}\t{','.join(r.scopes)}\t{r.key_prefix}…\t"
-            f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}"
+            f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}\t{sealed}"
         )
+
+
+async def keys_seal(settings: Settings, org: str | None) -> int:
+    """Vouch for the active rows that have no MAC yet (made before rows carried one): each is
+    printed; review them first with `keys list`. Rows whose MAC fails are left refused."""
+    from app.auth import sealed_row
+
+    seal = key_row_seal(settings)
+    sealed = 0
+    async with engine_scope(settings) as engine, engine.begin() as conn:
+        for record in await repository.list_api_keys(conn, org):
+            if record.mac is not None or record.revoked_at is not None:
+                continue
+            vouched = sealed_row(record, seal)
+            assert vouched.mac is not None and vouched.mac_key_id is not None
+            if await repository.seal_api_key(conn, record.id, vouched.mac, vouched.mac_key_id):
+                sealed += 1
+                print(f"sealed {record.id}\t{record.organization_id}\t{record.name}")
+    print(f"sealed {sealed} key rows", file=sys.stderr)
+    return 0
 
 
 async def keys_revoke(settings: Settings, key_id: str) -> bool:
@@ -166,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--org")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    seal = keys.add_parser("seal", help="vouch for key rows made before rows carried a MAC")
+    seal.add_argument("--org")
     verify = sub.add_parser("verify", help="verify the ledger; exit 0 intact, 1 not")
     verify.add_argument("--from-seq", type=int)
     verify.add_argument("--to-seq", type=int)
@@ -222,6 +262,8 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         print(key)
     elif args.keys_command == "list":
         asyncio.run(keys_list(settings, args.org))
+    elif args.keys_command == "seal":
+        return asyncio.run(keys_seal(settings, args.org))
     elif not _valid_uuid(args.key_id):
         raise SystemExit(f"{args.key_id!r} is not a key id (see `keys list`)")
     elif not asyncio.run(keys_revoke(settings, args.key_id)):

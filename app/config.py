@@ -155,6 +155,8 @@ class Settings(BaseSettings):
 
     # `python -m app worker` serves its Prometheus metrics on this port (0: off).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where it listens: loopback unless set (it answers with AUDIT_METRICS_TOKEN when that is set).
+    worker_metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
 
     @field_validator("signing_keys", "ledger_keys", "service_keys")

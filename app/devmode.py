@@ -77,18 +77,21 @@ def dev_key_ring(kind: str) -> str:
 
 async def ensure_dev_key(settings: Settings) -> str:
     from app import repository
-    from app.auth import create_api_key, hash_api_key
+    from app.auth import create_api_key, hash_api_key, row_vouched
     from app.db import engine_scope
     from app.schemas import ALL_SCOPES
+    from app.service_seal import ServiceSeals
 
+    seal = ServiceSeals.of(settings.service_key_ring).api_keys
     path = DATA / "dev-api-key"
     key = path.read_text().strip() if path.exists() else ""
     async with engine_scope(settings) as engine:
         if key:
             async with engine.connect() as conn:
-                if await repository.active_key_by_hash(conn, hash_api_key(key)):
-                    return key
-        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev")
+                record = await repository.active_key_by_hash(conn, hash_api_key(key))
+            if record is not None and row_vouched(record, seal):
+                return key
+        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev", seal)
     path.write_text(key + "\n")
     path.chmod(0o600)
     log.info("dev mode: created an API key for organization %r in %s", DEV_ORG, path)

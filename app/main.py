@@ -130,7 +130,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         metrics=metrics,
         key_cache=KeyCache(
             settings.auth_cache_seconds,
-            key_lookup(auth_engine),
+            key_lookup(auth_engine, seals.api_keys, metrics.api_key_rows_refused),
             outage_grace=settings.auth_outage_grace_s,
             negative_ttl=settings.auth_negative_cache_s,
         ),

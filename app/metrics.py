@@ -27,6 +27,7 @@ class Metrics:
     writer_errors: Counter
     ingest_request_seconds: Histogram
     ledger_head_seq: Gauge
+    api_key_rows_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -90,6 +91,12 @@ class Metrics:
                 "audit_ledger_head_seq",
                 "Seq of the newest ledger entry this process sealed, per chain (stream shard)",
                 ["chain"],
+                registry=reg,
+            ),
+            api_key_rows_refused=Counter(
+                "audit_api_key_rows_refused",
+                "Keys presented whose api_keys row's MAC does not check (made or changed around"
+                " `keys create`, or not sealed yet)",
                 registry=reg,
             ),
         )

@@ -93,4 +93,6 @@ api_keys = Table(
     Column("key_prefix", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("mac", LargeBinary),
+    Column("mac_key_id", Text),
 )

@@ -43,6 +43,9 @@ class ApiKeyRecord:
     key_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    key_hash: bytes = b""
+    mac: bytes | None = None
+    mac_key_id: str | None = None
 
 
 def _key_record(row: Any) -> ApiKeyRecord:
@@ -54,31 +57,36 @@ def _key_record(row: Any) -> ApiKeyRecord:
         key_prefix=row.key_prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        key_hash=bytes(row.key_hash),
+        mac=bytes(row.mac) if row.mac is not None else None,
+        mac_key_id=row.mac_key_id,
     )
 
 
-async def insert_api_key(
-    conn: AsyncConnection,
-    *,
-    organization_id: str,
-    name: str,
-    scopes: list[str],
-    key_hash: bytes,
-    key_prefix: str,
-) -> uuid.UUID:
-    key_id = uuid.uuid4()
+async def insert_api_key(conn: AsyncConnection, record: ApiKeyRecord) -> None:
     await conn.execute(
         api_keys.insert().values(
-            id=key_id,
-            organization_id=organization_id,
-            name=name,
-            scopes=scopes,
-            key_hash=key_hash,
-            key_prefix=key_prefix,
-            created_at=datetime.now(UTC),
+            id=record.id,
+            organization_id=record.organization_id,
+            name=record.name,
+            scopes=list(record.scopes),
+            key_hash=record.key_hash,
+            key_prefix=record.key_prefix,
+            created_at=record.created_at,
+            mac=record.mac,
+            mac_key_id=record.mac_key_id,
         )
     )
-    return key_id
+
+
+async def seal_api_key(conn: AsyncConnection, key_id: uuid.UUID, mac: bytes, mac_key: str) -> bool:
+    """Give a row without a MAC its MAC (as the table's owner: the trigger refuses others)."""
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.mac.is_(None))
+        .values(mac=mac, mac_key_id=mac_key)
+    )
+    return bool(result.rowcount)
 
 
 async def active_key_by_hash(conn: AsyncConnection, key_hash: bytes) -> ApiKeyRecord | None:

@@ -30,6 +30,7 @@ from app.db import create_engine
 from app.main import Resources, close_resources, create_app, open_resources
 from app.metrics import Metrics
 from app.schemas import ALL_SCOPES, EVENT_LIST
+from app.service_seal import ServiceSeal, ServiceSeals
 from app.verify import Report, Verifier, verify_range
 from app.writer import BatchWriter, CircuitBreaker
 
@@ -134,6 +135,11 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
 SettingsFactory = Callable[..., Settings]
 
 
+def key_seal(settings: Settings) -> ServiceSeal:
+    """The seal `keys create` gives API key rows, for tests that make keys themselves."""
+    return ServiceSeals.of(settings.service_key_ring).api_keys
+
+
 @pytest.fixture
 async def settings_factory(database_url: str, redis_url: str) -> AsyncIterator[SettingsFactory]:
     made: list[Settings] = []
@@ -174,7 +180,8 @@ class Service:
 
     async def key(self, org: str, scopes: tuple[str, ...] = ALL_SCOPES) -> dict[str, str]:
         engine = self.app.state.resources.engine
-        _, key = await create_api_key(engine, org, list(scopes), "test")
+        seal = self.app.state.resources.seals.api_keys
+        _, key = await create_api_key(engine, org, list(scopes), "test", seal)
         return {"Authorization": f"Bearer {key}"}
 
 

@@ -8,11 +8,16 @@ import sys
 
 from app.auth import hash_api_key
 from app.repository import active_key_by_hash
-from tests.conftest import Service, event
+from tests.conftest import TEST_SERVICE_KEYS, Service, event
 
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AUDIT_DATABASE_URL": database_url, "AUDIT_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "AUDIT_DATABASE_URL": database_url,
+        "AUDIT_SERVICE_KEYS": TEST_SERVICE_KEYS,
+        "AUDIT_LOG_LEVEL": "WARNING",
+    }
     return subprocess.run(
         [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=60
     )

@@ -17,7 +17,7 @@ import pytest
 
 from app.auth import create_api_key
 from app.db import engine_scope
-from tests.conftest import SettingsFactory, event, wait_stored
+from tests.conftest import SettingsFactory, event, key_seal, wait_stored
 from tests.served import Served, served
 
 EVENTS = 20_000  # about 9 MB of CSV: more than the socket buffers hold
@@ -48,7 +48,9 @@ async def tenants(settings_factory: SettingsFactory, org: str) -> AsyncIterator[
             ("b", f"{org}-b", ["read"]),
             ("b-ingest", f"{org}-b", ["ingest"]),
         ):
-            keys[name] = await create_api_key(engine, organization, scopes, name)
+            keys[name] = await create_api_key(
+                engine, organization, scopes, name, key_seal(settings)
+            )
     limits = {
         "export_per_key": 2,
         "export_per_org": 3,
