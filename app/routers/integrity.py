@@ -59,29 +59,43 @@ VERIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    from_seq: int | None
+    to_seq: int | None
+    chain: int | None
+    start: datetime | None
+    end: datetime | None
+
+
+def ranges_asked(
+    from_seq: SeqParam = None,
+    to_seq: SeqParam = None,
+    chain: ChainParam = None,
+    start: TimeParam = None,
+    end: TimeParam = None,
+) -> Ranges:
+    """The query parameters of a verification: a seq range (of one chain) or a time range."""
+    return Ranges(from_seq, to_seq, chain, start, end)
+
+
+Asked = Annotated[Ranges, Depends(ranges_asked)]
+
+
 @router.get(
     "/integrity/verify",
     response_class=StreamingResponse,
     responses=VERIFY_RESPONSES,
     summary="Verify your organization's events in the ledger (NDJSON stream)",
 )
-async def verify(
-    request: Request,
-    caller: Auditor,
-    from_seq: SeqParam = None,
-    to_seq: SeqParam = None,
-    chain: ChainParam = None,
-    start: TimeParam = None,
-    end: TimeParam = None,
-) -> StreamingResponse:
+async def verify(request: Request, caller: Auditor, asked: Asked) -> StreamingResponse:
     """Streams `{"progress": ...}` lines while it runs, one `{"finding": ...}` line per thing
     that broke, and a final `{"summary": ...}`. Your organization's events are checked and
     counted; another organization's events in shared batches only lend their stored hashes to
     the Merkle roots and are never named; the chain itself (links, heads, signatures) is checked
     whole. Without a seq range every chain (one per stream shard) is verified; a seq range is of
     one chain."""
-    ranges = Ranges(from_seq, to_seq, chain, start, end)
-    return await _verification(request, caller, ranges, caller.organization_id)
+    return await _verification(request, caller, asked, caller.organization_id)
 
 
 @router.get(
@@ -90,26 +104,9 @@ async def verify(
     responses=VERIFY_RESPONSES,
     summary="Verify the whole ledger, every tenant's events (operator scope)",
 )
-async def verify_all(
-    request: Request,
-    caller: Operator,
-    from_seq: SeqParam = None,
-    to_seq: SeqParam = None,
-    chain: ChainParam = None,
-    start: TimeParam = None,
-    end: TimeParam = None,
-) -> StreamingResponse:
+async def verify_all(request: Request, caller: Operator, asked: Asked) -> StreamingResponse:
     """As /integrity/verify, over every organization's events, each finding named."""
-    return await _verification(request, caller, Ranges(from_seq, to_seq, chain, start, end), None)
-
-
-@dataclass(frozen=True, slots=True)
-class Ranges:
-    from_seq: int | None
-    to_seq: int | None
-    chain: int | None
-    start: datetime | None
-    end: datetime | None
+    return await _verification(request, caller, asked, None)
 
 
 async def _verification(
