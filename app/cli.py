@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -64,16 +65,21 @@ def require_urls(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from app.http_limits import HttpLimits, raise_open_files_limit
     from app.http_protocol import HttpProtocol
     from app.main import create_app
     from app.runtime import tune_gc
 
     require_urls(settings)
+    limits = HttpLimits.from_settings(settings, raise_open_files_limit())
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": HttpProtocol,  # httptools, head and body in one send
+        # httptools, head and body in one send, within the limits (a partial pickles, so
+        # worker processes get it too)
+        "http": functools.partial(HttpProtocol, limits=limits),
+        "timeout_keep_alive": settings.keep_alive_s,
         "access_log": False,
         "server_header": False,
         "log_config": None,

@@ -126,6 +126,21 @@ class Settings(BaseSettings):
     stream_entry_events: int = Field(default=500, ge=1, le=10_000)
     depth_poll_ms: int = Field(default=100, ge=10)
 
+    # The HTTP layer (app.http_protocol). A request head (request line and header fields) over
+    # max_header_bytes or max_header_count is refused with 431; a head not whole within
+    # header_timeout_s of the connection's start or its previous answer, or a body silent for
+    # body_timeout_s or unfinished body_deadline_s after its head, gets 408 and the connection
+    # closes; keep_alive_s closes idle connections; a process holding max_connections refuses
+    # the next at once with 503 (`serve` raises the open-files limit to its hard limit and
+    # holds fewer when even that leaves no room).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(default=100, ge=8, le=10_000)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=15.0, gt=0)
+    body_deadline_s: float = Field(default=60.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+
     # Auth. A revoked key stops within auth_cache_seconds while the database answers; while it
     # cannot be reached, keys verified in the last auth_outage_grace_s keep working (so ingest
     # goes on), which bounds how long a key revoked meanwhile may too. Unknown keys are

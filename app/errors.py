@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("app.errors")
 
@@ -177,6 +178,17 @@ DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def client_gone() -> Response:
+    """The client went away before its request was read (or its body timed out,
+    app.http_protocol): nothing failed here, and this answer reaches no one."""
+    log.debug("client disconnected before its request was read")
+    return error_response(400, "client_disconnected", "client disconnected")
+
+
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    return client_gone()
+
+
 def internal_error(exc: BaseException) -> Response:
     """A 500 for an error nothing else handled; logged with its traceback (the service's own
     code paths, no request data)."""
@@ -194,4 +206,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     for error in DEPENDENCY_ERRORS:
         app.add_exception_handler(error, _dependency_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +25,7 @@ from app.errors import (
     DEPENDENCY_ERRORS,
     ApiError,
     api_error_response,
+    client_gone,
     dependency_down,
     internal_error,
 )
@@ -61,5 +62,7 @@ async def _answer(request: Request, handler: Handler) -> Response:
         return api_error_response(exc)
     except DEPENDENCY_ERRORS as exc:
         return dependency_down(exc)
+    except ClientDisconnect:
+        return client_gone()
     except Exception as exc:
         return internal_error(exc)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.http_protocol import HeadJoiningTransport, HttpProtocol
 from loadtests.faults.servers import free_port
@@ -125,10 +125,10 @@ async def sample_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @contextlib.asynccontextmanager
-async def served() -> AsyncIterator[int]:
+async def served(app: ASGIApp = sample_app, http: Any = HttpProtocol) -> AsyncIterator[int]:
     port = free_port()
     config = uvicorn.Config(
-        sample_app, host="127.0.0.1", port=port, http=HttpProtocol, log_config=None, lifespan="off"
+        app, host="127.0.0.1", port=port, http=http, log_config=None, lifespan="off"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
