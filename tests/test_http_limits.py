@@ -33,7 +33,7 @@ from app.db import create_engine
 from app.http_limits import RESERVED_FILES, HttpLimits, connection_cap
 from app.http_protocol import HttpProtocol
 from loadtests.faults.servers import free_port
-from tests.conftest import make_settings
+from tests.conftest import key_seal, make_settings
 from tests.test_http_protocol import served
 
 HEADER_TIMEOUT_S = 1.0
@@ -67,7 +67,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 async def ingest_key(settings: Settings) -> str:
     engine = create_engine(settings)
     try:
-        _, key = await create_api_key(engine, "org-http-limits", ["ingest"], "http-limits")
+        _, key = await create_api_key(
+            engine, "org-http-limits", ["ingest"], "http-limits", key_seal(settings)
+        )
     finally:
         await engine.dispose()
     return key
