@@ -4,11 +4,18 @@ that could not fail, or a fault that did not land, shows here."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
+from loadtests.faults import scenarios
 from loadtests.faults.checks import Expectation, Outcome, account
 from loadtests.faults.driver import Tally
 from loadtests.faults.harness import SHORT, Stage
@@ -73,3 +80,138 @@ async def test_a_redis_process_kill_may_lose_nothing() -> None:
         expect = await redis_crash(stage)
         assert expect == Expectation(), appendfsync
         assert stage.outcome.problems == [], appendfsync
+
+
+class FakeProcess:
+    """A service process that records the signals it gets."""
+
+    def __init__(self, name: str, pid: int, port: int | None = None) -> None:
+        self.name, self.pid, self.port = name, pid, port
+        self.signals: list[str] = []
+        self.process = SimpleNamespace(returncode=0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def send(self, sig: signal.Signals) -> None:
+        self.signals.append(sig.name)
+
+    async def freeze(self) -> None:
+        self.send(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.send(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        self.send(signal.SIGKILL)
+
+
+class FakeService:
+    def __init__(self, apis: int = 1, workers: int = 1) -> None:
+        self.apis = [FakeProcess(f"api-{n}", 100 + n, 8000 + n) for n in range(apis)]
+        self.workers = [FakeProcess(f"worker-{n}", 200 + n) for n in range(workers)]
+        self.on_stop: list[Callable[[], None]] = []
+
+    async def start(self, *processes: FakeProcess) -> None:
+        pass
+
+    async def stop_all(self, grace_s: float) -> dict[str, float]:
+        for process in [*self.apis, *self.workers]:
+            process.send(signal.SIGTERM)
+        for hook in self.on_stop:
+            hook()
+        return {p.name: 0.1 for p in [*self.apis, *self.workers]}
+
+
+class FakeRedis:
+    """XPENDING of one stream: `held[pid]` entries pending for a consumer of that process."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, int] = {}
+
+    async def xpending(self, key: str, group: str) -> dict[str, Any]:
+        if key != "high":
+            return {"pending": 0, "consumers": []}
+        consumers = [
+            {"name": f"host:{pid}:0:abc".encode(), "pending": n} for pid, n in self.held.items()
+        ]
+        return {"pending": sum(self.held.values()), "consumers": consumers}
+
+
+def service_stage(service: FakeService, client: FakeRedis) -> Stage:
+    return stage_of(
+        profile=replace(SHORT, writer_kills=2, api_kills=2),
+        service=service,
+        client=client,
+        keys=SimpleNamespace(high="high", normal="normal"),
+        driver=SimpleNamespace(tally=Tally(), open_requests=Counter[str]()),
+    )
+
+
+@pytest.fixture
+def quick_landing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faults wait 50 ms for their moment, not seconds, and the scenarios' pauses take no time."""
+    monkeypatch.setattr(scenarios, "LAND_WITHIN_S", 0.05, raising=False)
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+
+
+async def no_wait(seconds: float) -> None:
+    await real_sleep(0)
+
+
+real_sleep = asyncio.sleep
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_a_writer_kill_that_is_not_mid_batch_is_a_problem() -> None:
+    stage = service_stage(FakeService(workers=2), FakeRedis())
+    await scenarios.writer_kill(stage)
+    assert any("not mid-batch" in p for p in stage.outcome.problems), stage.outcome
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_a_writer_is_killed_frozen_while_it_holds_entries() -> None:
+    service, client = FakeService(workers=2), FakeRedis()
+    client.held = {200: 3, 201: 5}
+    stage = service_stage(service, client)
+    await scenarios.writer_kill(stage)
+    assert stage.outcome.problems == []
+    for worker in service.workers:
+        assert worker.signals[-2:] == ["SIGSTOP", "SIGKILL"]
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_a_sigterm_with_nothing_in_flight_is_a_problem() -> None:
+    stage = service_stage(FakeService(apis=2, workers=2), FakeRedis())
+    await scenarios.sigterm(stage)
+    assert any("no entries in flight" in p for p in stage.outcome.problems), stage.outcome
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_sigterm_reaches_writers_frozen_with_entries_in_flight() -> None:
+    service, client = FakeService(apis=2, workers=2), FakeRedis()
+    client.held = {201: 4}
+    service.on_stop.append(client.held.clear)  # the writers commit and ack on their way out
+    stage = service_stage(service, client)
+    await scenarios.sigterm(stage)
+    assert stage.outcome.problems == []
+    for worker in service.workers:
+        assert worker.signals[-2:] == ["SIGSTOP", "SIGTERM"]
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_an_api_kill_with_no_request_open_is_a_problem() -> None:
+    stage = service_stage(FakeService(apis=2), FakeRedis())
+    await scenarios.api_kill(stage)
+    assert any("no request open" in p for p in stage.outcome.problems), stage.outcome
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_an_api_is_killed_while_a_request_to_it_is_open() -> None:
+    service = FakeService(apis=2)
+    stage = service_stage(service, FakeRedis())
+    stage.driver.open_requests[service.apis[0].url] = 1
+    await scenarios.api_kill(stage)
+    assert stage.outcome.problems == []
+    assert service.apis[0].signals.count("SIGKILL") == 2

@@ -80,6 +80,7 @@ class LoadDriver:
         self.urls = urls
         self.plan = plan
         self.tally = Tally()
+        self.open_requests: Counter[str] = Counter()  # API url -> requests sent, not answered
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._counter = 0
         self._last_accepted: dict[str, Any] | None = None
@@ -151,7 +152,7 @@ class LoadDriver:
         for attempt in range(self.plan.max_attempts):
             url = self.urls[(index + attempt) % len(self.urls)]
             try:
-                resp = await client.post(url + path, content=body, headers=self._headers)
+                resp = await self._post(client, url, path, body)
             except httpx.TransportError as exc:
                 self.tally.answers[type(exc).__name__] += 1
                 wait = 0.2
@@ -165,6 +166,16 @@ class LoadDriver:
                 break
             await asyncio.sleep(wait)
         return None
+
+    async def _post(
+        self, client: httpx.AsyncClient, url: str, path: str, body: bytes
+    ) -> httpx.Response:
+        """One POST, counted open on its API until it is answered or fails."""
+        self.open_requests[url] += 1
+        try:
+            return await client.post(url + path, content=body, headers=self._headers)
+        finally:
+            self.open_requests[url] -= 1
 
 
 def answered_ids(resp: httpx.Response) -> list[str]:
