@@ -10,29 +10,38 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
+import orjson
 import pytest
 
+from app.schemas import EventIn, SessionContext
 from loadtests.faults import scenarios
 from loadtests.faults.checks import Expectation, Outcome, account
-from loadtests.faults.driver import Tally
+from loadtests.faults.content import digest, sent_content, stored_content
+from loadtests.faults.driver import Tally, event_body
 from loadtests.faults.harness import SHORT, Stage
 from loadtests.faults.scenarios import redis_crash
 
 
 def tally_of(accepted_at: dict[str, float]) -> Tally:
+    """Events sent (all with the same made-up content digest) and acknowledged at these times."""
     tally = Tally()
-    tally.sent.update(accepted_at)
-    tally.accepted_at.update(accepted_at)
+    for event_id, at in accepted_at.items():
+        tally.sent[event_id] = SAME
+        tally.accept([event_id], at)
     return tally
+
+
+SAME = b"content"
 
 
 def test_no_loss_is_allowed_without_a_window() -> None:
     tally = tally_of({"a": 1.0, "b": 2.0})
     out = Outcome("none")
-    account(out, tally, {"a": 1}, {}, Expectation())
+    account(out, tally, {"a": [SAME]}, {}, Expectation())
     assert (out.lost, out.lost_allowed) == (1, 0)
     assert out.problems == ["accepted (202) and never stored: b"]
 
@@ -215,3 +224,134 @@ async def test_an_api_is_killed_while_a_request_to_it_is_open() -> None:
     await scenarios.api_kill(stage)
     assert stage.outcome.problems == []
     assert service.apis[0].signals.count("SIGKILL") == 2
+
+
+EVENT_ID = "0195a6b2-0c4d-7e8f-9a0b-1c2d3e4f5a6b"
+# An event with every field a client may send but one (data_classification: its default).
+EVENT: dict[str, Any] = {
+    "event_id": EVENT_ID,
+    "timestamp": "2026-03-01T14:30:00.123456+02:00",
+    "action": "fhir.patient.read",
+    "status": "success",
+    "principal_id": "dr-1",
+    "principal_type": "practitioner",
+    "target_resource_type": "Patient",
+    "target_resource_id": "Patient/p-1",
+    "patient_id": "p-1",
+    "purpose_of_use": "TREAT",
+    "break_glass": True,
+    "outcome_description": "emergency access",
+    "correlation_id": "c-1",
+    "session_context": {"session_id": "s-1", "ip_address": "2001:DB8::1", "user_agent": "ua"},
+    "details": {"b": [1, 2.5], "a": {"y": None, "x": "z"}},
+    "priority": "high",
+}
+# ... and its row in audit_log: time in UTC, session flat, address normal, details as JSON text
+# in another key order, with columns the server fills (api_key_id: one it may add).
+ROW: dict[str, Any] = {
+    "event_id": EVENT_ID,
+    "timestamp": datetime(2026, 3, 1, 12, 30, 0, 123456, tzinfo=UTC),
+    "action": "fhir.patient.read",
+    "status": "success",
+    "principal_id": "dr-1",
+    "principal_type": "practitioner",
+    "target_resource_type": "Patient",
+    "target_resource_id": "Patient/p-1",
+    "patient_id": "p-1",
+    "data_classification": "INTERNAL",
+    "purpose_of_use": "TREAT",
+    "break_glass": True,
+    "outcome_description": "emergency access",
+    "correlation_id": "c-1",
+    "session_id": "s-1",
+    "ip_address": "2001:db8::1",
+    "user_agent": "ua",
+    "details": '{"a": {"x": "z", "y": null}, "b": [1, 2.5]}',
+    "priority": "high",
+    "organization_id": "faults",
+    "received_at": datetime(2026, 3, 1, 12, 30, 1, tzinfo=UTC),
+    "hash": b"\\x01" * 32,
+    "key_id": "faults-1",
+    "api_key_id": "7d3f",
+}
+# Every column that holds what the client sent, and another value for it.
+OTHER_VALUES: dict[str, Any] = {
+    "timestamp": datetime(2026, 3, 1, 12, 30, 0, 123457, tzinfo=UTC),
+    "action": "fhir.patient.search",
+    "status": "failure",
+    "principal_id": "dr-2",
+    "principal_type": "service",
+    "target_resource_type": "Observation",
+    "target_resource_id": "Patient/p-2",
+    "patient_id": "p-2",
+    "data_classification": "PHI",
+    "purpose_of_use": "OPERATIONS",
+    "break_glass": False,
+    "outcome_description": "routine",
+    "correlation_id": None,
+    "session_id": "s-2",
+    "ip_address": "2001:db8::2",
+    "user_agent": None,
+    "details": '{"a": {"x": "z", "y": null}, "b": [1, 2.6]}',
+    "priority": "normal",
+}
+
+
+def content_outcome(
+    row: dict[str, Any], tally: Tally | None = None, dead: dict[str, list[str]] | None = None
+) -> Outcome:
+    """Account for EVENT, sent and acknowledged (unless `tally` says otherwise), stored as
+    `row`."""
+    if tally is None:
+        tally = Tally()
+        tally.send([EVENT])
+        tally.accept([EVENT_ID], 1.0)
+    out = Outcome("content")
+    stored = {EVENT_ID: [digest(stored_content(row))]}
+    account(out, tally, stored, dead or {}, Expectation())
+    return out
+
+
+def test_a_row_stored_as_sent_passes() -> None:
+    assert content_outcome(ROW).problems == []
+
+
+def test_every_field_a_client_sends_is_compared() -> None:
+    client_fields = set(EventIn.model_fields) - {"event_id", "session_context"}
+    session_fields = set(SessionContext.model_fields)
+    assert set(OTHER_VALUES) == client_fields | session_fields
+
+
+@pytest.mark.parametrize("column", sorted(OTHER_VALUES))
+def test_a_row_stored_with_one_field_changed_is_a_problem(column: str) -> None:
+    out = content_outcome(ROW | {column: OTHER_VALUES[column]})
+    assert out.problems == [f"stored with other content: {EVENT_ID}"]
+
+
+def test_server_columns_do_not_count() -> None:
+    row = ROW | {"received_at": datetime.now(UTC), "hash": b"\\x02" * 32, "api_key_id": None}
+    assert content_outcome(row).problems == []
+
+
+def test_a_conflicting_resend_leaves_the_original_stored() -> None:
+    """The same id resent with other content: the row must still say what was sent first."""
+    tally = Tally()
+    tally.send([EVENT])
+    tally.accept([EVENT_ID], 1.0)
+    tally.conflicts_sent.add(EVENT_ID)
+    tally.conflicts.add(EVENT_ID)
+    tally.send([EVENT | {"principal_id": "faults-conflict-1"}])  # the first content stays owed
+    dead = {EVENT_ID: ["conflict"]}
+    assert content_outcome(ROW, tally, dead).problems == []
+    conflicting = content_outcome(ROW | {"principal_id": "faults-conflict-1"}, tally, dead)
+    assert conflicting.problems == [f"stored with other content: {EVENT_ID}"]
+
+
+def test_the_driver_s_events_match_the_records_the_service_makes_of_them() -> None:
+    """What the driver remembers of an event is what the service stores from it (the same
+    defaults, the instant, the normal address), for events that use every field."""
+    for n in range(60):
+        event = event_body(n, "faults-user-1")
+        record = EventIn.model_validate_json(orjson.dumps(event)).to_record("faults", "now")
+        row = record | {"timestamp": datetime.fromisoformat(record["timestamp"])}
+        assert digest(stored_content(row)) == digest(sent_content(event)), event

@@ -1,5 +1,6 @@
 """The load driver: clients that send bulk and single events with their own event ids (uuid4 or
-uuid7) and explicit timestamps, remember every id answered 202 (and when), and resend the same
+uuid7) and explicit timestamps, remember what each event said (a digest) and every id answered
+202 (and when), and resend the same
 bytes, so the same ids, after a 503 or a connection error, as a real client would: on the next
 API in the list, after Retry-After, bounded by attempts and time."""
 
@@ -12,13 +13,14 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import orjson
 
 from app.schemas import new_event_id
+from loadtests.faults.content import digest, sent_content
 
 POISON_PREFIX = "faults-poison-"
 
@@ -40,7 +42,7 @@ class LoadPlan:
 class Tally:
     """What the clients sent and what the service acknowledged."""
 
-    sent: set[str] = field(default_factory=set)
+    sent: dict[str, bytes] = field(default_factory=dict)  # id -> digest of what was sent
     accepted_at: dict[str, float] = field(default_factory=dict)  # id -> monotonic time of 202
     poison: set[str] = field(default_factory=set)
     conflicts_sent: set[str] = field(default_factory=set)  # ids resent with other content
@@ -50,6 +52,12 @@ class Tally:
     gave_up: set[str] = field(default_factory=set)  # retries exhausted without a 202
     misanswered: set[str] = field(default_factory=set)  # a 202 naming other ids than sent
 
+    def send(self, events: list[dict[str, Any]]) -> None:
+        """Remember what these events say (their first sending: a conflicting resend of an id
+        is counted in `conflicts_sent` instead, and its original content stays the one owed)."""
+        for event in events:
+            self.sent.setdefault(event["event_id"], digest(sent_content(event)))
+
     def accept(self, ids: list[str], at: float) -> None:
         for event_id in ids:
             self.accepted_at.setdefault(event_id, at)
@@ -58,21 +66,41 @@ class Tally:
         return sum(1 for at in self.accepted_at.values() if start <= at < end)
 
 
+OFFSETS = (UTC, timezone(timedelta(hours=2)), timezone(-timedelta(hours=5, minutes=30)))
+
+
 def event_body(n: int, principal: str) -> dict[str, Any]:
-    event_id = str(uuid.uuid4()) if n % 2 else new_event_id()
-    return {
-        "event_id": event_id,
-        "timestamp": datetime.now(UTC).isoformat(),
+    """An event that uses every field a client may send, some now and then and some left to
+    the service's defaults, its time written in one of several offsets."""
+    event: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()) if n % 2 else new_event_id(),
+        "timestamp": datetime.now(OFFSETS[n % len(OFFSETS)]).isoformat(),
         "action": "fhir.patient.read" if n % 3 else "auth.login",
         "status": ("success", "failure", "attempt")[n % 3],
         "principal_id": principal,
         "principal_type": "practitioner",
         "patient_id": f"p-{n % 997}",
-        "data_classification": "PHI" if n % 4 else "INTERNAL",
         "target_resource_type": "Patient",
-        "details": {"n": n, "fields": ["name", "dob"]},
-        "priority": "high" if n % 10 == 0 else "normal",
+        "target_resource_id": f"Patient/p-{n % 997}",
+        "details": {"n": n, "fields": ["name", "dob"], "seen": {"z": n % 7, "a": "x"}},
     }
+    if n % 4:
+        event["data_classification"] = "PHI"  # else INTERNAL, the default
+    if n % 10 == 0:
+        event["priority"] = "high"
+    if n % 5 == 0:
+        event["purpose_of_use"] = "TREAT"
+        event["break_glass"] = True
+        event["outcome_description"] = "emergency access"
+        event["correlation_id"] = f"c-{n}"
+    if n % 3 == 0:
+        address = f"10.0.{n % 256}.{n % 7}" if n % 2 else f"2001:db8::{n % 4096:x}"
+        event["session_context"] = {
+            "session_id": f"s-{n % 101}",
+            "ip_address": address,
+            "user_agent": "faults/1.0",
+        }
+    return event
 
 
 class LoadDriver:
@@ -127,7 +155,10 @@ class LoadDriver:
         ids = [e["event_id"] for e in events]
         conflict = any(e["principal_id"].startswith("faults-conflict-") for e in events)
         poison = [e["event_id"] for e in events if e["principal_id"].startswith(POISON_PREFIX)]
-        (self.tally.conflicts_sent if conflict else self.tally.sent).update(ids)
+        if conflict:
+            self.tally.conflicts_sent.update(ids)
+        else:
+            self.tally.send(events)
         self.tally.poison.update(poison)
         body = orjson.dumps(events[0] if path == "/events" else events)
         resp = await self._post_until_done(client, index, path, body)
