@@ -355,3 +355,20 @@ def test_the_driver_s_events_match_the_records_the_service_makes_of_them() -> No
         record = EventIn.model_validate_json(orjson.dumps(event)).to_record("faults", "now")
         row = record | {"timestamp": datetime.fromisoformat(record["timestamp"])}
         assert digest(stored_content(row)) == digest(sent_content(event)), event
+
+
+@pytest.mark.usefixtures("quick_landing")
+async def test_a_poison_run_without_poison_or_conflicts_accepted_is_a_problem() -> None:
+    stage = service_stage(FakeService(), FakeRedis())
+    await scenarios.poison(stage)
+    assert stage.outcome.problems == [
+        "no poison event was accepted",
+        "no conflicting resend was accepted",
+    ]
+    tally = stage.driver.tally
+    tally.accept(["bad"], 1.0)
+    tally.poison.add("bad")
+    tally.conflicts.add("resent")
+    stage.outcome.problems.clear()
+    await scenarios.poison(stage)
+    assert stage.outcome.problems == []

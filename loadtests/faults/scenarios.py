@@ -189,7 +189,14 @@ async def redis_crash(stage: Stage) -> Expectation:
 
 
 async def poison(stage: Stage) -> Expectation:
-    await asyncio.sleep(stage.profile.steady_s)  # the load carries the poison (with_poison)
+    """The load carries events the database refuses and resends of accepted ids with other
+    content (with_poison); some of each must have been accepted."""
+    await asyncio.sleep(stage.profile.steady_s)
+    tally = stage.driver.tally
+    if not tally.poison & tally.accepted_at.keys():
+        stage.outcome.problems.append("no poison event was accepted")
+    if not tally.conflicts:
+        stage.outcome.problems.append("no conflicting resend was accepted")
     return Expectation()
 
 
