@@ -21,7 +21,7 @@ from app.schemas import EventIn, SessionContext
 from loadtests.faults import scenarios
 from loadtests.faults.checks import Expectation, Outcome, account
 from loadtests.faults.content import digest, sent_content, stored_content
-from loadtests.faults.driver import Tally, event_body
+from loadtests.faults.driver import LoadDriver, LoadPlan, Tally, event_body
 from loadtests.faults.harness import SHORT, Stage
 from loadtests.faults.scenarios import redis_crash
 
@@ -372,3 +372,22 @@ async def test_a_poison_run_without_poison_or_conflicts_accepted_is_a_problem() 
     stage.outcome.problems.clear()
     await scenarios.poison(stage)
     assert stage.outcome.problems == []
+
+
+def test_a_conflicting_resend_reuses_only_an_id_acknowledged_long_enough_ago() -> None:
+    """Resent within milliseconds, the other content can reach the database first (another
+    writer takes it): the driver resends only ids acknowledged `conflict_age_s` before, stored
+    by then, so the original content is owed."""
+    plan = LoadPlan(conflict_every=1, conflict_age_s=2.0)
+    old, fresh = event_body(1, "u-1"), event_body(2, "u-2")
+    driver = LoadDriver(["http://api"], "key", plan)
+    driver.remember_accepted(fresh, time.monotonic())
+    _, events = driver._next_request()
+    assert not any(e["principal_id"].startswith("faults-conflict-") for e in events)
+    driver = LoadDriver(["http://api"], "key", plan)
+    driver.remember_accepted(old, time.monotonic() - 3.0)
+    driver.remember_accepted(fresh, time.monotonic())
+    _, events = driver._next_request()
+    assert [e["event_id"] for e in events] == [old["event_id"]]
+    assert events[0]["principal_id"].startswith("faults-conflict-")
+    assert events[0] | {"principal_id": old["principal_id"]} == old

@@ -11,7 +11,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -33,6 +33,7 @@ class LoadPlan:
     single_share: float = 0.2  # requests that are POST /events
     poison_every: int = 0  # every n-th request carries an event the database refuses
     conflict_every: int = 0  # every n-th request resends an accepted id with other content
+    conflict_age_s: float = 2.0  # ... one acknowledged at least this long ago (stored by then)
     max_attempts: int = 200
     retry_window_s: float = 60.0
     timeout_s: float = 10.0
@@ -111,7 +112,7 @@ class LoadDriver:
         self.open_requests: Counter[str] = Counter()  # API url -> requests sent, not answered
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._counter = 0
-        self._last_accepted: dict[str, Any] | None = None
+        self._resendable: deque[tuple[float, dict[str, Any]]] = deque()  # (202 time, event)
 
     async def run(self, stop: asyncio.Event, max_s: float) -> None:
         """Clients send until `stop` is set (or `max_s`); returns once their retries end."""
@@ -139,9 +140,10 @@ class LoadDriver:
     def _next_request(self) -> tuple[str, list[dict[str, Any]]]:
         self._counter += 1
         n, plan = self._counter, self.plan
-        if plan.conflict_every and n % plan.conflict_every == 0 and self._last_accepted:
-            copy = dict(self._last_accepted, principal_id=f"faults-conflict-{n}")
-            return "/events", [copy]
+        if plan.conflict_every and n % plan.conflict_every == 0:
+            original = self._settled_event()
+            if original is not None:
+                return "/events", [dict(original, principal_id=f"faults-conflict-{n}")]
         single = random.random() < plan.single_share
         size = 1 if single else random.randint(2, plan.max_bulk)
         events = [event_body(n * 1000 + i, f"faults-user-{(n + i) % 50}") for i in range(size)]
@@ -171,9 +173,26 @@ class LoadDriver:
         if conflict:
             self.tally.conflicts.update(ids)
             return
-        self.tally.accept(ids, time.monotonic())
+        accepted_at = time.monotonic()
+        self.tally.accept(ids, accepted_at)
         good = [e for e in events if e["event_id"] not in self.tally.poison]
-        self._last_accepted = good[-1] if good else self._last_accepted
+        if good and self.plan.conflict_every:
+            self.remember_accepted(good[-1], accepted_at)
+
+    def remember_accepted(self, event: dict[str, Any], at: float) -> None:
+        """An event answered 202 at `at` (in time order), to resend later with other content."""
+        self._resendable.append((at, event))
+
+    def _settled_event(self) -> dict[str, Any] | None:
+        """The newest event acknowledged at least `conflict_age_s` ago, taken (so each is
+        resent once), with those older still dropped; None when there is none yet. Resent any
+        sooner, the other content may reach the database first: another writer may take the
+        resend while the original's batch is still on its way, and the first stored stays."""
+        cutoff = time.monotonic() - self.plan.conflict_age_s
+        chosen = None
+        while self._resendable and self._resendable[0][0] <= cutoff:
+            chosen = self._resendable.popleft()[1]
+        return chosen
 
     async def _post_until_done(
         self, client: httpx.AsyncClient, index: int, path: str, body: bytes
