@@ -243,7 +243,7 @@ def outage_depth(profile: Profile) -> dict[str, str]:
 
 
 def with_poison(plan: LoadPlan) -> LoadPlan:
-    return replace(plan, poison_every=25, conflict_every=40)
+    return replace(plan, poison_every=25, conflict_every=20)
 
 
 SCENARIOS = (
