@@ -23,6 +23,7 @@ from app.stream import StreamKeys
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
 KILL_WAIT_S = 10.0
+FREEZE_WAIT_S = 1.0
 
 
 class HarnessError(Exception):
@@ -121,15 +122,38 @@ class ServiceProcess:
             return False
         return True
 
+    async def freeze(self) -> None:
+        """SIGSTOP, and wait until the process is stopped: from then on it does nothing at all
+        (no ack, no answer) until it is thawed, terminated or killed."""
+        self.send(signal.SIGSTOP)
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while time.monotonic() < deadline:
+            if not self.running or self._stopped():
+                return
+            await asyncio.sleep(0.001)
+
+    def thaw(self) -> None:
+        self.send(signal.SIGCONT)
+
+    def _stopped(self) -> bool:
+        """Whether the kernel says the process is stopped (state T in /proc/<pid>/stat)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True  # gone
+        return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
     async def kill(self) -> None:
         self.send(signal.SIGKILL)
         await self.wait(KILL_WAIT_S)
         self._close_log()
 
     async def stop(self, grace_s: float) -> float:
-        """SIGTERM, then SIGKILL after `grace_s`; returns how long it took to exit."""
+        """SIGTERM, then SIGKILL after `grace_s`; returns how long it took to exit. A frozen
+        process is thawed right after the SIGTERM, so it wakes to it."""
         started = time.monotonic()
         self.send(signal.SIGTERM)
+        self.send(signal.SIGCONT)
         if not await self.wait(grace_s):
             await self.kill()
         self._close_log()
