@@ -61,7 +61,7 @@ class Admission:
         if high and PRIORITY_SCOPE not in scopes:
             raise Forbidden("events with priority high need an API key with the 'priority' scope")
         if rated:
-            self._rate(key_id, organization, events)
+            self._within_rate(key_id, organization, events)
         if self.queued_events + events > self.settings.max_queue_depth:
             raise Backpressure("the queue is full; retry later", headers=retry_after(1))
         held = self.queued_by_org.get(organization, 0)
@@ -71,9 +71,12 @@ class Admission:
                 f"{self.org_quota:,}: retry later",
                 headers=retry_after(1),
             )
+        if rated:  # spent only by what is admitted: a refused request costs no tokens
+            self.key_rates.spend(key_id, events)
+            self.org_rates.spend(organization, events)
         self._count(organization, events)  # held now, so requests meanwhile count it
 
-    def _rate(self, key_id: str, organization: str, events: int) -> None:
+    def _within_rate(self, key_id: str, organization: str, events: int) -> None:
         wait = max(
             self.key_rates.wait_for(key_id, events), self.org_rates.wait_for(organization, events)
         )
@@ -82,8 +85,6 @@ class Admission:
                 "over the rate limit of this API key or its organization: retry later",
                 headers=retry_after(wait),
             )
-        self.key_rates.spend(key_id, events)
-        self.org_rates.spend(organization, events)
 
     def not_queued(self, organization: str, events: int) -> None:
         """Admitted events that could not be queued after all (Redis refused)."""

@@ -11,7 +11,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -71,11 +71,14 @@ def key_row_parts(record: repository.ApiKeyRecord) -> tuple[bytes, ...]:
     )
 
 
-def row_vouched(record: repository.ApiKeyRecord, seal: ServiceSeal) -> bool:
-    """`keys create` (or `keys seal`) made this row as it is: its MAC checks."""
+def row_vouched(
+    record: repository.ApiKeyRecord, seal: ServiceSeal, *, retired_ok: bool = False
+) -> bool:
+    """`keys create` (or `keys seal`) made this row as it is: its MAC checks, with a key not
+    retired (or, `retired_ok`, with any key of the ring)."""
     if record.mac is None or record.mac_key_id is None:
         return False
-    return seal.check(record.mac_key_id, record.mac, *key_row_parts(record))
+    return seal.check(record.mac_key_id, record.mac, *key_row_parts(record), retired_ok=retired_ok)
 
 
 def sealed_row(record: repository.ApiKeyRecord, seal: ServiceSeal) -> repository.ApiKeyRecord:
@@ -196,19 +199,36 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def is_outage(exc: BaseException) -> bool:
-    """Whether a lookup failed because the database is unreachable (sqlalchemy wraps the
-    driver's error; a pool that had no free connection in time is no outage)."""
+class SlowLookup(Exception):
+    """The database took too long to answer a key lookup: not an outage (no cached answer
+    serves past its time)."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and the contexts it did not suppress."""
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and isinstance(seen.orig, BaseException):
+            yield from _chain(seen.orig)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return any(isinstance(e, TimeoutError) for e in _chain(exc))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a lookup failed because the database is unreachable (sqlalchemy wraps the
+    driver's error; a pool that had no free connection in time, or a lookup that timed out
+    once connected, is no outage)."""
+    for seen in _chain(exc):
+        if isinstance(seen, SlowLookup):
+            return False
         if isinstance(seen, OUTAGE_ERRORS):
             return True
-        if isinstance(seen, sqlalchemy.exc.DBAPIError):
-            if seen.connection_invalidated:
-                return True
-            if isinstance(seen.orig, BaseException) and is_outage(seen.orig):
-                return True
-        seen = seen.__cause__ or seen.__context__
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
     return False
 
 
@@ -227,8 +247,13 @@ def key_lookup(engine: AsyncEngine, seal: ServiceSeal, refused: Counter | None =
     not check is no key: it is logged (by id, never the key) and counted in `refused`."""
 
     async def active_key(key_hash: bytes) -> Caller | None:
-        async with engine.connect() as conn:
-            record = await repository.active_key_by_hash(conn, key_hash)
+        async with engine.connect() as conn:  # failing to connect: an outage
+            try:
+                record = await repository.active_key_by_hash(conn, key_hash)
+            except Exception as exc:
+                if _timed_out(exc):  # a database that answers slowly is no outage
+                    raise SlowLookup("the key lookup timed out") from None
+                raise
         if record is None:
             return None
         if not row_vouched(record, seal):

@@ -160,19 +160,20 @@ async def keys_list(settings: Settings, org: str | None) -> None:
 
 
 async def keys_seal(settings: Settings, org: str | None) -> int:
-    """Vouch for the active rows that have no MAC yet (made before rows carried one): each is
-    printed; review them first with `keys list`. Rows whose MAC fails are left refused."""
-    from app.auth import sealed_row
+    """Vouch, with the active service key, for the active rows that have no MAC yet (made
+    before rows carried one; review them first with `keys list`) and for those vouched for by
+    a key since retired; each is printed. Rows whose MAC fails are left refused."""
+    from app.auth import row_vouched, sealed_row
 
     seal = key_row_seal(settings)
     sealed = 0
     async with engine_scope(settings) as engine, engine.begin() as conn:
         for record in await repository.list_api_keys(conn, org):
-            if record.mac is not None or record.revoked_at is not None:
+            if record.revoked_at is not None or row_vouched(record, seal):
                 continue
-            vouched = sealed_row(record, seal)
-            assert vouched.mac is not None and vouched.mac_key_id is not None
-            if await repository.seal_api_key(conn, record.id, vouched.mac, vouched.mac_key_id):
+            if record.mac is not None and not row_vouched(record, seal, retired_ok=True):
+                continue  # changed since it was vouched for: stays refused
+            if await repository.seal_api_key(conn, sealed_row(record, seal), record.mac):
                 sealed += 1
                 print(f"sealed {record.id}\t{record.organization_id}\t{record.name}")
     print(f"sealed {sealed} key rows", file=sys.stderr)

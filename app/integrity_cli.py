@@ -54,7 +54,7 @@ async def _verify(
         times = (start, end) if start and end else None
         chain = args.chain
         seqs = args.from_seq is not None or args.to_seq is not None or chain is not None
-        first, last = await resolve_range(conn, chain, args.from_seq, args.to_seq)
+        await resolve_range(conn, chain, args.from_seq, args.to_seq)  # refuses what is not there
         await summarize_batch_ranges(conn)
         if not seqs and times is None and args.jobs > 1:
             report = await verify_whole_chain(conn, settings.asyncpg_dsn, verifier, args.jobs)
@@ -62,7 +62,12 @@ async def _verify(
             report = await verify_chains(conn, verifier, _progress_printer(), times=times)
         else:
             report = await verify_range(
-                conn, verifier, first, last, _progress_printer(), chain=chain or 0
+                conn,
+                verifier,
+                args.from_seq or 1,
+                args.to_seq,
+                _progress_printer(),
+                chain=chain or 0,
             )
         if checkpoint is not None:
             report.findings += await check_checkpoint(

@@ -32,6 +32,10 @@ class QueueQuotaExceeded(TooManyRequests):
     code = "queue_quota_exceeded"
 
 
+class TooManyLargeRequests(TooManyRequests):
+    code = "too_many_large_requests"
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """A held slot; `release` gives it back (once, however often it is called)."""

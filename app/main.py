@@ -50,6 +50,7 @@ class Resources:
     enqueuer: EnqueueBatcher
     exports: Slots
     verifications: Slots
+    large_bodies: Slots
     admission: Admission
     seals: ServiceSeals
     writers: WriterGroup | None = None
@@ -138,6 +139,13 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         exports=Slots("exports", s.export_concurrency, s.export_per_key, s.export_per_org),
         verifications=Slots(
             "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
+        ),
+        large_bodies=Slots(
+            "large requests",
+            s.large_bodies_at_once,
+            s.large_bodies_per_key,
+            2 * s.large_bodies_per_key,
+            retry_after_s=1,
         ),
         admission=Admission(settings),
         seals=seals,

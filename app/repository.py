@@ -79,12 +79,17 @@ async def insert_api_key(conn: AsyncConnection, record: ApiKeyRecord) -> None:
     )
 
 
-async def seal_api_key(conn: AsyncConnection, key_id: uuid.UUID, mac: bytes, mac_key: str) -> bool:
-    """Give a row without a MAC its MAC (as the table's owner: the trigger refuses others)."""
+async def seal_api_key(
+    conn: AsyncConnection, vouched: ApiKeyRecord, previous_mac: bytes | None
+) -> bool:
+    """Store a row's new MAC, if its MAC is still `previous_mac` (as the table's owner: the
+    trigger refuses others)."""
+    c = api_keys.c
+    current = c.mac.is_(None) if previous_mac is None else c.mac == previous_mac
     result = await conn.execute(
         update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.mac.is_(None))
-        .values(mac=mac, mac_key_id=mac_key)
+        .where(c.id == vouched.id, c.revoked_at.is_(None), current)
+        .values(mac=vouched.mac, mac_key_id=vouched.mac_key_id)
     )
     return bool(result.rowcount)
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.config import SigningKey
 
@@ -59,10 +60,12 @@ class ServiceSeal:
         secret = _derived(key.secret, self.purpose)
         return key.key_id, hmac.digest(secret, _message(parts), "sha256")
 
-    def check(self, key_id: str, mac: bytes, *parts: bytes) -> bool:
-        """The MAC was made by a key of the ring over exactly these parts (constant time)."""
+    def check(self, key_id: str, mac: bytes, *parts: bytes, retired_ok: bool = False) -> bool:
+        """The MAC was made by a key of the ring over exactly these parts (constant time). A
+        key past its retirement vouches for nothing any more, unless `retired_ok` (to find
+        what should be vouched for again with the active key)."""
         key = next((k for k in self.ring if k.key_id == key_id), None)
-        if key is None:
+        if key is None or (not retired_ok and key.retired_by(datetime.now(UTC))):
             return False
         expected = hmac.digest(_derived(key.secret, self.purpose), _message(parts), "sha256")
         return hmac.compare_digest(expected, mac)

@@ -207,9 +207,9 @@ class Report:
 class Verifier:
     """What a verification checks with: `keys` the events' HMAC keys, `ledger_keys` those of
     ledger heads and prune records, `public_key` the heads' Ed25519 key(s). With
-    `organization_id` it is that organization's verification: only its events are checked
-    and counted, the others' only give their stored hashes to the Merkle roots, and are never
-    named."""
+    `organization_id` it is that organization's verification: everything is checked as in a
+    whole one, but only its events are counted and named; a finding on another
+    organization's event says only that."""
 
     keys: Mapping[str, SigningKey]
     public_key: str = ""
@@ -319,11 +319,12 @@ class Verifier:
     def _place_leaves(
         self, seq: int, count: int, rows: list[Mapping[str, Any]], found: list[Finding]
     ) -> dict[int, bytes]:
-        """Each row's stored hash at its leaf; the caller's rows also checked themselves."""
+        """Each row's stored hash at its leaf, every row checked itself: a scoped verification
+        checks the others' rows too (without naming them), since a row's organization is one
+        of the fields a tamperer could change to move an event out of the caller's sight."""
         leaves: dict[int, bytes] = {}
         for row in rows:
-            if self.mine(row):  # another organization's row only lends its hash to the root
-                found += self.check_event(row, seq)
+            found += self.check_event(row, seq)
             index = row["leaf_index"]
             if index is None or not 0 <= index < count or index in leaves:
                 where = f"leaf {index} of {count}"
@@ -431,14 +432,16 @@ async def verify_range(
     those entries whose signed time span overlaps [start, end); so neither deleting a month's
     entries nor re-dating one can shrink what is checked. A full run (no range) also finds
     events that claim no batch or one the ledger does not have, unless other chains exist
-    (verify_chains looks for those once, for all chains)."""
+    (verify_chains looks for those once, for all chains). A range from 1 to the head (or
+    beyond) is a full run."""
     shared = await several_chains(conn)
     newest = await conn.fetchval(NEWEST_SEQ, chain) or 0
     if times is not None:
         from_seq, to_seq = 1, None
     last = newest if to_seq is None else to_seq
     report = Report(from_seq, last, chain=chain, scoped=verifier.scoped)
-    walk = _Walk(verifier, report, full=from_seq == 1 and to_seq is None, times=times)
+    whole = from_seq == 1 and (to_seq is None or to_seq >= newest)
+    walk = _Walk(verifier, report, full=whole, times=times)
     walk.chain, walk.shared = chain, shared
     report.pruned_ranges, forged = await pruned_ranges(conn, verifier.signed_by_ring)
     for name in forged:

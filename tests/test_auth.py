@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 import sqlalchemy.exc
 
-from app.auth import Caller, KeyCache, is_outage
+from app.auth import Caller, KeyCache, is_outage, key_lookup
+from app.config import Settings
+from app.db import create_engine
+from app.service_seal import ServiceSeals
 
 KEY = b"k" * 32
 CALLER = Caller("key-1", "org-1", frozenset({"ingest"}))
@@ -129,3 +133,20 @@ async def test_without_caching_every_request_asks() -> None:
     for _ in range(3):
         assert await cache.verify(KEY) == CALLER
     assert directory.calls == 3
+
+
+async def test_a_lookup_that_times_out_is_no_outage(settings: Settings, database_url: str) -> None:
+    """A database that answers slowly (locks, load) must not let a revoked key live on."""
+    engine = create_engine(settings, pool_size=1, overflow=0, command_timeout_s=0.5)
+    lookup = key_lookup(engine, ServiceSeals.of(settings.service_key_ring).api_keys)
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(Exception) as caught:
+                await lookup(KEY)
+        assert not is_outage(caught.value)
+    finally:
+        await locker.close()
+        await engine.dispose()
+    assert is_outage(TimeoutError())  # a connection attempt that timed out still is one

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from app.admission import Admission
+from app.errors import Backpressure
+from app.limits import TooManyRequests
 from app.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, running
 
@@ -84,3 +89,19 @@ async def test_one_organization_cannot_fill_the_shared_queue(
         await asyncio.sleep(settings.depth_poll_ms / 1000 * 3)
         again = await svc.client.post("/events", json=event(), headers=heavy)
         assert again.status_code == 202, again.text
+
+
+def test_a_refused_request_spends_no_tokens(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory(
+        max_events_per_request=10, rate_limit_key_events=10, max_queue_depth=25, org_queue_share=1
+    )
+    admission = Admission(settings)  # the key's bucket holds 20 events
+    scopes = frozenset({"ingest"})
+    admission.admit("k", scopes, "org", 10)
+    admission.refresh(20, {"org": 20}, admission.mark())  # other processes queued more
+    with pytest.raises(Backpressure):  # the queue is full: refused, and no token spent
+        admission.admit("k", scopes, "org", 10)
+    admission.refresh(0, {}, admission.mark())  # written meanwhile
+    admission.admit("k", scopes, "org", 10)  # the 10 tokens left
+    with pytest.raises(TooManyRequests):
+        admission.admit("k", scopes, "org", 1)

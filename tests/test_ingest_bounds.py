@@ -4,6 +4,8 @@ rest), and the peak RSS of a real `serve` process stays bounded whatever invalid
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -114,3 +116,31 @@ async def test_too_many_json_values_answer_413(bounded: Ingest) -> None:
     accepted, _ = _post(bounded, "/events/bulk", good)
     assert accepted.status_code == 202, accepted.text[:300]
     assert bounded.peak_rss_kb() < RSS_LIMIT_KB
+
+
+async def test_a_key_reads_only_its_share_of_large_bodies_at_once(bounded: Ingest) -> None:
+    """Large bodies are read and parsed a few at a time per key: one key uploading slowly on
+    many connections cannot hold the process's memory."""
+    port = int(bounded.url.rsplit(":", 1)[1])
+    head = (
+        f"POST /events/bulk HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Authorization: {bounded.headers['Authorization']}\r\nContent-Length: {2 * MIB}\r\n\r\n"
+    ).encode()
+    held = []
+    try:
+        for _ in range(4):  # the key's share (AUDIT_LARGE_BODIES_PER_KEY), each mid-upload
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(head + b"[" + b" " * 1024)
+            held.append(sock)
+        await asyncio.sleep(0.3)
+        over = socket.create_connection(("127.0.0.1", port), timeout=5)
+        held.append(over)
+        over.sendall(head)
+        answer = over.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 429"), answer[:200]
+        assert b"too_many_large_requests" in answer
+    finally:
+        for sock in held:
+            sock.close()
+    small, _ = _post(bounded, "/events", httpx.Request("POST", "/", json=event()).content)
+    assert small.status_code == 202, small.text  # small requests were never held back

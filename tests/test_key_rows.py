@@ -5,6 +5,7 @@ never change or delete one; `keys seal` vouches for rows made before rows carrie
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -15,16 +16,22 @@ import asyncpg
 import pytest
 
 from app.auth import hash_api_key, new_api_key
-from tests.conftest import Service, event
+from app.config import parse_signing_keys
+from app.service_seal import ServiceSeal, ServiceSeals
+from app.stream import EventStream
+from tests.conftest import Service, SettingsFactory, event, running
 
 
-def cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    service: Service, *args: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     settings = service.settings
     env = {
         **os.environ,
         "AUDIT_DATABASE_URL": settings.database_url,
         "AUDIT_SERVICE_KEYS": settings.service_keys,
         "AUDIT_LOG_LEVEL": "WARNING",
+        **(extra or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=60
@@ -134,3 +141,33 @@ async def test_keys_seal_vouches_for_rows_made_before_macs(
     assert "older" in sealed.stdout
     service.app.state.resources.key_cache._unknown.clear()  # past the brief negative cache
     assert (await service.client.post("/events", json=event(), headers=headers)).status_code == 202
+
+
+async def test_a_retired_service_key_vouches_for_nothing_until_sealed_again(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    old, new = (
+        f"{name}:" + base64.b64encode(byte * 32).decode()
+        for name, byte in (("service-old", b"o"), ("service-new", b"n"))
+    )
+    async with running(settings_factory(service_keys=old)) as svc:
+        headers = await svc.key(org, ("ingest",))
+    rotated = settings_factory(service_keys=f"{new},{old}@2020-01-01T00:00:00Z", run_writers=False)
+    async with running(rotated) as svc:
+        refused = await svc.client.post("/events", json=event(), headers=headers)
+        assert refused.status_code == 401  # the row was vouched for by a retired key
+        env_service = {"AUDIT_SERVICE_KEYS": rotated.service_keys}
+        sealed = cli(svc, "keys", "seal", "--org", org, extra=env_service)
+        assert sealed.returncode == 0 and "sealed" in sealed.stdout, sealed.stderr
+        assert (await svc.client.post("/events", json=event(), headers=headers)).status_code == 202
+        # An entry vouched for by the retired key is no entry of this service's any more.
+        stream = svc.app.state.resources.stream.shards[0]
+        records = [{"organization_id": org, "priority": "normal", "n": 1}]
+        legacy = EventStream(stream.client, stream.keys, stream.group, _seal(old))
+        await legacy.enqueue(records, 10)
+        [entry] = [e for e in await stream.read("probe", 10, None) if e.mac_key == "service-old"]
+        assert not entry.sealed(svc.app.state.resources.seals.entries)
+
+
+def _seal(ring: str) -> ServiceSeal:
+    return ServiceSeals.of(parse_signing_keys(ring)).entries

@@ -79,8 +79,8 @@ async def test_verification_is_scoped_to_the_callers_organization(
     mine = await verify_range(sealed.conn, scoped_verifier)
     assert mine.intact and (mine.entries, mine.events) == (3, 9)
 
-    # Another organization's event changed: its own and the operator's verification say so;
-    # this organization's does not check (or see) that event's content.
+    # Another organization's event changed: the operator's verification names it; this
+    # organization's says that an event of another organization changed, and no more.
     row = await sealed.conn.fetchrow(
         "SELECT event_id FROM audit_log WHERE organization_id = 'org-b' LIMIT 1"
     )
@@ -88,17 +88,41 @@ async def test_verification_is_scoped_to_the_callers_organization(
         "UPDATE audit_log SET principal_id = 'x' WHERE event_id = $1", row["event_id"]
     )
     assert _checks(await verify_range(sealed.conn, sealed.verifier)) == {"event_hash_mismatch"}
-    assert (await verify_range(sealed.conn, scoped_verifier)).intact
+    changed = await verify_range(sealed.conn, scoped_verifier)
+    assert [(f.check, f.event_id, f.detail) for f in changed.findings] == [
+        ("event_hash_mismatch", None, "an event of another organization")
+    ]
     # Its stored hash changed too: the shared batch's root no longer recomputes, which breaks
     # this organization's proofs: named, without naming the other organization's event.
     await sealed.conn.execute(
         "UPDATE audit_log SET hash = sha256(hash) WHERE event_id = $1", row["event_id"]
     )
     broken = await verify_range(sealed.conn, scoped_verifier)
-    assert _checks(broken) == {"merkle_root_mismatch"}
+    assert _checks(broken) == {
+        "event_hash_mismatch",
+        "event_signature_invalid",
+        "merkle_root_mismatch",
+    }
     assert all(f.event_id is None for f in broken.findings)
     summary = broken.summary()
     assert summary["events"] == 9 and summary["ledger_entries"] == 3
+
+
+async def test_an_event_moved_out_of_an_organization_is_a_finding_of_its_own_verification(
+    sealed_factory: SealedFactory,
+) -> None:
+    sealed = await mixed_ledger(sealed_factory)
+    scoped = sealed.verifier.__class__(
+        sealed.verifier.keys, ledger_keys=sealed.verifier.ledger_keys, organization_id="org-a"
+    )
+    row = await sealed.conn.fetchrow(
+        "SELECT event_id FROM audit_log WHERE organization_id = 'org-a' LIMIT 1"
+    )
+    await sealed.conn.execute(
+        "UPDATE audit_log SET organization_id = 'nobody' WHERE event_id = $1", row["event_id"]
+    )
+    report = await verify_range(sealed.conn, scoped)
+    assert _checks(report) == {"event_hash_mismatch"} and report.events == 8
 
 
 async def test_the_api_verifies_an_organization_and_operators_the_whole(

@@ -131,3 +131,18 @@ async def _head(client: object, headers: dict[str, str]) -> int:
     resp = await client.get("/integrity/verify", headers=headers)
     summary = orjson.loads(resp.text.splitlines()[-1])["summary"]
     return int(summary["chains"][0]["to_seq"])
+
+
+async def test_naming_the_chain_still_finds_rows_outside_every_batch(
+    sealed_factory: SealedFactory,
+) -> None:
+    from tests.test_verify import insert_forged
+
+    sealed = await sealed_factory([3, 4])
+    forged = await insert_forged(sealed, batch_id=None, leaf_index=None)
+    settings = sealed.res.settings
+    env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
+    for args in ([], ["--chain", "0"], ["--from-seq", "1"], ["--chain", "0", "--jobs", "1"]):
+        result = _cli(env, "verify", *args)
+        assert result.returncode == 1, (args, result.stdout[-500:])
+        assert f'"event_unsealed","chain":0,"seq":null,"event_id":"{forged}"' in result.stdout

@@ -11,8 +11,9 @@ from redis.exceptions import RedisError
 
 from app.auth import Caller, require_scope
 from app.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
-from app.event_bodies import Limits, parse_bulk, parse_event
+from app.event_bodies import SMALL_BODY, Limits, parse_bulk, parse_event
 from app.integrity import format_timestamp
+from app.limits import Slot, Slots, TooManyLargeRequests
 from app.main_state import resources
 from app.schemas import CLIENT, Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
 
@@ -38,21 +39,39 @@ def event_component_schemas() -> dict[str, Any]:
     return components
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, caller: Caller) -> tuple[bytes, Slot | None]:
+    """The body, and for one over SMALL_BODY the slot it holds (held until the answer: a
+    process reads and parses few large bodies at once, and a key only its share of them)."""
     content_type = request.headers.get("content-type", "application/json")
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send events as application/json")
+    res = resources(request)
+    limit = res.settings.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is over {limit} bytes")
+    slot = None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        if declared.isdigit() and int(declared) > SMALL_BODY:
+            slot = _large(res.large_bodies, caller)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over {limit} bytes")
+            if slot is None and size > SMALL_BODY:
+                slot = _large(res.large_bodies, caller)
+            chunks.append(chunk)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    return b"".join(chunks), slot
+
+
+def _large(slots: Slots, caller: Caller) -> Slot:
+    return slots.acquire(caller.key_id, caller.organization_id, TooManyLargeRequests)
 
 
 async def accept(request: Request, caller: Caller, events: list[EventIn]) -> list[str]:
@@ -97,13 +116,17 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
     summary="Record one audit event",
 )
 async def post_event(request: Request, caller: Ingestor) -> Response:
+    slot = None
     try:
-        body = await read_body(request, resources(request).settings.max_request_bytes)
+        body, slot = await read_body(request, caller)
         event = parse_event(body, _limits(request))
         ids = await accept(request, caller, [event])
     except ApiError as exc:
         _count_rejection(request, exc)
         raise
+    finally:
+        if slot is not None:
+            slot.release()
     return Response(orjson.dumps({"event_id": ids[0]}), 202, media_type="application/json")
 
 
@@ -116,14 +139,17 @@ async def post_event(request: Request, caller: Ingestor) -> Response:
     summary="Record a JSON array of audit events, all or nothing",
 )
 async def post_bulk(request: Request, caller: Ingestor) -> Response:
-    settings = resources(request).settings
+    slot = None
     try:
-        body = await read_body(request, settings.max_request_bytes)
+        body, slot = await read_body(request, caller)
         events = parse_bulk(body, _limits(request))
         ids = await accept(request, caller, events)
     except ApiError as exc:
         _count_rejection(request, exc)
         raise
+    finally:
+        if slot is not None:
+            slot.release()
     body_out = orjson.dumps({"accepted": len(ids), "event_ids": ids})
     return Response(body_out, 202, media_type="application/json")
 

@@ -130,7 +130,7 @@ async def _verification(
         raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
     async with driver_connection(res.engine) as conn:
         try:
-            first, last = await resolve_range(conn, asked.chain, asked.from_seq, asked.to_seq)
+            await resolve_range(conn, asked.chain, asked.from_seq, asked.to_seq)
         except RangeError as exc:
             heads = {str(c): head for c, head in exc.heads.items()}
             raise InvalidRange(str(exc), details={"heads": heads}) from exc
@@ -141,7 +141,8 @@ async def _verification(
     except BaseException:
         slot.release()
         raise
-    seqs = (first, last, asked.chain) if seq_range or asked.chain is not None else None
+    chosen = seq_range or asked.chain is not None
+    seqs = (asked.from_seq or 1, asked.to_seq, asked.chain) if chosen else None
     return GuardedStream(
         _verify_lines(res.long_reads, verifier, seqs, asked.start, asked.end),
         slot=slot,
@@ -153,7 +154,7 @@ async def _verification(
 async def _verify_lines(
     engine: Any,
     verifier: Verifier,
-    seqs: tuple[int, int, int | None] | None,
+    seqs: tuple[int, int | None, int | None] | None,
     start: Any,
     end: Any,
 ) -> AsyncIterator[bytes]:
