@@ -5,43 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import orjson
-
 from loadtests.bench.context import Context
 from loadtests.bench.driver import LoadResult, Target, open_loop
+from loadtests.bench.payloads import bulk_pool
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Sample, Window
 from loadtests.bench.soak import Soak, soak
 from loadtests.bench.stats import latency_summary, slope
 
-ACTIONS = ("fhir.patient.read", "fhir.observation.search", "ehr.chart.open", "fhir.patient.update")
 # A step whose backlog grows faster than this share of the offered rate is not holding.
 GROWTH_SHARE = 0.05
 HOLD_TRIES = 3  # a hold that fails is tried again a ramp step lower, this many holds in all
-
-
-def bulk_body(count: int) -> bytes:
-    """`count` realistic events with no event_id or timestamp: the server gives each accepted
-    copy its own, so one body serves every request."""
-    return orjson.dumps(
-        [
-            {
-                "action": ACTIONS[i % len(ACTIONS)],
-                "status": "failure" if i % 20 == 0 else "success",
-                "principal_id": f"user-{i % 2000}",
-                "principal_type": "practitioner",
-                "patient_id": f"p-{i * 7919 % 100_000}",
-                "target_resource_type": "Patient",
-                "target_resource_id": f"Patient/p-{i * 7919 % 100_000}",
-                "data_classification": "PHI",
-                "purpose_of_use": "TREAT",
-                "correlation_id": f"req-{i}",
-                "session_context": {"session_id": f"s-{i % 300}", "ip_address": "10.1.2.3"},
-                "details": {"fields": ["name", "dob"], "client": "ehr-web"},
-            }
-            for i in range(count)
-        ]
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +74,7 @@ async def load_bulk(
         tuple(service.api_urls),
         "/events/bulk",
         service.key,
-        bulk_body(bulk),
+        bulk_pool(bulk, ctx.options.pool_events),
         bulk,
         ctx.options.connections,
     )

@@ -1,11 +1,6 @@
 """HTTP load in Python: an open-loop (rate-controlled) driver and a closed-loop one, on plain
-asyncio streams, optionally spread over processes.
-
-Each connection sends one prepared request (the same bytes every time) and reads the answer by
-its Content-Length: the generator shares the machine with the service, so it must cost little.
-httpx cost about 8 ms of CPU per 1,000-event bulk request (17% of a core at 20,000 events/s,
-taken from the service it measured); on 2 cores, 64 one-connection httpx clients made 890
-requests/s on GET /healthz.
+asyncio streams (loadtests.bench.http1), optionally spread over processes. Bodies come from a
+pool prepared ahead and are completed as they are sent (loadtests.bench.payloads).
 
 Open loop: request i is due at start + i / rate whatever happened to earlier ones, so a slow
 service cannot slow the offered load down; when every connection is busy the due request is
@@ -23,13 +18,11 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
+
+from loadtests.bench.http1 import Connection
+from loadtests.bench.payloads import BodyPool, BodyWriter
 
 REQUEST_TIMEOUT_S = 30.0
-MAX_HEAD_BYTES = 64 * 1024
-# A connection idle this long is opened anew: uvicorn closes idle ones after 5 s, and a request
-# written into a connection the server is closing fails without an answer.
-REUSE_WITHIN_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +30,7 @@ class Target:
     urls: tuple[str, ...]  # one base URL per API process, used in turn
     path: str
     key: str
-    body: bytes | None = None  # None: GET
+    bodies: BodyPool | None = None  # None: GET
     events_per_request: int = 0
     connections: int = 16  # per URL
 
@@ -111,82 +104,15 @@ class LoadResult:
         self.answered_at += other.answered_at
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection to one API process, sending `target`'s request."""
-
-    def __init__(self, url: str, target: Target) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.request = request_bytes(f"{self.host}:{self.port}", target)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._used_at = 0.0
-
-    async def exchange(self) -> int:
-        """Send the request, read the whole answer; returns its status code."""
-        stale = time.monotonic() - self._used_at > REUSE_WITHIN_S
-        if self._reader is None or self._reader.at_eof() or stale:
-            self.close()
-        if self._writer is None or self._reader is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._reader, self._writer
-        try:
-            writer.write(self.request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status, length, closing = parse_head(head)
-            await reader.readexactly(length)
-        except BaseException:
-            self.close()
-            raise
-        self._used_at = time.monotonic()
-        if closing:
-            self.close()
-        return status
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-def request_bytes(host: str, target: Target) -> bytes:
-    method = "GET" if target.body is None else "POST"
-    lines = [
-        f"{method} {target.path} HTTP/1.1",
-        f"Host: {host}",
-        f"Authorization: Bearer {target.key}",
-    ]
-    if target.body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(target.body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (target.body or b"")
-
-
-def parse_head(head: bytes) -> tuple[int, int, bool]:
-    """(status, Content-Length, whether the server closes) of a response head."""
-    if len(head) > MAX_HEAD_BYTES or not head.startswith(b"HTTP/1.1 "):
-        raise ConnectionError("not an HTTP/1.1 response")
-    status = int(head[9:12])
-    length = -1
-    closing = False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection":
-            closing = value.strip().lower() == b"close"
-        elif name == b"transfer-encoding":
-            raise ConnectionError("chunked answers are not expected from the service")
-    if length < 0:
-        raise ConnectionError("answer without Content-Length")
-    return status, length, closing
-
-
 @contextlib.asynccontextmanager
 async def clients(target: Target) -> AsyncIterator[list[Connection]]:
     """`target.connections` connections per URL, the URLs interleaved."""
-    pool = [Connection(url, target) for _ in range(target.connections) for url in target.urls]
+    post = target.bodies is not None
+    pool = [
+        Connection(url, target.path, target.key, post)
+        for _ in range(target.connections)
+        for url in target.urls
+    ]
     try:
         yield pool
     finally:
@@ -194,12 +120,19 @@ async def clients(target: Target) -> AsyncIterator[list[Connection]]:
             connection.close()
 
 
-async def send(client: Connection, target: Target, result: LoadResult) -> None:
+def writer(target: Target) -> BodyWriter | None:
+    return None if target.bodies is None else target.bodies.writer()
+
+
+async def send(
+    client: Connection, bodies: BodyWriter | None, target: Target, result: LoadResult
+) -> None:
+    body = None if bodies is None else bodies.next_body()
     result.sent += 1
     started = time.perf_counter()
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            status = await client.exchange()
+            status = await client.exchange(body)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         result.fail(type(exc).__name__)
         return
@@ -219,6 +152,7 @@ async def open_loop(target: Target, rate: float, seconds: float) -> LoadResult:
     """Offer `rate` requests/s for `seconds`, then wait for the answers still due."""
     result = LoadResult(seconds=seconds, connections=target.slots)
     in_flight: set[asyncio.Task[None]] = set()
+    bodies = writer(target)
     async with clients(target) as pool:
         idle = collections.deque(pool)
         start = time.perf_counter()
@@ -232,7 +166,7 @@ async def open_loop(target: Target, rate: float, seconds: float) -> LoadResult:
                 result.skipped += 1
                 continue
             client = idle.popleft()
-            task = asyncio.create_task(send(client, target, result))
+            task = asyncio.create_task(send(client, bodies, target, result))
             in_flight.add(task)
             task.add_done_callback(functools.partial(_release, in_flight, idle, client))
         await _finish(in_flight, result)
@@ -252,12 +186,13 @@ def _release(
 async def closed_loop(target: Target, seconds: float) -> LoadResult:
     """Every connection sends its next request as soon as the last one is answered."""
     result = LoadResult(seconds=seconds, connections=target.slots)
+    bodies = writer(target)
     async with clients(target) as pool:
         until = time.perf_counter() + seconds
 
         async def loop(client: Connection) -> None:
             while time.perf_counter() < until:
-                await send(client, target, result)
+                await send(client, bodies, target, result)
 
         await asyncio.gather(*(loop(client) for client in pool))
     return result

@@ -112,7 +112,8 @@ def _service_rows(result: BenchResult) -> list[str]:
     tools = (
         f"Generators: bulk and steady phases open loop in Python (asyncio streams); single POST "
         f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}"
-        f"{' (paced to an even schedule)' if first.single_80.generator == 'wrk' else ''}."
+        f"{' (paced to an even schedule)' if first.single_80.generator == 'wrk' else ''}"
+        f"{' (one body again and again)' if first.single_80.generator == 'h2load' else ''}."
     )
     return [*_table(head, rows), "", tools, "", _verdicts(result)]
 
@@ -273,6 +274,17 @@ def _verdicts(result: BenchResult) -> str:
     )
 
 
+def _data_line(data: dict[str, dict[str, float]]) -> str:
+    """What the bodies hold (loadtests.bench.population), pool by pool."""
+    parts = [
+        f"{name} {_count(int(d['events']))} events in {_count(int(d['bodies']))} bodies "
+        f"({_count(int(d['patients']))} patients, {_count(int(d['principals']))} principals, "
+        f"the 1,000 hottest patients in {d['hottest_1pct_share']:.0%} of the events about one)"
+        for name, d in data.items()
+    ]
+    return "Request bodies, prepared ahead and sent in turn: " + "; ".join(parts) + "."
+
+
 def markdown(result: BenchResult) -> str:
     o, a, v = result.options, result.accounting, result.verification
     m = result.machine
@@ -284,6 +296,8 @@ def markdown(result: BenchResult) -> str:
         + f"), Redis {m['redis']}. Service: {o['api_processes']} API process(es), "
         f"{o['worker_processes']} worker process(es) x {o['writers']} writers, batches of "
         f"{o['batch_size']} / {o['batch_wait_ms']} ms; bulk requests of {o['bulk']} events.",
+        "",
+        _data_line(result.data),
         "",
         "### Storage limit (record_row + seal_batch into a scratch database; no HTTP, no Redis)",
         "",

@@ -1,18 +1,20 @@
 """Single-event POST /events: requests/s and latency at saturation (closed loop: wrk when it is
 installed, else Python processes) and at 80% of that rate (open loop: wrk paced to an even
 schedule when it is installed, else h2load --rps, else Python processes); and each generator's
-own ceiling on GET /healthz with the same connections, to show it is not what limits."""
+own ceiling on GET /healthz with the same connections, to show it is not what limits.
+
+Each request is an event of the population (loadtests.bench.payloads: the single pool, its own
+event id and time at each send), except with h2load, which sends one body again and again."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import orjson
-
 from loadtests.bench import tools
 from loadtests.bench.context import Context
 from loadtests.bench.driver import Job, LoadResult, Target, closed_loop, in_processes
 from loadtests.bench.options import Options
+from loadtests.bench.payloads import single_pool
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Window
 from loadtests.bench.stats import latency_summary
@@ -23,19 +25,6 @@ LOWER_SHARES = (0.6, 0.4)
 # The paced run keeps this many times the saturation connections open, so that a connection is
 # free when a request is due even while some answers are slow.
 PACED_SPARE = 2
-EVENT = {
-    "action": "fhir.patient.read",
-    "status": "success",
-    "principal_id": "dr.smith",
-    "principal_type": "practitioner",
-    "patient_id": "p-123",
-    "target_resource_type": "Patient",
-    "target_resource_id": "Patient/p-123",
-    "data_classification": "PHI",
-    "purpose_of_use": "TREAT",
-    "session_context": {"session_id": "s-9", "ip_address": "10.1.2.3"},
-    "details": {"fields": ["name", "dob"]},
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +67,13 @@ def open_loop_tool(options: Options) -> str:
 
 
 def single_target(ctx: Context, path: str = "/events") -> Target:
-    body = orjson.dumps(EVENT) if path == "/events" else None
+    bodies = single_pool(ctx.options.pool_events // 2) if path == "/events" else None
     return Target(
         tuple(ctx.service.api_urls),
         path,
         ctx.service.key,
-        body,
-        1 if body else 0,
+        bodies,
+        1 if bodies else 0,
         ctx.options.single_connections,
     )
 
