@@ -117,7 +117,9 @@ async def test_a_hold_that_fails_is_tried_a_step_lower(monkeypatch: pytest.Monke
         window = Window(seconds, rate, rate, None, None, 0, {}, {})
         verdict = "holds" if holds else "backlog grows"
         latency: dict[str, float | None] = {"p50": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0}
-        return BulkPhase(phase, rate, bulk, 1, 1.0, 0, {}, 0, latency, 0, 0, holds, verdict, window)
+        return BulkPhase(
+            phase, rate, bulk, 1, 1.0, 0, {}, 0, 0, latency, latency, 0, 0, holds, verdict, window
+        )
 
     async def drain(within_s: float) -> None:
         return None

@@ -27,8 +27,10 @@ class BulkPhase:
     accepted_per_s: float  # the driver's count of events answered 202
     unknown_events: int  # in requests never answered: perhaps accepted
     failed: dict[str, int]
-    skipped: int
-    latency_ms: dict[str, float | None]
+    waited: int  # requests due while every connection was busy, sent late
+    unsent: int  # still waiting for a connection when the phase ended
+    latency_ms: dict[str, float | None]  # from each request's send
+    scheduled_latency_ms: dict[str, float | None]  # from when it was due (driver.py)
     max_behind_ms: float  # how late the driver sent its latest request (its own fidelity)
     backlog_growth_per_s: float
     holds: bool
@@ -89,8 +91,10 @@ async def load_bulk(
         accepted_per_s=round(result.events_per_s, 1),
         unknown_events=result.unanswered() * bulk,
         failed=result.failed,
-        skipped=result.skipped,
+        waited=result.waited,
+        unsent=result.unsent,
         latency_ms=latency_summary(result.latencies_ms),
+        scheduled_latency_ms=latency_summary(result.scheduled_ms),
         max_behind_ms=round(result.max_behind_ms, 1),
         backlog_growth_per_s=round(growth, 1),
         holds=not problem,

@@ -10,6 +10,9 @@ from typing import Any
 
 import orjson
 
+from loadtests.bench.markdown import fmt as _fmt
+from loadtests.bench.markdown import table as _table
+from loadtests.bench.report_latency import latency_rows
 from loadtests.bench.run import BenchResult, RunResult
 from loadtests.bench.sampler import Window
 from loadtests.bench.single import LOWER_SHARES
@@ -88,19 +91,6 @@ def write_json(result: BenchResult, path: Path) -> None:
     data["medians"] = medians(result.runs)
     data["accounting"]["ok"] = result.accounting.ok
     path.write_bytes(orjson.dumps(data, default=_default, option=orjson.OPT_INDENT_2))
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
-
-
-def _table(head: list[str], rows: list[list[str]], align: str = "") -> list[str]:
-    marks = [":---" if i == 0 else "---:" for i in range(len(head))]
-    return [f"| {' | '.join(head)} |", f"|{'|'.join(align or m for m in marks)}|"] + [
-        f"| {' | '.join(row)} |" for row in rows
-    ]
 
 
 def _service_rows(result: BenchResult) -> list[str]:
@@ -324,6 +314,8 @@ def markdown(result: BenchResult) -> str:
         f"### Through the service (median of {len(result.runs)} run(s), then each run)",
         "",
         *_service_rows(result),
+        "",
+        *latency_rows(result),
         "",
         *_process_rows(result),
         "",

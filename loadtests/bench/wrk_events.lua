@@ -1,8 +1,12 @@
 -- wrk posting single events from the bench's pool (loadtests.bench.tools fills in the names
 -- between double underscores): each request takes the next body of the pool file, a fresh event
 -- id (a UUIDv7 of the send) and its time. With an interval it is paced: each thread sends its
--- share of the rate on an even schedule; a connection that comes free takes the next slot, and a
--- slot already past (every connection was busy) is sent at once and counted in `behind_ms`.
+-- share of the rate on an even schedule and a connection that comes free takes the next slot
+-- (sent at once when the slot is past: every connection was busy). Each answer is timed from its
+-- send and, paced, from its slot; the service answers the event id, which finds the request.
+-- Slots that never found a connection count from the slot to the end of the run (when the thread
+-- was ready, just before wrk starts its clock, plus the duration): a lower bound. wrk's own percentiles add samples of their own to the slow
+-- ones (stats_correct: as if each connection sent at the mean rate), so they are kept apart.
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -17,6 +21,7 @@ local function now_ms() return clock_ms(1) end -- CLOCK_MONOTONIC: the schedule 
 local wall_offset_ms = clock_ms(0) - now_ms() -- to CLOCK_REALTIME: ids and event times
 
 local INTERVAL_MS = __INTERVAL_MS__ -- nil: not paced
+local DURATION_MS = __DURATION_MS__
 local EVENT_HEAD = '__EVENT_HEAD__'
 local TIME_HEAD = '__TIME_HEAD__'
 
@@ -27,8 +32,11 @@ local random, floor = math.random, math.floor
 
 local head, sizes, rests, ages = nil, {}, {}, {}
 local bodies, next_body, own = 0, 1, nil
-local due = nil
-behind_ms = 0 -- global, read by done() through each thread
+local sent_at, due_at = {}, {}
+-- Globals, read by done() through each thread.
+from_send, from_due = {}, {}
+due, ready_ms, behind_ms = nil, nil, 0
+due_queue, queue_head, queue_tail = {}, 1, 0
 
 function init(args)
   local seed, urandom = 0, io.open("/dev/urandom", "rb")
@@ -48,6 +56,7 @@ function init(args)
     ages[bodies] = tonumber(line:sub(1, tab - 1))
   end
   next_body = random(bodies)
+  ready_ms = now_ms()
 end
 
 -- A UUIDv7 of `ms` (Unix milliseconds, the fraction in the 12 bits after the version) whose
@@ -80,12 +89,23 @@ local function stamp(ms, age)
   return text
 end
 
+local function record(histogram, ms)
+  local us = ms * 1000
+  if us < 0 then us = 0 end
+  local key -- the middle of its bucket: 10 us wide below 100 ms, 1 ms above
+  if us < 100000 then key = floor(us / 10) * 10 + 5 else key = floor(us / 1000) * 1000 + 500 end
+  histogram[key] = (histogram[key] or 0) + 1
+end
+
 if INTERVAL_MS then
   function delay()
     local now = now_ms()
     if due == nil then due = now end
-    local wait = due - now
+    local slot = due
     due = due + INTERVAL_MS
+    queue_tail = queue_tail + 1
+    due_queue[queue_tail] = slot
+    local wait = slot - now
     if wait < 0 then
       if -wait > behind_ms then behind_ms = -wait end
       return 0
@@ -95,23 +115,81 @@ if INTERVAL_MS then
 end
 
 function request()
-  local wall = now_ms() + wall_offset_ms
+  local slot = nil
+  if queue_head <= queue_tail then
+    slot = due_queue[queue_head]
+    due_queue[queue_head] = nil
+    queue_head = queue_head + 1
+  end
+  local now = now_ms()
+  local wall = now + wall_offset_ms
+  local id = event_id(wall)
+  sent_at[id] = now
+  if slot ~= nil then due_at[id] = slot end
   local i = next_body
   next_body = i % bodies + 1
-  return head .. sizes[i] .. "\r\n\r\n" .. EVENT_HEAD .. event_id(wall) .. TIME_HEAD
-    .. stamp(wall, ages[i]) .. rests[i]
+  return head .. sizes[i] .. "\r\n\r\n" .. EVENT_HEAD .. id .. TIME_HEAD .. stamp(wall, ages[i])
+    .. rests[i]
+end
+
+function response(status, headers, body)
+  if status ~= 202 then return end
+  local id = body:sub(14, 49) -- {"event_id":"<36 characters>"}
+  local sent = sent_at[id]
+  if sent == nil then return end
+  local now = now_ms()
+  sent_at[id] = nil
+  record(from_send, now - sent)
+  local slot = due_at[id]
+  if slot ~= nil then
+    due_at[id] = nil
+    record(from_due, now - slot)
+  end
 end
 
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
+local function unsent(thread, histogram)
+  local slot = thread:get("due")
+  if slot == nil then return 0 end
+  local stop, count = thread:get("ready_ms") + DURATION_MS, 0
+  for _, queued in pairs(thread:get("due_queue")) do -- handed to a connection, not yet sent
+    if queued < stop then record(histogram, stop - queued); count = count + 1 end
+  end
+  while slot < stop do
+    record(histogram, stop - slot)
+    count = count + 1
+    slot = slot + INTERVAL_MS
+  end
+  return count
+end
+
+local function merge(into, histogram)
+  for key, count in pairs(histogram) do into[key] = (into[key] or 0) + count end
+end
+
+local function encode(histogram)
+  local items = {}
+  for key, count in pairs(histogram) do
+    items[#items + 1] = string.format('"%d": %d', key, count)
+  end
+  return "{" .. table.concat(items, ", ") .. "}"
+end
+
 function done(summary, latency, requests)
-  local behind = 0
-  for _, thread in ipairs(threads) do behind = math.max(behind, thread:get("behind_ms")) end
+  local sent, slotted, late, behind = {}, {}, 0, 0
+  for _, thread in ipairs(threads) do
+    merge(sent, thread:get("from_send"))
+    merge(slotted, thread:get("from_due"))
+    if INTERVAL_MS then late = late + unsent(thread, slotted) end
+    behind = math.max(behind, thread:get("behind_ms"))
+  end
   local e = summary.errors
   io.write(string.format('{"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, '
     .. '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
-    .. '"max_us": %d, "behind_ms": %.3f}\n', summary.requests, summary.duration, e.status,
-    e.connect, e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max, behind))
+    .. '"max_us": %d, "behind_ms": %.3f, "unsent": %d, "from_send_us": %s, "from_due_us": %s}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max, behind,
+    late, encode(sent), encode(slotted)))
 end
