@@ -20,7 +20,7 @@ import pytest
 from loadtests.bench import bulk as bulk_module
 from loadtests.bench.bulk import BulkPhase
 from loadtests.bench.context import Context
-from loadtests.bench.driver import Target, parse_head, request_bytes
+from loadtests.bench.http1 import parse_head, request_bytes, request_head
 from loadtests.bench.sampler import Window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,12 +93,16 @@ def test_the_generator_reads_answers_by_their_head() -> None:
             parse_head(head)
 
 
-def test_the_generator_sends_one_prepared_request() -> None:
-    target = Target(("http://127.0.0.1:8000",), "/events", "aik_x", b'{"a":1}', 1)
-    assert request_bytes("127.0.0.1:8000", target) == (
+def test_the_generator_prepares_the_head_once_and_adds_each_body() -> None:
+    head = request_head("127.0.0.1:8000", "/events", "aik_x", post=True)
+    assert request_bytes(head, b'{"a":1}') == (
         b"POST /events HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAuthorization: Bearer aik_x\r\n"
         b"Content-Type: application/json\r\nContent-Length: 7\r\n\r\n"
         b'{"a":1}'
+    )
+    get = request_head("127.0.0.1:8000", "/healthz", "aik_x", post=False)
+    assert request_bytes(get, None) == (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAuthorization: Bearer aik_x\r\n\r\n"
     )
 
 
@@ -113,7 +117,9 @@ async def test_a_hold_that_fails_is_tried_a_step_lower(monkeypatch: pytest.Monke
         window = Window(seconds, rate, rate, None, None, 0, {}, {})
         verdict = "holds" if holds else "backlog grows"
         latency: dict[str, float | None] = {"p50": 1.0, "p95": 1.0, "p99": 1.0, "max": 1.0}
-        return BulkPhase(phase, rate, bulk, 1, 1.0, 0, {}, 0, latency, 0, 0, holds, verdict, window)
+        return BulkPhase(
+            phase, rate, bulk, 1, 1.0, 0, {}, 0, 0, latency, latency, 0, 0, holds, verdict, window
+        )
 
     async def drain(within_s: float) -> None:
         return None

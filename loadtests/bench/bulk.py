@@ -5,43 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import orjson
-
 from loadtests.bench.context import Context
 from loadtests.bench.driver import LoadResult, Target, open_loop
+from loadtests.bench.payloads import bulk_pool
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Sample, Window
 from loadtests.bench.soak import Soak, soak
 from loadtests.bench.stats import latency_summary, slope
 
-ACTIONS = ("fhir.patient.read", "fhir.observation.search", "ehr.chart.open", "fhir.patient.update")
 # A step whose backlog grows faster than this share of the offered rate is not holding.
 GROWTH_SHARE = 0.05
 HOLD_TRIES = 3  # a hold that fails is tried again a ramp step lower, this many holds in all
-
-
-def bulk_body(count: int) -> bytes:
-    """`count` realistic events with no event_id or timestamp: the server gives each accepted
-    copy its own, so one body serves every request."""
-    return orjson.dumps(
-        [
-            {
-                "action": ACTIONS[i % len(ACTIONS)],
-                "status": "failure" if i % 20 == 0 else "success",
-                "principal_id": f"user-{i % 2000}",
-                "principal_type": "practitioner",
-                "patient_id": f"p-{i * 7919 % 100_000}",
-                "target_resource_type": "Patient",
-                "target_resource_id": f"Patient/p-{i * 7919 % 100_000}",
-                "data_classification": "PHI",
-                "purpose_of_use": "TREAT",
-                "correlation_id": f"req-{i}",
-                "session_context": {"session_id": f"s-{i % 300}", "ip_address": "10.1.2.3"},
-                "details": {"fields": ["name", "dob"], "client": "ehr-web"},
-            }
-            for i in range(count)
-        ]
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +27,10 @@ class BulkPhase:
     accepted_per_s: float  # the driver's count of events answered 202
     unknown_events: int  # in requests never answered: perhaps accepted
     failed: dict[str, int]
-    skipped: int
-    latency_ms: dict[str, float | None]
+    waited: int  # requests due while every connection was busy, sent late
+    unsent: int  # still waiting for a connection when the phase ended
+    latency_ms: dict[str, float | None]  # from each request's send
+    scheduled_latency_ms: dict[str, float | None]  # from when it was due (driver.py)
     max_behind_ms: float  # how late the driver sent its latest request (its own fidelity)
     backlog_growth_per_s: float
     holds: bool
@@ -100,7 +76,7 @@ async def load_bulk(
         tuple(service.api_urls),
         "/events/bulk",
         service.key,
-        bulk_body(bulk),
+        bulk_pool(bulk, ctx.options.pool_events),
         bulk,
         ctx.options.connections,
     )
@@ -115,8 +91,10 @@ async def load_bulk(
         accepted_per_s=round(result.events_per_s, 1),
         unknown_events=result.unanswered() * bulk,
         failed=result.failed,
-        skipped=result.skipped,
+        waited=result.waited,
+        unsent=result.unsent,
         latency_ms=latency_summary(result.latencies_ms),
+        scheduled_latency_ms=latency_summary(result.scheduled_ms),
         max_behind_ms=round(result.max_behind_ms, 1),
         backlog_growth_per_s=round(growth, 1),
         holds=not problem,

@@ -1,15 +1,15 @@
 """HTTP load in Python: an open-loop (rate-controlled) driver and a closed-loop one, on plain
-asyncio streams, optionally spread over processes.
-
-Each connection sends one prepared request (the same bytes every time) and reads the answer by
-its Content-Length: the generator shares the machine with the service, so it must cost little.
-httpx cost about 8 ms of CPU per 1,000-event bulk request (17% of a core at 20,000 events/s,
-taken from the service it measured); on 2 cores, 64 one-connection httpx clients made 890
-requests/s on GET /healthz.
+asyncio streams (loadtests.bench.http1), optionally spread over processes. Bodies come from a
+pool prepared ahead and are completed as they are sent (loadtests.bench.payloads).
 
 Open loop: request i is due at start + i / rate whatever happened to earlier ones, so a slow
-service cannot slow the offered load down; when every connection is busy the due request is
-counted as `skipped` (the service is not keeping up) instead of queuing in the client.
+service cannot slow the offered load down. A request due while every connection is busy waits
+for the first to come free (counted in `waited`: the service is not keeping up) and one still
+waiting when the schedule ends is not sent (`unsent`). Each answered request has two latencies:
+from its send (`latencies_ms`) and from when it was due (`scheduled_ms`). The second is corrected
+for coordinated omission: while the service stalls, the requests due behind the stall are sent
+late, and timing them from their send alone would leave the stall out; an unsent request counts
+in it with the time it had waited when the schedule ended (a lower bound).
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit
+
+from loadtests.bench.http1 import Connection
+from loadtests.bench.payloads import BodyPool, BodyWriter
 
 REQUEST_TIMEOUT_S = 30.0
-MAX_HEAD_BYTES = 64 * 1024
-# A connection idle this long is opened anew: uvicorn closes idle ones after 5 s, and a request
-# written into a connection the server is closing fails without an answer.
-REUSE_WITHIN_S = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +35,7 @@ class Target:
     urls: tuple[str, ...]  # one base URL per API process, used in turn
     path: str
     key: str
-    body: bytes | None = None  # None: GET
+    bodies: BodyPool | None = None  # None: GET
     events_per_request: int = 0
     connections: int = 16  # per URL
 
@@ -52,20 +50,25 @@ class LoadResult:
     sent: int = 0
     ok: int = 0
     accepted_events: int = 0
-    skipped: int = 0
+    waited: int = 0  # due while every connection was busy: sent late (open loop)
+    unsent: int = 0  # still waiting for a connection when the schedule ended (open loop)
     # Requests the generator may have left in flight when it stopped (wrk, h2load: one per
     # connection); the service may have accepted them.
     cut_off: int = 0
     connections: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     max_behind_ms: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # from the send, answered 2xx
+    # Open loop: from when each request was due, answered 2xx or never sent (module docstring).
+    scheduled_ms: list[float] = field(default_factory=list)
     # When each latency's answer came (time.monotonic()); the Python generators only.
     answered_at: list[float] = field(default_factory=list)
+    # The tool's own percentiles where it reports them (wrk), kept beside the bench's.
+    tool_latency_ms: dict[str, float | None] | None = None
 
     @property
     def failures(self) -> int:
-        return sum(self.failed.values()) + self.skipped
+        return sum(self.failed.values()) + self.waited + self.unsent
 
     @property
     def requests_per_s(self) -> float:
@@ -89,8 +92,11 @@ class LoadResult:
     def problem(self) -> str:
         """What went wrong, or "" when every request was sent and answered 2xx."""
         parts = [f"{n} x {reason}" for reason, n in sorted(self.failed.items())]
-        if self.skipped:
-            parts.append(f"{self.skipped} not sent (all {self.connections} connections busy)")
+        busy = f"all {self.connections} connections busy"
+        if self.waited:
+            parts.append(f"{self.waited} sent late ({busy} when due)")
+        if self.unsent:
+            parts.append(f"{self.unsent} not sent by the end ({busy})")
         return ", ".join(parts)
 
     def fail(self, reason: str) -> None:
@@ -101,92 +107,27 @@ class LoadResult:
         self.sent += other.sent
         self.ok += other.ok
         self.accepted_events += other.accepted_events
-        self.skipped += other.skipped
+        self.waited += other.waited
+        self.unsent += other.unsent
         self.cut_off += other.cut_off
         self.connections += other.connections
         for reason, count in other.failed.items():
             self.failed[reason] = self.failed.get(reason, 0) + count
         self.max_behind_ms = max(self.max_behind_ms, other.max_behind_ms)
         self.latencies_ms += other.latencies_ms
+        self.scheduled_ms += other.scheduled_ms
         self.answered_at += other.answered_at
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection to one API process, sending `target`'s request."""
-
-    def __init__(self, url: str, target: Target) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.request = request_bytes(f"{self.host}:{self.port}", target)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._used_at = 0.0
-
-    async def exchange(self) -> int:
-        """Send the request, read the whole answer; returns its status code."""
-        stale = time.monotonic() - self._used_at > REUSE_WITHIN_S
-        if self._reader is None or self._reader.at_eof() or stale:
-            self.close()
-        if self._writer is None or self._reader is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._reader, self._writer
-        try:
-            writer.write(self.request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status, length, closing = parse_head(head)
-            await reader.readexactly(length)
-        except BaseException:
-            self.close()
-            raise
-        self._used_at = time.monotonic()
-        if closing:
-            self.close()
-        return status
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-def request_bytes(host: str, target: Target) -> bytes:
-    method = "GET" if target.body is None else "POST"
-    lines = [
-        f"{method} {target.path} HTTP/1.1",
-        f"Host: {host}",
-        f"Authorization: Bearer {target.key}",
-    ]
-    if target.body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(target.body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (target.body or b"")
-
-
-def parse_head(head: bytes) -> tuple[int, int, bool]:
-    """(status, Content-Length, whether the server closes) of a response head."""
-    if len(head) > MAX_HEAD_BYTES or not head.startswith(b"HTTP/1.1 "):
-        raise ConnectionError("not an HTTP/1.1 response")
-    status = int(head[9:12])
-    length = -1
-    closing = False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection":
-            closing = value.strip().lower() == b"close"
-        elif name == b"transfer-encoding":
-            raise ConnectionError("chunked answers are not expected from the service")
-    if length < 0:
-        raise ConnectionError("answer without Content-Length")
-    return status, length, closing
 
 
 @contextlib.asynccontextmanager
 async def clients(target: Target) -> AsyncIterator[list[Connection]]:
     """`target.connections` connections per URL, the URLs interleaved."""
-    pool = [Connection(url, target) for _ in range(target.connections) for url in target.urls]
+    post = target.bodies is not None
+    pool = [
+        Connection(url, target.path, target.key, post)
+        for _ in range(target.connections)
+        for url in target.urls
+    ]
     try:
         yield pool
     finally:
@@ -194,12 +135,15 @@ async def clients(target: Target) -> AsyncIterator[list[Connection]]:
             connection.close()
 
 
-async def send(client: Connection, target: Target, result: LoadResult) -> None:
+async def send(
+    client: Connection, body: bytes | None, result: LoadResult, events: int, due: float | None
+) -> None:
+    """One request; `due` (time.perf_counter()) is when the schedule had it leave."""
     result.sent += 1
     started = time.perf_counter()
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            status = await client.exchange()
+            status = await client.exchange(body)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         result.fail(type(exc).__name__)
         return
@@ -209,55 +153,89 @@ async def send(client: Connection, target: Target, result: LoadResult) -> None:
     if status >= 300:
         result.fail(str(status))
         return
-    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+    answered = time.perf_counter()
+    result.latencies_ms.append((answered - started) * 1000)
+    if due is not None:
+        result.scheduled_ms.append((answered - due) * 1000)
     result.answered_at.append(time.monotonic())
     result.ok += 1
-    result.accepted_events += target.events_per_request
+    result.accepted_events += events
+
+
+class Dispatcher:
+    """Hands each due request to a free connection; requests due while every connection is
+    busy wait in order, and the first connection to come free takes the oldest."""
+
+    def __init__(self, target: Target, result: LoadResult, pool: list[Connection]) -> None:
+        self.target = target
+        self.result = result
+        self.bodies: BodyWriter | None = target.bodies.writer() if target.bodies else None
+        self.idle = collections.deque(pool)
+        self.waiting: collections.deque[float] = collections.deque()  # their due times
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    def offer(self, due: float) -> None:
+        if self.idle:
+            self._launch(self.idle.popleft(), due)
+            return
+        self.result.waited += 1
+        self.waiting.append(due)
+
+    def give_up(self, now: float) -> None:
+        """The schedule has ended: requests still waiting are not sent; each counts with the
+        time it has waited."""
+        self.result.scheduled_ms += [(now - due) * 1000 for due in self.waiting]
+        self.result.unsent += len(self.waiting)
+        self.waiting.clear()
+
+    def body(self) -> bytes | None:
+        return None if self.bodies is None else self.bodies.next_body()
+
+    def _launch(self, client: Connection, due: float) -> None:
+        events = self.target.events_per_request
+        task = asyncio.create_task(send(client, self.body(), self.result, events, due))
+        self.in_flight.add(task)
+        task.add_done_callback(functools.partial(self._release, client))
+
+    def _release(self, client: Connection, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if self.waiting:
+            self._launch(client, self.waiting.popleft())
+        else:
+            self.idle.append(client)
 
 
 async def open_loop(target: Target, rate: float, seconds: float) -> LoadResult:
     """Offer `rate` requests/s for `seconds`, then wait for the answers still due."""
     result = LoadResult(seconds=seconds, connections=target.slots)
-    in_flight: set[asyncio.Task[None]] = set()
     async with clients(target) as pool:
-        idle = collections.deque(pool)
+        dispatcher = Dispatcher(target, result, pool)
         start = time.perf_counter()
         for index in range(max(1, round(rate * seconds))):
-            delay = start + index / rate - time.perf_counter()
+            due = start + index / rate
+            delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 result.max_behind_ms = max(result.max_behind_ms, -delay * 1000)
-            if not idle:
-                result.skipped += 1
-                continue
-            client = idle.popleft()
-            task = asyncio.create_task(send(client, target, result))
-            in_flight.add(task)
-            task.add_done_callback(functools.partial(_release, in_flight, idle, client))
-        await _finish(in_flight, result)
+            dispatcher.offer(due)
+        await asyncio.sleep(max(0.0, start + seconds - time.perf_counter()))
+        dispatcher.give_up(time.perf_counter())
+        await _finish(dispatcher.in_flight, result)
     return result
-
-
-def _release(
-    in_flight: set[asyncio.Task[None]],
-    idle: collections.deque[Connection],
-    client: Connection,
-    task: asyncio.Task[None],
-) -> None:
-    in_flight.discard(task)
-    idle.append(client)
 
 
 async def closed_loop(target: Target, seconds: float) -> LoadResult:
     """Every connection sends its next request as soon as the last one is answered."""
     result = LoadResult(seconds=seconds, connections=target.slots)
     async with clients(target) as pool:
+        dispatcher = Dispatcher(target, result, pool)
         until = time.perf_counter() + seconds
 
         async def loop(client: Connection) -> None:
             while time.perf_counter() < until:
-                await send(client, target, result)
+                body = dispatcher.body()
+                await send(client, body, result, target.events_per_request, None)
 
         await asyncio.gather(*(loop(client) for client in pool))
     return result

@@ -18,6 +18,7 @@ SMOKE = {
     "batch_size": 1000,
     "storage_batches": 2,
     "bulk": 100,
+    "pool_events": 4096,
     "connections": 8,
     "ramp_start": 500,
     "ramp_step": 500,
@@ -55,6 +56,7 @@ class Options:
     batch_wait_ms: int
     storage_batches: int
     bulk: int
+    pool_events: int
     connections: int
     ramp_start: float
     ramp_step: float
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-wait-ms", type=int, default=Layout().batch_wait_ms, help="the service's default")
     add("--storage-batches", type=int, default=10, help="batches per connection (storage)")
     add("--bulk", type=int, default=1000, help="events per bulk request")
+    add(
+        "--pool-events",
+        type=int,
+        default=131_072,
+        help="bulk events prepared ahead and sent in turn; single events: half as many",
+    )
     add("--connections", type=int, default=64, help="bulk driver connections per API process")
     add("--ramp-start", type=float, default=10_000, help="events/s of the first step")
     add("--ramp-step", type=float, default=2500, help="events/s added per step")

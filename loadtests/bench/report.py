@@ -10,6 +10,9 @@ from typing import Any
 
 import orjson
 
+from loadtests.bench.markdown import fmt as _fmt
+from loadtests.bench.markdown import table as _table
+from loadtests.bench.report_latency import latency_rows
 from loadtests.bench.run import BenchResult, RunResult
 from loadtests.bench.sampler import Window
 from loadtests.bench.single import LOWER_SHARES
@@ -90,19 +93,6 @@ def write_json(result: BenchResult, path: Path) -> None:
     path.write_bytes(orjson.dumps(data, default=_default, option=orjson.OPT_INDENT_2))
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
-
-
-def _table(head: list[str], rows: list[list[str]], align: str = "") -> list[str]:
-    marks = [":---" if i == 0 else "---:" for i in range(len(head))]
-    return [f"| {' | '.join(head)} |", f"|{'|'.join(align or m for m in marks)}|"] + [
-        f"| {' | '.join(row)} |" for row in rows
-    ]
-
-
 def _service_rows(result: BenchResult) -> list[str]:
     runs = result.runs
     head = ["measure", "median", *(f"run {r.run}" for r in runs)]
@@ -112,7 +102,8 @@ def _service_rows(result: BenchResult) -> list[str]:
     tools = (
         f"Generators: bulk and steady phases open loop in Python (asyncio streams); single POST "
         f"saturation {first.single_saturation.generator}, 80% {first.single_80.generator}"
-        f"{' (paced to an even schedule)' if first.single_80.generator == 'wrk' else ''}."
+        f"{' (paced to an even schedule)' if first.single_80.generator == 'wrk' else ''}"
+        f"{' (one body again and again)' if first.single_80.generator == 'h2load' else ''}."
     )
     return [*_table(head, rows), "", tools, "", _verdicts(result)]
 
@@ -273,6 +264,17 @@ def _verdicts(result: BenchResult) -> str:
     )
 
 
+def _data_line(data: dict[str, dict[str, float]]) -> str:
+    """What the bodies hold (loadtests.bench.population), pool by pool."""
+    parts = [
+        f"{name} {_count(int(d['events']))} events in {_count(int(d['bodies']))} bodies "
+        f"({_count(int(d['patients']))} patients, {_count(int(d['principals']))} principals, "
+        f"the 1,000 hottest patients in {d['hottest_1pct_share']:.0%} of the events about one)"
+        for name, d in data.items()
+    ]
+    return "Request bodies, prepared ahead and sent in turn: " + "; ".join(parts) + "."
+
+
 def markdown(result: BenchResult) -> str:
     o, a, v = result.options, result.accounting, result.verification
     m = result.machine
@@ -284,6 +286,8 @@ def markdown(result: BenchResult) -> str:
         + f"), Redis {m['redis']}. Service: {o['api_processes']} API process(es), "
         f"{o['worker_processes']} worker process(es) x {o['writers']} writers, batches of "
         f"{o['batch_size']} / {o['batch_wait_ms']} ms; bulk requests of {o['bulk']} events.",
+        "",
+        _data_line(result.data),
         "",
         "### Storage limit (record_row + seal_batch into a scratch database; no HTTP, no Redis)",
         "",
@@ -310,6 +314,8 @@ def markdown(result: BenchResult) -> str:
         f"### Through the service (median of {len(result.runs)} run(s), then each run)",
         "",
         *_service_rows(result),
+        "",
+        *latency_rows(result),
         "",
         *_process_rows(result),
         "",

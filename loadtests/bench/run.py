@@ -25,6 +25,7 @@ from loadtests.bench.bulk import BulkPhase, BulkRun, ramp_and_hold, steady
 from loadtests.bench.context import Context
 from loadtests.bench.database import scratch_databases
 from loadtests.bench.options import Options
+from loadtests.bench.payloads import bulk_pool, describe, single_pool
 from loadtests.bench.probe import Probe
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Sample, Sampler
@@ -57,6 +58,7 @@ class BenchResult:
     elapsed_s: float
     machine: dict[str, Any]
     options: dict[str, Any]
+    data: dict[str, dict[str, float]]  # what each pool of bodies holds (payloads.describe)
     storage: list[StorageResult]
     ceilings: list[Ceiling]
     runs: list[RunResult]
@@ -134,18 +136,39 @@ async def against_service(
     return found, runs, accounting, sampler.samples
 
 
+def prepare_bodies(options: Options) -> dict[str, dict[str, float]]:
+    """Every pool of request bodies, made before anything is timed; what each holds."""
+    say("preparing request bodies (loadtests.bench.population)")
+    pools = {
+        "bulk": bulk_pool(options.bulk, options.pool_events),
+        "steady": bulk_pool(options.steady_bulk, options.pool_events),
+        "single": single_pool(options.pool_events // 2),
+    }
+    data = {name: describe(pool) for name, pool in pools.items()}
+    for name, held in data.items():
+        say(
+            f"  {name}: {held['bodies']:,.0f} bodies, {held['events']:,.0f} events, "
+            f"{held['patients']:,.0f} patients, {held['principals']:,.0f} principals"
+        )
+    return data
+
+
 async def run_bench(options: Options) -> BenchResult:
     # SIGTERM cancels the run like Ctrl-C, so every process and database is cleaned up.
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     started, clock = datetime.now(UTC), time.monotonic()
+    data = prepare_bodies(options)
     with tempfile.TemporaryDirectory(prefix="audit-bench-logs-") as logs:
         async with scratch_databases(options.database_url, "storage", "service") as urls:
             storage_url, database_url = urls
             say("scratch databases created and migrated; storage limit (no HTTP, no Redis)")
             storage = await measure_storage(
-                storage_url, options.storage_batches, options.batch_size, options.bulk
+                storage_url,
+                options.storage_batches,
+                options.batch_size,
+                bulk_pool(options.bulk, options.pool_events),
             )
             async with running_service(
                 database_url, options.redis_url, options.layout, Path(logs)
@@ -162,6 +185,7 @@ async def run_bench(options: Options) -> BenchResult:
         elapsed_s=round(time.monotonic() - clock, 1),
         machine=about,
         options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        data=data,
         storage=storage,
         ceilings=found,
         runs=runs,

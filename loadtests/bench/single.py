@@ -1,18 +1,22 @@
 """Single-event POST /events: requests/s and latency at saturation (closed loop: wrk when it is
-installed, else Python processes) and at 80% of that rate (open loop: wrk paced to an even
-schedule when it is installed, else h2load --rps, else Python processes); and each generator's
-own ceiling on GET /healthz with the same connections, to show it is not what limits."""
+installed, else Python processes) and at 80%, 60% and 40% of that rate (open loop: wrk paced to an
+even schedule when it is installed, else h2load --rps, else Python processes); and each
+generator's own ceiling on GET /healthz with the same connections, to show it is not what limits.
+
+Each request is an event of the population (loadtests.bench.payloads: the single pool, its own
+event id and time at each send), except with h2load, which sends one body again and again.
+Paced phases are timed from each request's send and from its slot in the schedule (wrk and the
+Python generator; h2load cannot tell its schedule)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import orjson
-
 from loadtests.bench import tools
 from loadtests.bench.context import Context
 from loadtests.bench.driver import Job, LoadResult, Target, closed_loop, in_processes
 from loadtests.bench.options import Options
+from loadtests.bench.payloads import single_pool
 from loadtests.bench.progress import say
 from loadtests.bench.sampler import Window
 from loadtests.bench.stats import latency_summary
@@ -23,19 +27,6 @@ LOWER_SHARES = (0.6, 0.4)
 # The paced run keeps this many times the saturation connections open, so that a connection is
 # free when a request is due even while some answers are slow.
 PACED_SPARE = 2
-EVENT = {
-    "action": "fhir.patient.read",
-    "status": "success",
-    "principal_id": "dr.smith",
-    "principal_type": "practitioner",
-    "patient_id": "p-123",
-    "target_resource_type": "Patient",
-    "target_resource_id": "Patient/p-123",
-    "data_classification": "PHI",
-    "purpose_of_use": "TREAT",
-    "session_context": {"session_id": "s-9", "ip_address": "10.1.2.3"},
-    "details": {"fields": ["name", "dob"]},
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +39,17 @@ class SinglePhase:
     ok: int
     failed: dict[str, int]
     requests_per_s: float
-    latency_ms: dict[str, float | None]
+    latency_ms: dict[str, float | None]  # from each request's send
+    # Open loop: from when each request was due (wrk, Python; not h2load): driver.py, wrk_events.lua
+    scheduled_latency_ms: dict[str, float | None]
+    unsent: int  # open loop: due requests that never found a free connection
     # Requests whose answer the generator never saw (time-outs; and for wrk and h2load, what is
     # in flight when they stop): the service may have accepted them.
     unknown_events: int
     # Open loop: how late the generator sent its latest request (every connection busy).
     max_behind_ms: float
     service: Window
+    tool_latency_ms: dict[str, float | None] | None  # wrk's own percentiles (wrk_events.lua)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +73,22 @@ def open_loop_tool(options: Options) -> str:
 
 
 def single_target(ctx: Context, path: str = "/events") -> Target:
-    body = orjson.dumps(EVENT) if path == "/events" else None
+    bodies = single_pool(ctx.options.pool_events // 2) if path == "/events" else None
     return Target(
         tuple(ctx.service.api_urls),
         path,
         ctx.service.key,
-        body,
-        1 if body else 0,
+        bodies,
+        1 if bodies else 0,
         ctx.options.single_connections,
     )
 
 
-async def saturate(
-    ctx: Context, target: Target, seconds: float
-) -> tuple[LoadResult, dict[str, float | None]]:
+async def saturate(ctx: Context, target: Target, seconds: float) -> LoadResult:
     o = ctx.options
     if saturation_tool(o) == "wrk":
         return await tools.wrk(target, seconds, o.wrk_threads)
-    result = await in_processes(Job(target, seconds), o.python_processes)
-    return result, latency_summary(result.latencies_ms)
+    return await in_processes(Job(target, seconds), o.python_processes)
 
 
 def _with_spare(target: Target) -> Target:
@@ -104,26 +96,17 @@ def _with_spare(target: Target) -> Target:
     return replace(target, connections=target.connections * PACED_SPARE)
 
 
-async def offer(
-    ctx: Context, target: Target, rate: float, seconds: float
-) -> tuple[LoadResult, dict[str, float | None]]:
+async def offer(ctx: Context, target: Target, rate: float, seconds: float) -> LoadResult:
     tool = open_loop_tool(ctx.options)
     if tool == "wrk":
         return await tools.wrk(_with_spare(target), seconds, ctx.options.wrk_threads, rate)
     if tool == "h2load":
-        result = await tools.h2load(target, rate, seconds)
-    else:
-        result = await in_processes(Job(target, seconds, rate), ctx.options.python_processes)
-    return result, latency_summary(result.latencies_ms)
+        return await tools.h2load(target, rate, seconds)
+    return await in_processes(Job(target, seconds, rate), ctx.options.python_processes)
 
 
 def single_phase(
-    phase: str,
-    tool: str,
-    offered: float | None,
-    result: LoadResult,
-    latency: tools.Latency,
-    window: Window,
+    phase: str, tool: str, offered: float | None, result: LoadResult, window: Window
 ) -> SinglePhase:
     return SinglePhase(
         phase=phase,
@@ -134,10 +117,13 @@ def single_phase(
         ok=result.ok,
         failed=result.failed,
         requests_per_s=round(result.requests_per_s, 1),
-        latency_ms=latency,
+        latency_ms=latency_summary(result.latencies_ms),
+        scheduled_latency_ms=latency_summary(result.scheduled_ms),
+        unsent=result.unsent,
         unknown_events=result.unanswered(),
         max_behind_ms=round(result.max_behind_ms, 1),
         service=window,
+        tool_latency_ms=result.tool_latency_ms,
     )
 
 
@@ -147,8 +133,8 @@ async def single_events(ctx: Context, run: int) -> tuple[SinglePhase, list[Singl
     target = single_target(ctx)
     tool = saturation_tool(o)
     phase = f"run {run} single saturation"
-    (result, latency), window = await ctx.measured(phase, saturate(ctx, target, o.single_seconds))
-    saturated = single_phase(phase, tool, None, result, latency, window)
+    result, window = await ctx.measured(phase, saturate(ctx, target, o.single_seconds))
+    saturated = single_phase(phase, tool, None, result, window)
     say(f"  single saturation ({tool}): {saturated.requests_per_s:,.0f} requests/s")
     await ctx.drain(o.drain_timeout)
     paced = []
@@ -163,13 +149,13 @@ async def _paced(
     rate = max(1.0, share * saturation)
     tool = open_loop_tool(ctx.options)
     phase = f"run {run} single {share:.0%}"
-    (result, latency), window = await ctx.measured(
-        phase, offer(ctx, target, rate, ctx.options.single_seconds)
-    )
-    measured = single_phase(phase, tool, rate, result, latency, window)
+    result, window = await ctx.measured(phase, offer(ctx, target, rate, ctx.options.single_seconds))
+    measured = single_phase(phase, tool, rate, result, window)
+    sent, due = measured.latency_ms, measured.scheduled_latency_ms
     say(
         f"  single at {rate:,.0f}/s ({tool}): {measured.requests_per_s:,.0f}/s answered, "
-        f"p50 {measured.latency_ms['p50']} ms, p99 {measured.latency_ms['p99']} ms"
+        f"p50/p99 {sent['p50']}/{sent['p99']} ms from the send, "
+        f"{due['p50']}/{due['p99']} ms from the schedule"
     )
     await ctx.drain(ctx.options.drain_timeout)
     return measured
@@ -189,13 +175,13 @@ async def ceilings(ctx: Context) -> list[Ceiling]:
             (await closed_loop(bulk, seconds)).requests_per_s,
         ),
     ]
-    result, _ = await saturate(ctx, health, seconds)
+    result = await saturate(ctx, health, seconds)
     found.append(
         Ceiling(saturation_tool(o), "single saturation", result.connections, result.requests_per_s)
     )
     paced_tool = open_loop_tool(o)
     if paced_tool == "wrk":
-        result, _ = await tools.wrk(_with_spare(health), seconds, o.wrk_threads)
+        result = await tools.wrk(_with_spare(health), seconds, o.wrk_threads)
         found.append(Ceiling("wrk", "single 80%", result.connections, result.requests_per_s))
     elif paced_tool == "h2load":
         result = await tools.h2load(health, None, seconds)

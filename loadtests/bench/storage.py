@@ -6,7 +6,6 @@ signatures), on 1 and 2 concurrent connections as writer tasks share one worker 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ import asyncpg
 from app.batch import record_row
 from app.integrity import format_timestamp
 from app.ledger import seal_batch
-from app.schemas import EVENT_LIST, EventIn, new_event_ids
+from app.schemas import EVENT_LIST, new_event_ids
 from loadtests.bench import procstat
-from loadtests.bench.bulk import bulk_body
+from loadtests.bench.payloads import BodyPool
 from loadtests.bench.progress import say
 from loadtests.seal_overhead import KEY
 
@@ -42,25 +41,24 @@ class StorageResult:
     writer_us_per_row: float
 
 
-def queued_records(count: int, bulk: int) -> list[Record]:
-    """`count` records as the API queues them for the bulk phase's requests: its body of `bulk`
-    events (loadtests.bench.bulk.bulk_body) validated and made records again and again, each
-    copy with its own event ids and time, so the database gets the same rows as through the
-    service (the same spread of principals, patients and correlation ids: index upkeep, the
-    main cost per row, depends on it)."""
-    events = _bulk_events(bulk)
-    records: list[Record] = []
-    while len(records) < count:
-        received = format_timestamp(datetime.now(UTC))
-        ids = iter(new_event_ids(len(events)))
-        records += [event.to_record("bench", received, next(ids)) for event in events]
-    return records[:count]
+class QueuedRecords:
+    """Records as the API queues them for the bulk phase's requests: the bulk pool's bodies
+    (loadtests.bench.payloads), each completed with its times as it is taken, validated and made
+    records with their own event ids, so the database gets the rows it gets through the service
+    (the same spread of patients, principals and correlation ids: index upkeep, the main cost
+    per row, depends on it)."""
 
+    def __init__(self, pool: BodyPool) -> None:
+        self.bodies = pool.writer(seed=0)
 
-@functools.lru_cache(maxsize=4)
-def _bulk_events(bulk: int) -> list[EventIn]:
-    """The bulk phase's body, validated once."""
-    return EVENT_LIST.validate_json(bulk_body(bulk), strict=True)
+    def take(self, count: int) -> list[Record]:
+        records: list[Record] = []
+        while len(records) < count:
+            events = EVENT_LIST.validate_json(self.bodies.next_body(), strict=True)
+            received = format_timestamp(datetime.now(UTC))
+            ids = iter(new_event_ids(len(events)))
+            records += [event.to_record("bench", received, next(ids)) for event in events]
+        return records[:count]
 
 
 async def _seal_rows(conn: asyncpg.Connection, batches: Sequence[list[Row]]) -> None:
@@ -81,11 +79,15 @@ class Timed:
 
 
 async def _timed(
-    conns: Sequence[asyncpg.Connection], batches: int, batch_size: int, bulk: int, prebuilt: bool
+    conns: Sequence[asyncpg.Connection],
+    batches: int,
+    batch_size: int,
+    source: QueuedRecords,
+    prebuilt: bool,
 ) -> Timed:
     """`batches` batches on each connection at once: rows/s and CPU spent."""
     backends = [conn.get_server_pid() for conn in conns]
-    work = [[queued_records(batch_size, bulk) for _ in range(batches)] for _ in conns]
+    work = [[source.take(batch_size) for _ in range(batches)] for _ in conns]
     if prebuilt:  # the rows built before the clock starts
         rows = [[[record_row(r, KEY) for r in batch] for batch in part] for part in work]
         runs = [_seal_rows(conn, part) for conn, part in zip(conns, rows, strict=True)]
@@ -105,16 +107,21 @@ async def _timed(
 
 
 async def measure_storage(
-    url: str, batches: int, batch_size: int, bulk: int, connection_counts: Sequence[int] = (1, 2)
+    url: str,
+    batches: int,
+    batch_size: int,
+    pool: BodyPool,
+    connection_counts: Sequence[int] = (1, 2),
 ) -> list[StorageResult]:
-    """In the (scratch, migrated) database at `url`."""
+    """In the (scratch, migrated) database at `url`, with the bulk phase's events (`pool`)."""
+    source = QueuedRecords(pool)
     conns = [await asyncpg.connect(url) for _ in range(max(connection_counts))]
     try:
-        await _timed(conns[:1], 1, batch_size, bulk, prebuilt=True)  # warm-up: caches, plans
+        await _timed(conns[:1], 1, batch_size, source, prebuilt=True)  # warm-up: caches, plans
         results = []
         for count in connection_counts:
-            sealed = await _timed(conns[:count], batches, batch_size, bulk, prebuilt=True)
-            writer = await _timed(conns[:count], batches, batch_size, bulk, prebuilt=False)
+            sealed = await _timed(conns[:count], batches, batch_size, source, prebuilt=True)
+            writer = await _timed(conns[:count], batches, batch_size, source, prebuilt=False)
             rows = count * batches * batch_size
             database_us = None
             if sealed.database_cpu_s is not None:

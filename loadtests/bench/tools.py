@@ -12,58 +12,25 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from loadtests.bench.database import command_status
 from loadtests.bench.driver import LoadResult, Target
+from loadtests.bench.payloads import SINGLE_HEAD, SINGLE_TIME, BodyPool, fixed_body
 
-WRK_DONE = """
+# GET /healthz (the generator's ceiling): one static request, wrk's own figures.
+WRK_GET_DONE = """
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('{"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, '
     .. '"read": %d, "write": %d, "timeout": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, '
-    .. '"max_us": %d, "behind_ms": %.3f}\\n', summary.requests, summary.duration, e.status,
-    e.connect, e.read, e.write, e.timeout, latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), latency.max, behind and behind() or 0))
+    .. '"max_us": %d, "behind_ms": 0, "unsent": 0, "from_send_us": {}, "from_due_us": {}}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
 end
 """
-
-
-# Paced wrk: each thread sends its share of the rate on an even schedule (LuaJIT's FFI reads
-# CLOCK_MONOTONIC); a connection that comes free takes the next slot. A slot already past when
-# a connection comes free (every connection busy) is sent at once and counted in `behind_ms`,
-# so a generator that could not keep the schedule shows it.
-WRK_PACED = """
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clk_id, bench_timespec *tp);
-]]
-local clock = ffi.new("bench_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, clock)
-  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
-end
-local due = nil
-behind_ms = 0
-function delay()
-  local now = now_ms()
-  if due == nil then due = now end
-  local wait = due - now
-  due = due + INTERVAL_MS
-  if wait < 0 then
-    if -wait > behind_ms then behind_ms = -wait end
-    return 0
-  end
-  return math.floor(wait + 0.5)
-end
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function behind()
-  local most = 0
-  for _, t in ipairs(threads) do most = math.max(most, t:get("behind_ms")) end
-  return most
-end
-"""
+# Single events from the pool, paced or not (the script says how it measures).
+WRK_EVENTS = Path(__file__).with_name("wrk_events.lua")
 
 H2LOAD_CLIENT_RPS = 20
 H2LOAD_MAX_CLIENTS = 256
@@ -74,17 +41,37 @@ def available(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def wrk_script(target: Target, interval_ms: float | None = None) -> str:
-    """The request, its `done` report, and with `interval_ms` the pacing of each thread."""
-    lines = [
-        f'wrk.method = "{"GET" if target.body is None else "POST"}"',
-        'wrk.headers["Authorization"] = "Bearer ' + target.key + '"',
-    ]
-    if target.body is not None:
-        lines.append('wrk.headers["Content-Type"] = "application/json"')
-        lines.append(f"wrk.body = [==[{target.body.decode()}]==]")
-    paced = "" if interval_ms is None else WRK_PACED.replace("INTERVAL_MS", f"{interval_ms:.6f}")
-    return "\n".join(lines) + paced + WRK_DONE
+def wrk_script(
+    target: Target, pool_file: Path, seconds: int, interval_ms: float | None = None
+) -> str:
+    """GET: the request and its report. POST: wrk_events.lua, taking its bodies from
+    `pool_file` (write_pool), paced to one request each `interval_ms` per thread when given."""
+    if target.bodies is None:
+        head = f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {target.key}"\n'
+        return head + WRK_GET_DONE
+    names = {
+        "__INTERVAL_MS__": "nil" if interval_ms is None else f"{interval_ms:.6f}",
+        "__DURATION_MS__": str(seconds * 1000),
+        "__EVENT_HEAD__": SINGLE_HEAD.decode(),
+        "__TIME_HEAD__": SINGLE_TIME.decode(),
+        "__POOL_FILE__": str(pool_file),
+        "__PATH__": target.path,
+        "__KEY__": target.key,
+    }
+    script = WRK_EVENTS.read_text()
+    for name, value in names.items():
+        script = script.replace(name, value)
+    return script
+
+
+def write_pool(pool: BodyPool, path: Path) -> None:
+    """One line per single-event body: its age, a tab, and what follows its time."""
+    lines = []
+    for template in pool.templates:
+        if template.parts[:3] != (SINGLE_HEAD, b"", SINGLE_TIME) or len(template.parts) != 5:
+            raise ValueError("wrk sends single-event bodies only (payloads.single_template)")
+        lines.append(b"%d\t%s\n" % (template.ages[0], template.parts[4]))
+    path.write_bytes(b"".join(lines))
 
 
 @contextlib.asynccontextmanager
@@ -102,14 +89,18 @@ async def _output(*command: str, within_s: float) -> str:
 
 async def wrk(
     target: Target, seconds: float, threads: int, rate: float | None = None
-) -> tuple[LoadResult, Latency]:
+) -> LoadResult:
     """`target.connections` connections per API process for `seconds`: as fast as they go
-    (rate None: saturation), or `rate` requests/s in all, paced. wrk keeps a histogram, not the
-    samples: its percentiles, of the slowest instance when several run."""
+    (rate None: saturation), or `rate` requests/s in all, paced. The latencies are the script's
+    (each request timed from its send, and paced from its slot, wrk_events.lua) over every
+    instance; wrk's own percentiles, of the slowest instance, are kept as tool_latency_ms."""
+    duration = max(1, round(seconds))
     async with scratch_dir() as folder:
         script = folder / "bench.lua"
         interval_ms = None if rate is None else 1000 * len(target.urls) * threads / rate
-        script.write_text(wrk_script(target, interval_ms))
+        if target.bodies is not None:
+            write_pool(target.bodies, folder / "pool.txt")
+        script.write_text(wrk_script(target, folder / "pool.txt", duration, interval_ms))
         connections = max(threads, target.connections)
         outputs = await asyncio.gather(
             *(
@@ -117,7 +108,7 @@ async def wrk(
                     "wrk",
                     f"-t{threads}",
                     f"-c{connections}",
-                    f"-d{max(1, round(seconds))}s",
+                    f"-d{duration}s",
                     "--timeout",
                     "10s",
                     "-s",
@@ -134,18 +125,31 @@ async def wrk(
     for output in outputs:
         line = next(x for x in reversed(output.splitlines()) if x.startswith("{"))
         report = json.loads(line)
-        result.max_behind_ms = max(result.max_behind_ms, report["behind_ms"])
-        errors = {k: int(report[k]) for k in ("non2xx", "connect", "read", "write", "timeout")}
-        result.sent += int(report["requests"])
-        result.ok += int(report["requests"]) - errors["non2xx"]
-        for reason, count in errors.items():
-            if count:
-                result.failed[reason] = result.failed.get(reason, 0) + count
-        result.seconds = max(result.seconds, int(report["duration_us"]) / 1e6)
+        _add_wrk_report(report, result)
         for name in ("p50", "p95", "p99", "max"):
             worst[name] = max(worst.get(name, 0.0), report[f"{name}_us"] / 1000)
     result.accepted_events = result.ok * target.events_per_request
-    return result, {k: round(v, 2) for k, v in worst.items()}
+    result.tool_latency_ms = {k: round(v, 2) for k, v in worst.items()}
+    return result
+
+
+def _add_wrk_report(report: dict[str, Any], result: LoadResult) -> None:
+    result.max_behind_ms = max(result.max_behind_ms, report["behind_ms"])
+    errors = {k: int(report[k]) for k in ("non2xx", "connect", "read", "write", "timeout")}
+    result.sent += int(report["requests"])
+    result.ok += int(report["requests"]) - errors["non2xx"]
+    for reason, count in errors.items():
+        if count:
+            result.failed[reason] = result.failed.get(reason, 0) + count
+    result.seconds = max(result.seconds, int(report["duration_us"]) / 1e6)
+    result.unsent += int(report["unsent"])
+    result.latencies_ms += expand(report["from_send_us"])
+    result.scheduled_ms += expand(report["from_due_us"])
+
+
+def expand(histogram: dict[str, int]) -> list[float]:
+    """The latencies (ms) of a histogram {microseconds: count} from the wrk script."""
+    return [int(us) / 1000 for us, count in histogram.items() for _ in range(count)]
 
 
 def h2load_clients(target: Target, rate: float | None) -> int:
@@ -171,8 +175,8 @@ async def h2load(target: Target, rate: float | None, seconds: float) -> LoadResu
             command += ["-H", f"Authorization: Bearer {target.key}", f"--log-file={folder}/{i}.log"]
             if rate is not None:
                 command.append(f"--rps={rate / len(target.urls) / clients:.3f}")
-            if target.body is not None:
-                (folder / "body.json").write_bytes(target.body)
+            if target.bodies is not None:  # h2load sends one body: one without id and time
+                (folder / "body.json").write_bytes(fixed_body())
                 command += ["-H", "Content-Type: application/json", "-d", str(folder / "body.json")]
             commands.append([*command, url + target.path])
         await asyncio.gather(*(_output(*c, within_s=seconds + 60) for c in commands))
