@@ -27,7 +27,7 @@ from loadtests.bench.progress import say
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
-SCOPES = "ingest,read,admin,operator"
+SCOPES = "ingest,priority,read,admin,operator"
 
 
 @dataclass(frozen=True, slots=True)
