@@ -118,10 +118,10 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=1_000_000, ge=1)
     max_events_per_request: int = Field(default=10_000, ge=1)
     max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    # JSON values (objects, arrays, scalars) in one body over 512 KiB: what bounds the memory
+    # JSON values (objects, arrays, scalars) in one body over 1 MiB: what bounds the memory
     # of parsing it (about 64 bytes a value). A valid event holds 15-40 of them.
     max_json_values: int = Field(default=500_000, ge=1_000)
-    # Bodies over 512 KiB read and parsed at once per API process, and per key (twice that per
+    # Bodies over 1 MiB read and parsed at once per API process, and per key (twice that per
     # organization): what bounds the memory large requests take (429 beyond).
     large_bodies_at_once: int = Field(default=16, ge=1)
     large_bodies_per_key: int = Field(default=4, ge=1)
