@@ -33,6 +33,7 @@ lint: install
 	$(VENV)/bin/ruff check app tests loadtests alembic
 	$(VENV)/bin/ruff format --check app tests loadtests alembic
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(VENV)/bin/ruff check --fix app tests loadtests alembic

@@ -9,8 +9,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
-from app.config import Settings
-from app.models import metadata
+from app.core.config import Settings
+from app.store.models import metadata
 
 config = context.config
 

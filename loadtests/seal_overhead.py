@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from app.batch import record_row
-from app.cli import migrate
-from app.config import Settings, SigningKey
-from app.ledger import seal_batch
-from app.models import AUDIT_COLUMNS
-from app.schemas import EventIn
-from app.verify import Verifier, verify_range
+from app.api.schemas import EventIn
+from app.cli.migrate import migrate
+from app.core.config import Settings, SigningKey
+from app.ledger.seal import seal_batch
+from app.ledger.verify import Verifier, verify_range
+from app.store.models import AUDIT_COLUMNS
+from app.writer.batch import record_row
 
 KEY = SigningKey("bench", b"b" * 32)
 

@@ -23,16 +23,17 @@ import pytest
 import redis.asyncio as redis
 from fastapi import FastAPI
 
-from app.auth import create_api_key
-from app.cli import migrate
-from app.config import Settings
-from app.db import create_engine
-from app.main import Resources, close_resources, create_app, open_resources
-from app.metrics import Metrics
-from app.schemas import ALL_SCOPES, EVENT_LIST
-from app.service_seal import ServiceSeal, ServiceSeals
-from app.verify import Report, Verifier, verify_range
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.app import create_app
+from app.api.schemas import EVENT_LIST
+from app.apikeys.keys import ALL_SCOPES, create_api_key
+from app.cli.migrate import migrate
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.metrics import Metrics
+from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.ledger.verify import Report, Verifier, verify_range
+from app.wiring import Resources, close_resources, open_resources
+from app.writer.writer import BatchWriter, CircuitBreaker
 
 LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"

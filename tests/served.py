@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from app.config import Settings
+from app.core.config import Settings
 from loadtests.faults.servers import free_port
 
 START_WITHIN_S = 30.0

@@ -10,9 +10,9 @@ import io
 import orjson
 import pytest
 
-from app.auth import create_api_key
-from app.integrity import event_hash, record_from_row
-from app.verify import verify_range
+from app.apikeys.keys import create_api_key
+from app.ledger.hashing import event_hash, record_from_row
+from app.ledger.verify import verify_range
 from tests.conftest import SealedFactory, Service, event, stored_rows, wait_stored
 
 

@@ -1,5 +1,6 @@
-"""The verified-key cache (app.auth.KeyCache): one lookup per key at a time, refreshed ahead of
-its time, revocations seen within it, the database's failures survived with the last answer."""
+"""The verified-key cache (app.apikeys.cache.KeyCache): one lookup per key at a time, refreshed
+ahead of its time, revocations seen within it, the database's failures survived with the last
+answer."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import asyncpg
 import pytest
 import sqlalchemy.exc
 
-from app.auth import Caller, KeyCache, is_outage, key_lookup
-from app.config import Settings
-from app.db import create_engine
-from app.service_seal import ServiceSeals
+from app.apikeys.cache import KeyCache, is_outage, key_lookup
+from app.apikeys.keys import Caller
+from app.core.config import Settings
+from app.core.db import create_engine
+from app.core.service_seal import ServiceSeals
 
 KEY = b"k" * 32
 CALLER = Caller("key-1", "org-1", frozenset({"ingest"}))

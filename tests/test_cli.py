@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from app.auth import hash_api_key
-from app.repository import active_key_by_hash
+from app.apikeys.keys import hash_api_key
+from app.store.keyrows import active_key_by_hash
 from tests.conftest import TEST_SERVICE_KEYS, Service, event
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from app.batch import plan_batch
-from app.main import Resources
-from app.schemas import EVENT_LIST
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EVENT_LIST
+from app.wiring import Resources
+from app.writer.batch import plan_batch
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import Service, SettingsFactory, event, running, stored_rows
 
 DEAD_LETTER = "/queue/dead-letter"

@@ -1,4 +1,5 @@
-"""Coalesced stream writes (app.enqueue) and the ingest fast path (app.fastpath), on real Redis."""
+"""Coalesced stream writes (app.queue.coalesce) and the ingest fast path (app.api.fastpath), on
+real Redis."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import pytest
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from app import fastpath
-from app.config import Settings
-from app.enqueue import EnqueueBatcher
-from app.schemas import EventIn
-from app.service_seal import ServiceSeals
-from app.shards import ShardedStream
+from app.api import fastpath
+from app.api.schemas import EventIn
+from app.core.config import Settings
+from app.core.service_seal import ServiceSeals
+from app.queue.coalesce import EnqueueBatcher
+from app.queue.shards import ShardedStream
 from tests.conftest import Service, event, running, wait_stored
 
 

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
-from app.auth import create_api_key
-from app.db import engine_scope
+from app.apikeys.keys import create_api_key
+from app.core.db import engine_scope
 from tests.conftest import SettingsFactory, event, key_seal, wait_stored
 from tests.served import Served, served
 

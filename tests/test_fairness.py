@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from app.admission import Admission
-from app.errors import Backpressure
-from app.limits import TooManyRequests
-from app.writer import BatchWriter, CircuitBreaker
+from app.core.errors import Backpressure
+from app.core.limits import TooManyRequests
+from app.queue.admission import Admission
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, running
 
 

@@ -10,7 +10,7 @@ import orjson
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
-from app import fhir
+from app.read import fhir
 from tests.conftest import Service, event, wait_stored
 
 

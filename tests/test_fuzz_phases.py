@@ -32,11 +32,10 @@ import orjson
 import pytest
 import redis
 
-from app.auth import create_api_key
-from app.cli import migrate
-from app.config import Settings
-from app.db import engine_scope
-from app.schemas import ALL_SCOPES
+from app.apikeys.keys import ALL_SCOPES, create_api_key
+from app.cli.migrate import migrate
+from app.core.config import Settings
+from app.core.db import engine_scope
 from loadtests.faults.processes import clean_environment
 from loadtests.faults.servers import free_port
 from tests.conftest import event, key_seal, make_settings, wait_stored, with_database

@@ -1,6 +1,6 @@
-"""The HTTP layer's own limits (app.http_protocol, app.http_limits), over raw sockets against
-`python -m app serve` in its own process: the request head's size and header count, the time a
-head and a body may take, keep-alive idleness and the open connections of a process; then, on
+"""The HTTP layer's own limits (app.api.http_protocol, app.api.http_limits), over raw sockets
+against `python -m app serve` in its own process: the request head's size and header count, the
+time a head and a body may take, keep-alive idleness and the open connections of a process; then, on
 a server in this process, what the app receives and how refusals keep their order."""
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import pytest
 import redis
 from starlette.types import Message, Receive, Scope, Send
 
-from app.auth import create_api_key
-from app.config import Settings
-from app.db import create_engine
-from app.http_limits import RESERVED_FILES, HttpLimits, connection_cap
-from app.http_protocol import HttpProtocol
+from app.api.http_limits import RESERVED_FILES, HttpLimits, connection_cap
+from app.api.http_protocol import HttpProtocol
+from app.apikeys.keys import create_api_key
+from app.core.config import Settings
+from app.core.db import create_engine
 from loadtests.faults.servers import free_port
 from tests.conftest import key_seal, make_settings
 from tests.test_http_protocol import served
@@ -537,7 +537,7 @@ def test_serve_raises_the_open_files_limit_and_caps_connections_below_it() -> No
         pytest.skip("needs a finite hard limit on open files above 256")
     script = (
         "import resource\n"
-        "from app.http_limits import raise_open_files_limit\n"
+        "from app.api.http_limits import raise_open_files_limit\n"
         "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )
 

@@ -1,4 +1,4 @@
-"""The HTTP protocol that sends a response's head and body in one write (app.http_protocol):
+"""The HTTP protocol that sends a response's head and body in one write (app.api.http_protocol):
 the transport on its own, and a real uvicorn server on loopback answering plain, HEAD, 100
 Continue, streamed and pipelined requests byte for byte."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.http_protocol import HeadJoiningTransport, HttpProtocol
+from app.api.http_protocol import HeadJoiningTransport, HttpProtocol
 from loadtests.faults.servers import free_port
 from tests.conftest import eventually
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.batch import plan_batch
-from app.integrity import event_hash, format_timestamp, record_from_row, sign_hash
+from app.core.timefmt import format_timestamp
+from app.ledger.hashing import event_hash, record_from_row, sign_hash
+from app.writer.batch import plan_batch
 from tests.conftest import (
     Service,
     SettingsFactory,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from app.auth import create_api_key
-from app.db import engine_scope
+from app.apikeys.keys import create_api_key
+from app.core.db import engine_scope
 from tests.conftest import SettingsFactory, event, key_seal
 from tests.served import Served, served
 

@@ -9,23 +9,18 @@ from typing import Any
 
 import pytest
 
-from app.config import SigningKey
-from app.integrity import (
+from app.core.config import SigningKey
+from app.core.timefmt import format_timestamp
+from app.ledger.chain import GENESIS_HEAD, ledger_head
+from app.ledger.hashing import (
     CANONICAL_FIELDS,
-    GENESIS_HEAD,
     UnknownSigningKeyError,
-    audit_path,
     canonical_bytes,
     event_hash,
-    format_timestamp,
-    leaf_hash,
-    ledger_head,
-    merkle_root,
-    node_hash,
-    root_from_path,
     sign_hash,
     verify_signature,
 )
+from app.ledger.merkle import audit_path, leaf_hash, merkle_root, node_hash, root_from_path
 
 GOLDEN_RECORD: dict[str, Any] = {
     "action": "fhir.patient.read",

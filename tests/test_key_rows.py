@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from app.auth import hash_api_key, new_api_key
-from app.config import parse_signing_keys
-from app.service_seal import ServiceSeal, ServiceSeals
-from app.stream import EventStream
+from app.apikeys.keys import hash_api_key, new_api_key
+from app.core.config import parse_signing_keys
+from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.queue.stream import EventStream
 from tests.conftest import Service, SettingsFactory, event, running
 
 

@@ -18,10 +18,10 @@ import httpx
 import orjson
 import pytest
 
-from app.auth import create_api_key
-from app.cli import migrate
-from app.config import Settings
-from app.db import engine_scope
+from app.apikeys.keys import create_api_key
+from app.cli.migrate import migrate
+from app.core.config import Settings
+from app.core.db import engine_scope
 from loadtests.faults.servers import free_port
 from tests.conftest import (
     SettingsFactory,

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
-from app.config import SigningKey, parse_signing_keys
-from app.proofs import event_proof
-from app.schemas import EVENT_LIST
-from app.signing import new_keypair, verify_public_signature
-from app.verify import Verifier, verify_range
+from app.api.schemas import EVENT_LIST
+from app.core.config import SigningKey, parse_signing_keys
+from app.ledger.proofs import event_proof
+from app.ledger.signing import new_keypair, verify_public_signature
+from app.ledger.verify import Verifier, verify_range
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
 
 # -- an independent checker, as a third party would write it from the README ------------------

@@ -23,28 +23,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from app.config import SigningKey
-from app.integrity import (
-    CANONICAL_FIELDS,
-    audit_path,
-    canonical_bytes,
-    content_digest,
-    event_hash,
-    format_timestamp,
-    merkle_root,
-    parse_timestamp,
-    record_from_row,
-    root_from_path,
-    sign_hash,
-)
-from app.pagination import (
+from app.api.pagination import (
     CursorError,
     decode_cursor,
     decode_key_cursor,
     encode_cursor,
     encode_key_cursor,
 )
-from app.schemas import (
+from app.api.schemas import (
     EARLIEST,
     EVENT_LIST,
     LATEST,
@@ -54,6 +40,17 @@ from app.schemas import (
     Status,
     _plain_address,
 )
+from app.core.config import SigningKey
+from app.core.timefmt import format_timestamp, parse_timestamp
+from app.ledger.hashing import (
+    CANONICAL_FIELDS,
+    canonical_bytes,
+    content_digest,
+    event_hash,
+    record_from_row,
+    sign_hash,
+)
+from app.ledger.merkle import audit_path, merkle_root, root_from_path
 
 MODERATE = settings(max_examples=60, deadline=None)
 FEW = settings(max_examples=25, deadline=None)
@@ -263,7 +260,7 @@ def test_a_row_read_back_in_any_zone_hashes_as_it_was_written(
 
 
 def rfc6962_root(digests: list[bytes]) -> bytes:
-    """MTH of RFC 6962 section 2.1, written out independently of app.integrity."""
+    """MTH of RFC 6962 section 2.1, written out independently of app.ledger.hashing."""
     if len(digests) == 1:
         return hashlib.sha256(b"\x00" + digests[0]).digest()
     split = 1 << ((len(digests) - 1).bit_length() - 1)

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.auth import hash_api_key, new_api_key, parse_scopes
-from app.config import parse_signing_keys, plain_postgres_url
-from app.pagination import CursorError, decode_cursor, encode_cursor
-from app.schemas import new_event_id
-from app.verify import MAX_KEPT_FINDINGS, Finding, Findings
-from app.writer import backoff_seconds
+from app.api.pagination import CursorError, decode_cursor, encode_cursor
+from app.api.schemas import new_event_id
+from app.apikeys.keys import hash_api_key, new_api_key, parse_scopes
+from app.core.config import parse_signing_keys, plain_postgres_url
+from app.ledger.verify import MAX_KEPT_FINDINGS, Finding, Findings
+from app.writer.writer import backoff_seconds
 
 
 def test_event_ids_are_uuid7_and_sort_by_time() -> None:

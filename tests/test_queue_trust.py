@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from app.dead_letter import DeadLetters
-from app.schemas import EVENT_LIST
+from app.api.schemas import EVENT_LIST
+from app.queue.dead_letters import DeadLetters
 from tests.conftest import event, stored_rows
 from tests.test_dead_letter import Rig, accept, balanced, drain, rig
 

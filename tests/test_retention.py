@@ -10,12 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from app.integrity import root_from_path
-from app.proofs import event_proof
-from app.retention import PruneRefused, cutoff, parse_retention
-from app.retention_cli import prune
-from app.schemas import EVENT_LIST
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EVENT_LIST
+from app.cli.partitions import prune
+from app.core.config import parse_retention
+from app.ledger.merkle import root_from_path
+from app.ledger.proofs import event_proof
+from app.ledger.prune import PruneRefused, cutoff
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import Sealed, SealedFactory, event
 
 OLD = "audit_log_y2011m03"

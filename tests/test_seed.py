@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from app.seed import SeedPlan, run_seed, time_span
+from app.cli.seed import SeedPlan, run_seed, time_span
 from tests.conftest import SealedFactory
 
 

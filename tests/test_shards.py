@@ -10,15 +10,16 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from app.bundle import export_bundle, verify_bundle
-from app.dead_letter import DeadLetters
-from app.integrity import GENESIS_HEAD, genesis_head, parse_timestamp
-from app.proofs import check_checkpoint, event_proof, export_checkpoint
-from app.schemas import EVENT_LIST, is_stream_id
-from app.shards import ShardedStream, assigned_shards
-from app.stream import DeadItem, Settlement, StreamKeys, shard_tag
-from app.verify import verify_chains, verify_range
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EVENT_LIST, is_stream_id
+from app.core.timefmt import parse_timestamp
+from app.ledger.bundles import export_bundle, verify_bundle
+from app.ledger.chain import GENESIS_HEAD, genesis_head
+from app.ledger.proofs import check_checkpoint, event_proof, export_checkpoint
+from app.ledger.verify import verify_chains, verify_range
+from app.queue.dead_letters import DeadLetters
+from app.queue.shards import ShardedStream, assigned_shards
+from app.queue.stream import DeadItem, Settlement, StreamKeys, shard_tag
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import Sealed, SealedFactory, event
 
 SHARDS = 3

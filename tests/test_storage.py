@@ -16,13 +16,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alembic import command
-from app import repository
-from app.cli import alembic_config, migrate
-from app.config import Settings
-from app.main import close_resources, open_resources
-from app.metrics import Metrics
-from app.schemas import EventIn
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EventIn
+from app.cli.migrate import alembic_config, migrate
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.read import queries
+from app.store import partitions
+from app.wiring import close_resources, open_resources
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, make_settings, stored_rows, with_database
 
 PLAN_ORG = "org-plans"
@@ -87,8 +88,8 @@ async def test_migrations_downgrade_and_upgrade_on_a_fresh_database(
 
 
 async def test_partitions_are_created_ahead_idempotently(engine_for: AsyncEngine) -> None:
-    await repository.ensure_partitions(engine_for, 5)
-    assert await repository.ensure_partitions(engine_for, 5) == 0
+    await partitions.ensure_partitions(engine_for, 5)
+    assert await partitions.ensure_partitions(engine_for, 5) == 0
 
 
 def _as_role(database_url: str, role: str) -> str:
@@ -118,8 +119,8 @@ async def test_writer_role_appends_and_nothing_else(
             writer = BatchWriter(settings, res.stream, res.metrics, breaker, "restricted")
             await asyncio.wait_for(writer.cycle(asyncio.Event()), 20)
             await writer.close()
-            await repository.ensure_partitions(res.engine, 4)
-            await repository.summarize_batch_ranges(res.engine)  # granted: raises if not
+            await partitions.ensure_partitions(res.engine, 4)
+            await partitions.summarize_batch_ranges(res.engine)  # granted: raises if not
         finally:
             await close_resources(res)
         assert len(await stored_rows(database_url, org)) == 1
@@ -220,7 +221,7 @@ async def test_each_query_uses_its_index_without_sorting(
     """The planner picks the intended index, and that index yields rows in page order: with
     sequential and bitmap scans off (on this small table, with empty future partitions, sorting
     a few matching rows can be cheaper) the plan has no Sort node."""
-    query = repository.event_select(repository.EventQuery(organization_id=PLAN_ORG, **filters))
+    query = queries.event_select(queries.EventQuery(organization_id=PLAN_ORG, **filters))
     nodes = _nodes(await _plan(planned, engine_for, query))
     assert await _parent_indexes(planned, nodes) == {index}
     await planned.execute("SET enable_bitmapscan = off; SET enable_seqscan = off")
@@ -243,9 +244,9 @@ async def test_phi_reports_use_their_index(
     """The events report reads its subject's index in page order (no Sort); the summary reads
     the same index and groups only the subject's rows."""
     value = "p-3" if subject == "patient_id" else "user-7"  # both have PHI rows in the data
-    query = repository.PhiQuery(PLAN_ORG, subject, value)
-    events_sql = repository._phi_events_select(query, None)
-    counts_sql = repository._phi_counts_select(query, None)
+    query = queries.PhiQuery(PLAN_ORG, subject, value)
+    events_sql = queries._phi_events_select(query, None)
+    counts_sql = queries._phi_counts_select(query, None)
     planned_events = _nodes(await _plan(planned, engine_for, events_sql))
     assert index in await _parent_indexes(planned, planned_events)
     # Another index only where the organization has next to no rows: early in a month the
@@ -268,7 +269,7 @@ async def test_phi_reports_use_their_index(
 async def test_lookup_by_event_id_uses_the_unique_key(
     planned: asyncpg.Connection, engine_for: AsyncEngine
 ) -> None:
-    query = repository._event_by_id(PLAN_ORG, uuid.uuid4())
+    query = queries._event_by_id(PLAN_ORG, uuid.uuid4())
     nodes = _nodes(await _plan(planned, engine_for, query))
     # Partitions the statistics call empty may be read another way: that costs nothing.
     assert "uq_audit_log_event" in await _parent_indexes(planned, nodes)

@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
-from app.limits import TooManyVerifications
-from app.schemas import EVENT_LIST
-from app.verify import Report, verify_range
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EVENT_LIST
+from app.core.limits import TooManyVerifications
+from app.ledger.verify import Report, verify_range
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import (
     SEALED_KEY_ID,
     SealedFactory,

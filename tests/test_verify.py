@@ -15,12 +15,11 @@ import asyncpg
 import orjson
 import pytest
 
-from app import workers
-from app.config import SigningKey
-from app.integrity import canonical_bytes, record_from_row, sign_hash
-from app.parallel_verify import split, verify_whole_chain
-from app.proofs import DamagedBatch, event_proof
-from app.verify import (
+from app.core.config import SigningKey
+from app.ledger.hashing import canonical_bytes, record_from_row, sign_hash
+from app.ledger.parallel_verify import split, verify_whole_chain
+from app.ledger.proofs import DamagedBatch, event_proof
+from app.ledger.verify import (
     ROWS_OF_BATCHES,
     Finding,
     Report,
@@ -29,6 +28,7 @@ from app.verify import (
     summarize_batch_ranges,
     verify_range,
 )
+from app.writer import group as workers
 from tests.conftest import Sealed, SealedFactory, eventually, seal
 
 

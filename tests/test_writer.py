@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from app.batch import CONFLICT, plan_batch
-from app.config import Settings
-from app.main import Resources, close_resources, open_resources
-from app.metrics import Metrics
-from app.schemas import EVENT_LIST, EventIn
-from app.writer import BatchWriter, CircuitBreaker
+from app.api.schemas import EVENT_LIST, EventIn
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.wiring import Resources, close_resources, open_resources
+from app.writer.batch import CONFLICT, plan_batch
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 from tests.proxy import proxied_database
 

@@ -14,7 +14,7 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# With AUDIT_STREAM_SHARDS=N the writers of shard c seal into chain c (app.ledger): each chain
+# With AUDIT_STREAM_SHARDS=N the writers of shard c seal into chain c (app.ledger.seal): each chain
 # has its own gap-free seq and its own short head lock. Every existing entry is chain 0, whose
 # genesis head is unchanged, so the chain sealed so far verifies as before.
 UPGRADE = [

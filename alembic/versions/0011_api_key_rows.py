@@ -14,7 +14,7 @@ down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# `keys create` MACs what a row grants (app.apikeys); the API refuses a row whose MAC does not
+# `keys create` MACs what a row grants (app.apikeys.keys); the API refuses a row whose MAC does not
 # check, so a row inserted or changed around the command (a minted key) never authenticates.
 # Rows made before this have none until `python -m app keys seal` vouches for them. The trigger
 # lets every role but the table's owner change a row only by revoking it (revoked_at from NULL

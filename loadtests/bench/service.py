@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import redis.asyncio as redis
 
-from app.config import Settings
+from app.core.config import Settings
 from loadtests.bench.database import app_env, run_app
 from loadtests.bench.progress import say
 

@@ -1,7 +1,7 @@
 """The storage limit: the writer's own batch write, straight into a scratch database, with no
-HTTP and no Redis in the way. Each batch is app.batch.record_row per event (hash, HMAC) and
-app.ledger.seal_batch (COPY with batch id and leaf index, Merkle root, chain lock, ledger entry,
-signatures), on 1 and 2 concurrent connections as writer tasks share one worker process."""
+HTTP and no Redis in the way. Each batch is app.writer.batch.record_row per event (hash, HMAC)
+and app.ledger.seal.seal_batch (COPY with batch id and leaf index, Merkle root, chain lock, ledger
+entry, signatures), on 1 and 2 concurrent connections as writer tasks share one worker process."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 
 import asyncpg
 
-from app.batch import record_row
-from app.integrity import format_timestamp
-from app.ledger import seal_batch
-from app.schemas import EVENT_LIST, new_event_ids
+from app.api.schemas import EVENT_LIST, new_event_ids
+from app.core.timefmt import format_timestamp
+from app.ledger.seal import seal_batch
+from app.writer.batch import record_row
 from loadtests.bench import procstat
 from loadtests.bench.payloads import BodyPool
 from loadtests.bench.progress import say

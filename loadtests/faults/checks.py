@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as redis
 
-from app.dead_letter import event_ids
-from app.stream import StreamKeys
+from app.queue.dead_letters import event_ids
+from app.queue.stream import StreamKeys
 from loadtests.faults.content import STORED_COLUMNS, digest, stored_content
 from loadtests.faults.driver import Tally
 

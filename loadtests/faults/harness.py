@@ -20,7 +20,7 @@ from types import TracebackType
 import asyncpg
 import redis.asyncio as redis
 
-from app.stream import StreamKeys
+from app.queue.stream import StreamKeys
 from loadtests.faults.checks import (
     Expectation,
     Outcome,

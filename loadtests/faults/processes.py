@@ -18,7 +18,7 @@ import httpx
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from app.stream import StreamKeys
+from app.queue.stream import StreamKeys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0

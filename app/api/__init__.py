@@ -1,0 +1,1 @@
+"""The HTTP service: app factory, security, errors, the fast ingest path, routes."""

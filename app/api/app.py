@@ -1,0 +1,81 @@
+"""create_app(settings) and the lifespan that owns every connection and background task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app.api.errors import install_error_handlers
+from app.api.fastpath import AuditApp
+from app.api.routes import events, health, ingest, integrity, phi, queue
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.core.runtime import tune_gc
+from app.wiring import close_resources, open_resources, poll_queue_depth
+from app.writer.group import WriterGroup
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    res = await open_resources(settings, app.state.metrics)
+    app.state.resources = res
+    try:
+        res.background.append(asyncio.create_task(poll_queue_depth(res), name="depth"))
+        if settings.run_writers and settings.writers > 0:
+            res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+            res.writers.start()
+        yield
+    finally:
+        await close_resources(res)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = AuditApp(
+        title="audit-ingest",
+        version="0.1.0",
+        description="HIPAA audit events: accepted at once, sealed into PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics.create()
+    install_error_handlers(app)
+    for module in (ingest, events, phi, integrity, queue, health):
+        app.include_router(module.router)
+    Instrumentator(
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        registry=app.state.metrics.registry,
+    ).instrument(app)
+    _describe_event_bodies(app)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one of several `serve` processes (AUDIT_API_PROCESSES > 1)."""
+    from app.core.logs import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    app = create_app(settings)
+    tune_gc()
+    return app
+
+
+def _describe_event_bodies(app: FastAPI) -> None:
+    """Add the event schemas that the raw-body ingest routes refer to."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                ingest.event_component_schemas()
+            )
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,140 @@
+"""One error shape for every failure: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.exceptions
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from app.core.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic errors as `{index?, field, type, message}`; input values are left out (PHI)."""
+    described = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        item: dict[str, Any] = {}
+        if loc and isinstance(loc[0], int):
+            item["index"] = loc.pop(0)
+        if loc and loc[0] in {"body", "query", "path", "header"}:
+            item["in"] = loc.pop(0)
+        item["field"] = ".".join(str(part) for part in loc) or None
+        item["type"] = err.get("type")
+        item["message"] = err.get("msg")
+        described.append(item)
+    return described
+
+
+def api_error_response(exc: ApiError) -> Response:
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return api_error_response(exc)
+
+
+async def _request_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = describe_validation_errors(exc.errors())
+    return error_response(422, "validation_failed", "request parameters are invalid", details)
+
+
+async def _http_exception(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's bare 400 for a body it cannot parse as JSON at all (not UTF-8, nested too
+        # deep): the same failure as a JSON syntax error, so the same documented 422.
+        details = [{"in": "body", "field": None, "type": "json_invalid", "message": exc.detail}]
+        return error_response(422, "validation_failed", "request parameters are invalid", details)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+
+
+def dependency_down(exc: BaseException) -> Response:
+    log.warning("dependency unavailable: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "unavailable",
+        "a backing service is unavailable; retry later",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _dependency_down(_: Request, exc: Exception) -> Response:
+    return dependency_down(exc)
+
+
+# PostgreSQL or Redis down or timing out: 503 with Retry-After, not 500.
+DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def client_gone() -> Response:
+    """The client went away before its request was read (or its body timed out,
+    app.api.http_protocol): nothing failed here, and this answer reaches no one."""
+    log.debug("client disconnected before its request was read")
+    return error_response(400, "client_disconnected", "client disconnected")
+
+
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    return client_gone()
+
+
+def internal_error(exc: BaseException) -> Response:
+    """A 500 for an error nothing else handled; logged with its traceback (the service's own
+    code paths, no request data)."""
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal error")
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    return internal_error(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    for error in DEPENDENCY_ERRORS:
+        app.add_exception_handler(error, _dependency_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,52 @@
+"""Opaque keyset cursors: base64url of the JSON [timestamp, event_id, order] of the last row."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+
+from app.core.timefmt import format_timestamp, parse_timestamp
+
+
+class CursorError(ValueError):
+    pass
+
+
+def encode_cursor(timestamp: datetime, event_id: uuid.UUID, order: str = "desc") -> str:
+    raw = orjson.dumps([format_timestamp(timestamp), str(event_id), order])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, order: str = "desc") -> tuple[datetime, uuid.UUID]:
+    """The keyset position; refused when the cursor was issued for the other order."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        timestamp, event_id, issued_for = orjson.loads(raw)
+        if not all(isinstance(part, str) for part in (timestamp, event_id, issued_for)):
+            raise TypeError("cursor parts must be strings")
+        if issued_for != order:
+            raise ValueError("cursor was issued for the other order")
+        moment = parse_timestamp(timestamp).astimezone(UTC)
+        return moment, uuid.UUID(event_id)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, OverflowError) as exc:
+        raise CursorError("cursor is not one this service issued") from exc
+
+
+def encode_key_cursor(key: str) -> str:
+    """A cursor over rows ordered by a text key (the summary reports)."""
+    return base64.urlsafe_b64encode(orjson.dumps(["key", key])).rstrip(b"=").decode()
+
+
+def decode_key_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, key = orjson.loads(raw)
+        if tag != "key" or not isinstance(key, str):
+            raise ValueError("not a key cursor")
+        return key
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        raise CursorError("cursor is not one this service issued") from exc

@@ -1,0 +1,59 @@
+"""Auditing the auditors: every read of the audit log becomes an audit event of the reader's
+organization, through the same pipeline (stream, writer, seal) as any other event.
+
+A read is recorded before its answer is sent; when it cannot be recorded, the read fails (503):
+no one reads the audit trail without leaving a trace in it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from redis.exceptions import RedisError
+
+from app.api.deps import resources
+from app.api.schemas import EventIn
+from app.apikeys.keys import Caller
+from app.core.errors import Unavailable
+from app.core.timefmt import format_timestamp
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def record_access(
+    request: Request, caller: Caller, action: str, query: dict[str, Any], rows: int
+) -> None:
+    """Queue `audit.<action>` for the caller's organization: who asked, what, how many rows."""
+    details = {
+        "query": {k: _plain(v) for k, v in query.items() if v is not None},
+        "rows": rows,
+        "path": request.url.path,
+    }
+    event = EventIn(
+        action=f"audit.{action}",
+        status="success",
+        principal_id=caller.key_id,
+        principal_type="api_key",
+        target_resource_type="audit_log",
+        data_classification="CONFIDENTIAL",
+        details=details,
+    )
+    res = resources(request)
+    received_at = format_timestamp(datetime.now(UTC))
+    record = event.to_record(caller.organization_id, received_at, api_key_id=caller.key_id)
+    try:
+        await res.stream.enqueue([record], res.settings.stream_entry_events)
+    except RedisError as exc:
+        raise Unavailable(
+            "this read could not be recorded in the audit trail; retry later",
+            headers={"Retry-After": "1"},
+        ) from exc
+    res.metrics.accepted.inc()

@@ -1,0 +1,132 @@
+"""GET /events (keyset pages, newest first) and GET /events/{event_id}, scoped to the caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import model_validator
+
+from app.api.deps import resources
+from app.api.pagination import CursorError, decode_cursor, encode_cursor
+from app.api.read_audit import record_access
+from app.api.schemas import ErrorResponse, EventFilters, EventOut, EventPage, EventSelection
+from app.api.security import require_scope
+from app.api.slow_clients import GuardedStream
+from app.apikeys.keys import Caller
+from app.core.errors import InvalidCursor, NotFound
+from app.core.limits import TooManyExports
+from app.read import exports, fhir, queries
+
+router = APIRouter(tags=["events"])
+
+Reader = Annotated[Caller, Depends(require_scope("read"))]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 429, 503)
+}
+
+
+@router.get("/events", response_model=EventPage, responses=ERRORS, summary="Search events")
+async def list_events(
+    request: Request, caller: Reader, filters: Annotated[EventFilters, Query()]
+) -> EventPage:
+    try:
+        after = decode_cursor(filters.cursor, filters.order) if filters.cursor else None
+    except CursorError as exc:
+        raise InvalidCursor(str(exc)) from exc
+    query = queries.EventQuery(
+        organization_id=caller.organization_id,
+        after=after,
+        **filters.model_dump(exclude={"cursor"}),
+    )
+    async with resources(request).engine.connect() as conn:
+        rows, more = await queries.query_events(conn, query)
+    items = [EventOut.model_validate(queries.event_row_to_dict(row)) for row in rows]
+    await record_access(request, caller, "query", filters.model_dump(), len(items))
+    last = rows[-1] if more else None
+    next_cursor = encode_cursor(last.timestamp, last.event_id, filters.order) if last else None
+    return EventPage(items=items, next_cursor=next_cursor)
+
+
+MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv", "fhir": "application/fhir+json"}
+
+EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "fhir": "json"}
+
+
+class ExportFilters(EventSelection):
+    format: Literal["ndjson", "csv", "fhir"] = "ndjson"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_result(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.keys() & {"cursor", "limit"}:
+            raise ValueError("an export streams every matching event: no cursor or limit")
+        return data
+
+
+@router.get(
+    "/events/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}, **ERRORS},
+    summary="Export every matching event (NDJSON, CSV or a FHIR R4 AuditEvent Bundle), streamed",
+)
+async def export_events(
+    request: Request, caller: Reader, filters: Annotated[ExportFilters, Query()]
+) -> StreamingResponse:
+    res = resources(request)
+    query = queries.EventQuery(
+        organization_id=caller.organization_id, **filters.model_dump(exclude={"format"})
+    )
+    asked = filters.model_dump()
+    slot = res.exports.acquire(caller.key_id, caller.organization_id, TooManyExports)
+    try:
+        await record_access(request, caller, "export", {**asked, "phase": "start"}, 0)
+    except BaseException:
+        slot.release()
+        raise
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"audit-events-{stamp}.{EXTENSIONS[filters.format]}"
+    return GuardedStream(
+        _export_body(request, caller, query, filters.format, asked),
+        slot=slot,
+        send_timeout_s=res.settings.export_send_timeout_s,
+        media_type=MEDIA_TYPES[filters.format],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def _export_body(
+    request: Request,
+    caller: Caller,
+    query: queries.EventQuery,
+    fmt: str,
+    asked: dict[str, Any],
+) -> AsyncIterator[bytes]:
+    counted = [0]
+    engine = resources(request).long_reads
+    if fmt == "fhir":
+        async for chunk in fhir.bundle(exports.export_rows(engine, query, counted)):
+            yield chunk
+    elif fmt == "csv":
+        yield exports.csv_header()
+        async for event in exports.export_rows(engine, query, counted):
+            yield exports.csv_row(event)
+    else:
+        async for chunk in exports.ndjson_pages(engine, query, counted):
+            yield chunk
+    await record_access(request, caller, "export", {**asked, "phase": "complete"}, counted[0])
+
+
+@router.get("/events/{event_id}", response_model=EventOut, responses=ERRORS, summary="One event")
+async def get_event(request: Request, caller: Reader, event_id: uuid.UUID) -> EventOut:
+    async with resources(request).engine.connect() as conn:
+        row = await queries.get_event(conn, caller.organization_id, event_id)
+    await record_access(request, caller, "read", {"event_id": str(event_id)}, int(row is not None))
+    if row is None:
+        raise NotFound("no such event in your organization")
+    return EventOut.model_validate(queries.event_row_to_dict(row))

@@ -1,0 +1,169 @@
+"""POST /events and /events/bulk: validate, queue in the stream, answer 202."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from redis.exceptions import RedisError
+
+from app.api.deps import resources
+from app.api.ingest_bodies import SMALL_BODY, Limits, parse_bulk, parse_event
+from app.api.schemas import CLIENT, Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
+from app.api.security import require_scope
+from app.apikeys.keys import Caller
+from app.core.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from app.core.limits import Slot, Slots, TooManyLargeRequests
+from app.core.timefmt import format_timestamp
+
+router = APIRouter(tags=["ingest"])
+
+Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 429, 503)
+}
+
+EVENT_REF = {"$ref": "#/components/schemas/EventIn"}
+
+COALESCE_BELOW = 500  # smaller requests share Lua calls (app.queue.coalesce); larger ones go alone
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    # The body is read raw (one validating parse); these describe it in the OpenAPI document.
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def event_component_schemas() -> dict[str, Any]:
+    """EventIn and the models it refers to, for the OpenAPI document's components."""
+    schema = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["EventIn"] = schema
+    return components
+
+
+async def read_body(request: Request, caller: Caller) -> tuple[bytes, Slot | None]:
+    """The body, and for one over SMALL_BODY the slot it holds (held until the answer: a
+    process reads and parses few large bodies at once, and a key only its share of them)."""
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("send events as application/json")
+    res = resources(request)
+    limit = res.settings.max_request_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is over {limit} bytes")
+    slot = None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        if declared.isdigit() and int(declared) > SMALL_BODY:
+            slot = _large(res.large_bodies, caller)
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over {limit} bytes")
+            if slot is None and size > SMALL_BODY:
+                slot = _large(res.large_bodies, caller)
+            chunks.append(chunk)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    return b"".join(chunks), slot
+
+
+def _large(slots: Slots, caller: Caller) -> Slot:
+    return slots.acquire(caller.key_id, caller.organization_id, TooManyLargeRequests)
+
+
+async def accept(request: Request, caller: Caller, events: list[EventIn]) -> list[str]:
+    """Queue validated events; all of them or, on any refusal, none."""
+    res = resources(request)
+    org, key_id = caller.organization_id, caller.key_id
+    high = any(event.priority == "high" for event in events)
+    res.admission.admit(key_id, caller.scopes, org, len(events), high=high)
+    received_at = format_timestamp(datetime.now(UTC))
+    fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
+    records = [
+        event.to_record(org, received_at, None if event.event_id else next(fresh), key_id)
+        for event in events
+    ]
+    try:
+        if len(records) < COALESCE_BELOW:
+            await res.enqueuer.enqueue(records)
+        else:
+            await res.stream.enqueue(records, res.settings.stream_entry_events)
+    except RedisError as exc:
+        res.admission.not_queued(org, len(records))
+        raise Unavailable(
+            "the queue is unreachable; retry later", headers={"Retry-After": "1"}
+        ) from exc
+    except BaseException:
+        res.admission.not_queued(org, len(records))
+        raise
+    res.metrics.accepted.inc(len(records))
+    return [record["event_id"] for record in records]
+
+
+def _count_rejection(request: Request, exc: ApiError) -> None:
+    resources(request).metrics.rejected.labels(reason=exc.code).inc()
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=Accepted,
+    responses=ERRORS,
+    openapi_extra=_body(EVENT_REF),
+    summary="Record one audit event",
+)
+async def post_event(request: Request, caller: Ingestor) -> Response:
+    slot = None
+    try:
+        body, slot = await read_body(request, caller)
+        event = parse_event(body, _limits(request))
+        ids = await accept(request, caller, [event])
+    except ApiError as exc:
+        _count_rejection(request, exc)
+        raise
+    finally:
+        if slot is not None:
+            slot.release()
+    return Response(orjson.dumps({"event_id": ids[0]}), 202, media_type="application/json")
+
+
+@router.post(
+    "/events/bulk",
+    status_code=202,
+    response_model=BulkAccepted,
+    responses=ERRORS,
+    openapi_extra=_body({"type": "array", "items": EVENT_REF, "minItems": 1}),
+    summary="Record a JSON array of audit events, all or nothing",
+)
+async def post_bulk(request: Request, caller: Ingestor) -> Response:
+    slot = None
+    try:
+        body, slot = await read_body(request, caller)
+        events = parse_bulk(body, _limits(request))
+        ids = await accept(request, caller, events)
+    except ApiError as exc:
+        _count_rejection(request, exc)
+        raise
+    finally:
+        if slot is not None:
+            slot.release()
+    body_out = orjson.dumps({"accepted": len(ids), "event_ids": ids})
+    return Response(body_out, 202, media_type="application/json")
+
+
+def _limits(request: Request) -> Limits:
+    settings = resources(request).settings
+    return Limits(
+        max_events=settings.max_events_per_request,
+        max_values=settings.max_json_values,
+        max_future_skew_s=settings.max_future_skew_s,
+        context={"max_details_bytes": settings.max_details_bytes, CLIENT: True},
+    )

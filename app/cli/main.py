@@ -1,0 +1,117 @@
+"""`python -m app ...`: serve, worker, migrate, keys, dev."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from app.cli.integrity import _integrity
+from app.cli.keys import _keys
+from app.cli.migrate import migrate
+from app.cli.partitions import _partitions
+from app.cli.seed import _seed
+from app.cli.serve import _worker, serve
+from app.core.config import Settings
+from app.core.logs import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="the API with its writer task group")
+    sub.add_parser("worker", help="writers only (scale-out)")
+    sub.add_parser("migrate", help="apply Alembic migrations")
+    dev = sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
+    dev_sub = dev.add_subparsers(dest="dev_command")
+    seed = dev_sub.add_parser("seed", help="load realistic sealed events (benchmarks, demos)")
+    seed.add_argument("--events", type=int, required=True)
+    seed.add_argument("--orgs", type=int, default=2)
+    seed.add_argument("--months", type=int, default=12)
+    seed.add_argument("--batch-size", type=int, default=5000)
+    seed.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    seed.add_argument("--random-seed", type=int, default=1)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key; prints it as the last line")
+    create.add_argument("--org", required=True)
+    create.add_argument("--scopes", required=True, help="comma list: ingest,read,verify,admin")
+    create.add_argument("--name", default="")
+    listing = keys.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--org")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    seal = keys.add_parser("seal", help="vouch for key rows made before rows carried a MAC")
+    seal.add_argument("--org")
+    verify = sub.add_parser("verify", help="verify the ledger; exit 0 intact, 1 not")
+    verify.add_argument("--from-seq", type=int)
+    verify.add_argument("--to-seq", type=int)
+    verify.add_argument("--chain", type=int, help="the chain a seq range is of (default 0)")
+    verify.add_argument("--start", help="RFC 3339 time; with --end instead of seqs")
+    verify.add_argument("--end")
+    verify.add_argument("--checkpoint", help="a file from `checkpoint export`")
+    verify.add_argument("--public-key", help="Ed25519 public key (base64) to check heads with")
+    verify.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for a whole-chain run (default: one per CPU)",
+    )
+    checkpoint = sub.add_parser("checkpoint", help="chain checkpoints").add_subparsers(
+        dest="checkpoint_command", required=True
+    )
+    export = checkpoint.add_parser("export", help="write the newest signed head as JSON")
+    export.add_argument("--out", help="file to write (default: stdout)")
+    sub.add_parser("ledger-keygen", help="print a new Ed25519 key pair for ledger heads")
+    partitions = sub.add_parser("partitions", help="audit_log partitions").add_subparsers(
+        dest="partitions_command", required=True
+    )
+    ensure = partitions.add_parser("ensure", help="create monthly partitions ahead")
+    ensure.add_argument("--months", type=int, help="months ahead (default: the setting)")
+    prune = partitions.add_parser("prune", help="drop whole months past retention")
+    prune.add_argument("--older-than", help="e.g. 6y or 18m (default: AUDIT_RETENTION)")
+    prune.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    bundle = sub.add_parser("export-bundle", help="events of a time range with their ledger")
+    bundle.add_argument("--start", required=True)
+    bundle.add_argument("--end", required=True)
+    bundle.add_argument("--org", help="only this organization's events (others: hashes only)")
+    bundle.add_argument("out")
+    offline = sub.add_parser("verify-bundle", help="verify a bundle with no database")
+    offline.add_argument("bundle")
+    offline.add_argument("--public-key", help="Ed25519 public key (base64)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    setup_logging(settings.log_level)
+    if args.command in {"ledger-keygen", "verify-bundle"}:
+        from app.cli.integrity import run_ledger_keygen, run_verify_bundle
+
+        return (
+            run_ledger_keygen()
+            if args.command == "ledger-keygen"
+            else run_verify_bundle(settings, args)
+        )
+    if args.command == "dev" and args.dev_command == "seed":
+        _seed(settings, args)
+    elif args.command == "dev":
+        from app.cli.dev import run_dev
+
+        run_dev(settings)
+    elif args.command == "serve":
+        serve(settings)
+    elif not settings.database_url:
+        raise SystemExit("AUDIT_DATABASE_URL must be set")
+    elif args.command == "migrate":
+        migrate(settings)
+    elif args.command == "worker":
+        _worker(settings)
+    elif args.command == "partitions":
+        return _partitions(settings, args)
+    elif args.command in {"verify", "checkpoint", "export-bundle"}:
+        return _integrity(settings, args)
+    else:
+        return _keys(settings, args)
+    return 0

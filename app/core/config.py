@@ -1,0 +1,244 @@
+"""Settings: one env prefix (AUDIT_), read from the environment and `.env`; built on demand."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A named HMAC key; `retired_at`: from then on it only verifies what it signed before."""
+
+    key_id: str
+    secret: bytes
+    retired_at: datetime | None = None
+
+    def retired_by(self, moment: datetime) -> bool:
+        return self.retired_at is not None and moment >= self.retired_at
+
+
+def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
+    """Parse `id:base64secret[@retired-at][,...]`; the first key is the active one and must not
+    be retired. `@2026-12-01T00:00:00Z` retires a key: whatever it signs from then on is a
+    verification finding."""
+    keys: list[SigningKey] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        key_id, sep, rest = part.partition(":")
+        if not sep or not key_id:
+            raise ValueError("each key must look like id:base64secret[@retired-at]")
+        encoded, at, retired = rest.partition("@")
+        try:
+            secret = base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"key {key_id!r} is not valid base64") from exc
+        if len(secret) < 16:
+            raise ValueError(f"key {key_id!r} must be at least 16 bytes")
+        if any(k.key_id == key_id for k in keys):
+            raise ValueError(f"key id {key_id!r} appears twice")
+        keys.append(SigningKey(key_id, secret, _retirement(key_id, retired) if at else None))
+    if keys and keys[0].retired_at is not None:
+        raise ValueError(f"the first key ({keys[0].key_id!r}) signs: it cannot be retired")
+    return tuple(keys)
+
+
+def _retirement(key_id: str, text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"key {key_id!r}: retirement {text!r} is not an RFC 3339 time") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"key {key_id!r}: retirement {text!r} needs a UTC offset")
+    return moment
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUDIT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # `serve` processes sharing the port (uvicorn workers); each runs AUDIT_WRITERS writers
+    # unless AUDIT_RUN_WRITERS=false.
+    api_processes: int = Field(default=1, ge=1, le=64)
+    database_url: str = ""
+    redis_url: str = ""
+    # HMAC key rings, `id:base64secret[@retired-at][,...]`, the first key signs: events
+    # (signing_keys), ledger heads and prune records (ledger_keys), and what the service vouches
+    # for itself, stream entries, dead letters and API key rows (service_keys). Kept apart so
+    # that each can be held only where it is needed and rotated on its own.
+    signing_keys: str = Field(default="", repr=False)
+    ledger_keys: str = Field(default="", repr=False)
+    service_keys: str = Field(default="", repr=False)
+    # Ed25519, base64 of 32 raw bytes: the private key signs ledger heads; the public key alone
+    # lets verification check them (`python -m app ledger-keygen` makes a pair).
+    ledger_private_key: str = Field(default="", repr=False)
+    ledger_public_key: str = ""
+    db_pool_size: int = 10
+
+    # Stream layout; the prefix lets several deployments (or test runs) share one Redis.
+    stream_prefix: str = "audit"
+    consumer_group: str = "writers"
+    # Shards of the stream (app.queue.shards): each its own hash tag (a Redis Cluster spreads them
+    # over its masters) and its own ledger chain. Raise it, never lower it while shards above
+    # the new count still hold events. redis_cluster: connect with the Redis Cluster protocol.
+    stream_shards: int = Field(default=1, ge=1, le=64)
+    redis_cluster: bool = False
+
+    # Writer task group.
+    run_writers: bool = True
+    writers: int = Field(default=2, ge=0, le=64)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=10, ge=1, le=60_000)
+    read_block_ms: int = Field(default=1000, ge=10, le=30_000)
+    claim_idle_ms: int = Field(default=30_000, ge=1)
+    claim_interval_ms: int = Field(default=5_000, ge=10)
+    max_deliveries: int = Field(default=5, ge=1)
+    retry_base_ms: int = Field(default=100, ge=1)
+    retry_max_ms: int = Field(default=5_000, ge=1)
+    breaker_threshold: int = Field(default=3, ge=1)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    # Ingest limits and backpressure. Per API process, each key may send rate_limit_key_events
+    # events a second and each organization rate_limit_org_events (0: no limit), with bursts of
+    # twice that or a whole bulk request; an organization may hold at most org_queue_share of
+    # max_queue_depth queued (all processes together). Over a limit: 429 with Retry-After.
+    rate_limit_key_events: float = Field(default=20_000, ge=0)
+    rate_limit_org_events: float = Field(default=50_000, ge=0)
+    org_queue_share: float = Field(default=0.25, gt=0, le=1)
+    max_queue_depth: int = Field(default=1_000_000, ge=1)
+    max_events_per_request: int = Field(default=10_000, ge=1)
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # JSON values (objects, arrays, scalars) in one body over 1 MiB: what bounds the memory
+    # of parsing it (about 64 bytes a value). A valid event holds 15-40 of them.
+    max_json_values: int = Field(default=500_000, ge=1_000)
+    # Bodies over 1 MiB read and parsed at once per API process, and per key (twice that per
+    # organization): what bounds the memory large requests take (429 beyond).
+    large_bodies_at_once: int = Field(default=16, ge=1)
+    large_bodies_per_key: int = Field(default=4, ge=1)
+    max_details_bytes: int = Field(default=64 * 1024, ge=64)
+    max_future_skew_s: int = Field(default=900, ge=0)
+    stream_entry_events: int = Field(default=500, ge=1, le=10_000)
+    depth_poll_ms: int = Field(default=100, ge=10)
+
+    # The HTTP layer (app.api.http_protocol). A request head (request line and header fields) over
+    # max_header_bytes or max_header_count is refused with 431; a head not whole within
+    # header_timeout_s of the connection's start or its previous answer, or a body silent for
+    # body_timeout_s or unfinished body_deadline_s after its head, gets 408 and the connection
+    # closes; keep_alive_s closes idle connections; a process holding max_connections refuses
+    # the next at once with 503 (`serve` raises the open-files limit to its hard limit and
+    # holds fewer when even that leaves no room).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(default=100, ge=8, le=10_000)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=15.0, gt=0)
+    body_deadline_s: float = Field(default=60.0, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+
+    # Auth. A revoked key stops within auth_cache_seconds while the database answers; while it
+    # cannot be reached, keys verified in the last auth_outage_grace_s keep working (so ingest
+    # goes on), which bounds how long a key revoked meanwhile may too. Unknown keys are
+    # remembered as unknown for auth_negative_cache_s.
+    auth_cache_seconds: float = Field(default=10.0, ge=0)
+    auth_outage_grace_s: float = Field(default=120.0, ge=0)
+    auth_negative_cache_s: float = Field(default=2.0, ge=0)
+    metrics_token: str = Field(default="", repr=False)
+
+    # Long reads, per API process, on connections of their own (so they never take the pool
+    # that queries and key lookups use): exports at once in all, per key, per organization;
+    # a client that takes no bytes for export_send_timeout_s has its export (or verification)
+    # ended. Verifications likewise.
+    export_concurrency: int = Field(default=4, ge=1, le=256)
+    export_per_key: int = Field(default=2, ge=1)
+    export_per_org: int = Field(default=3, ge=1)
+    export_send_timeout_s: float = Field(default=30.0, gt=0)
+    verify_concurrency: int = Field(default=2, ge=1, le=64)
+    verify_per_org: int = Field(default=1, ge=1)
+
+    # Storage.
+    partitions_ahead_months: int = Field(default=3, ge=1, le=24)
+    # `partitions prune` drops whole months older than this (`6y`, `18m`); HIPAA asks for six
+    # years of audit records.
+    retention: str = "6y"
+    require_noeviction: bool = True
+
+    # `python -m app worker` serves its Prometheus metrics on this port (0: off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Where it listens: loopback unless set (it answers with AUDIT_METRICS_TOKEN when that is set).
+    worker_metrics_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    @field_validator("signing_keys", "ledger_keys", "service_keys")
+    @classmethod
+    def _check_key_ring(cls, value: str) -> str:
+        parse_signing_keys(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        from app.core.config import parse_retention
+
+        parse_retention(value)
+        return value
+
+    @cached_property
+    def signing_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.signing_keys)
+
+    @property
+    def signing_keys_by_id(self) -> dict[str, SigningKey]:
+        return {key.key_id: key for key in self.signing_key_ring}
+
+    @cached_property
+    def ledger_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.ledger_keys)
+
+    @property
+    def ledger_keys_by_id(self) -> dict[str, SigningKey]:
+        return {key.key_id: key for key in self.ledger_key_ring}
+
+    @cached_property
+    def service_key_ring(self) -> tuple[SigningKey, ...]:
+        return parse_signing_keys(self.service_keys)
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The plain `postgresql://` URL that asyncpg and libpq accept."""
+        return plain_postgres_url(self.database_url)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+asyncpg://" + self.asyncpg_dsn.split("://", 1)[1]
+
+
+def plain_postgres_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("database URL must look like postgresql://user@host:port/db")
+    if scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        raise ValueError(f"unsupported database URL scheme {scheme!r}")
+    return "postgresql://" + rest
+
+
+RETENTION = re.compile(r"^\s*(\d+)\s*(y|m)\s*$")
+
+
+def parse_retention(text: str) -> int:
+    """`6y` or `18m` as a number of months (at least one)."""
+    match = RETENTION.match(text.lower())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"retention {text!r} must look like 6y or 18m (years or months)")
+    number = int(match.group(1))
+    return number * 12 if match.group(2) == "y" else number

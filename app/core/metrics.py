@@ -1,0 +1,104 @@
+"""Prometheus metrics of the pipeline, on a registry owned by one app or worker instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+
+# Fine enough around the one-second mark that lag quantiles under load mean something.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60)
+
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    accepted: Counter
+    persisted: Counter
+    rejected: Counter
+    dead_lettered: Counter
+    batch_size: Histogram
+    batch_write_seconds: Histogram
+    ingest_to_persist_seconds: Histogram
+    queue_depth: Gauge
+    circuit_open: Gauge
+    writer_errors: Counter
+    ingest_request_seconds: Histogram
+    ledger_head_seq: Gauge
+    api_key_rows_refused: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        reg = registry or CollectorRegistry()
+        return cls(
+            registry=reg,
+            accepted=Counter(
+                "audit_events_accepted", "Events accepted (202) into the stream", registry=reg
+            ),
+            persisted=Counter(
+                "audit_events_persisted", "Events newly inserted into audit_log", registry=reg
+            ),
+            rejected=Counter(
+                "audit_events_rejected",
+                "Events refused at ingest, by reason",
+                ["reason"],
+                registry=reg,
+            ),
+            dead_lettered=Counter(
+                "audit_events_dead_lettered",
+                "Events or stream entries moved to the dead-letter stream",
+                registry=reg,
+            ),
+            batch_size=Histogram(
+                "audit_batch_size",
+                "Events per committed batch",
+                buckets=BATCH_BUCKETS,
+                registry=reg,
+            ),
+            batch_write_seconds=Histogram(
+                "audit_batch_write_seconds",
+                "Time to write and commit one batch",
+                buckets=SECONDS_BUCKETS,
+                registry=reg,
+            ),
+            ingest_to_persist_seconds=Histogram(
+                "audit_ingest_to_persist_seconds",
+                "From receipt by the API to commit, per stream entry (one request's events)",
+                buckets=LAG_BUCKETS,
+                registry=reg,
+            ),
+            queue_depth=Gauge(
+                "audit_queue_depth", "Events accepted and not yet persisted", registry=reg
+            ),
+            circuit_open=Gauge(
+                "audit_circuit_open",
+                "1 while writers have stopped reading (database down)",
+                registry=reg,
+            ),
+            writer_errors=Counter(
+                "audit_writer_errors", "Errors caught by writer loops", ["stage"], registry=reg
+            ),
+            ingest_request_seconds=Histogram(
+                "audit_ingest_request_seconds",
+                "Time to answer an ingest request (POST /events, /events/bulk), any status",
+                ["route"],
+                buckets=SECONDS_BUCKETS,
+                registry=reg,
+            ),
+            ledger_head_seq=Gauge(
+                "audit_ledger_head_seq",
+                "Seq of the newest ledger entry this process sealed, per chain (stream shard)",
+                ["chain"],
+                registry=reg,
+            ),
+            api_key_rows_refused=Counter(
+                "audit_api_key_rows_refused",
+                "Keys presented whose api_keys row's MAC does not check (made or changed around"
+                " `keys create`, or not sealed yet)",
+                registry=reg,
+            ),
+        )

@@ -1,0 +1,212 @@
+"""Offline bundles: events of a time range with the ledger entries that seal them, verifiable
+with no database (NDJSON, one object per line):
+
+    {"bundle": {"kind": "audit-bundle-v1", "start", "end", "organization", "created_at"}}
+    {"ledger": {chain, seq, event_count, merkle_root, first/last_timestamp, prev_head, head,
+                key_id, signature, public_signature}}   every seq from first to last, per chain
+    {"event": {the stored fields, hash, signature, key_id, batch_chain, batch_seq, leaf_index}}
+    {"leaf": {"batch_chain", "batch_seq", "leaf_index", "hash"}}   the other leaves of those
+                      batches (events outside the range or organization: hash only)
+
+A bundle of a single-chain ledger is the same with every chain 0 (a missing `chain` or
+`batch_chain` reads as 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.core.timefmt import format_timestamp
+from app.ledger.hashing import record_from_row
+from app.ledger.merkle import merkle_root
+from app.ledger.proofs import ledger_entry_json
+from app.ledger.verify import Finding, Report, Verifier
+
+EVENTS = """
+SELECT a.*, l.chain AS batch_chain, l.seq AS batch_seq
+FROM audit_log a JOIN audit_ledger l USING (batch_id)
+WHERE a."timestamp" >= $1 AND a."timestamp" < $2 AND ($3::text IS NULL OR a.organization_id = $3)
+ORDER BY l.chain, l.seq, a.leaf_index
+"""
+
+ENTRIES = """
+SELECT * FROM audit_ledger WHERE chain = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq
+"""
+
+LEAVES = """
+SELECT l.seq, a.leaf_index, a.hash, a.event_id, a."timestamp", a.organization_id
+FROM audit_log a JOIN audit_ledger l USING (batch_id)
+WHERE l.chain = $1 AND l.seq >= $2 AND l.seq <= $3 ORDER BY l.seq, a.leaf_index
+"""
+
+Place = tuple[int, int]  # (chain, seq) of a batch
+
+
+def _line(kind: str, value: Any) -> bytes:
+    return orjson.dumps({kind: value}, option=orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **record_from_row(row),
+        "hash": bytes(row["hash"]).hex(),
+        "signature": bytes(row["signature"]).hex(),
+        "key_id": row["key_id"],
+        "batch_chain": row["batch_chain"],
+        "batch_seq": row["batch_seq"],
+        "leaf_index": row["leaf_index"],
+    }
+
+
+async def export_bundle(
+    conn: asyncpg.Connection, start: datetime, end: datetime, organization: str | None
+) -> AsyncIterator[bytes]:
+    yield _line(
+        "bundle",
+        {
+            "kind": "audit-bundle-v1",
+            "start": format_timestamp(start),
+            "end": format_timestamp(end),
+            "organization": organization,
+            "created_at": format_timestamp(datetime.now(UTC)),
+        },
+    )
+    events = await conn.fetch(EVENTS, start, end, organization)
+    spans: dict[int, tuple[int, int]] = {}  # chain -> (first, last) seq of its events
+    for event in events:
+        chain, seq = event["batch_chain"], event["batch_seq"]
+        low, high = spans.get(chain, (seq, seq))
+        spans[chain] = (min(low, seq), max(high, seq))
+    for chain, (first, last) in spans.items():
+        for entry in await conn.fetch(ENTRIES, chain, first, last):
+            yield _line("ledger", ledger_entry_json(entry))
+    exported = {(e["batch_chain"], e["batch_seq"], e["leaf_index"]) for e in events}
+    for event in events:
+        yield _line("event", event_json(event))
+    for chain, (first, last) in spans.items():
+        for leaf in await conn.fetch(LEAVES, chain, first, last):
+            if (chain, leaf["seq"], leaf["leaf_index"]) in exported:
+                continue
+            value = {
+                "batch_chain": chain,
+                "batch_seq": leaf["seq"],
+                "leaf_index": leaf["leaf_index"],
+                "hash": bytes(leaf["hash"]).hex(),
+            }
+            yield _line("leaf", value)
+
+
+def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A ledger line in the shape the Verifier reads from the database."""
+    row = dict(entry)
+    for name in ("merkle_root", "prev_head", "head", "signature", "public_signature"):
+        row[name] = bytes.fromhex(entry[name]) if entry.get(name) else None
+    for name in ("first_timestamp", "last_timestamp", "sealed_at"):
+        if entry.get(name) is not None:
+            row[name] = datetime.fromisoformat(entry[name])
+    return row
+
+
+def _event_row(event: Mapping[str, Any]) -> dict[str, Any]:
+    row = dict(event)
+    row["hash"] = bytes.fromhex(event["hash"])
+    row["signature"] = bytes.fromhex(event["signature"])
+    row["timestamp"] = datetime.fromisoformat(event["timestamp"])
+    row["received_at"] = datetime.fromisoformat(event["received_at"])
+    return row
+
+
+@dataclass(slots=True)
+class _BundleCheck:
+    verifier: Verifier
+    report: Report = field(default_factory=lambda: Report(0, 0))
+    header: dict[str, Any] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    leaves: dict[Place, dict[int, bytes]] = field(default_factory=dict)
+
+    def place(self, value: Mapping[str, Any], digest: bytes) -> None:
+        chain, seq, index = value.get("batch_chain") or 0, value["batch_seq"], value["leaf_index"]
+        batch = self.leaves.setdefault((chain, seq), {})
+        if index in batch:  # a second line for one leaf could stand in for the real one
+            self.report.findings.append(
+                Finding("event_unexpected", seq, None, f"leaf {index} twice", chain)
+            )
+        batch[index] = digest
+
+    def read(self, kind: str, value: dict[str, Any]) -> None:
+        if kind == "bundle":
+            self.header = value
+        elif kind == "ledger":
+            self.entries.append(_entry_row(value))
+        elif kind == "event":
+            row = _event_row(value)
+            self.report.events += 1
+            self.report.findings += self.verifier.check_event(row, value["batch_seq"])
+            self.report.findings += _outside(self.header, value)
+            self.place(value, row["hash"])
+        elif kind == "leaf":
+            self.place(value, bytes.fromhex(value["hash"]))
+
+    def finish(self) -> Report:
+        report = self.report
+        prev: dict[int, dict[str, Any]] = {}  # chain -> its entry before
+        for entry in self.entries:
+            chain = entry.setdefault("chain", 0) or 0
+            before = prev.get(chain)
+            found: list[Finding] = []
+            if before is not None and entry["seq"] != before["seq"] + 1:
+                found.append(Finding("ledger_entry_missing", entry["seq"]))
+            found += self.verifier.check_entry(entry, before)
+            found += _check_leaves(entry, self.leaves.pop((chain, entry["seq"]), {}))
+            report.findings += [replace(f, chain=chain) for f in found]
+            report.entries += 1
+            prev[chain] = entry
+        for chain, seq in self.leaves:
+            detail = "no ledger entry for it"
+            report.findings.append(Finding("event_unsealed", seq, None, detail, chain))
+        if self.entries:
+            seqs = [e["seq"] for e in self.entries]
+            report.from_seq, report.to_seq = min(seqs), max(seqs)
+        return report
+
+
+def verify_bundle(lines: Iterable[bytes], verifier: Verifier) -> Report:
+    """Everything a bundle holds is checked; what it leaves out (as hash-only leaves) cannot be:
+    a bundle proves its contents authentic and sealed, not that the range is complete."""
+    check = _BundleCheck(verifier)
+    for raw in lines:
+        if raw.strip():
+            ((kind, value),) = orjson.loads(raw).items()
+            check.read(kind, value)
+    return check.finish()
+
+
+def _outside(header: Mapping[str, Any], event: Mapping[str, Any]) -> list[Finding]:
+    """An event the bundle's header says it does not hold."""
+    if not header:
+        return [Finding("bundle_header_missing", None, event["event_id"], "")]
+    org = header.get("organization")
+    if (org is not None and event["organization_id"] != org) or not (
+        header["start"] <= event["timestamp"] < header["end"]
+    ):
+        where = "outside the bundle's range or organization"
+        seq, chain = event["batch_seq"], event.get("batch_chain") or 0
+        return [Finding("event_unexpected", seq, event["event_id"], where, chain)]
+    return []
+
+
+def _check_leaves(entry: Mapping[str, Any], leaves: dict[int, bytes]) -> list[Finding]:
+    seq, count = entry["seq"], entry["event_count"]
+    missing = [i for i in range(count) if i not in leaves]
+    extra = [i for i in leaves if not 0 <= i < count]
+    found = [Finding("event_missing", seq, None, f"leaf {i} of {count}") for i in missing]
+    found += [Finding("event_unexpected", seq, None, f"leaf {i} of {count}") for i in extra]
+    if not found and merkle_root([leaves[i] for i in range(count)]) != entry["merkle_root"]:
+        found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
+    return found

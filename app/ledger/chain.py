@@ -1,0 +1,48 @@
+"""Ledger heads: each entry's head commits to the one before it, so a chain
+cannot be cut, reordered or rewritten unseen."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from app.core.config import SigningKey
+from app.core.timefmt import epoch_micros
+from app.ledger.hashing import sign_hash
+
+GENESIS_HEAD = bytes(32)
+
+HEAD_DOMAIN = b"audit-ledger-head-v1"
+
+GENESIS_DOMAIN = b"audit-ledger-genesis-v1"
+
+
+def genesis_head(chain: int) -> bytes:
+    """The prev_head of a chain's first entry: 32 zero bytes for chain 0 (the only chain before
+    stream shards), SHA-256(domain tag || chain as 4 bytes big-endian) for the others, so an
+    entry cannot be moved to the start of another chain unnoticed."""
+    if chain == 0:
+        return GENESIS_HEAD
+    return hashlib.sha256(GENESIS_DOMAIN + chain.to_bytes(4, "big")).digest()
+
+
+def ledger_head(
+    prev_head: bytes, seq: int, root: bytes, count: int, first: datetime, last: datetime
+) -> bytes:
+    """SHA-256 of: the domain tag, prev_head (32 bytes), seq and count (8-byte big-endian
+    unsigned), the root (32 bytes), first and last event time (8-byte big-endian signed
+    microseconds since the Unix epoch)."""
+    return hashlib.sha256(
+        HEAD_DOMAIN
+        + prev_head
+        + seq.to_bytes(8, "big")
+        + root
+        + count.to_bytes(8, "big")
+        + epoch_micros(first).to_bytes(8, "big", signed=True)
+        + epoch_micros(last).to_bytes(8, "big", signed=True)
+    ).digest()
+
+
+def sign_head(head: bytes, key: SigningKey) -> bytes:
+    """HMAC-SHA256 over the raw head with the named key (same construction as for events)."""
+    return sign_hash(head, key)

@@ -1,0 +1,154 @@
+"""Inclusion proofs for single events, and checkpoints of the chain head for keeping elsewhere.
+
+A proof lets a third party check, with only SHA-256 (and HMAC or Ed25519 for the signatures),
+that an event is leaf `leaf_index` of the batch sealed as entry `batch_seq` of chain `chain`
+(one chain per stream shard; chain 0's first prev_head is 32 zero bytes, chain c's is
+SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
+
+    leaf = SHA-256(0x00 || event_hash)
+    fold the audit path into the leaf as RFC 9162 section 2.1.3.2 says -> must equal merkle_root
+    head = SHA-256("audit-ledger-head-v1" || prev_head || seq (8 bytes BE) || merkle_root
+                   || event_count (8 bytes BE) || first, last event time (8 bytes BE signed
+                   microseconds since 1970))                   -> must equal head
+    signature = HMAC-SHA256(key, head); public_signature = Ed25519 over head
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from app.core.config import SigningKey
+from app.core.timefmt import format_timestamp
+from app.ledger.hashing import UnknownSigningKeyError, verify_signature
+from app.ledger.merkle import audit_path
+from app.ledger.prune import unpack_leaves
+from app.ledger.signing import verify_with_any
+from app.ledger.verify import ENTRY_AT, Finding, fetch_by_batch
+
+PROOF_ROW = """
+SELECT a.event_id, a.hash, a.leaf_index, l.* FROM audit_log a
+JOIN audit_ledger l ON l.batch_id = a.batch_id
+WHERE a.event_id = $1 AND a.organization_id = $2
+ORDER BY a."timestamp" LIMIT 1
+"""
+
+BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
+
+PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
+
+NEWEST_OF_EACH_CHAIN = "SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC"
+
+
+class DamagedBatch(Exception):
+    """The event's batch no longer has exactly the leaves its ledger entry counts: no proof can
+    be given (verification names what happened)."""
+
+
+def ledger_entry_json(entry: Any) -> dict[str, Any]:
+    public = entry["public_signature"]
+    return {
+        "chain": entry["chain"],
+        "seq": entry["seq"],
+        "event_count": entry["event_count"],
+        "merkle_root": bytes(entry["merkle_root"]).hex(),
+        "first_timestamp": format_timestamp(entry["first_timestamp"]),
+        "last_timestamp": format_timestamp(entry["last_timestamp"]),
+        "prev_head": bytes(entry["prev_head"]).hex(),
+        "head": bytes(entry["head"]).hex(),
+        "key_id": entry["key_id"],
+        "signature": bytes(entry["signature"]).hex(),
+        "public_signature": bytes(public).hex() if public is not None else None,
+        "sealed_at": format_timestamp(entry["sealed_at"]),
+    }
+
+
+async def event_proof(
+    conn: asyncpg.Connection, organization_id: str, event_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """The inclusion proof of a sealed event of this organization, or None."""
+    row = await conn.fetchrow(PROOF_ROW, event_id, organization_id)
+    if row is None:
+        return None
+    found = await fetch_by_batch(conn, BATCH_LEAVES, row["batch_id"])
+    by_index = {r["leaf_index"]: bytes(r["hash"]) for r in found}
+    damaged = len(by_index) != len(found)  # two rows claim one leaf
+    # A batch sealed across a month boundary may have lost its older leaves to retention: their
+    # hashes were recorded when they were pruned (the root and the signed head still decide).
+    for index, digest in unpack_leaves(await conn.fetchval(PRUNED_LEAVES, row["batch_id"])):
+        damaged = damaged or index in by_index
+        by_index.setdefault(index, digest)
+    index, count = row["leaf_index"], row["event_count"]
+    if damaged or sorted(by_index) != list(range(count)):
+        where = f"seq {row['seq']} of chain {row['chain']}"
+        raise DamagedBatch(f"the batch sealed as {where} no longer matches its entry")
+    leaves = [by_index[i] for i in range(count)]
+    return {
+        "event_id": str(row["event_id"]),
+        "event_hash": bytes(row["hash"]).hex(),
+        "chain": row["chain"],
+        "batch_seq": row["seq"],
+        "leaf_index": index,
+        "tree_size": count,
+        "audit_path": [h.hex() for h in audit_path(leaves, index)],
+        "ledger_entry": ledger_entry_json(row),
+    }
+
+
+async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The newest signed entry of every chain, to be kept outside the database. The top-level
+    fields are the first chain's newest entry (as a single-chain checkpoint has them); `chains`
+    lists every chain's."""
+    entries = [ledger_entry_json(e) for e in await conn.fetch(NEWEST_OF_EACH_CHAIN)]
+    if not entries:
+        return None
+    return {
+        "kind": "audit-ledger-checkpoint-v1",
+        "exported_at": format_timestamp(datetime.now(UTC)),
+        **entries[0],
+        "chains": entries,
+    }
+
+
+def _checkpoint_signed(
+    checkpoint: dict[str, Any], head: bytes, keys: dict[str, SigningKey], public_key: str
+) -> bool:
+    """By HMAC when this verifier holds the keys, else by the Ed25519 public key(s)."""
+    if keys:
+        try:
+            signature = bytes.fromhex(checkpoint["signature"])
+            return verify_signature(head, signature, checkpoint["key_id"], keys)
+        except UnknownSigningKeyError:
+            return False
+    public = checkpoint.get("public_signature")
+    if not isinstance(public, str):
+        return False
+    return verify_with_any(public_key, head, bytes.fromhex(public))
+
+
+async def check_checkpoint(
+    conn: asyncpg.Connection,
+    checkpoint: dict[str, Any],
+    keys: dict[str, SigningKey],
+    public_key: str = "",
+) -> list[Finding]:
+    """Every chain still holds the checkpoint's entry of it, with the same head."""
+    found: list[Finding] = []
+    for point in checkpoint.get("chains") or [checkpoint]:
+        chain, seq = int(point.get("chain") or 0), int(point["seq"])
+        head = bytes.fromhex(point["head"])
+        if not _checkpoint_signed(point, head, keys, public_key):
+            detail = "the checkpoint's signature fails"
+            found.append(Finding("checkpoint_invalid", seq, None, detail, chain))
+            continue
+        entry = await conn.fetchrow(ENTRY_AT, chain, seq)
+        if entry is None:
+            detail = "the chain ends before it"
+            found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))
+        elif bytes(entry["head"]) != head:
+            detail = "the chain has another head there"
+            found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))
+    return found

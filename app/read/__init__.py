@@ -1,0 +1,1 @@
+"""Reading the audit log: queries, PHI access reports, exports, FHIR."""

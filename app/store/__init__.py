@@ -1,0 +1,1 @@
+"""PostgreSQL tables as the service sees them: models, partitions, API key rows."""

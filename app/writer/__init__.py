@@ -1,0 +1,1 @@
+"""The background writer: batches from the stream, sealed into PostgreSQL."""

@@ -1,0 +1,94 @@
+"""The writer task group: N batch writers plus partition and batch-index upkeep, with a graceful
+stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.core.tasks import stop_tasks, wait_or_stop
+from app.queue.shards import ShardedStream
+from app.store import partitions
+from app.writer.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
+
+log = logging.getLogger(__name__)
+
+PARTITION_INTERVAL_S = 24 * 3600
+
+SUMMARIZE_INTERVAL_S = 60.0
+
+
+class WriterGroup:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, stream: ShardedStream, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stream = stream
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(settings.breaker_threshold, metrics)
+        self.writers = [
+            BatchWriter(settings, stream, metrics, self.breaker, consumer_name(i))
+            for i in range(settings.writers)
+        ]
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for ring, name in (
+            (self.settings.signing_key_ring, "AUDIT_SIGNING_KEYS"),
+            (self.settings.ledger_key_ring, "AUDIT_LEDGER_KEYS"),
+            (self.settings.service_key_ring, "AUDIT_SERVICE_KEYS"),
+        ):
+            if not ring:
+                raise RuntimeError(f"{name} is empty: writers cannot seal events")
+        self._tasks = [
+            asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}") for w in self.writers
+        ]
+        self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
+        self._tasks.append(asyncio.create_task(self._summarize_upkeep(), name="summarize"))
+        log.info("started %d writers", len(self.writers))
+
+    async def _partition_upkeep(self) -> None:
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                created = await partitions.ensure_partitions(
+                    self.engine, self.settings.partitions_ahead_months
+                )
+                if created:
+                    log.info("created %d audit_log partitions", created)
+                attempt, delay = 0, float(PARTITION_INTERVAL_S)
+            except Exception as exc:
+                attempt += 1
+                self.metrics.writer_errors.labels(stage="partitions").inc()
+                log.warning("partition upkeep failed: %s", type(exc).__name__)
+                delay = backoff_seconds(attempt, 1000, 300_000)
+            await wait_or_stop(self.stopping, delay)
+
+    async def _summarize_upkeep(self) -> None:
+        """Summarize the batch index's new ranges every SUMMARIZE_INTERVAL_S, so reads of one
+        batch (proofs, verification) read its pages, not every page of the ranges autovacuum
+        has not summarized yet."""
+        while True:
+            await wait_or_stop(self.stopping, SUMMARIZE_INTERVAL_S)
+            if self.stopping.is_set():
+                return
+            try:
+                await partitions.summarize_batch_ranges(self.engine)
+            except Exception as exc:
+                self.metrics.writer_errors.labels(stage="summarize").inc()
+                log.warning("batch index upkeep failed: %s", type(exc).__name__)
+
+    async def stop(self) -> None:
+        """Let in-flight batches commit and ack; cancel what is still running after the grace
+        period (its entries stay pending and are reclaimed by another writer)."""
+        self.stopping.set()
+        await stop_tasks(self._tasks, self.settings.shutdown_grace_s)
+        for writer in self.writers:
+            await writer.close()
+        self._tasks = []
