@@ -105,3 +105,30 @@ def test_a_refused_request_spends_no_tokens(settings_factory: SettingsFactory) -
     admission.admit("k", scopes, "org", 10)  # the 10 tokens left
     with pytest.raises(TooManyRequests):
         admission.admit("k", scopes, "org", 1)
+
+
+async def test_reads_are_recorded_through_the_same_admission(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    settings = settings_factory(run_writers=False, max_queue_depth=200, org_queue_share=0.5)
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        ingest = await svc.key(org, ("ingest",))
+        reader = await svc.key(org, ("read",))
+        other = await svc.key(f"{org}-other", ("ingest",))
+        full = [event()] * 100
+        assert (await svc.client.post("/events/bulk", json=full, headers=ingest)).status_code == 202
+        assert (await svc.client.post("/events", json=event(), headers=ingest)).status_code == 429
+        # The organization's quota is full: its auditors still read, and the read is recorded.
+        read = await svc.client.get("/events", headers=reader)
+        assert read.status_code == 200, read.text
+        assert (await res.stream.queued_by_organization())[org] == 101
+        await asyncio.sleep(settings.depth_poll_ms / 1000 * 3)
+        rest = settings.max_queue_depth - await res.stream.queued_events()
+        bulk = [event()] * rest
+        assert (await svc.client.post("/events/bulk", json=bulk, headers=other)).status_code == 202
+        # The whole queue is full: the read cannot join it, so it is refused, and not queued.
+        refused = await svc.client.get("/events", headers=reader)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert await res.stream.queued_events() == settings.max_queue_depth

@@ -25,9 +25,9 @@ from app.ledger.verify import (
     Report,
     Verifier,
     fetch_by_batch,
-    summarize_batch_ranges,
     verify_range,
 )
+from app.store.partitions import summarize_batch_ranges
 from app.writer import group as workers
 from tests.conftest import Sealed, SealedFactory, eventually, seal
 

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.api.schemas import ErrorResponse
 from app.core.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -138,3 +139,8 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _dependency_down)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route's error answers: each one has the one error shape."""
+    return {code: {"model": ErrorResponse} for code in codes}

@@ -18,6 +18,7 @@ from app.api.schemas import EventIn
 from app.apikeys.keys import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
+from app.queue.admission import admit_and_queue
 
 
 def _plain(value: Any) -> Any:
@@ -49,8 +50,23 @@ async def record_access(
     res = resources(request)
     received_at = format_timestamp(datetime.now(UTC))
     record = event.to_record(caller.organization_id, received_at, api_key_id=caller.key_id)
-    try:
+
+    async def put() -> None:
         await res.stream.enqueue([record], res.settings.stream_entry_events)
+
+    try:
+        # Not rated and not held to the organization's quota: a read is refused only when the
+        # whole queue is full (503), so an organization's flood does not lock out its auditors.
+        await admit_and_queue(
+            res.admission,
+            caller.key_id,
+            caller.scopes,
+            caller.organization_id,
+            1,
+            put,
+            rated=False,
+            quota=False,
+        )
     except RedisError as exc:
         raise Unavailable(
             "this read could not be recorded in the audit trail; retry later",

@@ -20,8 +20,9 @@ from app.ledger.bundles import export_bundle, verify_bundle
 from app.ledger.parallel_verify import verify_whole_chain
 from app.ledger.proofs import check_checkpoint, export_checkpoint
 from app.ledger.signing import new_keypair
-from app.ledger.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
+from app.ledger.verify import Report, Verifier, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
+from app.store.partitions import summarize_batch_ranges
 
 PROGRESS_EVERY_S = 2.0
 

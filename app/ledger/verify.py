@@ -94,7 +94,6 @@ ANY_PRUNED = "SELECT EXISTS (SELECT 1 FROM audit_pruned_batches)"
 
 PRUNED_BATCHES = "SELECT * FROM audit_pruned_batches WHERE batch_id = ANY($1::bigint[])"
 
-SUMMARIZE = "SELECT audit_summarize_batch_ranges()"
 
 BY_BATCH_INDEX = "SET LOCAL enable_seqscan = off"
 
@@ -477,20 +476,6 @@ async def verify_range(
     await walk.settle_leftovers(conn)
     report.findings.name_chain(chain)
     return report
-
-
-async def summarize_batch_ranges(conn: asyncpg.Connection) -> int | None:
-    """Summarize the batch index's new ranges, so each read of a few batches reads their pages
-    only, not every page written since autovacuum last summarized (with autovacuum off or
-    behind, every fetch of a pass would read the partition's whole new part). The number of
-    ranges summarized; None when the database refused (no rights, a standby): verification
-    then reads more, and finds the same."""
-    try:
-        async with conn.transaction():
-            return int(await conn.fetchval(SUMMARIZE))
-    except asyncpg.PostgresError as exc:
-        log.warning("batch index not summarized: %s", type(exc).__name__)
-        return None
 
 
 async def fetch_by_batch(conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -11,13 +11,16 @@ shares.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from app.core.config import Settings
 from app.core.errors import Backpressure, Forbidden
 from app.core.limits import QueueQuotaExceeded, TokenBuckets, TooManyRequests, retry_after
 
 PRIORITY_SCOPE = "priority"
+T = TypeVar("T")
 
 
 def _buckets(rate: float, settings: Settings) -> TokenBuckets:
@@ -55,6 +58,7 @@ class Admission:
         *,
         high: bool = False,
         rated: bool = True,
+        quota: bool = True,
     ) -> None:
         """Raise unless `events` may be queued now; admitted, they count as queued at once
         (`not_queued` gives them back when the queue then refuses them)."""
@@ -65,7 +69,7 @@ class Admission:
         if self.queued_events + events > self.settings.max_queue_depth:
             raise Backpressure("the queue is full; retry later", headers=retry_after(1))
         held = self.queued_by_org.get(organization, 0)
-        if held + events > self.org_quota:
+        if quota and held + events > self.org_quota:
             raise QueueQuotaExceeded(
                 f"your organization has {held:,} events queued; its quota is "
                 f"{self.org_quota:,}: retry later",
@@ -113,3 +117,32 @@ class Admission:
             if since:
                 counts[organization] = counts.get(organization, 0) + since
         self.queued_by_org = counts
+
+
+async def admit_and_queue(
+    admission: Admission,
+    key_id: str,
+    scopes: frozenset[str],
+    organization: str,
+    events: int,
+    put: Callable[[], Awaitable[T]],
+    *,
+    high: bool = False,
+    rated: bool = True,
+    quota: bool = True,
+    recount: bool = False,
+) -> T:
+    """The one way events join the queue (ingest, replays, the records of reads): admitted
+    first (`Admission.admit`: priority scope, rates unless not `rated`, the queue's depth, the
+    organization's quota unless not `quota`), then `put`. When `put` fails the events are given
+    back; with `recount` they are given back after a put too, for a put that moves entries the
+    next poll of the queue counts (a replay)."""
+    admission.admit(key_id, scopes, organization, events, high=high, rated=rated, quota=quota)
+    try:
+        result = await put()
+    except BaseException:
+        admission.not_queued(organization, events)
+        raise
+    if recount:
+        admission.not_queued(organization, events)
+    return result

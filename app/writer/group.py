@@ -9,6 +9,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.core.db import driver_connection
 from app.core.metrics import Metrics
 from app.core.tasks import stop_tasks, wait_or_stop
 from app.queue.shards import ShardedStream
@@ -79,7 +80,10 @@ class WriterGroup:
             if self.stopping.is_set():
                 return
             try:
-                await partitions.summarize_batch_ranges(self.engine)
+                async with driver_connection(self.engine) as conn:
+                    summarized = await partitions.summarize_batch_ranges(conn)
+                if summarized is None:  # refused (logged): reads of batches read more
+                    self.metrics.writer_errors.labels(stage="summarize").inc()
             except Exception as exc:
                 self.metrics.writer_errors.labels(stage="summarize").inc()
                 log.warning("batch index upkeep failed: %s", type(exc).__name__)

@@ -12,9 +12,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import model_validator
 
 from app.api.deps import resources
+from app.api.errors import error_responses
 from app.api.pagination import CursorError, decode_cursor, encode_cursor
 from app.api.read_audit import record_access
-from app.api.schemas import ErrorResponse, EventFilters, EventOut, EventPage, EventSelection
+from app.api.schemas import EventFilters, EventOut, EventPage, EventSelection
 from app.api.security import require_scope
 from app.api.slow_clients import GuardedStream
 from app.apikeys.keys import Caller
@@ -26,9 +27,7 @@ router = APIRouter(tags=["events"])
 
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 429, 503)
-}
+ERRORS = error_responses(400, 401, 403, 404, 422, 429, 503)
 
 
 @router.get("/events", response_model=EventPage, responses=ERRORS, summary="Search events")

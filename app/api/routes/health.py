@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.api.deps import resources
-from app.api.errors import error_response
-from app.api.schemas import ErrorResponse, Readiness
+from app.api.errors import error_response, error_responses
+from app.api.schemas import Readiness
 from app.core.tokens import token_matches
 
 router = APIRouter(tags=["operations"])
@@ -38,7 +38,7 @@ async def _database_ok(request: Request) -> bool:
         return bool(await conn.scalar(text("SELECT 1")))
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorResponse}})
+@router.get("/readyz", response_model=Readiness, responses=error_responses(503))
 async def readyz(request: Request) -> Response:
     res = resources(request)
     checks = dict(

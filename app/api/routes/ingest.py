@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -10,21 +11,21 @@ from fastapi import APIRouter, Depends, Request, Response
 from redis.exceptions import RedisError
 
 from app.api.deps import resources
+from app.api.errors import error_responses
 from app.api.ingest_bodies import SMALL_BODY, Limits, parse_bulk, parse_event
-from app.api.schemas import CLIENT, Accepted, BulkAccepted, ErrorResponse, EventIn, new_event_ids
+from app.api.schemas import CLIENT, Accepted, BulkAccepted, EventIn, new_event_ids
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from app.core.limits import Slot, Slots, TooManyLargeRequests
 from app.core.timefmt import format_timestamp
+from app.queue.admission import admit_and_queue
 
 router = APIRouter(tags=["ingest"])
 
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 429, 503)
-}
+ERRORS = error_responses(400, 401, 403, 413, 415, 422, 429, 503)
 
 EVENT_REF = {"$ref": "#/components/schemas/EventIn"}
 
@@ -84,28 +85,46 @@ async def accept(request: Request, caller: Caller, events: list[EventIn]) -> lis
     res = resources(request)
     org, key_id = caller.organization_id, caller.key_id
     high = any(event.priority == "high" for event in events)
-    res.admission.admit(key_id, caller.scopes, org, len(events), high=high)
-    received_at = format_timestamp(datetime.now(UTC))
-    fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
-    records = [
-        event.to_record(org, received_at, None if event.event_id else next(fresh), key_id)
-        for event in events
-    ]
-    try:
+
+    async def put() -> list[dict[str, Any]]:
+        received_at = format_timestamp(datetime.now(UTC))
+        fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
+        records = [
+            event.to_record(org, received_at, None if event.event_id else next(fresh), key_id)
+            for event in events
+        ]
         if len(records) < COALESCE_BELOW:
             await res.enqueuer.enqueue(records)
         else:
             await res.stream.enqueue(records, res.settings.stream_entry_events)
+        return records
+
+    try:
+        records = await admit_and_queue(
+            res.admission, key_id, caller.scopes, org, len(events), put, high=high
+        )
     except RedisError as exc:
-        res.admission.not_queued(org, len(records))
         raise Unavailable(
             "the queue is unreachable; retry later", headers={"Retry-After": "1"}
         ) from exc
-    except BaseException:
-        res.admission.not_queued(org, len(records))
-        raise
     res.metrics.accepted.inc(len(records))
     return [record["event_id"] for record in records]
+
+
+async def _ingest(
+    request: Request, caller: Caller, parse: Callable[[bytes, Limits], list[EventIn]]
+) -> list[str]:
+    """Read, parse and queue one request's events; a large body's slot is held until then."""
+    slot = None
+    try:
+        body, slot = await read_body(request, caller)
+        return await accept(request, caller, parse(body, _limits(request)))
+    except ApiError as exc:
+        _count_rejection(request, exc)
+        raise
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 def _count_rejection(request: Request, exc: ApiError) -> None:
@@ -121,17 +140,7 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
     summary="Record one audit event",
 )
 async def post_event(request: Request, caller: Ingestor) -> Response:
-    slot = None
-    try:
-        body, slot = await read_body(request, caller)
-        event = parse_event(body, _limits(request))
-        ids = await accept(request, caller, [event])
-    except ApiError as exc:
-        _count_rejection(request, exc)
-        raise
-    finally:
-        if slot is not None:
-            slot.release()
+    ids = await _ingest(request, caller, lambda body, limits: [parse_event(body, limits)])
     return Response(orjson.dumps({"event_id": ids[0]}), 202, media_type="application/json")
 
 
@@ -144,17 +153,7 @@ async def post_event(request: Request, caller: Ingestor) -> Response:
     summary="Record a JSON array of audit events, all or nothing",
 )
 async def post_bulk(request: Request, caller: Ingestor) -> Response:
-    slot = None
-    try:
-        body, slot = await read_body(request, caller)
-        events = parse_bulk(body, _limits(request))
-        ids = await accept(request, caller, events)
-    except ApiError as exc:
-        _count_rejection(request, exc)
-        raise
-    finally:
-        if slot is not None:
-            slot.release()
+    ids = await _ingest(request, caller, parse_bulk)
     body_out = orjson.dumps({"accepted": len(ids), "event_ids": ids})
     return Response(body_out, 202, media_type="application/json")
 

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import resources
+from app.api.errors import error_responses
 from app.api.read_audit import record_access
-from app.api.schemas import ErrorResponse, EventTime
+from app.api.schemas import EventTime
 from app.api.security import require_scope
 from app.api.slow_clients import GuardedStream
 from app.apikeys.keys import Caller
@@ -23,8 +24,9 @@ from app.core.db import driver_connection
 from app.core.errors import ApiError, Conflict, InvalidEvents, NotFound
 from app.core.limits import TooManyVerifications
 from app.ledger.proofs import DamagedBatch, event_proof
-from app.ledger.verify import Report, Verifier, summarize_batch_ranges, verify_chains, verify_range
+from app.ledger.verify import Report, Verifier, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
+from app.store.partitions import summarize_batch_ranges
 
 router = APIRouter(tags=["integrity"])
 
@@ -34,9 +36,7 @@ Operator = Annotated[Caller, Depends(require_scope("operator"))]
 
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 429, 503)
-}
+ERRORS = error_responses(401, 403, 404, 409, 422, 429, 503)
 
 SeqParam = Annotated[int | None, Query(ge=1, le=2**62)]
 

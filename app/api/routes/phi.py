@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import resources
+from app.api.errors import error_responses
 from app.api.pagination import (
     CursorError,
     decode_cursor,
@@ -21,7 +22,7 @@ from app.api.pagination import (
     encode_key_cursor,
 )
 from app.api.read_audit import record_access
-from app.api.schemas import ErrorResponse, EventOut, EventPage, EventTime, Identifier
+from app.api.schemas import EventOut, EventPage, EventTime, Identifier
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.errors import InvalidCursor
@@ -31,9 +32,7 @@ router = APIRouter(prefix="/phi-access", tags=["phi access"])
 
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 422, 503)
-}
+ERRORS = error_responses(400, 401, 403, 422, 503)
 
 Subject = Literal["patient_id", "principal_id"]
 

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import resources
+from app.api.errors import error_responses
 from app.api.read_audit import record_access
 from app.api.schemas import (
     MAX_DEAD_LETTER_SELECTION,
@@ -24,7 +25,6 @@ from app.api.schemas import (
     DeadLetterQuery,
     DeadLetterReplayed,
     DeadLetterSelection,
-    ErrorResponse,
     OrgQueueStats,
     QueueStats,
     is_stream_id,
@@ -32,17 +32,14 @@ from app.api.schemas import (
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.errors import ApiError, InvalidCursor
-from app.queue.dead_letters import DeadLetter, DeadLetters
+from app.queue.admission import admit_and_queue
+from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
 
 router = APIRouter(tags=["operations"])
 
 Admin = Annotated[Caller, Depends(require_scope("admin"))]
 
 Operator = Annotated[Caller, Depends(require_scope("operator"))]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
 
 
 class ConfirmationRequired(ApiError):
@@ -53,7 +50,7 @@ class ConfirmationRequired(ApiError):
 @router.get(
     "/queue/stats",
     response_model=OrgQueueStats,
-    responses=_errors(401, 403, 503),
+    responses=error_responses(401, 403, 503),
     summary="Your organization's part of the queue",
 )
 async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
@@ -74,7 +71,7 @@ async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
 @router.get(
     "/operator/queue/stats",
     response_model=QueueStats,
-    responses=_errors(401, 403, 503),
+    responses=error_responses(401, 403, 503),
     summary="The whole queue, every tenant together (operator scope)",
 )
 async def service_queue_stats(request: Request, caller: Operator) -> QueueStats:
@@ -84,7 +81,7 @@ async def service_queue_stats(request: Request, caller: Operator) -> QueueStats:
 @router.get(
     "/queue/dead-letter",
     response_model=DeadLetterPage,
-    responses=_errors(400, 401, 403, 422, 503),
+    responses=error_responses(400, 401, 403, 422, 503),
     summary="Your organization's dead letters, oldest first",
 )
 async def list_dead_letters(
@@ -122,7 +119,7 @@ def _out(letter: DeadLetter, include_payload: bool) -> DeadLetterOut:
 @router.post(
     "/queue/dead-letter/replay",
     response_model=DeadLetterReplayed,
-    responses=_errors(401, 403, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
     summary="Send your organization's dead letters back to the writers",
 )
 async def replay_dead_letters(
@@ -133,13 +130,16 @@ async def replay_dead_letters(
     dead = DeadLetters(res.stream, org, res.seals)
     wanted, letters = await _select(dead, selection.ids, selection.all)
     events = sum(letter.events for letter in letters)
-    res.admission.admit(caller.key_id, caller.scopes, org, events, rated=False)
-    try:
+
+    async def put() -> Outcome:
         details = _details(selection.all, wanted, letters)
         await record_access(request, caller, "dead_letter_replay", details, len(letters))
-        done = await dead.replay(letters)
-    finally:
-        res.admission.not_queued(org, events)  # what moved is counted by the next poll
+        return await dead.replay(letters)
+
+    # What moved is counted by the next poll of the queue (recount).
+    done = await admit_and_queue(
+        res.admission, caller.key_id, caller.scopes, org, events, put, rated=False, recount=True
+    )
     return DeadLetterReplayed(
         requeued_entries=len(done.ids),
         requeued_events=done.events,
@@ -153,7 +153,7 @@ async def replay_dead_letters(
 @router.delete(
     "/queue/dead-letter",
     response_model=DeadLetterDeleted,
-    responses=_errors(400, 401, 403, 422, 503),
+    responses=error_responses(400, 401, 403, 422, 503),
     summary="Delete your organization's dead letters (confirm=delete); their events are discarded",
 )
 async def delete_dead_letters(
