@@ -19,8 +19,8 @@ from app.core.config import SigningKey
 from app.ledger.hashing import canonical_bytes, record_from_row, sign_hash
 from app.ledger.parallel_verify import split, verify_whole_chain
 from app.ledger.proofs import DamagedBatch, event_proof
+from app.ledger.sql import ROWS_OF_BATCHES
 from app.ledger.verify import (
-    ROWS_OF_BATCHES,
     Finding,
     Report,
     Verifier,

@@ -26,24 +26,8 @@ from app.core.timefmt import format_timestamp
 from app.ledger.hashing import record_from_row
 from app.ledger.merkle import merkle_root
 from app.ledger.proofs import ledger_entry_json
+from app.ledger.sql import BUNDLE_ENTRIES, BUNDLE_EVENTS, BUNDLE_LEAVES
 from app.ledger.verify import Finding, Report, Verifier
-
-EVENTS = """
-SELECT a.*, l.chain AS batch_chain, l.seq AS batch_seq
-FROM audit_log a JOIN audit_ledger l USING (batch_id)
-WHERE a."timestamp" >= $1 AND a."timestamp" < $2 AND ($3::text IS NULL OR a.organization_id = $3)
-ORDER BY l.chain, l.seq, a.leaf_index
-"""
-
-ENTRIES = """
-SELECT * FROM audit_ledger WHERE chain = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq
-"""
-
-LEAVES = """
-SELECT l.seq, a.leaf_index, a.hash, a.event_id, a."timestamp", a.organization_id
-FROM audit_log a JOIN audit_ledger l USING (batch_id)
-WHERE l.chain = $1 AND l.seq >= $2 AND l.seq <= $3 ORDER BY l.seq, a.leaf_index
-"""
 
 Place = tuple[int, int]  # (chain, seq) of a batch
 
@@ -77,20 +61,20 @@ async def export_bundle(
             "created_at": format_timestamp(datetime.now(UTC)),
         },
     )
-    events = await conn.fetch(EVENTS, start, end, organization)
+    events = await conn.fetch(BUNDLE_EVENTS, start, end, organization)
     spans: dict[int, tuple[int, int]] = {}  # chain -> (first, last) seq of its events
     for event in events:
         chain, seq = event["batch_chain"], event["batch_seq"]
         low, high = spans.get(chain, (seq, seq))
         spans[chain] = (min(low, seq), max(high, seq))
     for chain, (first, last) in spans.items():
-        for entry in await conn.fetch(ENTRIES, chain, first, last):
+        for entry in await conn.fetch(BUNDLE_ENTRIES, chain, first, last):
             yield _line("ledger", ledger_entry_json(entry))
     exported = {(e["batch_chain"], e["batch_seq"], e["leaf_index"]) for e in events}
     for event in events:
         yield _line("event", event_json(event))
     for chain, (first, last) in spans.items():
-        for leaf in await conn.fetch(LEAVES, chain, first, last):
+        for leaf in await conn.fetch(BUNDLE_LEAVES, chain, first, last):
             if (chain, leaf["seq"], leaf["leaf_index"]) in exported:
                 continue
             value = {

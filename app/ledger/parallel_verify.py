@@ -11,9 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from app.ledger.sql import NEWEST_SEQ, ORPHANS
 from app.ledger.verify import (
-    NEWEST_SEQ,
-    ORPHANS,
     Finding,
     Report,
     Verifier,

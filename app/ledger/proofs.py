@@ -27,20 +27,8 @@ from app.ledger.hashing import UnknownSigningKeyError, verify_signature
 from app.ledger.merkle import audit_path
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
-from app.ledger.verify import ENTRY_AT, Finding, fetch_by_batch
-
-PROOF_ROW = """
-SELECT a.event_id, a.hash, a.leaf_index, l.* FROM audit_log a
-JOIN audit_ledger l ON l.batch_id = a.batch_id
-WHERE a.event_id = $1 AND a.organization_id = $2
-ORDER BY a."timestamp" LIMIT 1
-"""
-
-BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
-
-PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
-
-NEWEST_OF_EACH_CHAIN = "SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC"
+from app.ledger.sql import BATCH_LEAVES, ENTRY_AT, NEWEST_OF_EACH_CHAIN, PROOF_ROW, PRUNED_LEAVES
+from app.ledger.verify import Finding, fetch_by_batch
 
 
 class DamagedBatch(Exception):

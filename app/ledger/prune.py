@@ -27,6 +27,19 @@ import asyncpg
 from app.core.config import SigningKey
 from app.core.timefmt import epoch_micros
 from app.ledger.hashing import sign_hash
+from app.ledger.sql import (
+    BATCHES_IN,
+    COUNT_ROWS,
+    DETACH_PARTITION,
+    DROP_PARTITION,
+    INSERT_PRUNE,
+    LEAVES_IN,
+    LOCK_PARTITION,
+    LOCK_TIMEOUT_IS,
+    PARTITIONS,
+    PRUNES,
+    UPSERT_PRUNED_BATCH,
+)
 
 PRUNE_DOMAIN = b"audit-prune-v1"
 
@@ -36,39 +49,6 @@ LEAF = struct.Struct(">I32s")  # leaf index, event hash
 
 
 LOCK_TIMEOUT = "10s"
-
-PARTITIONS = r"""
-SELECT c.relname AS name,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz
-           AS range_start,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
-           AS range_end
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'audit_log'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
-ORDER BY 2
-"""
-
-BATCHES_IN = """
-SELECT p.batch_id, count(*) AS events, l.event_count, b.pruned_events, b.leaves
-FROM {table} p
-LEFT JOIN audit_ledger l ON l.batch_id = p.batch_id
-LEFT JOIN audit_pruned_batches b ON b.batch_id = p.batch_id
-GROUP BY p.batch_id, l.event_count, b.pruned_events, b.leaves
-"""
-
-LEAVES_IN = "SELECT leaf_index, hash FROM {table} WHERE batch_id = $1 ORDER BY leaf_index"
-
-INSERT_PRUNE = """
-INSERT INTO audit_prunes (partition_name, range_start, range_end, event_count, batch_count,
-    pruned_at, key_id, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id
-"""
-
-UPSERT_PRUNED_BATCH = """
-INSERT INTO audit_pruned_batches (batch_id, pruned_events, leaves, key_id, signature)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (batch_id) DO UPDATE SET pruned_events = EXCLUDED.pruned_events,
-    leaves = EXCLUDED.leaves, key_id = EXCLUDED.key_id, signature = EXCLUDED.signature
-"""
 
 
 class PruneRefused(Exception):
@@ -137,7 +117,7 @@ async def partitions_past(conn: asyncpg.Connection, before: datetime) -> list[Pa
 
 async def count_rows(conn: asyncpg.Connection, part: Partition) -> int:
     table = quote_ident(part.name)
-    return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    return int(await conn.fetchval(COUNT_ROWS.format(table=table)))
 
 
 async def _pruned_batch_rows(
@@ -173,8 +153,8 @@ async def prune_partition(
     started = time.monotonic()
     table = quote_ident(part.name)
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await conn.execute(f"LOCK TABLE {table} IN SHARE MODE")  # no new rows meanwhile
+        await conn.execute(LOCK_TIMEOUT_IS.format(timeout=LOCK_TIMEOUT))
+        await conn.execute(LOCK_PARTITION.format(table=table))  # no new rows meanwhile
         batches, events = await _pruned_batch_rows(conn, table, key)
         at = datetime.now(UTC)
         digest = prune_digest(part.name, part.range_start, part.range_end, events, len(batches), at)
@@ -190,8 +170,8 @@ async def prune_partition(
             sign_hash(digest, key),
         )
         await conn.executemany(UPSERT_PRUNED_BATCH, batches)
-        await conn.execute(f"ALTER TABLE audit_log DETACH PARTITION {table}")
-        await conn.execute(f"DROP TABLE {table}")
+        await conn.execute(DETACH_PARTITION.format(table=table))
+        await conn.execute(DROP_PARTITION.format(table=table))
     return {
         "partition": part.name,
         "range_start": part.range_start.isoformat(),
@@ -240,7 +220,7 @@ async def pruned_ranges(
     """The recorded prunes whose signature checks out, and the names of those that do not."""
     good: list[PrunedRange] = []
     bad: list[str] = []
-    for r in await conn.fetch("SELECT * FROM audit_prunes ORDER BY range_start, id"):
+    for r in await conn.fetch(PRUNES):
         recorded = PrunedRange(
             r["partition_name"],
             r["range_start"],

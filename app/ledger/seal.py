@@ -22,6 +22,7 @@ from app.ledger.chain import genesis_head, ledger_head, sign_head
 from app.ledger.hashing import content_digest
 from app.ledger.merkle import merkle_root
 from app.ledger.signing import PublicSigner
+from app.ledger.sql import APPEND_ENTRY, CHAIN_LOCK, EXISTING_KEYS, NEWEST_ENTRY, NEXT_BATCH_ID
 from app.store.models import AUDIT_COLUMNS
 
 BASE_COLUMNS = AUDIT_COLUMNS[:-2]  # without batch_id, leaf_index
@@ -37,20 +38,6 @@ LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of chain 0; chain c lock
 MAX_CHAINS = 1024
 
 EventKey = tuple[str, datetime, str]
-
-EXISTING_KEYS = """
-SELECT * FROM audit_log
-WHERE (event_id, "timestamp", organization_id) IN (
-    SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]))
-"""
-
-NEWEST_ENTRY = "SELECT seq, head FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
-
-APPEND_ENTRY = """
-INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_timestamp,
-    last_timestamp, prev_head, head, key_id, signature, public_signature)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +83,11 @@ async def seal_batch(
     times = [row[TIMESTAMP_POS] for row in rows]
     try:
         async with conn.transaction():
-            batch_id = await conn.fetchval("SELECT nextval('audit_batch_id_seq')")
+            batch_id = await conn.fetchval(NEXT_BATCH_ID)
             records = [(*row, batch_id, index) for index, row in enumerate(rows)]
             await conn.copy_records_to_table("audit_log", records=records, columns=AUDIT_COLUMNS)
             root = await root_task
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK + chain)
+            await conn.execute(CHAIN_LOCK, LEDGER_LOCK + chain)
             newest = await conn.fetchrow(NEWEST_ENTRY, chain)
             seq = newest["seq"] + 1 if newest else 1
             prev_head = bytes(newest["head"]) if newest else genesis_head(chain)

@@ -44,6 +44,22 @@ from app.ledger.hashing import UnknownSigningKeyError, event_hash, record_from_r
 from app.ledger.merkle import merkle_root
 from app.ledger.prune import PrunedRange, pruned_leaves, pruned_ranges
 from app.ledger.signing import verify_with_any
+from app.ledger.sql import (
+    ANY_PRUNED,
+    BATCHES_BEYOND,
+    BY_BATCH_INDEX,
+    CHAINS,
+    ENTRY_AT,
+    KNOWN_BATCHES,
+    LEDGER_CHUNK,
+    NEWEST_SEQ,
+    ORPHANS,
+    PRUNED_BATCHES,
+    ROWS_OF_BATCHES,
+    ROWS_OF_CHAIN,
+    SEVERAL_CHAINS,
+    UNSEALED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,50 +68,6 @@ ENTRY_CHUNK = 200
 MAX_LISTED_MISSING = 1000
 
 ROWS_PER_FETCH = 20_000
-
-LEDGER_CHUNK = """
-SELECT * FROM audit_ledger WHERE chain = $4 AND seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
-"""
-
-ROWS_OF_BATCHES = """
-SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
-ORDER BY batch_id, leaf_index
-"""
-
-# With several chains a chain's batch ids interleave with the others': read only its own.
-ROWS_OF_CHAIN = """
-SELECT * FROM audit_log WHERE batch_id >= $1 AND batch_id <= $2
-  AND batch_id IN (SELECT batch_id FROM audit_ledger
-                   WHERE chain = $3 AND batch_id >= $1 AND batch_id <= $2)
-ORDER BY batch_id, leaf_index
-"""
-
-CHAINS = "SELECT DISTINCT chain FROM audit_ledger ORDER BY chain"
-
-SEVERAL_CHAINS = "SELECT EXISTS (SELECT 1 FROM audit_ledger WHERE chain > 0)"
-
-NEWEST_SEQ = "SELECT max(seq) FROM audit_ledger WHERE chain = $1"
-
-ENTRY_AT = "SELECT * FROM audit_ledger WHERE chain = $1 AND seq = $2"
-
-ORPHANS = """
-SELECT a.event_id, a.organization_id FROM audit_log a
-WHERE a.batch_id IS NULL OR a.batch_id < 1
-   OR NOT EXISTS (SELECT 1 FROM audit_ledger l WHERE l.batch_id = a.batch_id)
-"""
-
-UNSEALED = "SELECT event_id, organization_id FROM audit_log WHERE batch_id IS NULL OR batch_id < 1"
-
-BATCHES_BEYOND = "SELECT DISTINCT batch_id FROM audit_log WHERE batch_id >= $1"
-
-KNOWN_BATCHES = "SELECT batch_id FROM audit_ledger WHERE batch_id = ANY($1::bigint[])"
-
-ANY_PRUNED = "SELECT EXISTS (SELECT 1 FROM audit_pruned_batches)"
-
-PRUNED_BATCHES = "SELECT * FROM audit_pruned_batches WHERE batch_id = ANY($1::bigint[])"
-
-
-BY_BATCH_INDEX = "SET LOCAL enable_seqscan = off"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,8 @@ from collections.abc import Mapping
 import asyncpg
 
 from app.core.config import SigningKey
+from app.ledger.sql import CHAIN_HEADS
 from app.ledger.verify import Verifier
-
-CHAIN_HEADS = "SELECT chain, max(seq) AS head FROM audit_ledger GROUP BY chain ORDER BY chain"
 
 
 class NoVerificationKey(Exception):
