@@ -42,6 +42,22 @@ TEST_SERVICE_KEYS = "service-1:" + base64.b64encode(b"s" * 32).decode()
 TEST_LEDGER_KEYS = "ledger-1:" + base64.b64encode(b"l" * 32).decode()
 
 
+# Tests that use these fixtures need PostgreSQL and Redis; the fault and bench tests start
+# servers of their own. `pytest -m "not servers"` runs the rest, which need nothing.
+SERVER_FIXTURES = frozenset({"server_url", "database_url", "redis_url"})
+OWN_SERVERS = {"faults": pytest.mark.faults, "bench": pytest.mark.bench}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        package = item.path.parent.name
+        if package in OWN_SERVERS:
+            item.add_marker(OWN_SERVERS[package])
+            item.add_marker(pytest.mark.servers)
+        elif SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
 def _local(host: str, port: int) -> bool:
     """A local server to use: it answers, and AUDIT_TEST_EMBEDDED=1 does not ask for embedded."""
     if os.environ.get("AUDIT_TEST_EMBEDDED") == "1":

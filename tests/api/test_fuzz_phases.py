@@ -38,8 +38,8 @@ from app.core.config import Settings
 from app.core.db import engine_scope
 from loadtests.faults.processes import clean_environment
 from loadtests.faults.servers import free_port
+from tests.api.test_fuzz import OPERATIONS
 from tests.conftest import event, key_seal, make_settings, wait_stored, with_database
-from tests.test_fuzz import OPERATIONS
 
 PHASES = ("examples", "coverage")
 # The four checks test_fuzz.py runs on every operation, and only those.

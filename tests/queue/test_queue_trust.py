@@ -14,7 +14,7 @@ import orjson
 from app.api.schemas import EVENT_LIST
 from app.queue.dead_letters import DeadLetters
 from tests.conftest import event, stored_rows
-from tests.test_dead_letter import Rig, accept, balanced, drain, rig
+from tests.queue.test_dead_letter import Rig, accept, balanced, drain, rig
 
 __all__ = ["rig"]  # the fixture, shared with the dead-letter tests
 

@@ -33,7 +33,7 @@ from tests.conftest import (
 )
 from tests.served import environment, served
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-" + uuid.uuid4().hex
 
 

@@ -23,7 +23,7 @@ from loadtests.bench.context import Context
 from loadtests.bench.http1 import parse_head, request_bytes, request_head
 from loadtests.bench.sampler import Window
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_LIMIT_S = 240  # seconds; it takes about 20 on a quiet 2-core machine
 
 

@@ -33,8 +33,8 @@ from app.apikeys.keys import create_api_key
 from app.core.config import Settings
 from app.core.db import create_engine
 from loadtests.faults.servers import free_port
+from tests.api.test_http_protocol import served
 from tests.conftest import key_seal, make_settings
-from tests.test_http_protocol import served
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0

@@ -1,6 +1,6 @@
 """Stream shards (AUDIT_STREAM_SHARDS): keys and slots, which writer serves which shard, one
 ledger chain per shard, and verification, checkpoints, proofs, bundles and dead letters over
-all of them. The real 3-master Redis Cluster run is in tests/test_faults.py."""
+all of them. The real 3-master Redis Cluster run is in tests/faults/test_faults.py."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
-from tests.test_proofs import _cli
+from tests.ledger.test_proofs import _cli
 
 # The default is one process per CPU (two here: the parallel path).
 JOBS: tuple[list[str], ...] = ([], ["--jobs", "1"], ["--jobs", "2"])
@@ -136,7 +136,7 @@ async def _head(client: object, headers: dict[str, str]) -> int:
 async def test_naming_the_chain_still_finds_rows_outside_every_batch(
     sealed_factory: SealedFactory,
 ) -> None:
-    from tests.test_verify import insert_forged
+    from tests.ledger.test_verify import insert_forged
 
     sealed = await sealed_factory([3, 4])
     forged = await insert_forged(sealed, batch_id=None, leaf_index=None)
