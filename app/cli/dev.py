@@ -1,15 +1,21 @@
-"""`make run`: serve with embedded PostgreSQL and Valkey under .data/ when no URLs are set.
+"""`python -m app dev` (`make run`): serve with embedded PostgreSQL and Valkey under .data/ when
+no URLs are set, with generated keys, optionally seeded with a small demo set (`--demo`);
+`python -m app dev env`: the shell exports that make every other command use that setup.
 
 The embedded servers come from the optional `embedded` extra; nothing else imports them.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import json
 import logging
 import os
 import secrets
+import shlex
+import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,6 +31,13 @@ DATA = Path(".data")
 DEV_ORG = "demo"
 
 DEV_DATABASE = "audit"
+
+# What `dev` ran with, for `dev env` (secrets: the file is the owner's only, like the keys).
+DEV_ENV = DATA / "dev-env.json"
+
+# The demo set: three months of a small clinic's events for organization "demo".
+DEMO_EVENTS = 6000
+DEMO_MONTHS = 3
 
 
 def start_embedded_postgres(stop: ExitStack) -> str:
@@ -140,7 +153,77 @@ Dev API key (organization "{DEV_ORG}", all scopes) is in .data/dev-api-key. Try:
 """
 
 
-def run_dev(settings: Settings) -> None:
+def save_dev_env(settings: Settings) -> None:
+    values = {
+        "AUDIT_DATABASE_URL": settings.database_url,
+        "AUDIT_REDIS_URL": settings.redis_url,
+        "AUDIT_SIGNING_KEYS": settings.signing_keys,
+        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
+        "AUDIT_SERVICE_KEYS": settings.service_keys,
+        "API": f"http://{settings.host}:{settings.port}",
+    }
+    DEV_ENV.write_text(json.dumps(values, indent=1) + "\n")
+    DEV_ENV.chmod(0o600)
+
+
+def dev_env() -> int:
+    """Print `export` lines for a shell: the URLs and keys `dev` runs with, the dev API key as
+    AUDIT_KEY, and this Python first on PATH, so `python -m app ...` and the docs' curl lines
+    work as printed. Use it as `eval "$(.venv/bin/python -m app dev env)"`."""
+    if not DEV_ENV.exists():
+        print(
+            "start the service with `make run` first (it writes .data/dev-env.json)",
+            file=sys.stderr,
+        )
+        return 2
+    values = dict(json.loads(DEV_ENV.read_text()))
+    key_file = DATA / "dev-api-key"
+    if key_file.exists():
+        values["AUDIT_KEY"] = key_file.read_text().strip()
+    for name, value in values.items():
+        if value:
+            print(f"export {name}={shlex.quote(str(value))}")
+    print(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"')
+    return 0
+
+
+async def _organization_has_events(settings: Settings, organization: str) -> bool:
+    from app.core.db import connect_raw
+
+    conn = await connect_raw(settings)
+    try:
+        found = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM audit_log WHERE organization_id = $1)", organization
+        )
+    finally:
+        await conn.close()
+    return bool(found)
+
+
+def seed_demo(settings: Settings) -> None:
+    """Load the demo set once: organization "demo", patients p-100 to p-149, people such as
+    dr.smith and nurse.lee, over the last three months up to now, sealed like the service's."""
+    from app.cli.seed import DEMO_PRINCIPALS, SeedPlan, run_seed
+
+    if asyncio.run(_organization_has_events(settings, DEV_ORG)):
+        log.info("dev mode: organization %r has events already; no demo set loaded", DEV_ORG)
+        return
+    plan = SeedPlan(
+        events=DEMO_EVENTS,
+        months=DEMO_MONTHS,
+        batch_size=500,
+        processes=1,
+        principals_per_org=len(DEMO_PRINCIPALS),
+        org_names=(DEV_ORG,),
+        demo_people=True,
+    )
+    done = run_seed(settings, plan)
+    log.info(
+        "dev mode: demo set of %s events for %r from %s", done["events"], DEV_ORG, done["from"]
+    )
+
+
+def run_dev(settings: Settings, *, demo: bool = False) -> None:
     from app.cli.migrate import migrate
     from app.cli.serve import serve
 
@@ -161,5 +244,21 @@ def run_dev(settings: Settings) -> None:
         settings = Settings(**overrides) if overrides else settings
         migrate(settings)
         key = asyncio.run(ensure_dev_key(settings))
+        save_dev_env(settings)
+        if demo:
+            seed_demo(settings)
         print(curl_example(settings, key), flush=True)
         serve(settings)
+
+
+def run_dev_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`dev` (serve), `dev env` or `dev seed`."""
+    from app.cli.seed import _seed
+
+    if args.dev_command == "seed":
+        _seed(settings, args)
+    elif args.dev_command == "env":
+        return dev_env()
+    else:
+        run_dev(settings, demo=args.demo)
+    return 0

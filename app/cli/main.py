@@ -1,28 +1,37 @@
-"""`python -m app ...`: serve, worker, migrate, keys, dev."""
+"""`python -m app <command>`: the service, its writers, its database and keys, its ledger."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from app.apikeys.keys import ALL_SCOPES
+from app.cli.dev import run_dev_command
 from app.cli.integrity import _integrity
 from app.cli.keys import _keys
 from app.cli.migrate import migrate
 from app.cli.partitions import _partitions
-from app.cli.seed import _seed
 from app.cli.serve import _worker, serve
 from app.core.config import Settings
 from app.core.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="the API with its writer task group")
     sub.add_parser("worker", help="writers only (scale-out)")
     sub.add_parser("migrate", help="apply Alembic migrations")
     dev = sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
+    dev.add_argument("--demo", action="store_true", help="load the demo set once (make run DEMO=1)")
     dev_sub = dev.add_subparsers(dest="dev_command")
+    dev_sub.add_parser(
+        "env", help='shell exports for the dev setup: eval "$(python -m app dev env)"'
+    )
     seed = dev_sub.add_parser("seed", help="load realistic sealed events (benchmarks, demos)")
     seed.add_argument("--events", type=int, required=True)
     seed.add_argument("--orgs", type=int, default=2)
@@ -35,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", help="create a key; prints it as the last line")
     create.add_argument("--org", required=True)
-    create.add_argument("--scopes", required=True, help="comma list: ingest,read,verify,admin")
+    create.add_argument("--scopes", required=True, help="comma list of: " + ",".join(ALL_SCOPES))
     create.add_argument("--name", default="")
     listing = keys.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("--org")
@@ -79,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     offline = sub.add_parser("verify-bundle", help="verify a bundle with no database")
     offline.add_argument("bundle")
     offline.add_argument("--public-key", help="Ed25519 public key (base64)")
+    parser.epilog = "commands:\n" + "\n".join(
+        f"  {name:<22} {text}" for name, text in command_list(parser)
+    )
     return parser
+
+
+def command_list(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str]]:
+    """Every command and subcommand with its help line, in the order they were added."""
+    found: list[tuple[str, str]] = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for choice in action._choices_actions:
+            name = f"{prefix}{choice.dest}"
+            found.append((name, choice.help or ""))
+            found += command_list(action.choices[choice.dest], name + " ")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,13 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "ledger-keygen"
             else run_verify_bundle(settings, args)
         )
-    if args.command == "dev" and args.dev_command == "seed":
-        _seed(settings, args)
-    elif args.command == "dev":
-        from app.cli.dev import run_dev
-
-        run_dev(settings)
-    elif args.command == "serve":
+    if args.command == "dev":
+        return run_dev_command(settings, args)
+    if args.command == "serve":
         serve(settings)
     elif not settings.database_url:
         raise SystemExit("AUDIT_DATABASE_URL must be set")

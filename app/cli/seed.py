@@ -61,6 +61,19 @@ USER_AGENTS = ("Epic Hyperspace/10.2", "Cerner PowerChart/2024", "Mozilla/5.0 po
 
 BREAK_GLASS_SHARE = 0.002
 
+# The people of the demo set (`make run DEMO=1`), whom the walk-throughs name.
+DEMO_PRINCIPALS = (
+    "dr.smith",
+    "dr.jones",
+    "dr.patel",
+    "nurse.lee",
+    "nurse.garcia",
+    "pharm.chen",
+    "clerk.brown",
+    "svc-lab-interface",
+)
+DEMO_PATIENTS = 50  # p-100 to p-149
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SeedPlan:
@@ -72,9 +85,14 @@ class SeedPlan:
     principals_per_org: int = 2000
     patients_per_org: int = 100_000
     random_seed: int = 1
+    # Named organizations instead of org-01...; the demo's named people instead of numbered.
+    org_names: tuple[str, ...] = ()
+    demo_people: bool = False
 
     @property
     def organizations(self) -> list[str]:
+        if self.org_names:
+            return list(self.org_names)
         return [f"org-{i + 1:02d}" for i in range(self.orgs)]
 
 
@@ -106,16 +124,22 @@ class EventMaker:
         self.rng = random.Random(seed)
         self.actions = list(ACTIONS)
         self.action_weights = [a[1] for a in ACTIONS]
+        self.organizations = plan.organizations
 
     def record(self, moment: datetime) -> dict[str, Any]:
         rng, plan = self.rng, self.plan
         action, _, target_type, with_patient, classification = rng.choices(
             self.actions, self.action_weights
         )[0]
-        org = plan.organizations[rng.randrange(plan.orgs)]
+        org = self.organizations[rng.randrange(len(self.organizations))]
         principal = rng.randrange(plan.principals_per_org)
         service = principal % 50 == 0
+        principal_id = f"svc-{principal:04d}" if service else f"user-{principal:04d}"
         patient = f"pat-{rng.randrange(plan.patients_per_org):06d}" if with_patient else None
+        if plan.demo_people:
+            principal_id = DEMO_PRINCIPALS[principal % len(DEMO_PRINCIPALS)]
+            service = principal_id.startswith("svc-")
+            patient = f"p-{100 + rng.randrange(DEMO_PATIENTS)}" if with_patient else None
         break_glass = patient is not None and rng.random() < BREAK_GLASS_SHARE
         purpose = None
         if patient is not None:
@@ -136,7 +160,7 @@ class EventMaker:
             "organization_id": org,
             "outcome_description": "denied by policy" if status == "failure" else None,
             "patient_id": patient,
-            "principal_id": f"svc-{principal:04d}" if service else f"user-{principal:04d}",
+            "principal_id": principal_id,
             "principal_type": "service" if service else "user",
             "priority": "high" if break_glass else "normal",
             "purpose_of_use": purpose,
@@ -240,8 +264,6 @@ def run_seed(settings: Settings, plan: SeedPlan) -> dict[str, Any]:
 
 
 def _seed(settings: Settings, args: argparse.Namespace) -> None:
-    from app.cli.seed import SeedPlan, run_seed
-
     if not settings.database_url:
         raise SystemExit("AUDIT_DATABASE_URL must be set: seed loads into that database")
     plan = SeedPlan(
