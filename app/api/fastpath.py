@@ -1,13 +1,12 @@
 """POST /events and /events/bulk, served ahead of the framework.
 
-Profiles of single-event ingest showed about a third of each request's CPU in routing,
-dependency injection and the generic HTTP-metrics middleware, and a tenth more in the
-framework's own middleware layers (error pages, telemetry, body limits). `AuditApp` takes the two
-ingest routes before all of that and calls the very same handlers (app.api.routes.ingest) with the
-same authentication, limits, answers and error shapes (an unexpected error is the same 500 the
-framework's handler gives); the routes stay registered, so the OpenAPI document still describes
-them. The requests are measured by their own histogram (`audit_ingest_request_seconds`) instead
-of the generic `http_*` metrics.
+Routing, dependency injection, the generic HTTP-metrics middleware and the framework's own
+middleware layers (error pages, telemetry, body limits) are a large part of what a single-event
+request costs. `AuditApp` takes the two ingest routes before all of that and calls the very same
+handlers (app.api.routes.ingest) with the same authentication, limits, answers and error shapes
+(an unexpected error is the same 500 the framework's handler gives); the routes stay registered,
+so the OpenAPI document still describes them. The requests are measured by their own histogram
+(`audit_ingest_request_seconds`) instead of the generic `http_*` metrics.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What one connection and one process may take of the HTTP layer, and the answers the protocol
 (app.api.http_protocol) gives on its own when a client goes past it.
 
-Without these, uvicorn's httptools protocol buffered a request head of any size (a 256 MiB header
-took a process to 612 MiB and held its event loop for seconds), kept half-sent heads and bodies
+Without these, uvicorn's httptools protocol buffered a request head of any size (one huge header
+could swell a process's memory and stall its event loop), kept half-sent heads and bodies
 and never-used connections open indefinitely, and accepted connections until the process ran
 out of file descriptors.
 """

@@ -3,12 +3,11 @@ head and body, and limits on what a client may take of a connection and of the p
 
 uvicorn's httptools protocol writes a response's status line and headers as soon as the app
 starts the response, and the body in a second write: two send calls, and two TCP segments the
-client must take, for every answer. Profiles of single-event ingest put those two sends at about
-a quarter of an API process's CPU. `HttpProtocol` gives uvicorn a transport that holds a head
-back until the next write (the body, written right after it in the same step) and sends both
-in one. A head with no write after it in the same turn of the event loop (a HEAD answer,
-`100 Continue`, a stream whose first chunk is not ready yet) goes out at the end of that turn.
-Writes keep their order.
+client must take, for every answer; under single-event ingest those sends are a large share of an
+API process's CPU. `HttpProtocol` gives uvicorn a transport that holds a head back until the next
+write (the body, written right after it in the same step) and sends both in one. A head with no
+write after it in the same turn of the event loop (a HEAD answer, `100 Continue`, a stream whose
+first chunk is not ready yet) goes out at the end of that turn. Writes keep their order.
 
 Each connection is held to `HttpLimits` (app.api.http_limits): the size and field count of a
 request head, the time a head and a body may take, and the connections a process holds open;

@@ -83,7 +83,7 @@ def event_hash(record: Mapping[str, Any]) -> bytes:
 def sign_hash(digest: bytes, key: SigningKey) -> bytes:
     """HMAC-SHA256 (RFC 2104) over the raw event hash with the named key. The key's padded
     inner and outer states are computed once per key and copied for each message: the same
-    bytes as `hmac.digest`, in about half its time (it sets the key up anew on every call)."""
+    bytes as `hmac.digest`, which sets the key up anew on every call."""
     inner_start, outer_start = _hmac_states(key.secret)
     inner = inner_start.copy()
     inner.update(digest)

@@ -61,7 +61,7 @@ def _canonical_id(text: str) -> str:
 
 def _canonical_time(text: str, moment: datetime) -> str:
     """The canonical text of a time: the text itself when it already is (as the API queues it;
-    formatting again costs a tenth of a row), else formatted anew."""
+    formatting it again would add to the cost of every row), else formatted anew."""
     return text if CANONICAL_TIME.fullmatch(text) else format_timestamp(moment)
 
 
