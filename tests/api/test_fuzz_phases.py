@@ -14,9 +14,7 @@ for the same seeded events, so every run sends the same kinds of requests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,16 +28,15 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import redis
 
 from app.apikeys.keys import ALL_SCOPES, create_api_key
 from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.core.db import engine_scope
-from loadtests.faults.processes import clean_environment
 from loadtests.faults.servers import free_port
 from tests.api.test_fuzz import OPERATIONS
 from tests.conftest import event, key_seal, make_settings, wait_stored, with_database
+from tests.served import serving
 
 PHASES = ("examples", "coverage")
 # The four checks test_fuzz.py runs on every operation, and only those.
@@ -52,8 +49,6 @@ CHECKS = (
 # Without fill-missing the examples phase skips every operation: the document declares no
 # examples, only defaults.
 CONFIG = "[phases.examples]\nfill-missing = true\n"
-READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 # The run takes about 15 s on two cores; this only bounds a hang.
 RUN_TIMEOUT_S = 150.0  # a bound for a loaded host; the run takes 30-50 s
 SEEDED_EVENTS = 6
@@ -111,58 +106,13 @@ async def _new_key(settings: Settings, org: str) -> str:
     return key
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until /readyz answers 200: the writers run, so no answer of the run is a 503."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        if process.poll() is not None:
-            pytest.fail(f"the server exited ({process.returncode}):\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"the server was not ready in time:\n{_tail(log)}")
-        time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's own process group, SIGKILL if it does not exit in time."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _tail(path: Path, chars: int = 3_000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
-
-
 @pytest.fixture
 def live(own_database: str, redis_url: str, org: str, tmp_path: Path) -> Iterator[Live]:
     """`python -m app serve` on a free port, a key with every scope, and sealed events."""
-    port = free_port()
-    settings = make_settings(own_database, redis_url, port=port, log_level="WARNING")
-    env = clean_environment()
-    explicit = settings.model_dump(include=settings.model_fields_set)
-    env.update({f"AUDIT_{name.upper()}": str(value) for name, value in explicit.items()})
+    settings = make_settings(own_database, redis_url, port=free_port(), log_level="WARNING")
     log = tmp_path / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            env=env,
-            cwd=tmp_path,  # no .env of the checkout is read
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_ready(url, process, log)
+    # /readyz: the writers run, so no answer of the run is a 503.
+    with serving(settings, log, ready="/readyz", cwd=tmp_path) as server:
         key = asyncio.run(_new_key(settings, org))
         events = [
             event(
@@ -174,17 +124,10 @@ def live(own_database: str, redis_url: str, org: str, tmp_path: Path) -> Iterato
             for i in range(SEEDED_EVENTS)
         ]
         headers = {"Authorization": f"Bearer {key}"}
-        response = httpx.post(f"{url}/events/bulk", json=events, headers=headers, timeout=10)
+        response = httpx.post(f"{server.url}/events/bulk", json=events, headers=headers, timeout=10)
         assert response.status_code == 202, response.text
         asyncio.run(wait_stored(own_database, org, SEEDED_EVENTS))
-        yield Live(url, key, log)
-    finally:
-        _stop(process)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match="{" + settings.stream_prefix + "}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        yield Live(server.url, key, log)
 
 
 def _phases(ndjson: Path) -> dict[str, Phase]:
@@ -254,7 +197,7 @@ def test_examples_and_coverage_phases_conform(live: Live, tmp_path: Path) -> Non
     if run.returncode != 0 or report["failures"] or report["errors"]:
         pytest.fail(
             f"{summary}\n\n{_findings(run.stdout)}\n{run.stderr[-2_000:]}\n"
-            f"--- server log ---\n{_tail(live.log)}",
+            f"--- server log ---\n{live.log.read_text(errors='replace')[-3_000:]}",
             pytrace=False,
         )
     for name in PHASES:

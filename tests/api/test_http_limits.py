@@ -9,10 +9,8 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import resource
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.http_limits import RESERVED_FILES, HttpLimits, connection_cap
@@ -35,6 +32,7 @@ from app.core.db import create_engine
 from loadtests.faults.servers import free_port
 from tests.api.test_http_protocol import served
 from tests.conftest import key_seal, make_settings
+from tests.served import serving
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -42,26 +40,6 @@ BODY_DEADLINE_S = 2.5
 KEEP_ALIVE_S = 0.5
 CAPPED_CONNECTIONS = 8  # per process of the two-process server
 SLACK_S = 3.0  # on top of a timeout: a shared two-core host is slow at times
-READY_WITHIN_S = 60.0
-
-
-@dataclass
-class Server:
-    """One `python -m app serve` (with its workers when api_processes > 1)."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    auth: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    for name, value in settings.model_dump().items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        env[f"AUDIT_{name.upper()}"] = text
-    return env
 
 
 async def ingest_key(settings: Settings) -> str:
@@ -75,56 +53,32 @@ async def ingest_key(settings: Settings) -> str:
     return key
 
 
+@dataclass
+class Server:
+    """One `python -m app serve` (with its workers when api_processes > 1)."""
+
+    port: int
+    pid: int
+    log: Path
+    auth: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def serving(database_url: str, redis_url: str, log: Path, **overrides: Any) -> Iterator[Server]:
-    port = free_port()
+def limited_server(
+    database_url: str, redis_url: str, log: Path, **overrides: Any
+) -> Iterator[Server]:
     settings = make_settings(
-        database_url, redis_url, port=port, run_writers=False, log_level="WARNING", **overrides
+        database_url,
+        redis_url,
+        port=free_port(),
+        run_writers=False,
+        log_level="WARNING",
+        **overrides,
     )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            env=settings_environment(settings),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(port, process, log, settings=overrides)
-    try:
-        wait_ready(server)
-        server.auth = asyncio.run(ingest_key(settings))
-        yield server
-    finally:
-        stop(process)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match="{" + settings.stream_prefix + "}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
-def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_WITHIN_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"serve exited: {server.log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            if get(server.port, "/healthz")[0] == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"serve not ready: {server.log.read_text()[-2000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    with serving(settings, log) as process:
+        key = asyncio.run(ingest_key(settings))
+        yield Server(settings.port, process.process.pid, log, key, settings=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +86,7 @@ def server(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One process, short timeouts, the default head limits."""
-    with serving(
+    with limited_server(
         database_url,
         redis_url,
         tmp_path_factory.mktemp("serve") / "serve.log",
@@ -149,7 +103,7 @@ def two_processes(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """Two API processes sharing the port, each holding at most CAPPED_CONNECTIONS."""
-    with serving(
+    with limited_server(
         database_url,
         redis_url,
         tmp_path_factory.mktemp("serve2") / "serve.log",
@@ -290,7 +244,7 @@ def stream_huge_head(port: int, size: int) -> tuple[bytes, int]:
 
 
 def test_a_huge_header_is_refused_with_memory_flat_and_healthz_answering(server: Server) -> None:
-    pid = server.process.pid
+    pid = server.pid
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS starts again from now
     before = memory_kib(pid)
     probe = HealthProbe(server.port)

@@ -24,6 +24,7 @@ from app.ledger.proofs import event_proof
 from app.ledger.signing import new_keypair, verify_public_signature
 from app.ledger.verify import Verifier, verify_range
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
+from tests.served import environment
 
 # -- an independent checker, as a third party would write it from the README ------------------
 
@@ -257,19 +258,7 @@ async def test_two_writer_processes_build_one_unbroken_chain(
 ) -> None:
     sealed = await sealed_factory([1])
     settings = sealed.res.settings
-    env = {
-        **os.environ,
-        "AUDIT_DATABASE_URL": settings.database_url,
-        "AUDIT_REDIS_URL": settings.redis_url,
-        "AUDIT_SIGNING_KEYS": settings.signing_keys,
-        "AUDIT_SERVICE_KEYS": settings.service_keys,
-        "AUDIT_LEDGER_KEYS": settings.ledger_keys,
-        "AUDIT_STREAM_PREFIX": settings.stream_prefix,
-        "AUDIT_BATCH_SIZE": "50",
-        "AUDIT_WRITERS": "2",
-        "AUDIT_LOG_LEVEL": "WARNING",
-        "AUDIT_READ_BLOCK_MS": "100",
-    }
+    env = {**os.environ, **environment(settings, batch_size=50, writers=2, read_block_ms=100)}
     procs = [
         await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "worker", env=env)
         for _ in range(2)
