@@ -144,6 +144,8 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "retry_max_ms": 200,
         "depth_poll_ms": 20,
         "read_block_ms": 100,
+        # A test that counts what was queued or stored sees only its own events.
+        "threshold_events": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

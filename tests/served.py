@@ -55,6 +55,7 @@ def environment(settings: Settings, **extra: Any) -> dict[str, str]:
         "AUDIT_STREAM_PREFIX": settings.stream_prefix,
         "AUDIT_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
         "AUDIT_LOG_LEVEL": "WARNING",
+        "AUDIT_THRESHOLD_EVENTS": str(settings.threshold_events).lower(),
     }
     values.update({f"AUDIT_{name.upper()}": str(value) for name, value in extra.items()})
     return values

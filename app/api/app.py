@@ -12,6 +12,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api.errors import install_error_handlers
 from app.api.fastpath import AuditApp
+from app.api.performance import api_monitor
 from app.api.routes import events, health, ingest, integrity, phi, queue
 from app.core.config import Settings
 from app.core.metrics import Metrics
@@ -30,6 +31,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.run_writers and settings.writers > 0:
             res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
             res.writers.start()
+        if settings.threshold_events:
+            monitor = api_monitor(res).run()
+            res.background.append(asyncio.create_task(monitor, name="thresholds"))
         yield
     finally:
         await close_resources(res)

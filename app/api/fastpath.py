@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from app.api import access_log
 from app.api.deps import resources
 from app.api.errors import (
     DEPENDENCY_ERRORS,
@@ -39,21 +40,42 @@ ROUTES: dict[str, Handler] = {"/events": ingest.post_event, "/events/bulk": inge
 
 class AuditApp(FastAPI):
     """The service's ASGI app: the ingest POSTs go straight to their handlers, the rest through
-    the framework."""
+    the framework; every request is counted and logged (app.api.access_log)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         started = time.perf_counter()
-        scope["app"] = self
-        request = Request(scope, receive)
-        response = await _answer(request, handler)
-        await response(scope, receive, send)
-        resources(request).metrics.ingest_request_seconds.labels(route=scope["path"]).observe(
-            time.perf_counter() - started
-        )
+        status = 500  # what the server answers when the app sends nothing
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        handler = ROUTES.get(scope["path"])
+        route = scope["path"]
+        try:
+            if handler is None or scope["method"] != "POST":
+                await super().__call__(scope, receive, sending)
+                route = access_log.route_template(scope)
+                return
+            scope["app"] = self
+            request = Request(scope, receive)
+            response = await _answer(request, handler)
+            await response(scope, receive, sending)
+            resources(request).metrics.ingest_request_seconds.labels(route=route).observe(
+                time.perf_counter() - started
+            )
+        finally:
+            self._recorded(scope, route, status, time.perf_counter() - started)
+
+    def _recorded(self, scope: Scope, route: str, status: int, seconds: float) -> None:
+        res = getattr(self.state, "resources", None)
+        if res is not None:  # the lifespan is running
+            access_log.record(scope, route, status, seconds, res.metrics, res.settings.access_log)
 
 
 async def _answer(request: Request, handler: Handler) -> Response:

@@ -42,6 +42,7 @@ async def authenticate(request: Request) -> Caller:
 async def authorize(request: Request, scope: str) -> Caller:
     """The caller of this request, who must hold `scope`."""
     caller = await authenticate(request)
+    request.state.key_id = caller.key_id  # for the access log
     if scope not in caller.scopes:
         raise Forbidden(f"this API key lacks the '{scope}' scope")
     return caller

@@ -70,6 +70,11 @@ async def run_worker(settings: Settings) -> None:
         server = await serve_metrics(settings, res.metrics.registry)
     res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
     res.writers.start()
+    if settings.threshold_events:
+        from app.api.performance import worker_monitor
+
+        monitor = worker_monitor(res).run()
+        res.background.append(asyncio.create_task(monitor, name="thresholds"))
     tune_gc()
     log.info("worker running %d writers; stop with SIGTERM or Ctrl-C", settings.writers)
     try:

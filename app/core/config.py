@@ -178,6 +178,22 @@ class Settings(BaseSettings):
     # Where it listens: loopback unless set (it answers with AUDIT_METRICS_TOKEN when that is set).
     worker_metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # One JSON line per HTTP request on logger app.access: method, route template, status,
+    # duration and API key id; never paths' values, queries or bodies (they may hold PHI).
+    access_log: bool = True
+
+    # The service's own performance thresholds: every threshold_check_s each process compares
+    # what it measures with them and records a violation as a sealed audit event
+    # (`performance.threshold.violation`, of organization operations_org), at most one per
+    # threshold and process every threshold_event_interval_s (the others are counted in it).
+    threshold_events: bool = True
+    threshold_check_s: float = Field(default=10.0, gt=0)
+    threshold_event_interval_s: float = Field(default=300.0, ge=0)
+    threshold_queue_depth: int = Field(default=1000, ge=0)
+    threshold_lag_p99_s: float = Field(default=1.0, gt=0)
+    threshold_error_rate: float = Field(default=0.05, gt=0, le=1)
+    threshold_rss_mb: int = Field(default=512, ge=1)
+    operations_org: str = Field(default="_service", min_length=1, max_length=128)
 
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
@@ -188,8 +204,6 @@ class Settings(BaseSettings):
     @field_validator("retention")
     @classmethod
     def _check_retention(cls, value: str) -> str:
-        from app.core.config import parse_retention
-
         parse_retention(value)
         return value
 

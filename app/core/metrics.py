@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
@@ -30,10 +30,14 @@ class Metrics:
     ingest_request_seconds: Histogram
     ledger_head_seq: Gauge
     api_key_rows_refused: Counter
+    http_responses: Counter
+    writers: Gauge
+    threshold_violations: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry or CollectorRegistry()
+        ProcessCollector(registry=reg)  # process_resident_memory_bytes and the like
         return cls(
             registry=reg,
             accepted=Counter(
@@ -99,6 +103,20 @@ class Metrics:
                 "audit_api_key_rows_refused",
                 "Keys presented whose api_keys row's MAC does not check (made or changed around"
                 " `keys create`, or not sealed yet)",
+                registry=reg,
+            ),
+            http_responses=Counter(
+                "audit_http_responses",
+                "HTTP answers by route template and status (every route, the fast ingest path too)",
+                ["route", "status"],
+                registry=reg,
+            ),
+            writers=Gauge("audit_writers", "Writer tasks running in this process", registry=reg),
+            threshold_violations=Counter(
+                "audit_threshold_violations",
+                "Performance thresholds found exceeded (each recorded as an audit event, at most"
+                " one per threshold and interval)",
+                ["metric"],
                 registry=reg,
             ),
         )

@@ -50,6 +50,9 @@ class WriterGroup:
         self._tasks = [
             asyncio.create_task(w.run(self.stopping), name=f"writer:{w.name}") for w in self.writers
         ]
+        for task in self._tasks:  # audit_writers: the writer tasks still running
+            self.metrics.writers.inc()
+            task.add_done_callback(lambda _: self.metrics.writers.dec())
         self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._summarize_upkeep(), name="summarize"))
         log.info("started %d writers", len(self.writers))

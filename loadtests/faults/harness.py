@@ -178,6 +178,9 @@ class Harness:
                 "AUDIT_BATCH_SIZE": "1000",
                 "AUDIT_DB_POOL_SIZE": "4",
                 "AUDIT_LOG_LEVEL": "INFO",
+                # Every event stored must be one the driver sent; no line per request.
+                "AUDIT_THRESHOLD_EVENTS": "false",
+                "AUDIT_ACCESS_LOG": "false",
             }
         )
 

@@ -1,0 +1,44 @@
+"""One line and one count per HTTP request: method, route template, status, duration and the
+API key that asked. Only the route's template is kept (`/phi-access/patients/{patient_id}`),
+never the path's values, the query or a body, which may hold PHI."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import Scope
+
+from app.core.metrics import Metrics
+
+log = logging.getLogger("app.access")
+UNMATCHED = "unmatched"  # no route: its path is the client's text, not ours to log or count
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def key_id(scope: Scope) -> str | None:
+    """The API key the request authenticated with (set on the request's state), if any."""
+    state = scope.get("state")
+    found = state.get("key_id") if isinstance(state, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def record(
+    scope: Scope, route: str, status: int, seconds: float, metrics: Metrics, to_log: bool
+) -> None:
+    metrics.http_responses.labels(route=route, status=str(status)).inc()
+    if to_log:
+        log.info(
+            "request",
+            extra={
+                "method": scope.get("method", ""),
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "key_id": key_id(scope),
+            },
+        )

@@ -1,0 +1,218 @@
+"""The service watching itself: every AUDIT_THRESHOLD_CHECK_S each process compares what it
+measures (queue depth, ingest-to-persist p99, the share of 5xx answers, its resident memory) with
+its thresholds and records each one exceeded as an audit event, `performance.threshold.violation`
+of organization AUDIT_OPERATIONS_ORG, sealed like any other. One threshold gives at most one
+event per process every AUDIT_THRESHOLD_EVENT_INTERVAL_S; the ones held back are counted in the
+next (`details.suppressed`) and in `audit_threshold_violations_total`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Metric
+
+from app.api.schemas import EventIn
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.core.tasks import wait_or_stop
+from app.core.timefmt import format_timestamp
+from app.queue.admission import admit_and_queue
+from app.wiring import Resources
+
+log = logging.getLogger(__name__)
+MONITOR = "performance-monitor"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    metric: str
+    value: float
+    threshold: float
+    unit: str
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE / 2**20
+
+
+def _samples(metrics: Metrics, name: str) -> Iterable[Any]:
+    families: list[Metric] = list(metrics.registry.collect())
+    for family in families:
+        if family.name == name:
+            yield from family.samples
+
+
+def histogram_buckets(metrics: Metrics, name: str) -> dict[float, float]:
+    """Cumulative counts by upper bound of a histogram without labels."""
+    return {
+        float(s.labels["le"]): s.value
+        for s in _samples(metrics, name)
+        if s.name.endswith("_bucket")
+    }
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The q-quantile of cumulative bucket counts, interpolated as Prometheus'
+    histogram_quantile does; None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    below, count_below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return below
+            share = (rank - count_below) / (count - count_below) if count > count_below else 1.0
+            return below + (bound - below) * share
+        below, count_below = bound, count
+    return below
+
+
+def responses(metrics: Metrics) -> tuple[float, float]:
+    """All HTTP answers and the 5xx among them, so far."""
+    total = errors = 0.0
+    for sample in _samples(metrics, "audit_http_responses"):
+        if sample.name.endswith("_total"):
+            total += sample.value
+            if sample.labels.get("status", "").startswith("5"):
+                errors += sample.value
+    return total, errors
+
+
+@dataclass
+class Measures:
+    """What one process measures, in the window since the previous check."""
+
+    metrics: Metrics
+    queue_depth: Callable[[], int]
+    _lag: dict[float, float] = field(default_factory=dict)
+    _answers: tuple[float, float] = (0.0, 0.0)
+
+    def take(self, settings: Settings) -> list[Violation]:
+        found = []
+        depth = self.queue_depth()
+        if depth > settings.threshold_queue_depth:
+            found.append(Violation("queue_depth", depth, settings.threshold_queue_depth, "events"))
+        lag = histogram_buckets(self.metrics, "audit_ingest_to_persist_seconds")
+        window = {bound: count - self._lag.get(bound, 0.0) for bound, count in lag.items()}
+        self._lag = lag
+        p99 = quantile(0.99, window)
+        if p99 is not None and p99 > settings.threshold_lag_p99_s:
+            found.append(Violation("ingest_to_persist_p99", p99, settings.threshold_lag_p99_s, "s"))
+        total, errors = responses(self.metrics)
+        answered, failed = total - self._answers[0], errors - self._answers[1]
+        self._answers = (total, errors)
+        if answered > 0 and failed / answered > settings.threshold_error_rate:
+            rate = failed / answered
+            found.append(Violation("error_rate", rate, settings.threshold_error_rate, "share"))
+        memory = rss_mb()
+        if memory > settings.threshold_rss_mb:
+            found.append(Violation("memory_rss", memory, settings.threshold_rss_mb, "MiB"))
+        return found
+
+
+@dataclass
+class ThresholdMonitor:
+    res: Resources
+    process: str  # "api" or "worker"
+    measures: Measures
+    _last_event: dict[str, float] = field(default_factory=dict)
+    _suppressed: dict[str, int] = field(default_factory=dict)
+
+    async def check(self) -> int:
+        """Compare once; returns how many violation events were queued."""
+        settings = self.res.settings
+        queued = 0
+        for violation in self.measures.take(settings):
+            self.res.metrics.threshold_violations.labels(metric=violation.metric).inc()
+            now = time.monotonic()
+            last = self._last_event.get(violation.metric)
+            if last is not None and now - last < settings.threshold_event_interval_s:
+                self._suppressed[violation.metric] = self._suppressed.get(violation.metric, 0) + 1
+                continue
+            if await self._record(violation):
+                self._last_event[violation.metric] = now
+                queued += 1
+        return queued
+
+    async def _record(self, violation: Violation) -> bool:
+        settings, res = self.res.settings, self.res
+        suppressed = self._suppressed.get(violation.metric, 0)
+        event = EventIn(
+            action="performance.threshold.violation",
+            status="failure",
+            principal_id=MONITOR,
+            principal_type="service",
+            data_classification="INTERNAL",
+            priority="high",
+            details={
+                "metric": violation.metric,
+                "value": round(violation.value, 6),
+                "threshold": violation.threshold,
+                "unit": violation.unit,
+                "violation_ratio": round(violation.value / violation.threshold, 6)
+                if violation.threshold
+                else None,
+                "process": self.process,
+                "pid": os.getpid(),
+                "suppressed": suppressed,
+            },
+            outcome_description=(
+                f"Performance threshold exceeded: {violation.metric} = {violation.value:.6g} "
+                f"{violation.unit} (threshold {violation.threshold:g})"
+            ),
+        )
+        record = event.to_record(settings.operations_org, format_timestamp(datetime.now(UTC)))
+
+        async def put() -> None:
+            await res.stream.enqueue([record], settings.stream_entry_events)
+
+        try:
+            await admit_and_queue(
+                res.admission,
+                MONITOR,
+                frozenset(),
+                settings.operations_org,
+                1,
+                put,
+                rated=False,
+                quota=False,
+            )
+        except Exception as exc:  # the queue full or Redis down: the metric still counts it
+            log.warning("threshold violation not recorded: %s", type(exc).__name__)
+            return False
+        self._suppressed[violation.metric] = 0
+        res.metrics.accepted.inc()
+        return True
+
+    async def run(self) -> None:
+        interval = self.res.settings.threshold_check_s
+        while not self.res.stopping.is_set():
+            await wait_or_stop(self.res.stopping, interval)
+            if self.res.stopping.is_set():
+                return
+            try:
+                await self.check()
+            except Exception as exc:
+                log.warning("threshold check failed: %s", type(exc).__name__)
+
+
+def api_monitor(res: Resources) -> ThresholdMonitor:
+    """For an API process: the queue depth its admission knows (polled from Redis)."""
+    return ThresholdMonitor(res, "api", Measures(res.metrics, lambda: res.admission.queued_events))
+
+
+def worker_monitor(res: Resources) -> ThresholdMonitor:
+    """For a worker process: it has no depth poll of its own; the API processes watch that."""
+    return ThresholdMonitor(res, "worker", Measures(res.metrics, lambda: 0))

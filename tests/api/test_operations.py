@@ -1,0 +1,131 @@
+"""What operators get from the service itself: one access log line and one count per request
+(route template, status, duration, key id; never PHI), and threshold violations recorded as
+sealed `performance.threshold.violation` events, at most one per threshold and interval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+
+from app.api.performance import Measures, ThresholdMonitor, api_monitor, quantile
+from app.apikeys.keys import create_api_key
+from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "app.access"]
+
+
+def _responses(svc_metrics: object, route: str, status: str) -> float:
+    counter = svc_metrics.http_responses  # type: ignore[attr-defined]
+    return float(counter.labels(route=route, status=status)._value.get())
+
+
+async def test_every_request_is_logged_by_its_route_template_never_its_values(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.access")
+    async with running(settings_factory(run_writers=False)) as svc:
+        res = svc.app.state.resources
+        key_id, key = await create_api_key(
+            res.engine, org, ["ingest", "read"], "ops", res.seals.api_keys
+        )
+        headers = {"Authorization": f"Bearer {key}"}
+        body = event(patient_id="p-secret-1")
+        posted = await svc.client.post("/events", json=body, headers=headers)
+        assert posted.status_code == 202
+        report = await svc.client.get(
+            "/phi-access/patients/p-secret-2?start=2026-01-01T00:00:00Z", headers=headers
+        )
+        assert report.status_code == 200
+        missing = await svc.client.get("/no/such/p-secret-3")
+        assert missing.status_code == 404
+        lines = _access_lines(caplog)
+        routes = [
+            (r.method, r.route, r.status, r.key_id)  # type: ignore[attr-defined]
+            for r in lines
+        ]
+        assert ("POST", "/events", 202, key_id) in routes
+        assert ("GET", "/phi-access/patients/{patient_id}", 200, key_id) in routes
+        assert ("GET", "unmatched", 404, None) in routes
+        assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
+        text = json.dumps([r.__dict__ for r in lines], default=str)
+        assert "p-secret" not in text and "2026-01-01" not in text
+        metrics = svc.app.state.metrics
+        assert _responses(metrics, "/phi-access/patients/{patient_id}", "200") == 1
+        assert _responses(metrics, "unmatched", "404") == 1
+
+
+async def test_the_access_log_can_be_turned_off_and_requests_still_count(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.access")
+    async with running(settings_factory(run_writers=False, access_log=False)) as svc:
+        headers = await svc.key(org)
+        assert (await svc.client.post("/events", json=event(), headers=headers)).status_code == 202
+        assert _access_lines(caplog) == []
+        assert _responses(svc.app.state.metrics, "/events", "202") == 1
+
+
+def test_quantiles_interpolate_within_buckets_as_prometheus_does() -> None:
+    buckets = {0.1: 50.0, 0.5: 90.0, 1.0: 99.0, 5.0: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, buckets) == pytest.approx(0.1)
+    assert quantile(0.7, buckets) == pytest.approx(0.3)
+    assert quantile(0.995, buckets) == pytest.approx(3.0)
+    assert quantile(0.99, {1.0: 0.0, float("inf"): 0.0}) is None
+
+
+async def test_violations_become_sealed_events_at_most_one_per_interval(
+    settings_factory: SettingsFactory, database_url: str
+) -> None:
+    operations = f"ops-{uuid.uuid4().hex[:8]}"
+    settings = settings_factory(
+        threshold_queue_depth=5, threshold_lag_p99_s=1.0, operations_org=operations
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        depth = {"now": 0}
+        monitor = ThresholdMonitor(res, "api", Measures(res.metrics, lambda: depth["now"]))
+        assert await monitor.check() == 0  # nothing exceeded
+        depth["now"] = 9
+        res.metrics.ingest_to_persist_seconds.observe(4.0)  # this window's p99: above 1 s
+        assert await monitor.check() == 2
+        depth["now"] = 12
+        assert await monitor.check() == 0  # within the interval: counted, not recorded
+        await wait_stored(database_url, operations, 2)
+        rows = await stored_rows(database_url, operations)
+        by_metric = {json.loads(r["details"])["metric"]: r for r in rows}
+        assert set(by_metric) == {"queue_depth", "ingest_to_persist_p99"}
+        depth_row = by_metric["queue_depth"]
+        details = json.loads(depth_row["details"])
+        assert depth_row["action"] == "performance.threshold.violation"
+        assert depth_row["status"] == "failure" and depth_row["priority"] == "high"
+        assert depth_row["principal_id"] == "performance-monitor"
+        assert (details["value"], details["threshold"], details["process"]) == (9, 5, "api")
+        assert depth_row["batch_id"] is not None  # sealed into the ledger
+        violations = res.metrics.threshold_violations
+        assert violations.labels(metric="queue_depth")._value.get() == 2
+
+
+async def test_the_monitor_watches_memory_and_errors_of_its_process(
+    settings_factory: SettingsFactory, database_url: str
+) -> None:
+    operations = f"ops-{uuid.uuid4().hex[:8]}"
+    settings = settings_factory(
+        threshold_rss_mb=1, threshold_event_interval_s=0, operations_org=operations
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        monitor = api_monitor(res)
+        assert await monitor.check() == 1  # any process is over 1 MiB
+        res.metrics.http_responses.labels(route="/events", status="202").inc(9)
+        res.metrics.http_responses.labels(route="/events", status="503").inc(1)
+        assert await monitor.check() == 2  # 10% of this window's answers were 5xx
+        await wait_stored(database_url, operations, 3)
+        metrics = sorted(
+            json.loads(r["details"])["metric"] for r in await stored_rows(database_url, operations)
+        )
+        assert metrics == ["error_rate", "memory_rss", "memory_rss"]
