@@ -150,7 +150,7 @@ def _shape_problem(item: Any) -> dict[str, Any] | None:
     return None
 
 
-def _parsed(body: bytes, limits: Limits) -> Any:
+def parsed_json(body: bytes, limits: Limits) -> Any:
     """The body as plain JSON values, after its values were counted (413 when too many)."""
     values = json_values(body, limits.max_values)
     if values > limits.max_values:
@@ -191,7 +191,7 @@ def _quick_failure(exc: ValidationError) -> None:
 def parse_bulk(body: bytes, limits: Limits) -> list[EventIn]:
     """The events of a bulk body, all valid, or an ApiError listing what is wrong."""
     if len(body) > SMALL_BODY:
-        problems = _bulk_problems(_parsed(body, limits), limits)
+        problems = _bulk_problems(parsed_json(body, limits), limits)
         if problems.total:
             problems.raise_all()
     try:
@@ -200,7 +200,7 @@ def parse_bulk(body: bytes, limits: Limits) -> list[EventIn]:
         )
     except ValidationError as exc:
         _quick_failure(exc)
-        problems = _bulk_problems(_parsed(body, limits), limits)
+        problems = _bulk_problems(parsed_json(body, limits), limits)
         if problems.total:
             problems.raise_all()
         raise InvalidEvents("events are invalid; nothing was accepted") from exc
@@ -213,7 +213,7 @@ def parse_bulk(body: bytes, limits: Limits) -> list[EventIn]:
 def parse_event(body: bytes, limits: Limits) -> EventIn:
     """The one event of a body, valid, or an ApiError saying what is wrong."""
     if len(body) > SMALL_EVENT:
-        shape = _shape_problem(_parsed(body, limits))
+        shape = _shape_problem(parsed_json(body, limits))
         if shape is not None:
             raise InvalidEvents("the event is invalid; nothing was accepted", details=[shape])
     try:
@@ -221,7 +221,7 @@ def parse_event(body: bytes, limits: Limits) -> EventIn:
     except ValidationError as exc:
         _quick_failure(exc)
         problems = Problems(bulk=False)
-        problems.add_event(0, _parsed(body, limits), limits.context)
+        problems.add_event(0, parsed_json(body, limits), limits.context)
         problems.raise_all()
     check_times([event], limits.max_future_skew_s, bulk=False)
     return event

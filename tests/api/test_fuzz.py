@@ -105,6 +105,7 @@ def export_parses(ctx: CheckContext, response: Any, case: AnyCase) -> bool | Non
 OPERATIONS: dict[str, list[CheckFunction]] = {
     "POST /events": [],
     "POST /events/bulk": [],
+    "POST /fhir/AuditEvent": [],
     "GET /events": [],
     "GET /events/export": [export_parses],
     "GET /events/{event_id}": [],

@@ -28,13 +28,15 @@ Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
 ERRORS = error_responses(400, 401, 403, 413, 415, 422, 429, 503)
 
 EVENT_REF = {"$ref": "#/components/schemas/EventIn"}
+JSON = ("application/json",)
 
 COALESCE_BELOW = 500  # smaller requests share Lua calls (app.queue.coalesce); larger ones go alone
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
+def request_body(schema: dict[str, Any], media_types: tuple[str, ...] = JSON) -> dict[str, Any]:
     # The body is read raw (one validating parse); these describe it in the OpenAPI document.
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    content = {media: {"schema": schema} for media in media_types}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def event_component_schemas() -> dict[str, Any]:
@@ -45,12 +47,14 @@ def event_component_schemas() -> dict[str, Any]:
     return components
 
 
-async def read_body(request: Request, caller: Caller) -> tuple[bytes, Slot | None]:
+async def read_body(
+    request: Request, caller: Caller, media_types: tuple[str, ...] = JSON
+) -> tuple[bytes, Slot | None]:
     """The body, and for one over SMALL_BODY the slot it holds (held until the answer: a
     process reads and parses few large bodies at once, and a key only its share of them)."""
-    content_type = request.headers.get("content-type", "application/json")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
-        raise UnsupportedMediaType("send events as application/json")
+    content_type = request.headers.get("content-type", media_types[0])
+    if content_type.split(";", 1)[0].strip().lower() not in media_types:
+        raise UnsupportedMediaType(f"send events as {' or '.join(media_types)}")
     res = resources(request)
     limit = res.settings.max_request_bytes
     declared = request.headers.get("content-length", "")
@@ -111,13 +115,16 @@ async def accept(request: Request, caller: Caller, events: list[EventIn]) -> lis
     return [record["event_id"] for record in records]
 
 
-async def _ingest(
-    request: Request, caller: Caller, parse: Callable[[bytes, Limits], list[EventIn]]
+async def ingest_events(
+    request: Request,
+    caller: Caller,
+    parse: Callable[[bytes, Limits], list[EventIn]],
+    media_types: tuple[str, ...] = JSON,
 ) -> list[str]:
     """Read, parse and queue one request's events; a large body's slot is held until then."""
     slot = None
     try:
-        body, slot = await read_body(request, caller)
+        body, slot = await read_body(request, caller, media_types)
         return await accept(request, caller, parse(body, _limits(request)))
     except ApiError as exc:
         _count_rejection(request, exc)
@@ -136,11 +143,11 @@ def _count_rejection(request: Request, exc: ApiError) -> None:
     status_code=202,
     response_model=Accepted,
     responses=ERRORS,
-    openapi_extra=_body(EVENT_REF),
+    openapi_extra=request_body(EVENT_REF),
     summary="Record one audit event",
 )
 async def post_event(request: Request, caller: Ingestor) -> Response:
-    ids = await _ingest(request, caller, lambda body, limits: [parse_event(body, limits)])
+    ids = await ingest_events(request, caller, lambda body, limits: [parse_event(body, limits)])
     return Response(orjson.dumps({"event_id": ids[0]}), 202, media_type="application/json")
 
 
@@ -149,11 +156,11 @@ async def post_event(request: Request, caller: Ingestor) -> Response:
     status_code=202,
     response_model=BulkAccepted,
     responses=ERRORS,
-    openapi_extra=_body({"type": "array", "items": EVENT_REF, "minItems": 1}),
+    openapi_extra=request_body({"type": "array", "items": EVENT_REF, "minItems": 1}),
     summary="Record a JSON array of audit events, all or nothing",
 )
 async def post_bulk(request: Request, caller: Ingestor) -> Response:
-    ids = await _ingest(request, caller, parse_bulk)
+    ids = await ingest_events(request, caller, parse_bulk)
     body_out = orjson.dumps({"accepted": len(ids), "event_ids": ids})
     return Response(body_out, 202, media_type="application/json")
 

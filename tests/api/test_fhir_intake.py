@@ -1,0 +1,273 @@
+"""POST /fhir/AuditEvent: FHIR R4 AuditEvents in, as FHIR servers emit them under the IHE Basic
+Audit Log Patterns, one or a Bundle; an export imported again keeps every field a client sent;
+what cannot be mapped is refused whole, with the entry and the FHIR path named."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from tests.conftest import Service, SettingsFactory, event, running, stored_rows, wait_stored
+
+CLIENT_FIELDS = (
+    "event_id",
+    "timestamp",
+    "action",
+    "status",
+    "principal_id",
+    "principal_type",
+    "target_resource_type",
+    "target_resource_id",
+    "patient_id",
+    "data_classification",
+    "purpose_of_use",
+    "break_glass",
+    "outcome_description",
+    "correlation_id",
+    "session_id",
+    "ip_address",
+    "user_agent",
+    "details",
+    "priority",
+)
+FHIR = {"Content-Type": "application/fhir+json"}
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
+
+
+def sent_events() -> list[dict[str, Any]]:
+    """Events using every field, of several kinds, all in November 2026."""
+    return [
+        event(
+            event_id=str(uuid.uuid4()),
+            timestamp="2026-11-03T08:15:00.123456Z",
+            action="fhir.observation.read",
+            principal_type="practitioner",
+            patient_id="p-123",
+            target_resource_type="Observation",
+            target_resource_id="Observation/o-77",
+            data_classification="PHI",
+            purpose_of_use="TREAT",
+            break_glass=True,
+            correlation_id="req-1",
+            session_context={"session_id": "s-1", "ip_address": "10.1.2.3", "user_agent": "EHR/1"},
+            details={"fields": ["name", "dob"], "count": 2, "ratio": 0.5, "nested": {"a": None}},
+            priority="high",
+        ),
+        event(
+            event_id=str(uuid.uuid4()),
+            timestamp="2026-11-03T09:00:00+02:00",
+            action="auth.login",
+            status="failure",
+            principal_id="mallory",
+            outcome_description="bad password",
+            session_context={"ip_address": "2001:db8::1"},
+        ),
+        event(
+            event_id=str(uuid.uuid4()),
+            timestamp="2026-11-04T10:00:00Z",
+            action="report.export",
+            status="attempt",
+            target_resource_type="Report",
+            data_classification="CONFIDENTIAL",
+        ),
+    ]
+
+
+def stored_fields(row: Any) -> dict[str, Any]:
+    values = {name: row[name] for name in CLIENT_FIELDS}
+    values["event_id"] = str(values["event_id"])
+    values["details"] = orjson.loads(values["details"]) if values["details"] else None
+    return values
+
+
+async def _ingest_key(svc: Service, org: str) -> dict[str, str]:
+    return await svc.key(org, ("ingest", "priority"))
+
+
+async def test_an_export_imported_again_keeps_every_field(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    other = f"{org}-import"
+    async with running(settings_factory()) as svc:
+        source = await svc.key(org)
+        posted = await svc.client.post("/events/bulk", json=sent_events(), headers=source)
+        assert posted.status_code == 202, posted.text
+        await wait_stored(database_url, org, 3)
+        exported = await svc.client.get(
+            "/events/export?format=fhir&start=2026-11-01T00:00:00Z&end=2026-12-01T00:00:00Z",
+            headers=source,
+        )
+        assert exported.status_code == 200
+        bundle = exported.json()
+        assert len(bundle["entry"]) == 3
+        importer = {**FHIR, **await _ingest_key(svc, other)}
+        imported = await svc.client.post(
+            "/fhir/AuditEvent",
+            content=exported.content,
+            headers=importer,
+        )
+        assert imported.status_code == 202, imported.text
+        assert imported.json()["accepted"] == 3
+        await wait_stored(database_url, other, 3)
+        sent = set(posted.json()["event_ids"])
+        source_rows = await stored_rows(database_url, org)  # with its recorded reads: left out
+        before = {str(r["event_id"]): stored_fields(r) for r in source_rows}
+        imported_rows = await stored_rows(database_url, other)
+        after = {str(r["event_id"]): stored_fields(r) for r in imported_rows}
+        assert set(after) == sent
+        assert after == {key: before[key] for key in sent}
+        # One resource alone, not in a Bundle, is taken too (here: already stored, so once).
+        one = await svc.client.post(
+            "/fhir/AuditEvent",
+            content=orjson.dumps(bundle["entry"][1]["resource"]),
+            headers=importer,
+        )
+        assert one.status_code == 202 and one.json()["accepted"] == 1
+
+
+def balp_read() -> dict[str, Any]:
+    """A read of an Observation, as a FHIR server logs it (IHE BALP, R4)."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": "server-local-id-1",
+        "type": {
+            "system": f"{TERMINOLOGY}/audit-event-type",
+            "code": "rest",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+        "action": "R",
+        "recorded": "2026-11-20T12:00:00.5+01:00",
+        "outcome": "0",
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": f"{TERMINOLOGY}/v3-ActReason",
+                        "code": "TREAT",
+                    }
+                ]
+            }
+        ],
+        "agent": [
+            {
+                "type": {"coding": [{"system": DCM, "code": "110153"}]},
+                "who": {"display": "the FHIR server"},
+                "requestor": False,
+            },
+            {
+                "type": {"text": "practitioner"},
+                "who": {"reference": "Practitioner/pr-9"},
+                "requestor": True,
+                "network": {"address": "192.0.2.7", "type": "2"},
+            },
+        ],
+        "source": {"observer": {"display": "fhir.example.org"}},
+        "entity": [
+            {
+                "what": {"reference": "Observation/o-5"},
+                "type": {
+                    "system": f"{TERMINOLOGY}/audit-entity-type",
+                    "code": "2",
+                },
+            },
+            {
+                "what": {"reference": "Patient/ex-1"},
+                "role": {
+                    "system": f"{TERMINOLOGY}/object-role",
+                    "code": "1",
+                },
+            },
+        ],
+    }
+
+
+def balp_login() -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": DCM, "code": "110114"},
+        "subtype": [{"system": DCM, "code": "110122"}],
+        "recorded": "2026-11-20T11:59:00Z",
+        "outcome": "8",
+        "outcomeDesc": "locked out",
+        "agent": [
+            {"who": {"identifier": {"value": "nurse.lee"}}, "name": "Lee", "requestor": True}
+        ],
+        "source": {"observer": {"display": "idp"}},
+    }
+
+
+async def test_audit_events_of_a_fhir_server_are_mapped(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    body = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"resource": balp_read()}, {"resource": balp_login()}],
+    }
+    async with running(settings_factory()) as svc:
+        answer = await svc.client.post(
+            "/fhir/AuditEvent",
+            content=orjson.dumps(body),
+            headers={**FHIR, **await svc.key(org, ("ingest",))},
+        )
+        assert answer.status_code == 202, answer.text
+        await wait_stored(database_url, org, 2)
+        rows = {r["action"]: r for r in await stored_rows(database_url, org)}
+    read = rows["fhir.observation.read"]
+    assert (read["principal_id"], read["principal_type"]) == ("Practitioner/pr-9", "practitioner")
+    assert (read["patient_id"], read["data_classification"]) == ("ex-1", "PHI")
+    assert (read["target_resource_type"], read["target_resource_id"]) == (
+        "Observation",
+        "Observation/o-5",
+    )
+    assert (read["purpose_of_use"], read["break_glass"], read["status"]) == (
+        "TREAT",
+        False,
+        "success",
+    )
+    assert read["ip_address"] == "192.0.2.7"
+    assert read["timestamp"].isoformat() == "2026-11-20T11:00:00.500000+00:00"
+    login = rows["auth.login"]
+    assert (login["principal_id"], login["status"]) == ("nurse.lee", "failure")
+    assert (login["outcome_description"], login["data_classification"]) == (
+        "locked out",
+        "INTERNAL",
+    )
+
+
+async def test_what_cannot_be_mapped_is_refused_whole(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    no_agent = {**balp_read(), "agent": []}
+    reserved = {
+        **balp_login(),
+        "subtype": [{"system": "urn:audit-ingest:action", "code": "audit.read"}],
+    }
+    async with running(settings_factory(run_writers=False)) as svc:
+        headers = {**FHIR, **await svc.key(org, ("ingest",))}
+
+        async def post(body: Any, extra: dict[str, str] | None = None) -> Any:
+            content = body if isinstance(body, bytes) else orjson.dumps(body)
+            return await svc.client.post(
+                "/fhir/AuditEvent", content=content, headers={**headers, **(extra or {})}
+            )
+
+        patient = await post({"resourceType": "Patient", "id": "x"})
+        assert patient.status_code == 422
+        assert patient.json()["error"]["details"][0]["field"] == "resourceType"
+        mixed = await post(
+            {"resourceType": "Bundle", "entry": [{"resource": balp_read()}, {"resource": no_agent}]}
+        )
+        assert mixed.status_code == 422, mixed.text
+        problem = mixed.json()["error"]["details"][0]
+        assert (problem["index"], problem["field"]) == (1, "agent")
+        refused = await post({"resourceType": "Bundle", "entry": [{"resource": reserved}]})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["details"][0]["type"] == "reserved_action"
+        assert (await post(b"{not json")).status_code == 400
+        assert (await post(balp_login(), {"Content-Type": "text/plain"})).status_code == 415
+        assert await svc.app.state.resources.stream.queued_events() == 0
+        assert (await post(balp_login(), {"Content-Type": "application/json"})).status_code == 202
