@@ -12,6 +12,7 @@ from app.cli.keys import _keys
 from app.cli.migrate import migrate
 from app.cli.partitions import _partitions
 from app.cli.serve import _worker, serve
+from app.cli.syslog import syslog_command
 from app.core.config import Settings
 from app.core.logs import setup_logging
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="the API with its writer task group")
     sub.add_parser("worker", help="writers only (scale-out)")
     sub.add_parser("migrate", help="apply Alembic migrations")
+    sub.add_parser("syslog", help="the IHE ATNA syslog receiver (RFC 5424 over TCP or TLS)")
     dev = sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
     dev.add_argument("--demo", action="store_true", help="load the demo set once (make run DEMO=1)")
     dev_sub = dev.add_subparsers(dest="dev_command")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     elif args.command == "worker":
         _worker(settings)
+    elif args.command == "syslog":
+        return syslog_command(settings)
     elif args.command == "partitions":
         return _partitions(settings, args)
     elif args.command in {"verify", "checkpoint", "export-bundle"}:

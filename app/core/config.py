@@ -195,10 +195,28 @@ class Settings(BaseSettings):
     threshold_rss_mb: int = Field(default=512, ge=1)
     operations_org: str = Field(default="_service", min_length=1, max_length=128)
 
+    # `python -m app syslog` (IHE ATNA): where it listens, which senders it accepts
+    # (`address=organization` or, with TLS, `CN=name=organization`, comma-separated), TLS
+    # (a certificate and key; a CA to require client certificates), and its bounds.
+    syslog_host: str = "127.0.0.1"
+    syslog_port: int = Field(default=6514, ge=1, le=65535)
+    syslog_sources: str = ""
+    syslog_tls_cert: str = ""
+    syslog_tls_key: str = ""
+    syslog_tls_ca: str = ""
+    syslog_max_message_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    syslog_idle_timeout_s: float = Field(default=300.0, gt=0)
+
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
     def _check_key_ring(cls, value: str) -> str:
         parse_signing_keys(value)
+        return value
+
+    @field_validator("syslog_sources")
+    @classmethod
+    def _check_syslog_sources(cls, value: str) -> str:
+        parse_syslog_sources(value)
         return value
 
     @field_validator("retention")
@@ -256,3 +274,15 @@ def parse_retention(text: str) -> int:
         raise ValueError(f"retention {text!r} must look like 6y or 18m (years or months)")
     number = int(match.group(1))
     return number * 12 if match.group(2) == "y" else number
+
+
+def parse_syslog_sources(text: str) -> dict[str, str]:
+    """AUDIT_SYSLOG_SOURCES, `address=organization,CN=name=organization,...`, as a map from a
+    source (an address, or `CN=` and a certificate's common name) to its organization."""
+    sources: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        source, sep, organization = item.rpartition("=")
+        if not sep or not source.strip() or not organization.strip():
+            raise ValueError(f"syslog source {item!r} is not source=organization")
+        sources[source.strip()] = organization.strip()
+    return sources

@@ -33,6 +33,7 @@ class Metrics:
     http_responses: Counter
     writers: Gauge
     threshold_violations: Counter
+    syslog_messages: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -117,6 +118,13 @@ class Metrics:
                 "Performance thresholds found exceeded (each recorded as an audit event, at most"
                 " one per threshold and interval)",
                 ["metric"],
+                registry=reg,
+            ),
+            syslog_messages=Counter(
+                "audit_syslog_messages",
+                "Syslog messages and connections by outcome: accepted, rejected (unusable),"
+                " held_back (the queue refused; retried), bad_frame, refused_source",
+                ["outcome"],
                 registry=reg,
             ),
         )

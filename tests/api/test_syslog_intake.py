@@ -1,0 +1,280 @@
+"""`python -m app syslog`: IHE ATNA audit messages (DICOM PS3.15 and RFC 3881 XML) in RFC 5424
+messages over TCP with octet counting, sent by a standard client (util-linux `logger`) and over
+TLS with a client certificate; sources authenticated, unusable messages rejected and counted,
+never a crash, a message sent twice stored once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.api.atna import NotAnAuditMessage, event_of, parse_xml
+from app.api.syslog_intake import BadMessage, rfc5424_body, start_server
+from loadtests.faults.servers import free_port
+from tests.conftest import SettingsFactory, running, stored_rows, wait_stored
+from tests.served import environment
+
+DICOM_READ = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<AuditMessage xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+    '<EventIdentification EventActionCode="R" EventDateTime="2026-11-20T12:00:00.250+01:00"'
+    ' EventOutcomeIndicator="0">'
+    '<EventID csd-code="110110" codeSystemName="DCM" originalText="Patient Record"/>'
+    '<PurposeOfUse csd-code="TREAT" codeSystemName="2.16.840.1.113883.5.8" originalText="t"/>'
+    '<PurposeOfUse csd-code="BTG" codeSystemName="2.16.840.1.113883.5.8" originalText="b"/>'
+    "</EventIdentification>"
+    '<ActiveParticipant UserID="pacs@10.0.0.9" UserIsRequestor="false"'
+    ' NetworkAccessPointID="10.0.0.9" NetworkAccessPointTypeCode="2"/>'
+    '<ActiveParticipant UserID="dr.house" UserIsRequestor="true"'
+    ' NetworkAccessPointID="10.0.0.42" NetworkAccessPointTypeCode="2">'
+    '<RoleIDCode csd-code="110153" codeSystemName="DCM" originalText="Source Role ID"/>'
+    "</ActiveParticipant>"
+    '<AuditSourceIdentification AuditSourceID="ris-1"/>'
+    '<ParticipantObjectIdentification ParticipantObjectID="mrn-77^^^&amp;1.2.3&amp;ISO"'
+    ' ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1">'
+    '<ParticipantObjectIDTypeCode csd-code="2" originalText="Patient Number"/>'
+    "</ParticipantObjectIdentification>"
+    '<ParticipantObjectIdentification ParticipantObjectID="1.2.840.99.1"'
+    ' ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="3">'
+    '<ParticipantObjectIDTypeCode csd-code="110180" originalText="Study Instance UID"/>'
+    "</ParticipantObjectIdentification>"
+    "</AuditMessage>"
+)
+RFC3881_LOGIN = (
+    "<AuditMessage>"
+    '<EventIdentification EventActionCode="E" EventDateTime="2026-11-20T11:00:00Z"'
+    ' EventOutcomeIndicator="4">'
+    '<EventID code="110114" codeSystemName="DCM" displayName="User Authentication"/>'
+    '<EventTypeCode code="110122" codeSystemName="DCM" displayName="Login"/>'
+    "</EventIdentification>"
+    '<ActiveParticipant UserID="nurse.lee" UserIsRequestor="true"/>'
+    '<AuditSourceIdentification AuditSourceID="idp"/>'
+    "</AuditMessage>"
+)
+
+
+def test_dicom_and_rfc3881_messages_map_to_events() -> None:
+    read = event_of(parse_xml(DICOM_READ))
+    assert read["action"] == "patient.record.read" and read["status"] == "success"
+    assert (read["principal_id"], read["principal_type"]) == ("dr.house", "Source Role ID")
+    assert read["session_context"] == {"ip_address": "10.0.0.42"}
+    assert read["patient_id"] == "mrn-77^^^&1.2.3&ISO"
+    assert (read["target_resource_type"], read["target_resource_id"]) == (
+        "Study Instance UID",
+        "1.2.840.99.1",
+    )
+    assert (read["purpose_of_use"], read["break_glass"]) == ("TREAT", True)
+    assert read["data_classification"] == "PHI"
+    login = event_of(parse_xml(RFC3881_LOGIN))
+    assert (login["action"], login["status"], login["principal_id"]) == (
+        "auth.login",
+        "failure",
+        "nurse.lee",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("not xml at all", ""),
+        ('<!DOCTYPE x [<!ENTITY a "aaaa">]><AuditMessage/>', ""),
+        ("<Other/>", "AuditMessage"),
+        ("<AuditMessage><ActiveParticipant UserID='x'/></AuditMessage>", "EventIdentification"),
+        (RFC3881_LOGIN.replace('EventOutcomeIndicator="4"', 'EventOutcomeIndicator="3"'), "Event"),
+        (RFC3881_LOGIN.replace(' UserID="nurse.lee"', ""), "ActiveParticipant@UserID"),
+    ],
+)
+def test_unusable_messages_name_what_is_wrong(text: str, field: str) -> None:
+    with pytest.raises(NotAnAuditMessage) as raised:
+        event_of(parse_xml(text))
+    assert raised.value.field.startswith(field)
+
+
+def test_rfc5424_messages_give_their_body() -> None:
+    frame = '<110>1 2026-11-20T12:00:00Z host app 1 ATNA [x@1 a="]\\"b"][y@2] \ufeff<A/>'
+    assert rfc5424_body(frame.encode()) == "<A/>"
+    assert rfc5424_body(b"<110>1 - - - - - - <A/>") == "<A/>"
+    for bad in (b"no pri", b"<13>Nov 20 12:00:00 host old bsd format", b"<13>1 - - - - - [open"):
+        with pytest.raises(BadMessage):
+            rfc5424_body(bad)
+
+
+async def _logger(port: int, message: str) -> None:
+    command = [
+        "logger", "--tcp", "--octet-count", "--rfc5424", "-n", "127.0.0.1", "-P", str(port),
+        "--size", "65536", "--msgid", "ATNA", "-t", "ris", message,
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err
+
+
+def _count(res: Any, outcome: str) -> float:
+    return float(res.metrics.syslog_messages.labels(outcome=outcome)._value.get())
+
+
+async def test_messages_from_logger_are_stored_once_and_bad_ones_counted(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    if shutil.which("logger") is None:
+        pytest.fail("util-linux logger is not installed")
+    port = free_port()
+    settings = settings_factory(syslog_port=port, syslog_sources=f"127.0.0.1={org}")
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            await _logger(port, DICOM_READ)
+            await _logger(port, "this is no audit message")
+            await _logger(port, RFC3881_LOGIN)
+            await _logger(port, DICOM_READ)  # again, with a new syslog header
+            await wait_stored(database_url, org, 2)
+            for _ in range(100):
+                if _count(res, "accepted") == 3 and _count(res, "rejected") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert (_count(res, "accepted"), _count(res, "rejected")) == (3, 1)
+            await asyncio.sleep(0.3)
+            rows = {r["action"]: r for r in await stored_rows(database_url, org)}
+    assert set(rows) == {"patient.record.read", "auth.login"}  # the resend stored once
+    read = rows["patient.record.read"]
+    assert (read["principal_id"], read["patient_id"]) == ("dr.house", "mrn-77^^^&1.2.3&ISO")
+    assert read["timestamp"].isoformat() == "2026-11-20T11:00:00.250000+00:00"
+    assert json.loads(read["details"])["audit_source"] == "ris-1"
+    assert read["batch_id"] is not None  # sealed
+
+
+async def test_unknown_sources_and_broken_frames_are_cut_off(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(syslog_port=port, syslog_sources=f"192.0.2.1={org}")
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            await _logger(port, DICOM_READ)  # sent, and the connection closed on it unread
+            for _ in range(100):
+                if _count(res, "refused_source"):
+                    break
+                await asyncio.sleep(0.05)
+            assert _count(res, "refused_source") == 1
+            assert _count(res, "accepted") == 0 and await res.stream.queued_events() == 0
+    settings = settings_factory(syslog_port=port, syslog_sources=f"127.0.0.1={org}")
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"<13>1 - - - - - - not octet counted\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed
+            writer.close()
+            assert _count(res, "bad_frame") == 1
+            assert await res.stream.queued_events() == 0
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(where: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate CN=pacs-1."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test-ca", "-days", "2",
+             cwd=where)  # fmt: skip
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", None)):
+        cn = "127.0.0.1" if name == "server" else "pacs-1"
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
+                 cwd=where)  # fmt: skip
+        sign = ["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2"]  # fmt: skip
+        if extra:
+            (where / f"{name}.ext").write_text(extra + "\n")
+            sign += ["-extfile", f"{name}.ext"]
+        _openssl(*sign, cwd=where)
+
+
+def frame(message: str) -> bytes:
+    body = f"<110>1 2026-11-20T12:00:00Z host ris - ATNA - {message}".encode()
+    return str(len(body)).encode() + b" " + body
+
+
+async def test_tls_with_a_client_certificate(
+    settings_factory: SettingsFactory, org: str, database_url: str, tmp_path: Path
+) -> None:
+    make_pki(tmp_path)
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port,
+        syslog_sources=f"CN=pacs-1={org}",
+        syslog_tls_cert=str(tmp_path / "server.pem"),
+        syslog_tls_key=str(tmp_path / "server.key"),
+        syslog_tls_ca=str(tmp_path / "ca.pem"),
+    )
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    client.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    async with running(settings) as svc:
+        server = await start_server(svc.app.state.resources)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=anonymous)
+            writer.write(frame(RFC3881_LOGIN))  # no certificate: refused in the handshake
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                writer.write(frame(RFC3881_LOGIN))
+                await writer.drain()
+                await asyncio.wait_for(writer.wait_closed(), 5)
+                raise ConnectionError("closed")
+            # Refused by TLS itself, before any source is looked at.
+            assert _count(svc.app.state.resources, "refused_source") == 0
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            writer.write(frame(DICOM_READ) + frame(RFC3881_LOGIN))
+            await writer.drain()
+            await wait_stored(database_url, org, 2)
+            writer.close()
+    actions = sorted(r["action"] for r in await stored_rows(database_url, org))
+    assert actions == ["auth.login", "patient.record.read"]
+
+
+async def test_the_syslog_command_runs_until_sigterm(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    """`python -m app syslog` as its own process; the writers of `running` seal what it queues."""
+    port = free_port()
+    settings = settings_factory(syslog_port=port, syslog_sources=f"127.0.0.1={org}")
+    env = {
+        **os.environ,
+        **environment(settings, syslog_port=port, syslog_sources=f"127.0.0.1={org}"),
+    }
+    async with running(settings):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", "syslog", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    break
+                assert process.returncode is None, "syslog exited"
+                await asyncio.sleep(0.1)
+            await _logger(port, RFC3881_LOGIN)
+            await wait_stored(database_url, org, 1)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0, err
