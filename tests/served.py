@@ -62,9 +62,12 @@ def environment(settings: Settings, **extra: Any) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings, **extra: Any) -> AsyncIterator[Served]:
-    """The service on a free port with `settings` and `extra` settings; stopped afterwards."""
-    port = free_port()
+async def served(
+    settings: Settings, *, port: int | None = None, **extra: Any
+) -> AsyncIterator[Served]:
+    """The service on `port` (a free one by default) with `settings` and `extra` settings;
+    stopped afterwards."""
+    port = port or free_port()
     env = {**os.environ, **environment(settings, port=port, **extra)}
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "serve", env=env)
     url = f"http://127.0.0.1:{port}"

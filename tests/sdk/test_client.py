@@ -1,0 +1,172 @@
+"""The Python client (clients/python) against the real service: sync and async sends, retries
+that honour 429's Retry-After, and a batcher that survives the service being killed mid-stream
+and restarted: every event stored exactly once, what could not be sent spooled to disk and
+replayed in order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from audit_ingest_client import (
+    AsyncAuditClient,
+    AsyncBatcher,
+    AuditClient,
+    AuditError,
+    Batcher,
+    Event,
+    Retry,
+    SessionContext,
+    Spool,
+)
+
+from loadtests.faults.servers import free_port
+from tests.conftest import SettingsFactory, running, wait_stored
+from tests.served import served
+
+
+def event(n: int = 0, **fields: object) -> Event:
+    return Event(
+        "fhir.patient.read",
+        "success",
+        f"dr-{n % 7}",
+        patient_id=f"p-{n % 11}",
+        data_classification="PHI",
+        session_context=SessionContext(session_id=f"s-{n}", ip_address="10.0.0.1"),
+        details={"n": n},
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_events_carry_their_own_time_ordered_ids_and_times() -> None:
+    events = [event(n) for n in range(200)]
+    ids = [uuid.UUID(e.event_id) for e in events]
+    assert all(i.version == 7 for i in ids) and len(set(ids)) == 200
+    assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)
+    body = events[0].to_json()
+    assert body["event_id"] == events[0].event_id and body["timestamp"].endswith("Z")
+    assert "target_resource_id" not in body and body["session_context"]["session_id"] == "s-0"
+    assert Event.from_json(body) == events[0]
+
+
+def test_retry_waits_grow_with_jitter_and_honour_retry_after() -> None:
+    retry = Retry(attempts=5, base_s=0.1, max_s=1.0)
+    assert all(0 <= retry.wait(0, None) <= 0.1 for _ in range(50))
+    assert all(0 <= retry.wait(9, None) <= 1.0 for _ in range(50))
+    assert all(retry.wait(0, 2.5) >= 2.5 for _ in range(50))
+
+
+async def stored_ids(database_url: str, org: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_id FROM audit_log WHERE organization_id = $1 AND action = $2",
+            org,
+            "fhir.patient.read",
+        )
+    finally:
+        await conn.close()
+    return [str(r["event_id"]) for r in rows]
+
+
+async def test_sync_client_and_batcher_against_the_service(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    settings = settings_factory()
+    async with running(settings) as svc:
+        headers = await svc.key(org, ("ingest",))
+        key = headers["Authorization"].split(" ", 1)[1]
+        async with served(settings) as server:
+
+            def work() -> list[str]:
+                with AuditClient(server.url, key) as client:
+                    one = client.send(event(0))
+                    many = client.send_many([event(n) for n in range(1, 1201)])
+                    batcher = Batcher(client, max_batch=100, linger_s=0.05, max_pending=150)
+                    extra = [event(n) for n in range(1201, 1501)]
+                    for item in extra:
+                        batcher.add(item)  # blocks beyond 150 waiting: memory stays bounded
+                    batcher.close()
+                    assert batcher.failed == []
+                    with pytest.raises(AuditError) as refused:
+                        client.send(Event("audit.read", "success", "x"))  # reserved
+                    assert refused.value.status == 422
+                assert one is not None and many is not None
+                return [*one, *many, *(e.event_id for e in extra)]
+
+            sent = await asyncio.to_thread(work)
+            await wait_stored(database_url, org, 1501)
+    assert sorted(await stored_ids(database_url, org)) == sorted(sent)
+
+
+async def test_429_retry_after_is_honoured(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    settings = settings_factory(rate_limit_key_events=50, max_events_per_request=100)
+    async with running(settings) as svc:
+        headers = await svc.key(org, ("ingest",))
+        client = AsyncAuditClient(
+            "http://test", headers["Authorization"].split(" ", 1)[1], retry=Retry(attempts=8)
+        )
+        client._http = svc.client  # the in-process app, through the same transport
+        events = [event(n) for n in range(300)]
+        started = time.monotonic()
+        for start in range(0, 300, 100):
+            await client.send_many(events[start : start + 100])
+        assert time.monotonic() - started >= 2.0  # 300 events at 50/s after a burst of 100
+        await wait_stored(database_url, org, 300)
+    assert sorted(await stored_ids(database_url, org)) == sorted(e.event_id for e in events)
+
+
+async def test_a_batcher_survives_the_service_killed_and_restarted(
+    settings_factory: SettingsFactory, org: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_factory(claim_idle_ms=1000)
+    port = free_port()
+    spool = tmp_path / "spool"
+    async with running(settings.model_copy(update={"run_writers": False})) as svc:
+        headers = await svc.key(org, ("ingest",))
+        key = headers["Authorization"].split(" ", 1)[1]
+        client = AsyncAuditClient(
+            f"http://127.0.0.1:{port}",
+            key,
+            timeout_s=2.0,
+            retry=Retry(attempts=3, base_s=0.05, max_s=0.2),
+            spool_dir=spool,
+        )
+        batcher = AsyncBatcher(client, max_batch=40, linger_s=0.02, max_pending=200)
+        sent: list[Event] = []
+
+        async def produce(count: int) -> None:
+            for _ in range(count):
+                item = event(len(sent))
+                sent.append(item)
+                await batcher.add(item)
+                await asyncio.sleep(0.002)
+
+        spooled = 0
+        async with served(settings, port=port, claim_idle_ms=1000) as server:
+            await produce(300)
+            server.process.send_signal(signal.SIGKILL)  # mid-stream: requests in flight
+            await server.process.wait()
+            await produce(300)  # nobody answers: retried, then spooled to disk
+            for _ in range(200):
+                spooled = len(Spool(spool).batches())
+                if spooled and batcher._queue.empty():
+                    break
+                await asyncio.sleep(0.05)
+        assert spooled > 0
+        async with served(settings, port=port, claim_idle_ms=1000):
+            await produce(300)
+            await batcher.close()  # sends what waits, then the spool, oldest first
+            await client.aclose()
+            assert Spool(spool).batches() == [] and batcher.failed == []
+            await wait_stored(database_url, org, 900, within_s=60)
+            ids = await stored_ids(database_url, org)
+    assert len(ids) == len(set(ids)) == 900  # each exactly once
+    assert set(ids) == {e.event_id for e in sent}
