@@ -13,7 +13,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.errors import install_error_handlers
 from app.api.fastpath import AuditApp
 from app.api.performance import api_monitor
-from app.api.routes import events, fhir, health, ingest, integrity, phi, queue
+from app.api.routes import console, events, fhir, health, ingest, integrity, phi, queue
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.runtime import tune_gc
@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics.create()
     install_error_handlers(app)
-    for module in (ingest, fhir, events, phi, integrity, queue, health):
+    for module in (ingest, fhir, events, phi, integrity, queue, health, console):
         app.include_router(module.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/healthz", "/readyz"],

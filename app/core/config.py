@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     threshold_rss_mb: int = Field(default=512, ge=1)
     operations_org: str = Field(default="_service", min_length=1, max_length=128)
 
+    # The compliance console (/console): how long a session lasts, and whether its cookie is
+    # Secure (sent over HTTPS only; browsers make an exception for http://localhost).
+    console_session_s: int = Field(default=1800, ge=60, le=86400)
+    console_secure_cookie: bool = True
+
     # `python -m app syslog` (IHE ATNA): where it listens, which senders it accepts
     # (`address=organization` or, with TLS, `CN=name=organization`, comma-separated), TLS
     # (a certificate and key; a CA to require client certificates), and its bounds.

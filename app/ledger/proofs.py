@@ -16,15 +16,17 @@ SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from app.core.config import SigningKey
-from app.core.timefmt import format_timestamp
+from app.core.timefmt import format_timestamp, parse_timestamp
+from app.ledger.chain import ledger_head
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
-from app.ledger.merkle import audit_path
+from app.ledger.merkle import audit_path, root_from_path
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import BATCH_LEAVES, ENTRY_AT, NEWEST_OF_EACH_CHAIN, PROOF_ROW, PRUNED_LEAVES
@@ -140,3 +142,39 @@ async def check_checkpoint(
             detail = "the chain has another head there"
             found.append(Finding("checkpoint_not_extended", seq, None, detail, chain))
     return found
+
+
+def check_proof(proof: Mapping[str, Any], ledger_keys: Sequence[SigningKey]) -> str | None:
+    """Check an inclusion proof as a third party would, with the ledger's HMAC keys: the path
+    leads from the event hash to the entry's root, the entry's head commits to that root, and
+    the head's signature checks. None when it holds; else what failed."""
+    entry = proof["ledger_entry"]
+    if proof["tree_size"] != entry["event_count"]:
+        return "the tree size is not the entry's event count"
+    try:
+        root = root_from_path(
+            bytes.fromhex(proof["event_hash"]),
+            proof["leaf_index"],
+            proof["tree_size"],
+            [bytes.fromhex(step) for step in proof["audit_path"]],
+        )
+    except ValueError:
+        return "the audit path does not fit the tree"
+    if root.hex() != entry["merkle_root"]:
+        return "the audit path does not lead to the entry's Merkle root"
+    head = ledger_head(
+        bytes.fromhex(entry["prev_head"]),
+        entry["seq"],
+        root,
+        entry["event_count"],
+        parse_timestamp(entry["first_timestamp"]),
+        parse_timestamp(entry["last_timestamp"]),
+    )
+    if head.hex() != entry["head"]:
+        return "the entry's head does not commit to its root"
+    keys = {key.key_id: key for key in ledger_keys}
+    try:
+        signed = verify_signature(head, bytes.fromhex(entry["signature"]), entry["key_id"], keys)
+    except UnknownSigningKeyError:
+        return f"the head is signed with an unknown key ({entry['key_id']})"
+    return None if signed else "the head's signature does not check"
