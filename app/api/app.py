@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
+from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers
 from app.api.fastpath import AuditApp
@@ -45,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="HIPAA audit events: accepted at once, sealed into PostgreSQL.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets: no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics.create()
@@ -56,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         registry=app.state.metrics.registry,
     ).instrument(app)
     _describe_event_bodies(app)
+    _serve_docs(app)
     return app
 
 
@@ -83,3 +90,20 @@ def _describe_event_bodies(app: FastAPI) -> None:
         return app.openapi_schema or build()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """The interactive API docs at /docs with Swagger UI's files served by the app itself, so
+    they work on a network with no way out."""
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="audit-ingest API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)

@@ -217,3 +217,20 @@ async def test_a_revoked_key_is_signed_out_and_forms_need_their_token(
             assert "default-src 'none'" in login.headers["content-security-policy"]
             cookie = login.headers["set-cookie"]
             assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie
+
+
+async def test_the_api_docs_and_the_console_need_nothing_from_outside(
+    settings_factory: SettingsFactory,
+) -> None:
+    async with running(settings_factory(run_writers=False)) as svc:
+        docs = await svc.client.get("/docs")
+        assert docs.status_code == 200
+        assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+        for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+            answer = await svc.client.get(asset)
+            assert answer.status_code == 200 and len(answer.content) > 10_000, asset
+        assert (await svc.client.get("/redoc")).status_code == 404  # it would load a CDN
+        login = await svc.client.get("/console/login")
+        assert "https://" not in login.text and "<script" not in login.text
+        style = await svc.client.get("/console/static/console.css")
+        assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
