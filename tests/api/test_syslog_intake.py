@@ -21,6 +21,7 @@ import pytest
 
 from app.api.atna import NotAnAuditMessage, event_of, parse_xml
 from app.api.syslog_intake import BadMessage, rfc5424_body, start_server
+from app.writer.writer import BatchWriter, CircuitBreaker
 from loadtests.faults.servers import free_port
 from tests.conftest import SettingsFactory, running, stored_rows, wait_stored
 from tests.served import environment
@@ -278,3 +279,47 @@ async def test_the_syslog_command_runs_until_sigterm(
             process.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(process.communicate(), 20)
         assert process.returncode == 0, err
+
+
+async def test_a_full_queue_holds_the_sender_back_and_nothing_is_lost(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        run_writers=False,
+        max_queue_depth=3,
+        org_queue_share=1,
+        syslog_port=port,
+        syslog_sources=f"127.0.0.1={org}",
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        full = [{"action": "x.y", "status": "success", "principal_id": "p"}] * 3
+        headers = await svc.key(org, ("ingest",))
+        assert (
+            await svc.client.post("/events/bulk", json=full, headers=headers)
+        ).status_code == 202
+        server = await start_server(res)
+        async with server:
+            await _logger(port, RFC3881_LOGIN)
+            for _ in range(100):
+                if _count(res, "held_back"):
+                    break
+                await asyncio.sleep(0.05)
+            assert _count(res, "held_back") >= 1 and _count(res, "accepted") == 0
+            writer = BatchWriter(
+                settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "w"
+            )
+            try:
+                while await res.stream.queued_events():
+                    await writer.cycle(asyncio.Event())
+                for _ in range(100):  # the receiver tries again each second
+                    if _count(res, "accepted") == 1:
+                        break
+                    await asyncio.sleep(0.1)
+                while await res.stream.queued_events():
+                    await writer.cycle(asyncio.Event())
+            finally:
+                await writer.close()
+    actions = [r["action"] for r in await stored_rows(database_url, org)]
+    assert sorted(actions) == ["auth.login", "x.y", "x.y", "x.y"]
