@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -170,3 +171,33 @@ async def test_a_batcher_survives_the_service_killed_and_restarted(
             ids = await stored_ids(database_url, org)
     assert len(ids) == len(set(ids)) == 900  # each exactly once
     assert set(ids) == {e.event_id for e in sent}
+
+
+EXITING = """
+import sys
+from audit_ingest_client import AuditClient, Batcher, Event
+batcher = Batcher(AuditClient(sys.argv[1], sys.argv[2]), max_batch=500, linger_s=30)
+ids = []
+for n in range(50):
+    event = Event("fhir.patient.read", "success", "dr-exit", patient_id=f"p-{n}")
+    ids.append(event.event_id)
+    batcher.add(event)
+print(",".join(ids))
+# no close(): the batcher sends what waits when the interpreter exits
+"""
+
+
+async def test_a_batcher_sends_what_waits_when_the_program_exits(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    settings = settings_factory()
+    async with running(settings) as svc, served(settings) as server:
+        headers = await svc.key(org, ("ingest",))
+        key = headers["Authorization"].split(" ", 1)[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", EXITING, server.url, key, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0
+        await wait_stored(database_url, org, 50)
+    assert sorted(await stored_ids(database_url, org)) == sorted(out.decode().strip().split(","))
