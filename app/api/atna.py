@@ -81,8 +81,14 @@ def _code(element: ElementTree.Element | None) -> tuple[str | None, str | None]:
     return code, text
 
 
-def _depth(element: ElementTree.Element, level: int = 0) -> int:
-    return max([level, *(_depth(child, level + 1) for child in element)])
+def _depth(root: ElementTree.Element) -> int:
+    """How deep the tree goes (without recursion: a deep message must not exhaust the stack)."""
+    deepest, stack = 0, [(root, 0)]
+    while stack:
+        element, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in element)
+    return deepest
 
 
 def parse_xml(text: str) -> ElementTree.Element:

@@ -4,13 +4,15 @@ maps each to the JSON event `POST /events` takes. It is the inverse of the expor
 (app.read.fhir): an exported Bundle imported again keeps every field a client sent.
 
 Field by field, what a resource gives:
-- `event_id` its `id` when that is a UUID; `timestamp` its `recorded`.
+- `event_id` its `id` when that is a UUID, else one derived from the id (a resource sent
+  again is stored once); `timestamp` its `recorded`.
 - `action`: the subtype of system `urn:audit-ingest:action` when present (the export's);
   else from the type and subtype: `rest` with a RESTful interaction gives
   `fhir.<resource type>.<interaction>` (the resource type of the first entity with a
   reference or a type), DICOM 110114 gives `auth.login` or `auth.logout` (subtypes 110122,
   110123), DICOM 110106 `export`, and otherwise the type's code under `fhir.auditevent.`.
-- `status`: outcome 0 success, 4 attempt, 8 and 12 failure; `outcome_description` outcomeDesc.
+- `status`: outcome 0 success, 4 (minor failure), 8 and 12 failure, but 4 is an attempt in
+  what the export wrote (it has the record entity); `outcome_description` outcomeDesc.
 - The principal is the requesting agent (else the first): `principal_id` its `who` identifier
   value, else the reference, else the display, else the agent's `name`; `principal_type` the
   agent's type text or first code; the session id and user agent from the export's extensions,
@@ -50,7 +52,8 @@ from app.read.fhir import (
     USER_AGENT_EXTENSION,
 )
 
-OUTCOME_STATUS = {"0": "success", "4": "attempt", "8": "failure", "12": "failure"}
+OUTCOME_STATUS = {"0": "success", "4": "failure", "8": "failure", "12": "failure"}
+FHIR_IDS = uuid.UUID("0b7d9e4c-1f2a-4c3b-8d5e-6f7a8b9c0d1e")  # ids of events sent without a UUID
 LOGIN, LOGOUT = "110122", "110123"
 RESTFUL_VERBS = {"search-type": "search", "search-system": "search", "history-instance": "history"}
 MAX_RESOURCES = 10_000
@@ -200,6 +203,7 @@ def _entity_fields(entities: Any) -> dict[str, Any]:
         kind, reference = _reference_parts(what)
         if _is_record(entity):
             fields.update(_record_fields(entity))
+            fields["exported"] = True
         elif _is_patient(entity):
             patient = _identifier(what) or (reference.split("/", 1)[-1] if reference else None)
             if patient and "patient_id" not in fields:
@@ -253,17 +257,31 @@ def _purposes(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def event_of(resource: Any) -> dict[str, Any]:
-    """The v1 event of one AuditEvent resource (validated afterwards like any event)."""
+    """The v1 event of one AuditEvent resource (validated afterwards like any event); a value of
+    an unexpected JSON type anywhere is a NotAnAuditEvent, never another error."""
+    try:
+        return _event_of(resource)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        if isinstance(exc, NotAnAuditEvent):
+            raise
+        raise NotAnAuditEvent("", "a field holds a value of the wrong JSON type") from exc
+
+
+def _event_of(resource: Any) -> dict[str, Any]:
     if not isinstance(resource, dict) or resource.get("resourceType") != "AuditEvent":
         raise NotAnAuditEvent("resourceType", "each resource must be an AuditEvent")
     outcome = resource.get("outcome", "0")
-    if outcome not in OUTCOME_STATUS:
+    if not isinstance(outcome, str) or outcome not in OUTCOME_STATUS:
         raise NotAnAuditEvent("outcome", "outcome must be 0, 4, 8 or 12")
     fields: dict[str, Any] = _entity_fields(resource.get("entity"))
     fields.pop("target", None)
+    exported = fields.pop("exported", False)
+    status = OUTCOME_STATUS[outcome]
+    if outcome == "4" and exported:  # the export writes an attempt as 4
+        status = "attempt"
     event: dict[str, Any] = {
         "action": _action(resource, fields),
-        "status": OUTCOME_STATUS[outcome],
+        "status": status,
         **_agent_fields(_principal(resource.get("agent"))),
         **fields,
         **_purposes(resource),
@@ -276,8 +294,8 @@ def event_of(resource: Any) -> dict[str, Any]:
     if isinstance(ident, str):
         try:
             event["event_id"] = str(uuid.UUID(ident))
-        except ValueError:
-            pass  # a server's own id, not a UUID: this service gives the event one
+        except ValueError:  # a server's own id: the same resource sent again is the same event
+            event["event_id"] = str(uuid.uuid5(FHIR_IDS, ident))
     if "data_classification" not in event:
         event["data_classification"] = "PHI" if event.get("patient_id") else "INTERNAL"
     return event

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from app.api.atna import NotAnAuditMessage, event_of, parse_xml
 from app.api.ingest_bodies import Limits, parse_bulk
@@ -169,7 +170,7 @@ class SyslogIntake:
         async def put() -> None:
             await self.res.stream.enqueue([record], self.settings.stream_entry_events)
 
-        while True:
+        while not self.res.stopping.is_set():
             try:
                 await admit_and_queue(
                     self.res.admission, f"syslog:{source}", frozenset(), organization, 1, put
@@ -177,15 +178,12 @@ class SyslogIntake:
                 self.res.metrics.accepted.inc()
                 return
             except (Backpressure, TooManyRequests, Unavailable) as exc:
-                self._count("held_back")
                 log.info("syslog from %s held back: %s", source, exc.code)
-            except (OSError, ConnectionError) as exc:
-                self._count("held_back")
+            except (OSError, RedisError) as exc:
                 log.warning("syslog from %s: queue unreachable (%s)", source, type(exc).__name__)
-            except Exception as exc:  # Redis errors and the like: wait, never drop
-                self._count("held_back")
-                log.warning("syslog from %s: not queued yet (%s)", source, type(exc).__name__)
+            self._count("held_back")
             await asyncio.sleep(1.0)
+        raise ConnectionError("the receiver is stopping")
 
     def _count(self, outcome: str) -> None:
         self.res.metrics.syslog_messages.labels(outcome=outcome).inc()
@@ -222,7 +220,16 @@ class SyslogIntake:
                 self._count("rejected")
                 log.warning("syslog message from %s rejected: %s", source, exc)
                 continue
-            await self.store(source, organization, event)
+            except Exception as exc:  # whatever a message does, the connection reads on
+                self._count("rejected")
+                log.warning("syslog message from %s rejected: %s", source, type(exc).__name__)
+                continue
+            try:
+                await self.store(source, organization, event)
+            except ApiError as exc:  # refused for good (not a transient refusal): counted
+                self._count("rejected")
+                log.warning("syslog message from %s refused: %s", source, exc.code)
+                continue
             self._count("accepted")
 
 

@@ -158,6 +158,8 @@ async def test_a_compliance_officer_uses_the_console_in_a_browser(
             driver.find_element(By.ID, "run-verify").click()
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "verdict"))
             assert driver.find_element(By.ID, "verdict").text == "intact"
+            driver.get(f"{base}/console/events/not-a-uuid")
+            assert "no such event" in driver.page_source
             driver.get(f"{base}/console/break-glass")
             assert len(driver.find_elements(By.CSS_SELECTOR, "tbody tr.glass")) == 4
             driver.find_element(By.ID, "sign-out").click()
@@ -213,6 +215,16 @@ async def test_a_revoked_key_is_signed_out_and_forms_need_their_token(
             anonymous = await client.get("/console/events")
             assert anonymous.status_code == 303
             assert anonymous.headers["location"] == "/console/login"
+            huge = await client.post(
+                "/console/login", content=b"api_key=" + b"x" * 100_000,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            assert huge.status_code == 403  # read no further than the form's bound
+            many = await client.post(
+                "/console/login", content="&".join(f"f{i}=1" for i in range(20)),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            assert many.status_code == 403
             login = await client.get("/console/login")
             assert "default-src 'none'" in login.headers["content-security-policy"]
             cookie = login.headers["set-cookie"]

@@ -268,6 +268,16 @@ async def test_what_cannot_be_mapped_is_refused_whole(
         assert refused.status_code == 422
         assert refused.json()["error"]["details"][0]["type"] == "reserved_action"
         assert (await post(b"{not json")).status_code == 400
+        record = {"system": "urn:audit-ingest:event", "value": "x"}
+        wrongs: list[dict[str, Any]] = [
+            {"outcome": []},
+            {"subtype": {"coding": 5}},
+            {"entity": [{"what": {"identifier": record}, "detail": 5}]},
+            {"agent": [{"who": {"identifier": "s"}, "requestor": True}]},
+        ]
+        for wrong in wrongs:
+            answer = await post({**balp_read(), **wrong})
+            assert answer.status_code == 422, (wrong, answer.text)
         assert (await post(balp_login(), {"Content-Type": "text/plain"})).status_code == 415
         assert await svc.app.state.resources.stream.queued_events() == 0
         assert (await post(balp_login(), {"Content-Type": "application/json"})).status_code == 202

@@ -94,6 +94,7 @@ def test_dicom_and_rfc3881_messages_map_to_events() -> None:
         ("<AuditMessage><ActiveParticipant UserID='x'/></AuditMessage>", "EventIdentification"),
         (RFC3881_LOGIN.replace('EventOutcomeIndicator="4"', 'EventOutcomeIndicator="3"'), "Event"),
         (RFC3881_LOGIN.replace(' UserID="nurse.lee"', ""), "ActiveParticipant@UserID"),
+        ("<AuditMessage>" + "<a>" * 5000 + "</a>" * 5000 + "</AuditMessage>", "AuditMessage"),
     ],
 )
 def test_unusable_messages_name_what_is_wrong(text: str, field: str) -> None:

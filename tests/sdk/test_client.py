@@ -201,3 +201,19 @@ async def test_a_batcher_sends_what_waits_when_the_program_exits(
         assert process.returncode == 0
         await wait_stored(database_url, org, 50)
     assert sorted(await stored_ids(database_url, org)) == sorted(out.decode().strip().split(","))
+
+
+def test_what_cannot_be_delivered_is_spooled_whole_and_refusals_set_aside(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    spool = tmp_path / "spool"
+    quick = Retry(attempts=1)
+    with AuditClient(nowhere, "aik_x", retry=quick, spool_dir=spool) as client:
+        events = [event(n) for n in range(2500)]  # three requests' worth
+        assert client.send_many(events) is None
+        (batch,) = Spool(spool).batches()
+        assert [e.event_id for e in Spool.read(batch) or []] == [e.event_id for e in events]
+        broken = spool / "00000000000000000000-1.json"  # older than the batch: read first
+        broken.write_text("{not json")
+        assert client.flush_spool() is False  # the service is still away
+        assert broken.with_suffix(".failed").exists() and not broken.exists()
+        assert Spool(spool).batches() == [batch]  # kept, in order, for the next try

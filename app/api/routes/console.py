@@ -25,7 +25,7 @@ from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
 from app.api.schemas import EventFilters, EventOut, EventPage
 from app.apikeys.keys import Caller, hash_api_key
-from app.core.errors import ApiError
+from app.core.errors import ApiError, NotFound
 from app.ledger.proofs import check_proof
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -158,10 +158,19 @@ async def login_form(request: Request) -> Response:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    """A small url-encoded form; {} for anything larger or malformed (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
         return {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    try:
+        parsed = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:
+        return {}
     return {k: v[0] for k, v in parsed.items()}
 
 
@@ -362,7 +371,10 @@ async def _asking(request: Request, caller: Caller, session: console_session.Ses
 
 
 async def _detail(request: Request, caller: Caller, session: console_session.Session) -> Response:
-    event_id = uuid.UUID(request.path_params["event_id"])
+    try:
+        event_id = uuid.UUID(request.path_params["event_id"])
+    except ValueError as exc:
+        raise NotFound("no such event in your organization") from exc
     item = await event_routes.get_event(request, caller, event_id)
     proof = await integrity_routes.proof(request, caller, event_id)
     problem = check_proof(proof, resources(request).settings.ledger_key_ring)

@@ -10,10 +10,11 @@ import threading
 import time
 from collections import deque
 
-from audit_ingest_client._client import AsyncAuditClient, AuditClient, AuditError, Undelivered
+from audit_ingest_client._client import AsyncAuditClient, AuditClient, AuditError
 from audit_ingest_client._event import Event
 
 log = logging.getLogger("audit_ingest_client")
+EXIT_TIMEOUT_S = 30.0  # what a program's exit waits for the service at most
 
 
 class Batcher:
@@ -32,10 +33,11 @@ class Batcher:
         self._pending: deque[Event] = deque()
         self._lock = threading.Condition()
         self._closed = False
+        self._give_up_at = float("inf")
         self.failed: list[tuple[list[Event], Exception]] = []  # refused for good (4xx)
         self._thread = threading.Thread(target=self._run, name="audit-batcher", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+        atexit.register(self.close, EXIT_TIMEOUT_S)
 
     def add(self, event: Event) -> None:
         """Queue an event; blocks while max_pending events wait already."""
@@ -71,19 +73,28 @@ class Batcher:
             except AuditError as exc:
                 self.failed.append((batch, exc))
                 log.error("audit events refused: %s", exc)
-            except Undelivered as exc:  # no spool: keep them for the next round
+            except Exception as exc:  # not delivered (no spool), or anything else: keep them
                 log.warning("audit events not delivered yet: %s", exc)
                 with self._lock:
                     self._pending.extendleft(reversed(batch))
+                    if self._closed and time.monotonic() > self._give_up_at:
+                        log.error("%d audit events not delivered at exit", len(self._pending))
+                        self._pending.clear()
+                        self._lock.notify_all()
+                        return
                 time.sleep(1.0)
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Send what is pending (and the spool), then stop."""
+        """Send what is pending (and the spool), then stop; with `timeout_s` (as at exit), give
+        up on what the service did not take by then (logged)."""
         with self._lock:
             self._closed = True
+            if timeout_s is not None:
+                self._give_up_at = time.monotonic() + timeout_s
             self._lock.notify_all()
-        self._thread.join(timeout_s)
-        self.client.flush_spool()
+        self._thread.join(None if timeout_s is None else timeout_s + 2)
+        if not self._thread.is_alive():
+            self.client.flush_spool()
         atexit.unregister(self.close)
 
 
@@ -136,7 +147,7 @@ class AsyncBatcher:
                 except AuditError as exc:
                     self.failed.append((batch, exc))
                     log.error("audit events refused: %s", exc)
-                except Undelivered as exc:
+                except Exception as exc:  # not delivered (no spool), or anything else
                     log.warning("audit events not delivered yet: %s", exc)
                     await asyncio.sleep(1.0)
                     continue

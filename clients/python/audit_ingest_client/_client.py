@@ -4,6 +4,7 @@ spool for what cannot be delivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -78,13 +79,27 @@ class Spool:
         return sorted(self.directory.glob("*.json"))
 
     @staticmethod
-    def read(path: Path) -> list[Event]:
-        return [Event.from_json(item) for item in json.loads(path.read_text())]
+    def read(path: Path) -> list[Event] | None:
+        """The batch of a file; None when it is gone (sent meanwhile) or unreadable."""
+        try:
+            return [Event.from_json(item) for item in json.loads(path.read_text())]
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            Spool.set_aside(path)
+            return None
+
+    @staticmethod
+    def set_aside(path: Path) -> None:
+        """A batch that can never be sent (unreadable, or refused for good) moves out of the
+        way, kept as `*.failed` for someone to look at."""
+        with contextlib.suppress(FileNotFoundError):
+            path.rename(path.with_suffix(".failed"))
 
 
-def _chunks(events: Sequence[Event]) -> Iterable[Sequence[Event]]:
+def _chunks(events: Sequence[Event]) -> Iterable[tuple[int, Sequence[Event]]]:
     for start in range(0, len(events), MAX_BULK):
-        yield events[start : start + MAX_BULK]
+        yield start, events[start : start + MAX_BULK]
 
 
 class _Base:
@@ -110,7 +125,10 @@ class _Base:
     def _outcome(self, response: httpx.Response) -> list[str] | float | None:
         """The event ids when accepted; a wait (Retry-After or None) when worth retrying."""
         if response.status_code == 202:
-            ids: list[str] = response.json()["event_ids"]
+            try:
+                ids: list[str] = response.json()["event_ids"]
+            except (ValueError, KeyError, TypeError):
+                return None  # not the service's answer (a proxy's?): try again
             return ids
         if response.status_code in RETRY_STATUSES:
             return retry_after(response)
@@ -123,6 +141,7 @@ class AuditClient(_Base):
     def __init__(self, base_url: str, api_key: str, **options: Any) -> None:
         super().__init__(base_url, api_key, **options)
         self._http = httpx.Client(timeout=self.timeout_s)
+        self._flushing = threading.Lock()
 
     def send(self, event: Event) -> list[str] | None:
         return self.send_many([event])
@@ -133,13 +152,13 @@ class AuditClient(_Base):
             self.spool.put(events)
             return None
         ids: list[str] = []
-        for chunk in _chunks(events):
+        for start, chunk in _chunks(events):
             try:
                 ids += self._deliver(chunk)
             except Undelivered:
                 if self.spool is None:
                     raise
-                self.spool.put(chunk)
+                self.spool.put(events[start:])  # this chunk and every one after it
                 return None
         return ids
 
@@ -147,12 +166,19 @@ class AuditClient(_Base):
         """Send spooled batches, oldest first; whether the spool is empty now."""
         if self.spool is None:
             return True
-        for path in self.spool.batches():
-            try:
-                self._deliver(Spool.read(path))
-            except Undelivered:
-                return False
-            path.unlink()
+        with self._flushing:
+            for path in self.spool.batches():
+                events = Spool.read(path)
+                if events is None:
+                    continue
+                try:
+                    self._deliver(events)
+                except Undelivered:
+                    return False
+                except AuditError:
+                    Spool.set_aside(path)
+                    continue
+                path.unlink(missing_ok=True)
         return True
 
     def _deliver(self, events: Sequence[Event]) -> list[str]:
@@ -165,7 +191,7 @@ class AuditClient(_Base):
                 if isinstance(outcome, list):
                     return outcome
                 wait = outcome
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError, httpx.TooManyRedirects):
                 pass
             if attempt + 1 < self.retry.attempts:
                 time.sleep(self.retry.wait(attempt, wait))
@@ -187,6 +213,7 @@ class AsyncAuditClient(_Base):
     def __init__(self, base_url: str, api_key: str, **options: Any) -> None:
         super().__init__(base_url, api_key, **options)
         self._http = httpx.AsyncClient(timeout=self.timeout_s)
+        self._flushing = asyncio.Lock()
 
     async def send(self, event: Event) -> list[str] | None:
         return await self.send_many([event])
@@ -197,25 +224,33 @@ class AsyncAuditClient(_Base):
             await asyncio.to_thread(self.spool.put, events)
             return None
         ids: list[str] = []
-        for chunk in _chunks(events):
+        for start, chunk in _chunks(events):
             try:
                 ids += await self._deliver(chunk)
             except Undelivered:
                 if self.spool is None:
                     raise
-                await asyncio.to_thread(self.spool.put, chunk)
+                await asyncio.to_thread(self.spool.put, events[start:])
                 return None
         return ids
 
     async def flush_spool(self) -> bool:
+        """Send spooled batches, oldest first; whether the spool is empty now."""
         if self.spool is None:
             return True
-        for path in self.spool.batches():
-            try:
-                await self._deliver(Spool.read(path))
-            except Undelivered:
-                return False
-            path.unlink()
+        async with self._flushing:
+            for path in self.spool.batches():
+                events = Spool.read(path)
+                if events is None:
+                    continue
+                try:
+                    await self._deliver(events)
+                except Undelivered:
+                    return False
+                except AuditError:
+                    Spool.set_aside(path)
+                    continue
+                path.unlink(missing_ok=True)
         return True
 
     async def _deliver(self, events: Sequence[Event]) -> list[str]:
@@ -230,7 +265,7 @@ class AsyncAuditClient(_Base):
                 if isinstance(outcome, list):
                     return outcome
                 wait = outcome
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError, httpx.TooManyRedirects):
                 pass
             if attempt + 1 < self.retry.attempts:
                 await asyncio.sleep(self.retry.wait(attempt, wait))
