@@ -19,7 +19,7 @@ from app.core.limits import Slots
 from app.core.metrics import Metrics
 from app.core.service_seal import ServiceSeals
 from app.core.tasks import stop_tasks, wait_or_stop
-from app.queue.admission import Admission
+from app.queue.admission import Admission, admit_and_queue
 from app.queue.coalesce import EnqueueBatcher
 from app.queue.shards import ShardedStream
 from app.queue.stream import eviction_policy
@@ -154,3 +154,25 @@ async def close_resources(res: Resources) -> None:
     await res.redis.aclose()
     for engine in (res.engine, res.long_reads, res.auth_engine):
         await engine.dispose()
+
+
+async def queue_record(
+    res: Resources,
+    key_id: str,
+    scopes: frozenset[str],
+    organization: str,
+    record: dict[str, Any],
+    *,
+    rated: bool = True,
+    quota: bool = True,
+) -> None:
+    """One record the service made itself (a read's trace, a threshold violation, a syslog
+    message) into the queue through the one admission, counted as accepted."""
+
+    async def put() -> None:
+        await res.stream.enqueue([record], res.settings.stream_entry_events)
+
+    await admit_and_queue(
+        res.admission, key_id, scopes, organization, 1, put, rated=rated, quota=quota
+    )
+    res.metrics.accepted.inc()

@@ -31,7 +31,7 @@ def record(
     scope: Scope, route: str, status: int, seconds: float, metrics: Metrics, to_log: bool
 ) -> None:
     metrics.http_responses.labels(route=route, status=str(status)).inc()
-    if to_log:
+    if to_log and log.isEnabledFor(logging.INFO):  # no line built for a level that drops it
         log.info(
             "request",
             extra={

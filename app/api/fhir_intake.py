@@ -45,6 +45,7 @@ from app.read.fhir import (
     ACTION_SYSTEM,
     DCM,
     EVENT_SYSTEM,
+    EVENT_TYPE,
     OBJECT_ROLE,
     PATIENT_SYSTEM,
     RESTFUL,
@@ -225,7 +226,7 @@ def _action(resource: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
     if own:
         return own
     kind = resource.get("type")
-    if _code(kind, "http://terminology.hl7.org/CodeSystem/audit-event-type") == "rest":
+    if _code(kind, EVENT_TYPE) == "rest":
         interaction = _code(resource.get("subtype"), RESTFUL)
         target = str(fields.get("target_resource_type") or "resource").lower()
         verb = RESTFUL_VERBS.get(interaction or "", interaction or "operation")

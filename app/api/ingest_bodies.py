@@ -23,7 +23,8 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import from_json, to_json
 
 from app.api.errors import describe_validation_errors
-from app.api.schemas import EventIn, SessionContext
+from app.api.schemas import CLIENT, EventIn, SessionContext
+from app.core.config import Settings
 from app.core.errors import InvalidEvents, MalformedJson, PayloadTooLarge
 
 # A bulk body up to this size goes straight to the validating parse: an invalid one may make
@@ -54,6 +55,16 @@ class Limits:
     max_values: int
     max_future_skew_s: int
     context: Mapping[str, Any]
+
+
+def limits_of(settings: Settings, max_events: int | None = None) -> Limits:
+    """The bounds of a client's events under `settings` (at most `max_events` a request)."""
+    return Limits(
+        max_events=settings.max_events_per_request if max_events is None else max_events,
+        max_values=settings.max_json_values,
+        max_future_skew_s=settings.max_future_skew_s,
+        context={"max_details_bytes": settings.max_details_bytes, CLIENT: True},
+    )
 
 
 def json_values(body: bytes, limit: int) -> int:

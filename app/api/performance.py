@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Metric
+from prometheus_client import Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from app.api.schemas import EventIn
 from app.core.config import Settings
-from app.core.metrics import Metrics
+from app.core.metrics import Buckets, Metrics, bucket_delta, histogram_quantile
 from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
-from app.queue.admission import admit_and_queue
-from app.wiring import Resources
+from app.wiring import Resources, queue_record
 
 log = logging.getLogger(__name__)
 MONITOR = "performance-monitor"
@@ -44,45 +44,24 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * PAGE_SIZE / 2**20
 
 
-def _samples(metrics: Metrics, name: str) -> Iterable[Any]:
-    families: list[Metric] = list(metrics.registry.collect())
-    for family in families:
-        if family.name == name:
-            yield from family.samples
+def _samples(metric: MetricWrapperBase) -> Iterable[Any]:
+    """The samples of one metric (not a walk of the whole registry, whose process collector
+    would read /proc each time)."""
+    for family in metric.collect():
+        yield from family.samples
 
 
-def histogram_buckets(metrics: Metrics, name: str) -> dict[float, float]:
+def histogram_buckets(histogram: Histogram) -> Buckets:
     """Cumulative counts by upper bound of a histogram without labels."""
     return {
-        float(s.labels["le"]): s.value
-        for s in _samples(metrics, name)
-        if s.name.endswith("_bucket")
+        float(s.labels["le"]): s.value for s in _samples(histogram) if s.name.endswith("_bucket")
     }
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """The q-quantile of cumulative bucket counts, interpolated as Prometheus'
-    histogram_quantile does; None without observations."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    below, count_below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if bound == float("inf"):
-                return below
-            share = (rank - count_below) / (count - count_below) if count > count_below else 1.0
-            return below + (bound - below) * share
-        below, count_below = bound, count
-    return below
 
 
 def responses(metrics: Metrics) -> tuple[float, float]:
     """All HTTP answers and the 5xx among them, so far."""
     total = errors = 0.0
-    for sample in _samples(metrics, "audit_http_responses"):
+    for sample in _samples(metrics.http_responses):
         if sample.name.endswith("_total"):
             total += sample.value
             if sample.labels.get("status", "").startswith("5"):
@@ -96,7 +75,7 @@ class Measures:
 
     metrics: Metrics
     queue_depth: Callable[[], int]
-    _lag: dict[float, float] = field(default_factory=dict)
+    _lag: Buckets = field(default_factory=dict)
     _answers: tuple[float, float] = (0.0, 0.0)
 
     def take(self, settings: Settings) -> list[Violation]:
@@ -104,10 +83,9 @@ class Measures:
         depth = self.queue_depth()
         if depth > settings.threshold_queue_depth:
             found.append(Violation("queue_depth", depth, settings.threshold_queue_depth, "events"))
-        lag = histogram_buckets(self.metrics, "audit_ingest_to_persist_seconds")
-        window = {bound: count - self._lag.get(bound, 0.0) for bound, count in lag.items()}
+        lag = histogram_buckets(self.metrics.ingest_to_persist_seconds)
+        p99 = histogram_quantile(bucket_delta(lag, self._lag), 0.99)
         self._lag = lag
-        p99 = quantile(0.99, window)
         if p99 is not None and p99 > settings.threshold_lag_p99_s:
             found.append(Violation("ingest_to_persist_p99", p99, settings.threshold_lag_p99_s, "s"))
         total, errors = responses(self.metrics)
@@ -175,17 +153,13 @@ class ThresholdMonitor:
         )
         record = event.to_record(settings.operations_org, format_timestamp(datetime.now(UTC)))
 
-        async def put() -> None:
-            await res.stream.enqueue([record], settings.stream_entry_events)
-
         try:
-            await admit_and_queue(
-                res.admission,
+            await queue_record(
+                res,
                 MONITOR,
                 frozenset(),
                 settings.operations_org,
-                1,
-                put,
+                record,
                 rated=False,
                 quota=False,
             )
@@ -193,7 +167,6 @@ class ThresholdMonitor:
             log.warning("threshold violation not recorded: %s", type(exc).__name__)
             return False
         self._suppressed[violation.metric] = 0
-        res.metrics.accepted.inc()
         return True
 
     async def run(self) -> None:

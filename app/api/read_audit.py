@@ -18,7 +18,7 @@ from app.api.schemas import EventIn
 from app.apikeys.keys import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
-from app.queue.admission import admit_and_queue
+from app.wiring import queue_record
 
 
 def _plain(value: Any) -> Any:
@@ -51,19 +51,15 @@ async def record_access(
     received_at = format_timestamp(datetime.now(UTC))
     record = event.to_record(caller.organization_id, received_at, api_key_id=caller.key_id)
 
-    async def put() -> None:
-        await res.stream.enqueue([record], res.settings.stream_entry_events)
-
     try:
         # Not rated and not held to the organization's quota: a read is refused only when the
         # whole queue is full (503), so an organization's flood does not lock out its auditors.
-        await admit_and_queue(
-            res.admission,
+        await queue_record(
+            res,
             caller.key_id,
             caller.scopes,
             caller.organization_id,
-            1,
-            put,
+            record,
             rated=False,
             quota=False,
         )
@@ -72,4 +68,3 @@ async def record_access(
             "this read could not be recorded in the audit trail; retry later",
             headers={"Retry-After": "1"},
         ) from exc
-    res.metrics.accepted.inc()

@@ -30,14 +30,12 @@ import orjson
 from redis.exceptions import RedisError
 
 from app.api.atna import NotAnAuditMessage, event_of, parse_xml
-from app.api.ingest_bodies import Limits, parse_bulk
-from app.api.schemas import CLIENT
+from app.api.ingest_bodies import limits_of, parse_bulk
 from app.core.config import Settings, parse_syslog_sources
 from app.core.errors import ApiError, Backpressure, Unavailable
 from app.core.limits import TooManyRequests
 from app.core.timefmt import format_timestamp
-from app.queue.admission import admit_and_queue
-from app.wiring import Resources
+from app.wiring import Resources, queue_record
 
 log = logging.getLogger(__name__)
 MAX_LENGTH_DIGITS = 7
@@ -122,15 +120,6 @@ class SyslogIntake:
     def settings(self) -> Settings:
         return self.res.settings
 
-    def limits(self) -> Limits:
-        s = self.settings
-        return Limits(
-            max_events=1,
-            max_values=s.max_json_values,
-            max_future_skew_s=s.max_future_skew_s,
-            context={"max_details_bytes": s.max_details_bytes, CLIENT: True},
-        )
-
     def organization_of(self, writer: asyncio.StreamWriter) -> tuple[str, str | None]:
         """(source, its organization or None) of a connection: the certificate's common name
         under TLS when it is in the map, else the peer's address."""
@@ -156,7 +145,7 @@ class SyslogIntake:
         digest = hashlib.sha256(organization.encode() + b"\0" + body.encode()).hexdigest()
         mapped["event_id"] = str(uuid.uuid5(NAMESPACE, digest))
         try:
-            return parse_bulk(orjson.dumps([mapped]), self.limits())[0]
+            return parse_bulk(orjson.dumps([mapped]), limits_of(self.settings, 1))[0]
         except ApiError as exc:
             problems = exc.details if isinstance(exc.details, list) else []
             reasons = sorted({str(d.get("type")) for d in problems} or {exc.code})
@@ -164,18 +153,10 @@ class SyslogIntake:
 
     async def store(self, source: str, organization: str, event: Any) -> None:
         """Queue one event, waiting (not reading on) while the queue refuses it."""
-        received = format_timestamp(datetime.now(UTC))
-        record = event.to_record(organization, received)
-
-        async def put() -> None:
-            await self.res.stream.enqueue([record], self.settings.stream_entry_events)
-
+        record = event.to_record(organization, format_timestamp(datetime.now(UTC)))
         while not self.res.stopping.is_set():
             try:
-                await admit_and_queue(
-                    self.res.admission, f"syslog:{source}", frozenset(), organization, 1, put
-                )
-                self.res.metrics.accepted.inc()
+                await queue_record(self.res, f"syslog:{source}", frozenset(), organization, record)
                 return
             except (Backpressure, TooManyRequests, Unavailable) as exc:
                 log.info("syslog from %s held back: %s", source, exc.code)

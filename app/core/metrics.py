@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -128,3 +130,31 @@ class Metrics:
                 registry=reg,
             ),
         )
+
+
+# Cumulative bucket counts of one Prometheus histogram: upper bound (math.inf for +Inf) -> count.
+Buckets = dict[float, float]
+
+
+def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> Buckets:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def histogram_quantile(buckets: Mapping[float, float], share: float) -> float | None:
+    """Prometheus' histogram_quantile: linear within the bucket that holds the rank. A rank in
+    the +Inf bucket answers the highest finite bound (a floor). None without observations."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank = share * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return lower

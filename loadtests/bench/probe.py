@@ -16,9 +16,10 @@ import asyncpg
 import httpx
 import redis.asyncio as redis
 
+from app.core.metrics import Buckets
 from loadtests.bench import procstat
 from loadtests.bench.service import Service
-from loadtests.bench.stats import Buckets, add_buckets, buckets_from_text
+from loadtests.bench.stats import add_buckets, buckets_from_text
 
 LAG_METRIC = "audit_ingest_to_persist_seconds"
 BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"

@@ -7,8 +7,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from app.core.metrics import Buckets, bucket_delta, histogram_quantile
 from loadtests.bench.probe import Probe, Snapshot, cpu_percent
-from loadtests.bench.stats import Buckets, bucket_delta, histogram_quantile
 
 log = logging.getLogger("bench")
 

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from app.core.metrics import bucket_delta, histogram_quantile
 from loadtests.bench.sampler import Sampler
-from loadtests.bench.stats import bucket_delta, histogram_quantile, percentile
+from loadtests.bench.stats import percentile
 
 N = TypeVar("N", int, float)
 COMPARED = 3  # windows averaged at each end

@@ -6,8 +6,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-# Cumulative bucket counts of one Prometheus histogram: upper bound (math.inf for +Inf) -> count.
-Buckets = dict[float, float]
+from app.core.metrics import Buckets
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
@@ -62,27 +61,3 @@ def buckets_from_text(text: str, name: str) -> Buckets:
 
 def add_buckets(a: Mapping[float, float], b: Mapping[float, float]) -> Buckets:
     return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in set(a) | set(b)}
-
-
-def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> Buckets:
-    return {k: v - before.get(k, 0.0) for k, v in after.items()}
-
-
-def histogram_quantile(buckets: Mapping[float, float], share: float) -> float | None:
-    """Prometheus' histogram_quantile: linear within the bucket that holds the rank. A rank in
-    the +Inf bucket answers the highest finite bound (a floor). None without observations."""
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]] if bounds else 0.0
-    if total <= 0:
-        return None
-    rank = share * total
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            inside = count - below
-            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
-        lower, below = bound, count
-    return lower

@@ -9,28 +9,16 @@ from typing import Any
 
 import orjson
 
+from loadtests.faults.content import CLIENT_COLUMNS, SESSION_COLUMNS
 from tests.conftest import Service, SettingsFactory, event, running, stored_rows, wait_stored
 
+# What a client sends: the columns that hold its fields, the session and details flattened.
 CLIENT_FIELDS = (
     "event_id",
     "timestamp",
-    "action",
-    "status",
-    "principal_id",
-    "principal_type",
-    "target_resource_type",
-    "target_resource_id",
-    "patient_id",
-    "data_classification",
-    "purpose_of_use",
-    "break_glass",
-    "outcome_description",
-    "correlation_id",
-    "session_id",
-    "ip_address",
-    "user_agent",
+    *CLIENT_COLUMNS,
+    *SESSION_COLUMNS,
     "details",
-    "priority",
 )
 FHIR = {"Content-Type": "application/fhir+json"}
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

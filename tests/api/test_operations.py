@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from app.api.performance import Measures, ThresholdMonitor, api_monitor, quantile
+from app.api.performance import Measures, ThresholdMonitor, api_monitor
 from app.apikeys.keys import create_api_key
+from app.core.metrics import histogram_quantile
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 
 
@@ -72,10 +73,10 @@ async def test_the_access_log_can_be_turned_off_and_requests_still_count(
 
 def test_quantiles_interpolate_within_buckets_as_prometheus_does() -> None:
     buckets = {0.1: 50.0, 0.5: 90.0, 1.0: 99.0, 5.0: 100.0, float("inf"): 100.0}
-    assert quantile(0.5, buckets) == pytest.approx(0.1)
-    assert quantile(0.7, buckets) == pytest.approx(0.3)
-    assert quantile(0.995, buckets) == pytest.approx(3.0)
-    assert quantile(0.99, {1.0: 0.0, float("inf"): 0.0}) is None
+    assert histogram_quantile(buckets, 0.5) == pytest.approx(0.1)
+    assert histogram_quantile(buckets, 0.7) == pytest.approx(0.3)
+    assert histogram_quantile(buckets, 0.995) == pytest.approx(3.0)
+    assert histogram_quantile({1.0: 0.0, float("inf"): 0.0}, 0.99) is None
 
 
 async def test_violations_become_sealed_events_at_most_one_per_interval(

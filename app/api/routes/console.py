@@ -83,8 +83,7 @@ def console_page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
             body = error(f"Check the form: {problems}")
         except ApiError as exc:
             body = error(exc.message)
-        who = f"{caller.organization_id} · key {caller.key_id[:8]}"
-        return html(page("Something is wrong", body, who=who, csrf=session.csrf), 400)
+        return html(page("Something is wrong", body, who=_who(caller), csrf=session.csrf), 400)
 
     serve.__name__ = handler.__name__
     return serve

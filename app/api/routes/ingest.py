@@ -12,8 +12,8 @@ from redis.exceptions import RedisError
 
 from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.ingest_bodies import SMALL_BODY, Limits, parse_bulk, parse_event
-from app.api.schemas import CLIENT, Accepted, BulkAccepted, EventIn, new_event_ids
+from app.api.ingest_bodies import SMALL_BODY, Limits, limits_of, parse_bulk, parse_event
+from app.api.schemas import Accepted, BulkAccepted, EventIn, new_event_ids
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
@@ -166,10 +166,4 @@ async def post_bulk(request: Request, caller: Ingestor) -> Response:
 
 
 def _limits(request: Request) -> Limits:
-    settings = resources(request).settings
-    return Limits(
-        max_events=settings.max_events_per_request,
-        max_values=settings.max_json_values,
-        max_future_skew_s=settings.max_future_skew_s,
-        context={"max_details_bytes": settings.max_details_bytes, CLIENT: True},
-    )
+    return limits_of(resources(request).settings)
