@@ -3,9 +3,12 @@ clients with retries that honour Retry-After, a disk spool, and background batch
 
 from audit_ingest_client._batcher import AsyncBatcher, Batcher
 from audit_ingest_client._client import (
+    AccessError,
     AsyncAuditClient,
     AuditClient,
     AuditError,
+    EventsRefused,
+    Refusal,
     Retry,
     Spool,
     Undelivered,
@@ -13,12 +16,15 @@ from audit_ingest_client._client import (
 from audit_ingest_client._event import Event, SessionContext, uuid7
 
 __all__ = [
+    "AccessError",
     "AsyncAuditClient",
     "AsyncBatcher",
     "AuditClient",
     "AuditError",
     "Batcher",
     "Event",
+    "EventsRefused",
+    "Refusal",
     "Retry",
     "SessionContext",
     "Spool",

@@ -1,5 +1,6 @@
 """Background batchers: `add` returns at once, events leave in bulk requests by size or after a
-linger, memory is bounded, and what is left is sent on close."""
+linger, memory is bounded, and what is left is sent on close. Every event added is delivered,
+spooled, or refused alone (in `refused`, and `on_refused`); none holds back the others."""
 
 from __future__ import annotations
 
@@ -9,15 +10,55 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
-from audit_ingest_client._client import AsyncAuditClient, AuditClient, AuditError
+from audit_ingest_client._client import (
+    AccessError,
+    AsyncAuditClient,
+    AuditClient,
+    EventsRefused,
+    Refusal,
+    Undelivered,
+)
 from audit_ingest_client._event import Event
 
 log = logging.getLogger("audit_ingest_client")
 EXIT_TIMEOUT_S = 30.0  # what a program's exit waits for the service at most
+BACKOFF_S = 1.0  # between tries of a batch the service did not take
 
 
-class Batcher:
+class _Refusals:
+    """The refusals a batcher met: the latest `max_pending` in `refused`, each batch of them
+    handed to `on_refused` (when given) on the sending thread or task."""
+
+    def __init__(self, on_refused: Callable[[list[Refusal]], None] | None, keep: int) -> None:
+        self.refused: deque[Refusal] = deque(maxlen=keep)
+        self.on_refused = on_refused
+
+    def _note(self, refused: list[Refusal]) -> None:
+        if not refused:
+            return
+        log.error(
+            "%d audit events refused: %s",
+            len(refused),
+            "; ".join(f"{r.event.event_id}: {r.reason}" for r in refused[:5]),
+        )
+        self.refused.extend(refused)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(refused)
+            except Exception:  # the application's callback must not stop the sending
+                log.exception("on_refused failed")
+
+
+def _stopped(exc: AccessError | Undelivered) -> str:
+    if isinstance(exc, AccessError):
+        where = "kept in the spool" if exc.spooled else "kept, tried again"
+        return f"audit-ingest answered {exc.status} ({where}): check the key and URL: {exc}"
+    return f"audit events not delivered yet: {exc}"
+
+
+class Batcher(_Refusals):
     """Events from any thread, sent by one background thread through an AuditClient."""
 
     def __init__(
@@ -27,20 +68,24 @@ class Batcher:
         max_batch: int = 500,
         linger_s: float = 0.2,
         max_pending: int = 10_000,
+        on_refused: Callable[[list[Refusal]], None] | None = None,
     ) -> None:
+        super().__init__(on_refused, max_pending)
         self.client = client
         self.max_batch, self.linger_s, self.max_pending = max_batch, linger_s, max_pending
         self._pending: deque[Event] = deque()
         self._lock = threading.Condition()
         self._closed = False
         self._give_up_at = float("inf")
-        self.failed: list[tuple[list[Event], Exception]] = []  # refused for good (4xx)
         self._thread = threading.Thread(target=self._run, name="audit-batcher", daemon=True)
         self._thread.start()
         atexit.register(self.close, EXIT_TIMEOUT_S)
 
     def add(self, event: Event) -> None:
-        """Queue an event; blocks while max_pending events wait already."""
+        """Queue an event; blocks while max_pending events wait already. TypeError or
+        ValueError, naming the field, when JSON cannot carry the event (its details were
+        changed after it was made)."""
+        event.encode()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -70,19 +115,34 @@ class Batcher:
         while (batch := self._take()) is not None:
             try:
                 self.client.send_many(batch)
-            except AuditError as exc:
-                self.failed.append((batch, exc))
-                log.error("audit events refused: %s", exc)
-            except Exception as exc:  # not delivered (no spool), or anything else: keep them
+            except EventsRefused as exc:  # the others were delivered or spooled
+                self._note(exc.refused)
+            except (AccessError, Undelivered) as exc:
+                self._note(exc.refused)
+                log.log(
+                    logging.ERROR if isinstance(exc, AccessError) else logging.WARNING,
+                    "%s",
+                    _stopped(exc),
+                )
+                if exc.undelivered and not self._keep(exc.undelivered):
+                    return
+            except Exception as exc:  # anything else (the spool's disk?): keep them
                 log.warning("audit events not delivered yet: %s", exc)
-                with self._lock:
-                    self._pending.extendleft(reversed(batch))
-                    if self._closed and time.monotonic() > self._give_up_at:
-                        log.error("%d audit events not delivered at exit", len(self._pending))
-                        self._pending.clear()
-                        self._lock.notify_all()
-                        return
-                time.sleep(1.0)
+                if not self._keep(batch):
+                    return
+
+    def _keep(self, events: list[Event]) -> bool:
+        """Put events not delivered back in front, and wait before the next try; False when
+        the batcher gave up at exit."""
+        with self._lock:
+            self._pending.extendleft(reversed(events))
+            if self._closed and time.monotonic() > self._give_up_at:
+                log.error("%d audit events not delivered at exit", len(self._pending))
+                self._pending.clear()
+                self._lock.notify_all()
+                return False
+        time.sleep(BACKOFF_S)
+        return True
 
     def close(self, timeout_s: float | None = None) -> None:
         """Send what is pending (and the spool), then stop; with `timeout_s` (as at exit), give
@@ -94,11 +154,14 @@ class Batcher:
             self._lock.notify_all()
         self._thread.join(None if timeout_s is None else timeout_s + 2)
         if not self._thread.is_alive():
-            self.client.flush_spool()
+            try:
+                self.client.flush_spool()
+            except AccessError as exc:
+                log.error("%s", _stopped(exc))
         atexit.unregister(self.close)
 
 
-class AsyncBatcher:
+class AsyncBatcher(_Refusals):
     """The same for asyncio: one task sends through an AsyncAuditClient."""
 
     def __init__(
@@ -108,16 +171,19 @@ class AsyncBatcher:
         max_batch: int = 500,
         linger_s: float = 0.2,
         max_pending: int = 10_000,
+        on_refused: Callable[[list[Refusal]], None] | None = None,
     ) -> None:
+        super().__init__(on_refused, max_pending)
         self.client = client
         self.max_batch, self.linger_s = max_batch, linger_s
         self._queue: asyncio.Queue[Event] = asyncio.Queue(max_pending)
         self._closed = False
-        self.failed: list[tuple[list[Event], Exception]] = []
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def add(self, event: Event) -> None:
-        """Queue an event; waits while max_pending events wait already."""
+        """Queue an event; waits while max_pending events wait already. TypeError or
+        ValueError, naming the field, when JSON cannot carry the event."""
+        event.encode()
         if self._closed:
             raise RuntimeError("the batcher is closed")
         await self._queue.put(event)
@@ -141,18 +207,28 @@ class AsyncBatcher:
     async def _run(self) -> None:
         while True:
             batch = await self._batch()
-            while True:
+            taken = len(batch)
+            while batch:
                 try:
                     await self.client.send_many(batch)
-                except AuditError as exc:
-                    self.failed.append((batch, exc))
-                    log.error("audit events refused: %s", exc)
-                except Exception as exc:  # not delivered (no spool), or anything else
+                except EventsRefused as exc:
+                    self._note(exc.refused)
+                except (AccessError, Undelivered) as exc:
+                    self._note(exc.refused)
+                    log.log(
+                        logging.ERROR if isinstance(exc, AccessError) else logging.WARNING,
+                        "%s",
+                        _stopped(exc),
+                    )
+                    batch = exc.undelivered
+                    await asyncio.sleep(BACKOFF_S if batch else 0)
+                    continue
+                except Exception as exc:  # anything else (the spool's disk?): keep them
                     log.warning("audit events not delivered yet: %s", exc)
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(BACKOFF_S)
                     continue
                 break
-            for _ in batch:
+            for _ in range(taken):
                 self._queue.task_done()
 
     async def close(self) -> None:
@@ -161,4 +237,7 @@ class AsyncBatcher:
         await self._queue.join()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        await self.client.flush_spool()
+        try:
+            await self.client.flush_spool()
+        except AccessError as exc:
+            log.error("%s", _stopped(exc))

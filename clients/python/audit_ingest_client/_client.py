@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
+import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +24,92 @@ from audit_ingest_client._event import Event
 
 MAX_BULK = 1000  # events per request (the service takes up to 10,000)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CONTENT_STATUSES = frozenset({400, 413, 422})  # refusals of what a request holds
+
+log = logging.getLogger("audit_ingest_client")
 
 
 class AuditError(Exception):
-    """The service refused the events for good (a 4xx other than 429): resending cannot help."""
+    """The service would not take the events, and sending them again as they are cannot help."""
 
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"audit-ingest answered {status}: {body[:500]}")
+    def __init__(self, status: int, body: str, message: str | None = None) -> None:
+        super().__init__(message or f"audit-ingest answered {status}: {body[:500]}")
         self.status = status
         self.body = body
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One event refused for what it holds, and why: `status` is the service's answer (400, 413,
+    422), or None when the client refused it (JSON cannot carry its details)."""
+
+    event: Event
+    reason: str
+    status: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record of the spool's set-aside files. An event JSON cannot carry is kept with
+        its details as text (repr)."""
+        try:
+            event = json.loads(self.event.encode())
+        except (TypeError, ValueError):
+            event = {**self.event.to_json(), "details": repr(self.event.details)}
+        return {"event": event, "status": self.status, "reason": self.reason}
+
+
+class EventsRefused(AuditError):
+    """Some events were refused for what they hold, each alone: `refused` says which and why.
+    Every other event of the call was delivered (`event_ids`, in order) or, when `spooled`,
+    written to the spool (its ids are then not all in `event_ids`)."""
+
+    def __init__(self, refused: list[Refusal], event_ids: list[str], spooled: bool) -> None:
+        statuses = [r.status for r in refused if r.status is not None]
+        reasons = "; ".join(f"{r.event.event_id}: {r.reason}" for r in refused[:5])
+        more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+        message = f"{len(refused)} audit events refused: {reasons}{more}"
+        # 422 when only the client refused: what the service answers for such details
+        super().__init__(statuses[0] if statuses else 422, "", message)
+        self.refused = refused
+        self.event_ids = event_ids
+        self.spooled = spooled
+
+
+class AccessError(AuditError):
+    """An answer that is not about the events: a wrong, revoked or rotated key (401), a key
+    without the ingest scope (403), a wrong URL (404, a redirect) or another 4xx. Nothing is
+    given up: the events not delivered are in `undelivered` (the caller's to keep) or, when
+    `spooled`, in the spool, which keeps every batch for when the client is set right.
+    `refused` lists what was refused before it stopped (set aside in the spool too)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(status, body)
+        self.undelivered: list[Event] = []
+        self.refused: list[Refusal] = []
+        self.spooled = False
+
+
 class Undelivered(Exception):
-    """The events could not be delivered within the retries, and there is no spool."""
+    """The events could not be delivered within the retries, and there is no spool:
+    `undelivered` are the events not delivered, `refused` those refused before."""
+
+    def __init__(
+        self,
+        message: str,
+        undelivered: list[Event] | None = None,
+        refused: list[Refusal] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered or []
+        self.refused = refused or []
+
+
+class _ContentRefused(Exception):
+    """The service refused what a request holds (400, 413, 422)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +133,70 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class Spool:
-    """Batches that could not be delivered, one file each, sent again oldest first."""
+    """Batches that could not be delivered, one file each, sent again oldest first; the events
+    refused for good beside them, set aside as `*.failed` files. PHI: the directory is its
+    owner's alone (0700) and every file is made 0600, exclusively."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _keep_private(self.directory)
         self._lock = threading.Lock()
 
     def put(self, events: Sequence[Event]) -> None:
+        """Write a batch, whole or not at all."""
+        if events:
+            body = b"[" + b",".join(event.encode() for event in events) + b"]"
+            with self._lock:
+                self._write(body, ".json")
+
+    def keep_refused(self, refused: Sequence[Refusal]) -> None:
+        """Set refused events aside, each with its status and reason (a `*.failed` file of
+        `{"event", "status", "reason"}` records)."""
+        if refused:
+            body = json.dumps([refusal.to_json() for refusal in refused]).encode()
+            with self._lock:
+                path = self._write(body, ".failed")
+            log.warning("%d audit events refused, set aside in %s", len(refused), path)
+
+    def replace(self, path: Path, events: Sequence[Event]) -> None:
+        """Put `events` in place of the batch at `path` (what is left of it), whole or not."""
+        if not events:
+            path.unlink(missing_ok=True)
+            return
+        body = b"[" + b",".join(event.encode() for event in events) + b"]"
         with self._lock:
-            name = f"{time.time_ns():020d}-{os.getpid()}.json"
-            path = self.directory / name
-            temporary = path.with_suffix(".tmp")
-            with temporary.open("w") as out:
-                json.dump([event.to_json() for event in events], out)
+            self._write(body, ".json", path)
+
+    def _write(self, body: bytes, suffix: str, path: Path | None = None) -> Path:
+        while True:
+            name = f"{time.time_ns():020d}-{os.getpid()}"
+            temporary = self.directory / f"{name}.tmp"
+            try:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue  # the same nanosecond in this process: another name
+            break
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
                 out.flush()
                 os.fsync(out.fileno())
-            temporary.rename(path)  # whole, or not there
+            path = path or self.directory / f"{name}{suffix}"
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _sync_directory(self.directory)  # the rename itself survives a crash
+        return path
 
     def batches(self) -> list[Path]:
         return sorted(self.directory.glob("*.json"))
+
+    def failed(self) -> list[Path]:
+        """The set-aside files, oldest first: refused events with their reasons, and batches
+        that could not be read (as they were)."""
+        return sorted(self.directory.glob("*.failed"))
 
     @staticmethod
     def read(path: Path) -> list[Event] | None:
@@ -91,15 +211,128 @@ class Spool:
 
     @staticmethod
     def set_aside(path: Path) -> None:
-        """A batch that can never be sent (unreadable, or refused for good) moves out of the
-        way, kept as `*.failed` for someone to look at."""
+        """A batch file that cannot be read moves out of the way, kept as `*.failed` for
+        someone to look at."""
         with contextlib.suppress(FileNotFoundError):
             path.rename(path.with_suffix(".failed"))
+            _sync_directory(path.parent)
 
 
-def _chunks(events: Sequence[Event]) -> Iterable[tuple[int, Sequence[Event]]]:
-    for start in range(0, len(events), MAX_BULK):
-        yield start, events[start : start + MAX_BULK]
+def _keep_private(directory: Path) -> None:
+    """A spool directory is its owner's alone: one this process made is 0700; an existing one
+    of ours that others can read (as earlier clients made them) is made so, its files 0600;
+    one owned by another user is refused (PermissionError), not changed."""
+    info = directory.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"the spool {directory} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"the spool {directory} is owned by uid {info.st_uid}, not by this process' user"
+            f" ({os.geteuid()}): audit events hold PHI; give the client a directory of its own"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        mode = stat.S_IMODE(info.st_mode)
+        log.warning("spool %s was %03o; made 0700, its files 0600", directory, mode)
+        os.chmod(directory, 0o700)
+        for path in directory.iterdir():
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_Item = tuple[Event, bytes]  # an event and its JSON
+
+
+def _reasons(body: str, count: int) -> dict[int, list[str]]:
+    """The problems a refusal lists per event of the request, by index:
+    `{"error": {"details": [{"index", "field", "type", "message"}, ...]}}` (the service lists
+    the first 100 problems; the events of the others are found when the rest is sent again)."""
+    try:
+        details = json.loads(body)["error"]["details"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    reasons: dict[int, list[str]] = {}
+    for problem in details if isinstance(details, list) else []:
+        if not isinstance(problem, dict):
+            continue
+        index = problem.get("index")
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count:
+            field = problem.get("field") or "event"
+            reason = f"{field}: {problem.get('message')} ({problem.get('type')})"
+            reasons.setdefault(index, []).append(reason)
+    return reasons
+
+
+def _message(body: str) -> str:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return body[:500]
+    return str(message)
+
+
+class _Sending:
+    """One call's events on their way: the groups still to send (a request each), the ids
+    the service took, and the events refused (by the client when JSON cannot carry them, by
+    the service for what they hold)."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.event_ids: list[str] = []
+        self.refused: list[Refusal] = []
+        items: list[_Item] = []
+        for event in events:
+            try:
+                items.append((event, event.encode()))
+            except (TypeError, ValueError) as exc:
+                self.refused.append(Refusal(event, str(exc), None))
+        self.groups = deque(
+            items[start : start + MAX_BULK] for start in range(0, len(items), MAX_BULK)
+        )
+
+    def next(self) -> list[_Item] | None:
+        return self.groups.popleft() if self.groups else None
+
+    def left(self, group: list[_Item] | None = None) -> list[Event]:
+        """The events not delivered yet: `group` (the one in flight) and those after it."""
+        return [event for part in (group or [], *self.groups) for event, _ in part]
+
+    def sort_out(self, group: list[_Item], refusal: _ContentRefused) -> list[Refusal]:
+        """After the service refused `group`: the events it refused, each alone with its
+        reasons; the others go again. A 413 that names no event is split in halves down to one
+        event (the request was too large for the service's limits); any other refusal that
+        names no event refuses the whole group."""
+        reasons = _reasons(refusal.body, len(group))
+        if reasons:
+            refused = [
+                Refusal(group[i][0], "; ".join(r), refusal.status)
+                for i, r in sorted(reasons.items())
+            ]
+            rest = [item for i, item in enumerate(group) if i not in reasons]
+            if rest:
+                self.groups.appendleft(rest)
+        elif refusal.status == 413 and len(group) > 1:
+            half = len(group) // 2
+            self.groups.extendleft([group[half:], group[:half]])
+            refused = []
+        else:
+            message = _message(refusal.body)
+            refused = [Refusal(event, message, refusal.status) for event, _ in group]
+        self.refused += refused
+        return refused
+
+    def outcome(self, spooled: bool) -> list[str] | None:
+        """What send_many returns: the ids when everything was delivered, None when some were
+        spooled; EventsRefused when any event was refused."""
+        if self.refused:
+            raise EventsRefused(self.refused, self.event_ids, spooled)
+        return None if spooled else self.event_ids
 
 
 class _Base:
@@ -113,17 +346,19 @@ class _Base:
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self.timeout_s = timeout_s
         self.retry = retry or Retry()
         self.spool = Spool(spool_dir) if spool_dir is not None else None
 
     @staticmethod
-    def _body(events: Sequence[Event]) -> tuple[str, list[dict[str, Any]]]:
-        return "/events/bulk", [event.to_json() for event in events]
+    def _body(group: list[_Item]) -> tuple[str, bytes]:
+        return "/events/bulk", b"[" + b",".join(encoded for _, encoded in group) + b"]"
 
     def _outcome(self, response: httpx.Response) -> list[str] | float | None:
-        """The event ids when accepted; a wait (Retry-After or None) when worth retrying."""
+        """The event ids when accepted; a wait (Retry-After or None) when worth retrying;
+        _ContentRefused when the service refused what was sent, AccessError for any other
+        answer (the key, its scope, the URL): resending cannot help either."""
         if response.status_code == 202:
             try:
                 ids: list[str] = response.json()["event_ids"]
@@ -132,7 +367,18 @@ class _Base:
             return ids
         if response.status_code in RETRY_STATUSES:
             return retry_after(response)
-        raise AuditError(response.status_code, response.text)
+        if response.status_code in CONTENT_STATUSES:
+            raise _ContentRefused(response.status_code, response.text)
+        raise AccessError(response.status_code, response.text)
+
+    @staticmethod
+    def _stopped(
+        error: AccessError, sending: _Sending, left: list[Event], spooled: bool
+    ) -> AccessError:
+        error.undelivered = [] if spooled else left
+        error.refused = sending.refused
+        error.spooled = spooled
+        return error
 
 
 class AuditClient(_Base):
@@ -147,23 +393,60 @@ class AuditClient(_Base):
         return self.send_many([event])
 
     def send_many(self, events: Sequence[Event]) -> list[str] | None:
-        """Deliver the events (older spooled batches first); their ids, or None when spooled."""
-        if self.spool is not None and not self.flush_spool():
-            self.spool.put(events)
-            return None
-        ids: list[str] = []
-        for start, chunk in _chunks(events):
+        """Deliver the events (older spooled batches first). Every event is delivered, spooled
+        or refused, each alone:
+
+        - the ids, in order, when every event was delivered; None when some or all were
+          spooled instead (the service was away);
+        - EventsRefused when any was refused (JSON cannot carry its details, or the service
+          refused what it holds: 400, 413, 422), after the others were delivered or spooled;
+          the refused are set aside in the spool too;
+        - AccessError when the service answered anything else (401, 403, 404, a redirect):
+          the events are spooled, or, without a spool, in its `undelivered`;
+        - Undelivered, without a spool, when the service stayed away through the retries.
+        """
+        sending = _Sending(events)
+        if not self._spool_first(sending):
+            return sending.outcome(spooled=True)
+        while (group := sending.next()) is not None:
             try:
-                ids += self._deliver(chunk)
-            except Undelivered:
+                sending.event_ids += self._deliver(group)
+            except _ContentRefused as exc:
+                refused = sending.sort_out(group, exc)
+                if self.spool is not None:
+                    self.spool.keep_refused(refused)
+            except AccessError as exc:
+                if self.spool is not None:
+                    self.spool.put(sending.left(group))
+                spooled = self.spool is not None
+                raise self._stopped(exc, sending, sending.left(group), spooled) from None
+            except Undelivered as exc:
                 if self.spool is None:
-                    raise
-                self.spool.put(events[start:])  # this chunk and every one after it
-                return None
-        return ids
+                    raise Undelivered(str(exc), sending.left(group), sending.refused) from None
+                self.spool.put(sending.left(group))  # this group and every one after it
+                return sending.outcome(spooled=True)
+        return sending.outcome(spooled=False)
+
+    def _spool_first(self, sending: _Sending) -> bool:
+        """Set aside what the client refused and send the spool first: whether that emptied it
+        (if not, the events are spooled behind it)."""
+        if self.spool is None:
+            return True
+        self.spool.keep_refused(sending.refused)
+        try:
+            flushed = self.flush_spool()
+        except AccessError as exc:
+            self.spool.put(sending.left())
+            raise self._stopped(exc, sending, [], spooled=True) from None
+        if not flushed:
+            self.spool.put(sending.left())
+        return flushed
 
     def flush_spool(self) -> bool:
-        """Send spooled batches, oldest first; whether the spool is empty now."""
+        """Send spooled batches, oldest first; whether the spool is empty now (False: the
+        service is away). Events refused for what they hold are set aside with their reasons;
+        any other refusal (AccessError: a wrong key, a wrong URL) stops the flush, raised, and
+        every batch not sent stays in the spool."""
         if self.spool is None:
             return True
         with self._flushing:
@@ -171,22 +454,28 @@ class AuditClient(_Base):
                 events = Spool.read(path)
                 if events is None:
                     continue
-                try:
-                    self._deliver(events)
-                except Undelivered:
-                    return False
-                except AuditError:
-                    Spool.set_aside(path)
-                    continue
+                sending = _Sending(events)
+                self.spool.keep_refused(sending.refused)
+                while (group := sending.next()) is not None:
+                    try:
+                        sending.event_ids += self._deliver(group)
+                    except _ContentRefused as exc:
+                        self.spool.keep_refused(sending.sort_out(group, exc))
+                    except (Undelivered, AccessError) as exc:
+                        if sending.refused:  # set aside already: not to be sent again
+                            self.spool.replace(path, sending.left(group))
+                        if isinstance(exc, AccessError):
+                            raise
+                        return False
                 path.unlink(missing_ok=True)
         return True
 
-    def _deliver(self, events: Sequence[Event]) -> list[str]:
-        path, body = self._body(events)
+    def _deliver(self, group: list[_Item]) -> list[str]:
+        path, body = self._body(group)
         for attempt in range(self.retry.attempts):
             wait: float | None = None
             try:
-                response = self._http.post(self.base_url + path, json=body, headers=self.headers)
+                response = self._http.post(self.base_url + path, content=body, headers=self.headers)
                 outcome = self._outcome(response)
                 if isinstance(outcome, list):
                     return outcome
@@ -195,7 +484,7 @@ class AuditClient(_Base):
                 pass
             if attempt + 1 < self.retry.attempts:
                 time.sleep(self.retry.wait(attempt, wait))
-        raise Undelivered(f"{len(events)} events not delivered after {self.retry.attempts} tries")
+        raise Undelivered(f"{len(group)} events not delivered after {self.retry.attempts} tries")
 
     def close(self) -> None:
         self._http.close()
@@ -219,47 +508,77 @@ class AsyncAuditClient(_Base):
         return await self.send_many([event])
 
     async def send_many(self, events: Sequence[Event]) -> list[str] | None:
-        """Deliver the events (older spooled batches first); their ids, or None when spooled."""
-        if self.spool is not None and not await self.flush_spool():
-            await asyncio.to_thread(self.spool.put, events)
-            return None
-        ids: list[str] = []
-        for start, chunk in _chunks(events):
+        """As AuditClient.send_many."""
+        sending = _Sending(events)
+        if not await self._spool_first(sending):
+            return sending.outcome(spooled=True)
+        spool = self.spool
+        while (group := sending.next()) is not None:
             try:
-                ids += await self._deliver(chunk)
-            except Undelivered:
-                if self.spool is None:
-                    raise
-                await asyncio.to_thread(self.spool.put, events[start:])
-                return None
-        return ids
+                sending.event_ids += await self._deliver(group)
+            except _ContentRefused as exc:
+                refused = sending.sort_out(group, exc)
+                if spool is not None:
+                    await asyncio.to_thread(spool.keep_refused, refused)
+            except AccessError as exc:
+                if spool is not None:
+                    await asyncio.to_thread(spool.put, sending.left(group))
+                raise self._stopped(exc, sending, sending.left(group), spool is not None) from None
+            except Undelivered as exc:
+                if spool is None:
+                    raise Undelivered(str(exc), sending.left(group), sending.refused) from None
+                await asyncio.to_thread(spool.put, sending.left(group))
+                return sending.outcome(spooled=True)
+        return sending.outcome(spooled=False)
+
+    async def _spool_first(self, sending: _Sending) -> bool:
+        """As AuditClient._spool_first."""
+        spool = self.spool
+        if spool is None:
+            return True
+        await asyncio.to_thread(spool.keep_refused, sending.refused)
+        try:
+            flushed = await self.flush_spool()
+        except AccessError as exc:
+            await asyncio.to_thread(spool.put, sending.left())
+            raise self._stopped(exc, sending, [], spooled=True) from None
+        if not flushed:
+            await asyncio.to_thread(spool.put, sending.left())
+        return flushed
 
     async def flush_spool(self) -> bool:
-        """Send spooled batches, oldest first; whether the spool is empty now."""
-        if self.spool is None:
+        """As AuditClient.flush_spool."""
+        spool = self.spool
+        if spool is None:
             return True
         async with self._flushing:
-            for path in self.spool.batches():
+            for path in spool.batches():
                 events = Spool.read(path)
                 if events is None:
                     continue
-                try:
-                    await self._deliver(events)
-                except Undelivered:
-                    return False
-                except AuditError:
-                    Spool.set_aside(path)
-                    continue
+                sending = _Sending(events)
+                await asyncio.to_thread(spool.keep_refused, sending.refused)
+                while (group := sending.next()) is not None:
+                    try:
+                        sending.event_ids += await self._deliver(group)
+                    except _ContentRefused as exc:
+                        await asyncio.to_thread(spool.keep_refused, sending.sort_out(group, exc))
+                    except (Undelivered, AccessError) as exc:
+                        if sending.refused:
+                            await asyncio.to_thread(spool.replace, path, sending.left(group))
+                        if isinstance(exc, AccessError):
+                            raise
+                        return False
                 path.unlink(missing_ok=True)
         return True
 
-    async def _deliver(self, events: Sequence[Event]) -> list[str]:
-        path, body = self._body(events)
+    async def _deliver(self, group: list[_Item]) -> list[str]:
+        path, body = self._body(group)
         for attempt in range(self.retry.attempts):
             wait: float | None = None
             try:
                 response = await self._http.post(
-                    self.base_url + path, json=body, headers=self.headers
+                    self.base_url + path, content=body, headers=self.headers
                 )
                 outcome = self._outcome(response)
                 if isinstance(outcome, list):
@@ -269,7 +588,7 @@ class AsyncAuditClient(_Base):
                 pass
             if attempt + 1 < self.retry.attempts:
                 await asyncio.sleep(self.retry.wait(attempt, wait))
-        raise Undelivered(f"{len(events)} events not delivered after {self.retry.attempts} tries")
+        raise Undelivered(f"{len(group)} events not delivered after {self.retry.attempts} tries")
 
     async def aclose(self) -> None:
         await self._http.aclose()
