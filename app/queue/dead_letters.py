@@ -113,6 +113,21 @@ return {events, remaining(), removed}
 )
 
 
+# KEYS: dead, index, dead-events, accepted. ARGV: source stream, organization, error, payload,
+# events, MAC key id, MAC. An item set aside before it reached the stream (app.api.syslog_intake)
+# is taken into custody and dead-lettered in one step, so the counts stay balanced.
+_SET_ASIDE_LUA = """
+local dead_id = redis.call('XADD', KEYS[1], '*', 'source', ARGV[1], 'id', '', 'org', ARGV[2],
+                           'error', ARGV[3], 'payload', ARGV[4], 'deliveries', 0,
+                           'events', ARGV[5], 'replays', 0, 'first', '',
+                           'k', ARGV[6], 'm', ARGV[7])
+redis.call('XADD', KEYS[2], dead_id, 'events', ARGV[5])
+redis.call('INCRBY', KEYS[3], tonumber(ARGV[5]))
+redis.call('INCRBY', KEYS[4], tonumber(ARGV[5]))
+return dead_id
+"""
+
+
 def id_time(dead_id: str) -> datetime:
     """When Redis added the item: its id (after any shard) starts with the Unix milliseconds."""
     return datetime.fromtimestamp(int(split_id(dead_id)[1].split("-", 1)[0]) / 1000, UTC)
@@ -228,6 +243,15 @@ class DeadLetters:
                 found[joined] = replace(letter, id=joined)
         return [found[dead_id] for dead_id in ids if dead_id in found]
 
+    async def set_aside(
+        self, error: str, payload: bytes, *, vouched: bool, source: Priority = "normal"
+    ) -> str:
+        """Dead-letter one item that never reached the stream (app.api.syslog_intake): a
+        message that could not be used, or an event read when the receiver stopped. Only a
+        `vouched` item (the payload is a record the service validated) is MAC'd and so can be
+        replayed. Returns its id."""
+        return await self.parts[0].set_aside(error, payload, vouched=vouched, source=source)
+
     async def replay(self, letters: list[DeadLetter]) -> Outcome:
         """Move the organization's items back to their streams, atomically per shard; items
         the writers did not vouch for are refused."""
@@ -271,6 +295,20 @@ class ShardDeadLetters:
         self.index = stream.keys.dead_index(organization)
         self._replay = self.client.register_script(_REPLAY_LUA)
         self._delete = self.client.register_script(_DELETE_LUA)
+        self._set_aside = self.client.register_script(_SET_ASIDE_LUA)
+
+    async def set_aside(
+        self, error: str, payload: bytes, *, vouched: bool, source: Priority = "normal"
+    ) -> str:
+        """Dead-letter one item of the organization that never reached the stream, counted as
+        accepted and dead-lettered (`DeadLetters.set_aside`)."""
+        key_id, mac = "", b""
+        if vouched:
+            key_id, mac = self.seals.dead_letters.sign(self.organization.encode(), b"1", payload)
+        keys = [self.keys.dead, self.index, self.keys.dead_events, self.keys.accepted]
+        args: list[Any] = [self.keys.stream(source), self.organization, error, payload, 1]
+        args += [key_id, mac]
+        return _text(await self._set_aside(keys=keys, args=args))
 
     async def page(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
         """Up to `limit` items after the id `after`, oldest first, and the next page's cursor."""
