@@ -4,25 +4,34 @@ carrying one DICOM PS3.15 or RFC 3881 audit message (app.api.atna), stored as ev
 same validation, admission (rates, quota, the queue's depth) and sealing as `POST /events`.
 
 Authentication is per source: AUDIT_SYSLOG_SOURCES maps a sender to the organization its events
-belong to, `address=organization` or, with TLS, `CN=<certificate common name>=organization`. A
-connection from a source not in the map is closed before anything is read. Syslog has no
-answer channel: a message that cannot be used is rejected with a log line (the source, the
-reason, never the content) and counted in `audit_syslog_messages_total{outcome="rejected"}`, and
-the next message is read. While the queue refuses events (full, or over the organization's
-quota or rate) the receiver stops reading that connection and tries again each second, so TCP
-holds the sender back; nothing read is dropped. Each event's id is derived from its organization
-and the audit message's bytes, so a message sent twice is stored once.
+belong to, `address=organization` or, with TLS, `CN=<certificate common name>=organization`.
+Connections are accepted as plain TCP; the peer's address and the connection caps are checked
+before anything is read or any TLS handshake begins, and a handshake has a short timeout.
+Syslog has no answer channel: a message that cannot be used (an oversize one included: its
+octet count still frames the stream, so it is read past, not buffered) is rejected with a log
+line (the source, the reason, never the content), counted in
+`audit_syslog_messages_total{outcome="rejected"}` and set aside in the organization's dead
+letters, and the next message is read. While the queue refuses events (full, or over the
+organization's quota or rate) the receiver stops reading that connection and tries again each
+second, so TCP holds the sender back; nothing read is dropped, at shutdown either (what is
+still held back is set aside as a dead letter that replays). Each event's id is derived from
+its organization and the audit message's bytes, so a message sent twice is stored once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import ipaddress
 import logging
+import socket
 import ssl
+import time
 import uuid
-from dataclasses import dataclass
+from asyncio import FIRST_COMPLETED
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,15 +40,21 @@ from redis.exceptions import RedisError
 
 from app.api.atna import NotAnAuditMessage, event_of, parse_xml
 from app.api.ingest_bodies import limits_of, parse_bulk
-from app.core.config import Settings, parse_syslog_sources
+from app.core.config import Network, Settings, parse_networks, parse_syslog_sources
 from app.core.errors import ApiError, Backpressure, Unavailable
 from app.core.limits import TooManyRequests
+from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
+from app.queue.dead_letters import DeadLetters
 from app.wiring import Resources, queue_record
 
 log = logging.getLogger(__name__)
 MAX_LENGTH_DIGITS = 7
 READ_BUFFER = 64 * 1024  # also the most read while looking for a frame's length
+SKIP_CHUNK = 64 * 1024  # what is read at a time of a frame over the limit, and dropped
+LOG_EVERY_S = 10.0  # one line per kind of refused connection in this long
+BACKLOG = 128
+CLOSE_S = 5.0  # after the grace: for what is held back to be set aside, then for cancellation
 NAMESPACE = uuid.UUID("6f1c2d57-3a0e-4c55-9a3e-2f8b1d0c7e41")  # event ids of syslog messages
 BOM = "\ufeff"
 
@@ -89,32 +104,93 @@ def _after_structured_data(text: str) -> str:
     raise BadMessage("unterminated structured data")
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> bytes | None:
-    """One octet-counted frame, None at a clean end of the stream."""
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One octet-counted frame: the message, or its first `max_bytes` when it declared more
+    (the rest was read and discarded)."""
+
+    data: bytes
+    length: int
+
+    @property
+    def oversize(self) -> bool:
+        return self.length > len(self.data)
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int, first: bytes = b"") -> Frame:
+    """One octet-counted frame whose first byte (`first`) may have been read already. A frame
+    over `max_bytes` is still a frame: its first `max_bytes` are kept and the rest is read in
+    chunks and dropped, so the stream stays framed and nothing large is held."""
     try:
-        head = await reader.readuntil(b" ")
+        head = first if first == b" " else first + await reader.readuntil(b" ")
     except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise BadFrame("the stream ended inside a frame's length") from exc
-        return None
+        raise BadFrame("the stream ended inside a frame's length") from exc
     except asyncio.LimitOverrunError as exc:
         raise BadFrame("no octet count before the message") from exc
     digits = head[:-1].strip(b"\r\n")
     if not digits.isdigit() or len(digits) > MAX_LENGTH_DIGITS or digits.startswith(b"0"):
         raise BadFrame("no octet count before the message (RFC 6587 octet counting)")
     length = int(digits)
-    if length > max_bytes:
-        raise BadFrame(f"a message of {length} bytes is over the limit of {max_bytes}")
     try:
-        return await reader.readexactly(length)
+        data = await reader.readexactly(min(length, max_bytes))
     except asyncio.IncompleteReadError as exc:
         raise BadFrame("the stream ended inside a message") from exc
+    left = length - len(data)
+    while left:
+        chunk = await reader.read(min(left, SKIP_CHUNK))
+        if not chunk:
+            raise BadFrame("the stream ended inside a message")
+        left -= len(chunk)
+    return Frame(data, length)
+
+
+def kept_message(source: str, frame: Frame, received_at: str) -> bytes:
+    """What a rejected message's dead letter holds: the message as read (at most the maximum
+    message size), where and when it came from."""
+    kept: dict[str, Any] = {
+        "source": source,
+        "received_at": received_at,
+        "length": frame.length,
+        "truncated": frame.oversize,
+    }
+    try:
+        kept["message"] = frame.data.decode("utf-8")
+    except UnicodeDecodeError:
+        kept["message_base64"] = base64.b64encode(frame.data).decode()
+    return orjson.dumps(kept)
+
+
+class RefusalLog:
+    """One log line per kind of refused connection every LOG_EVERY_S, saying how many more
+    there were: a flood of connections must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.unlogged: dict[str, int] = {}
+
+    def refused(self, kind: str, address: str, why: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
+            self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
+            return
+        more = self.unlogged.pop(kind, 0)
+        self.last[kind] = now
+        since = f" ({more} more since the last line)" if more else ""
+        log.warning("syslog connection from %s refused: %s%s", address, why, since)
 
 
 @dataclass
 class SyslogIntake:
     res: Resources
     sources: dict[str, str]
+    tls: ssl.SSLContext | None = None
+    networks: tuple[Network, ...] = ()
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    by_address: dict[str, int] = field(default_factory=dict)
+    refusals: RefusalLog = field(default_factory=RefusalLog)
+    # Draining: no new frame is begun. Closing: what is held back is set aside, not retried.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def settings(self) -> Settings:
@@ -132,6 +208,33 @@ class SyslogIntake:
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
         return address, self.sources.get(address)
+
+    def may_connect(self, address: str) -> bool:
+        """The address may open a connection (checked before any handshake): an address
+        source, one of the allowed networks, or, with certificate names to authenticate and no
+        networks set, any."""
+        if address in self.sources:
+            return True
+        if self.networks:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            return any(ip in network for network in self.networks)
+        return self.tls is not None and any(s.startswith("CN=") for s in self.sources)
+
+    def busy(self, address: str) -> str | None:
+        """Why one more connection from the address is refused (a cap), or None."""
+        settings = self.settings
+        if len(self.tasks) >= settings.syslog_max_connections:
+            cap = settings.syslog_max_connections
+            return f"{cap} connections open (AUDIT_SYSLOG_MAX_CONNECTIONS)"
+        if self.by_address.get(address, 0) >= settings.syslog_max_connections_per_source:
+            return (
+                f"{settings.syslog_max_connections_per_source} connections open from it"
+                " (AUDIT_SYSLOG_MAX_CONNECTIONS_PER_SOURCE)"
+            )
+        return None
 
     def event(self, organization: str, frame: bytes) -> Any:
         """The validated event of one frame (an EventIn), or BadMessage."""
@@ -151,34 +254,108 @@ class SyslogIntake:
             reasons = sorted({str(d.get("type")) for d in problems} or {exc.code})
             raise BadMessage(f"the mapped event is invalid: {', '.join(reasons)}") from exc
 
-    async def store(self, source: str, organization: str, event: Any) -> None:
-        """Queue one event, waiting (not reading on) while the queue refuses it."""
+    def _stopped(self) -> bool:
+        return self.closing.is_set() or self.res.stopping.is_set()
+
+    async def store(self, source: str, organization: str, event: Any) -> bool:
+        """Queue one event, waiting (not reading on) while the queue refuses it; True once
+        queued. When the receiver closes meanwhile, the event is set aside as a dead letter
+        that can be replayed (False)."""
         record = event.to_record(organization, format_timestamp(datetime.now(UTC)))
-        while not self.res.stopping.is_set():
+        while True:
             try:
                 await queue_record(self.res, f"syslog:{source}", frozenset(), organization, record)
-                return
+                return True
             except (Backpressure, TooManyRequests, Unavailable) as exc:
                 log.info("syslog from %s held back: %s", source, exc.code)
+                why = exc.code
             except (OSError, RedisError) as exc:
                 log.warning("syslog from %s: queue unreachable (%s)", source, type(exc).__name__)
-            self._count("held_back")
-            await asyncio.sleep(1.0)
-        raise ConnectionError("the receiver is stopping")
+                why = type(exc).__name__
+            self.count("held_back")
+            if self._stopped():
+                error = f"syslog receiver stopped before the queue took the event ({why})"
+                await self._set_aside(source, organization, error, orjson.dumps(record), True)
+                return False
+            await wait_or_stop(self.closing, 1.0)
 
-    def _count(self, outcome: str) -> None:
+    async def _set_aside(
+        self, source: str, organization: str, error: str, payload: bytes, vouched: bool
+    ) -> None:
+        """Into the organization's dead letters; while it holds syslog_max_dead_letters the
+        sender is held back (unless the receiver is closing). Redis unreachable while closing:
+        logged and counted as lost, the one way a message read is not kept."""
+        dead = DeadLetters(self.res.stream, organization, self.res.seals)
+        cap = self.settings.syslog_max_dead_letters
+        while True:
+            try:
+                if self._stopped() or await dead.count() < cap:
+                    await dead.set_aside(error, payload, vouched=vouched)
+                    self.count("dead_lettered")
+                    self.res.metrics.dead_lettered.inc()
+                    return
+                log.info("syslog from %s held back: %d dead letters (the cap)", source, cap)
+            except (OSError, RedisError) as exc:
+                if self._stopped():
+                    self.count("lost")
+                    log.error("syslog message from %s lost: %s", source, type(exc).__name__)
+                    return
+                log.warning("syslog from %s: dead letters unreachable (%s)", source, exc)
+            self.count("held_back")
+            await wait_or_stop(self.closing, 1.0)
+
+    def count(self, outcome: str) -> None:
         self.res.metrics.syslog_messages.labels(outcome=outcome).inc()
 
-    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        source, organization = self.organization_of(writer)
+    def admit(self, connection: socket.socket, address: str) -> bool:
+        """Take an accepted connection in (its task started), or close it at once: an address
+        that may not connect, or over a cap. Nothing is read from it before this."""
+        refusal = None if self.may_connect(address) else "refused_source"
+        why = "not a known source" if refusal else self.busy(address)
+        if why is not None:
+            self.count(refusal or "refused_busy")
+            self.refusals.refused(refusal or "refused_busy", address, why)
+            connection.close()
+            return False
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        task = asyncio.create_task(self.connection(connection, address))
+        self.tasks.add(task)
+        task.add_done_callback(lambda done: self._closed(done, address))
+        return True
+
+    def _closed(self, task: asyncio.Task[None], address: str) -> None:
+        self.tasks.discard(task)
+        left = self.by_address.pop(address, 1) - 1
+        if left:
+            self.by_address[address] = left
+
+    async def connection(self, connection: socket.socket, address: str) -> None:
+        """One admitted connection: TLS when configured (done within
+        syslog_tls_handshake_timeout_s), its source looked up, then its frames read."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_BUFFER, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        timeout = self.settings.syslog_tls_handshake_timeout_s if self.tls else None
         try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, connection, ssl=self.tls, ssl_handshake_timeout=timeout
+            )
+        except (OSError, ssl.SSLError) as exc:  # the handshake failed or timed out
+            connection.close()
+            self.count("refused_handshake")
+            self.refusals.refused("refused_handshake", address, type(exc).__name__)
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        source = address
+        try:
+            source, organization = self.organization_of(writer)
             if organization is None:
-                self._count("refused_source")
-                log.warning("syslog connection from %s refused: not a known source", source)
+                self.count("refused_source")
+                self.refusals.refused("refused_source", source, "not a known source")
                 return
             await self._read(reader, source, organization)
         except BadFrame as exc:
-            self._count("bad_frame")
+            self.count("bad_frame")
             log.warning("syslog connection from %s closed: %s", source, exc)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             log.info("syslog connection from %s ended: %s", source, type(exc).__name__)
@@ -187,31 +364,75 @@ class SyslogIntake:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read(self, reader: asyncio.StreamReader, source: str, organization: str) -> None:
+    async def _next_frame(self, reader: asyncio.StreamReader) -> Frame | None:
+        """The next frame; None at the end of the stream, or when the receiver drains before
+        the frame's first byte arrived (a frame begun is read to its end)."""
         idle = self.settings.syslog_idle_timeout_s
-        while True:
-            frame = await asyncio.wait_for(
-                read_frame(reader, self.settings.syslog_max_message_bytes), idle
-            )
-            if frame is None:
-                return
-            try:
-                event = self.event(organization, frame)
-            except BadMessage as exc:
-                self._count("rejected")
-                log.warning("syslog message from %s rejected: %s", source, exc)
-                continue
-            except Exception as exc:  # whatever a message does, the connection reads on
-                self._count("rejected")
-                log.warning("syslog message from %s rejected: %s", source, type(exc).__name__)
-                continue
-            try:
-                await self.store(source, organization, event)
-            except ApiError as exc:  # refused for good (not a transient refusal): counted
-                self._count("rejected")
-                log.warning("syslog message from %s refused: %s", source, exc.code)
-                continue
-            self._count("accepted")
+        first = asyncio.ensure_future(reader.read(1))
+        draining = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait({first, draining}, timeout=idle, return_when=FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+            if not first.done():
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+        if first.cancelled():
+            if self.draining.is_set():
+                return None
+            raise TimeoutError("idle")
+        byte = first.result()
+        if not byte:
+            return None
+        return await asyncio.wait_for(
+            read_frame(reader, self.settings.syslog_max_message_bytes, byte), idle
+        )
+
+    async def _read(self, reader: asyncio.StreamReader, source: str, organization: str) -> None:
+        while (frame := await self._next_frame(reader)) is not None:
+            await self._take(source, organization, frame)
+
+    async def _take(self, source: str, organization: str, frame: Frame) -> None:
+        """Queue one frame's event, or reject the frame into the organization's dead letters."""
+        limit = self.settings.syslog_max_message_bytes
+        try:
+            if frame.oversize:
+                raise BadMessage(f"a message of {frame.length} bytes is over the limit of {limit}")
+            event = self.event(organization, frame.data)
+        except BadMessage as exc:
+            return await self._reject(source, organization, frame, str(exc))
+        except Exception as exc:  # whatever a message does, the connection reads on
+            return await self._reject(source, organization, frame, type(exc).__name__)
+        try:
+            queued = await self.store(source, organization, event)
+        except ApiError as exc:  # refused for good (not a transient refusal)
+            return await self._reject(source, organization, frame, f"refused: {exc.code}")
+        if queued:
+            self.count("accepted")
+
+    async def _reject(self, source: str, organization: str, frame: Frame, reason: str) -> None:
+        self.count("rejected")
+        log.warning("syslog message from %s rejected: %s", source, reason)
+        kept = kept_message(source, frame, format_timestamp(datetime.now(UTC)))
+        error = f"syslog message rejected: {reason}"
+        await self._set_aside(source, organization, error, kept, False)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop beginning frames; let each connection queue (or set aside) what it read within
+        `grace_s`; then set aside what is still held back, and end what remains."""
+        self.draining.set()
+        pending = set(self.tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        if pending:
+            self.closing.set()
+            _, pending = await asyncio.wait(pending, timeout=CLOSE_S)
+        for task in pending:  # inside a frame still arriving, or Redis not answering
+            task.cancel()
+        if pending:
+            log.warning("syslog receiver stopped: %d connections cut", len(pending))
+            await asyncio.wait(pending, timeout=CLOSE_S)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -228,15 +449,85 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def start_server(res: Resources) -> asyncio.Server:
+@dataclass
+class SyslogReceiver:
+    """The listening sockets and their connections. Connections are accepted as plain TCP:
+    the peer's address is checked and the caps applied before anything is read or any TLS
+    handshake begins. Closing (or leaving `async with`) stops accepting and drains the open
+    connections (`SyslogIntake.drain`, AUDIT_SHUTDOWN_GRACE_S)."""
+
+    listening: list[socket.socket]
+    intake: SyslogIntake
+    acceptors: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self.listening)
+
+    def start(self) -> None:
+        self.acceptors = [
+            asyncio.create_task(self._accept(sock), name="syslog-accept") for sock in self.listening
+        ]
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, peer = await loop.sock_accept(listening)
+            except OSError as exc:  # out of file descriptors, or the like: back off, carry on
+                self.intake.count("accept_error")
+                log.error("syslog receiver cannot accept: %s", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            connection.setblocking(False)
+            self.intake.admit(connection, str(peer[0]))
+
+    async def close(self) -> None:
+        for task in self.acceptors:
+            task.cancel()
+        await asyncio.gather(*self.acceptors, return_exceptions=True)
+        for sock in self.listening:
+            sock.close()
+        await self.intake.drain(self.intake.settings.shutdown_grace_s)
+
+    async def __aenter__(self) -> SyslogReceiver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address of `host` (as asyncio.start_server binds)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def start_server(res: Resources) -> SyslogReceiver:
     settings = res.settings
-    intake = SyslogIntake(res, parse_syslog_sources(settings.syslog_sources))
+    intake = SyslogIntake(
+        res,
+        parse_syslog_sources(settings.syslog_sources),
+        tls=tls_context(settings),
+        networks=parse_networks(settings.syslog_allowed_networks),
+    )
     if not intake.sources:
         raise RuntimeError("AUDIT_SYSLOG_SOURCES is empty: no sender would be accepted")
-    return await asyncio.start_server(
-        intake.connection,
-        settings.syslog_host,
-        settings.syslog_port,
-        ssl=tls_context(settings),
-        limit=READ_BUFFER,
-    )
+    receiver = SyslogReceiver(listen(settings.syslog_host, settings.syslog_port), intake)
+    receiver.start()
+    return receiver

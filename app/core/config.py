@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -202,7 +203,14 @@ class Settings(BaseSettings):
 
     # `python -m app syslog` (IHE ATNA): where it listens, which senders it accepts
     # (`address=organization` or, with TLS, `CN=name=organization`, comma-separated), TLS
-    # (a certificate and key; a CA to require client certificates), and its bounds.
+    # (a certificate and key; a CA to require client certificates), and its bounds. A peer's
+    # address is checked before any TLS handshake: an address source, or one in
+    # syslog_allowed_networks (CIDR; empty with certificate-name sources: any address may try a
+    # handshake). Connections beyond syslog_max_connections, or syslog_max_connections_per_source
+    # from one address, are closed at once; a handshake not done in
+    # syslog_tls_handshake_timeout_s is dropped. Rejected messages go to the sender's dead
+    # letters; once an organization holds syslog_max_dead_letters of them the receiver holds its
+    # senders back (as with a full queue) instead of adding more.
     syslog_host: str = "127.0.0.1"
     syslog_port: int = Field(default=6514, ge=1, le=65535)
     syslog_sources: str = ""
@@ -211,6 +219,11 @@ class Settings(BaseSettings):
     syslog_tls_ca: str = ""
     syslog_max_message_bytes: int = Field(default=65536, ge=1024, le=1048576)
     syslog_idle_timeout_s: float = Field(default=300.0, gt=0)
+    syslog_allowed_networks: str = ""
+    syslog_tls_handshake_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    syslog_max_connections: int = Field(default=512, ge=1)
+    syslog_max_connections_per_source: int = Field(default=32, ge=1)
+    syslog_max_dead_letters: int = Field(default=10_000, ge=1)
 
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
@@ -222,6 +235,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_syslog_sources(cls, value: str) -> str:
         parse_syslog_sources(value)
+        return value
+
+    @field_validator("syslog_allowed_networks")
+    @classmethod
+    def _check_syslog_networks(cls, value: str) -> str:
+        parse_networks(value)
         return value
 
     @field_validator("retention")
@@ -291,3 +310,17 @@ def parse_syslog_sources(text: str) -> dict[str, str]:
             raise ValueError(f"syslog source {item!r} is not source=organization")
         sources[source.strip()] = organization.strip()
     return sources
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks (`10.1.0.0/16,10.2.0.7`)."""
+    networks: list[Network] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an address or a CIDR network") from exc
+    return tuple(networks)

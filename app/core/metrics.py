@@ -125,7 +125,9 @@ class Metrics:
             syslog_messages=Counter(
                 "audit_syslog_messages",
                 "Syslog messages and connections by outcome: accepted, rejected (unusable),"
-                " held_back (the queue refused; retried), bad_frame, refused_source",
+                " dead_lettered (rejected, or held back at shutdown), held_back (the queue"
+                " refused; retried), lost, bad_frame, refused_source, refused_busy (a"
+                " connection cap), refused_handshake, accept_error",
                 ["outcome"],
                 registry=reg,
             ),

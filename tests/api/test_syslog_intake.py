@@ -324,3 +324,258 @@ async def test_a_full_queue_holds_the_sender_back_and_nothing_is_lost(
                 await writer.close()
     actions = [r["action"] for r in await stored_rows(database_url, org)]
     assert sorted(actions) == ["auth.login", "x.y", "x.y", "x.y"]
+
+
+async def _closed_promptly(reader: asyncio.StreamReader, within_s: float = 2.0) -> bool:
+    """The receiver closed the connection (EOF or reset) within `within_s`; False while it
+    stays open."""
+    try:
+        return await asyncio.wait_for(reader.read(), within_s) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def _until(check: Any, within_s: float = 10.0) -> None:
+    for _ in range(int(within_s / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    assert check()
+
+
+async def test_an_oversize_message_is_skipped_and_the_connection_reads_on(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port, syslog_sources=f"127.0.0.1={org}", syslog_max_message_bytes=4096
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(frame(DICOM_READ))
+            oversize = b"x" * 3_000_000  # declared and sent whole, in pieces
+            writer.write(str(len(oversize)).encode() + b" ")
+            for start in range(0, len(oversize), 256 * 1024):
+                writer.write(oversize[start : start + 256 * 1024])
+                await writer.drain()
+            writer.write(frame(RFC3881_LOGIN))
+            await writer.drain()
+            await wait_stored(database_url, org, 2)
+            assert (_count(res, "rejected"), _count(res, "bad_frame")) == (1, 0)
+            assert not await _closed_promptly(reader, 0.3)  # still reading
+            writer.write(b"12345678 ")  # an absurd length: the stream cannot be framed
+            await writer.drain()
+            assert await _closed_promptly(reader, 5)
+            writer.close()
+            assert _count(res, "bad_frame") == 1
+
+
+def _tls_settings(settings_factory: SettingsFactory, pki: Path, **overrides: Any) -> Any:
+    return settings_factory(
+        syslog_tls_cert=str(pki / "server.pem"),
+        syslog_tls_key=str(pki / "server.key"),
+        syslog_tls_ca=str(pki / "ca.pem"),
+        **overrides,
+    )
+
+
+async def test_tls_refuses_an_unknown_address_before_the_handshake(
+    settings_factory: SettingsFactory, org: str, tmp_path: Path
+) -> None:
+    make_pki(tmp_path)
+    port = free_port()
+    settings = _tls_settings(
+        settings_factory, tmp_path, syslog_port=port, syslog_sources=f"192.0.2.1={org}"
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+            try:
+                closed = await asyncio.gather(*(_closed_promptly(r) for r, _ in connections))
+            finally:
+                for _, writer in connections:
+                    writer.close()
+            assert all(closed), f"{closed.count(False)} of 50 idle connections left open"
+            await _until(lambda: _count(res, "refused_source") == 50)
+
+
+async def test_tls_handshakes_time_out(
+    settings_factory: SettingsFactory, org: str, tmp_path: Path
+) -> None:
+    make_pki(tmp_path)
+    port = free_port()
+    settings = _tls_settings(
+        settings_factory,
+        tmp_path,
+        syslog_port=port,
+        syslog_sources=f"127.0.0.1={org}",
+        syslog_tls_handshake_timeout_s=0.5,
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                assert await _closed_promptly(reader, 5), "a silent handshake kept its connection"
+            finally:
+                writer.close()
+            await _until(lambda: _count(res, "refused_handshake") == 1)
+
+
+async def test_connection_caps_refuse_extra_connections(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port,
+        syslog_sources=f"127.0.0.1={org},127.0.0.2={org}",
+        syslog_max_connections=3,
+        syslog_max_connections_per_source=2,
+    )
+
+    async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        opened = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        await asyncio.sleep(0.2)  # the receiver takes it in before the next one comes
+        return opened
+
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            held = [await connect("127.0.0.1"), await connect("127.0.0.1")]
+            extra = await connect("127.0.0.1")  # over the cap of one address
+            held.append(await connect("127.0.0.2"))
+            over_all = await connect("127.0.0.2")  # over the cap of all
+            try:
+                assert await _closed_promptly(extra[0])
+                assert await _closed_promptly(over_all[0])
+                for reader, _ in held:
+                    assert not await _closed_promptly(reader, 0.2)
+                held[0][1].write(frame(RFC3881_LOGIN))
+                await held[0][1].drain()
+                await wait_stored(database_url, org, 1)
+            finally:
+                for _, writer in [*held, extra, over_all]:
+                    writer.close()
+            assert _count(res, "refused_busy") == 2
+
+
+async def _dead_letters(svc: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
+    answer = await svc.client.get(
+        "/queue/dead-letter", params={"include_payload": "true"}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def test_rejected_messages_go_to_the_senders_dead_letters(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port, syslog_sources=f"127.0.0.1={org}", syslog_max_message_bytes=4096
+    )
+    future = RFC3881_LOGIN.replace("2026-11-20T11:00:00Z", "2099-01-01T00:00:00Z")
+    long_user = RFC3881_LOGIN.replace("nurse.lee", "n" * 300)
+    unmappable = "<AuditMessage><ActiveParticipant UserID='x'/></AuditMessage>"
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        headers = await svc.key(org, ("admin", "read"))
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for message in (future, long_user, unmappable, RFC3881_LOGIN, "y" * 5000):
+                writer.write(frame(message))
+            await writer.drain()
+            await wait_stored(database_url, org, 1)
+            await _until(lambda: _count(res, "rejected") + _count(res, "bad_frame") == 4)
+            writer.close()
+            letters = await _dead_letters(svc, headers)
+            assert len(letters) == 4, letters
+            for letter in letters:
+                assert letter["error"].startswith("syslog message rejected: ")
+                kept = letter["payload"][0]
+                assert kept["source"] == "127.0.0.1"
+                assert len(kept["message"].encode()) <= 4096
+            errors = [letter["error"] for letter in letters]
+            assert "timestamp" in errors[0] or "future" in errors[0], errors[0]
+            assert "string_too_long" in errors[1], errors[1]
+            assert "EventIdentification" in errors[2], errors[2]
+            assert "4096" in errors[3], errors[3]
+            assert letters[0]["payload"][0]["message"].endswith(future)
+            assert letters[3]["payload"][0]["truncated"] is True
+            replay = await svc.client.post(
+                "/queue/dead-letter/replay", json={"all": True}, headers=headers
+            )  # not events: nothing to replay, only to look at and delete
+            assert replay.status_code == 200 and replay.json()["requeued_entries"] == 0
+            deleted = await svc.client.delete(
+                "/queue/dead-letter", params={"all": "true", "confirm": "delete"}, headers=headers
+            )
+            assert deleted.status_code == 200 and deleted.json()["deleted_entries"] == 4
+            stats = await res.stream.stats()
+            assert stats["accepted_total"] == (
+                stats["persisted_total"]
+                + stats["dead_lettered_events"]
+                + stats["queued_events"]
+                + stats["discarded_events"]
+            ), stats
+
+
+async def test_what_was_read_before_shutdown_is_kept(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(
+        run_writers=False,
+        max_queue_depth=3,
+        org_queue_share=1,
+        shutdown_grace_s=1.0,
+        syslog_port=port,
+        syslog_sources=f"127.0.0.1={org}",
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        headers = await svc.key(org, ("ingest", "admin", "read"))
+        full = [{"action": "x.y", "status": "success", "principal_id": "p"}] * 3
+        assert (
+            await svc.client.post("/events/bulk", json=full, headers=headers)
+        ).status_code == 202
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(frame(RFC3881_LOGIN))
+            await writer.drain()
+            await _until(lambda: _count(res, "held_back") >= 1)
+        # The receiver has stopped with the message read and the queue still full.
+        writer.close()
+        writer_task = BatchWriter(
+            settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "w"
+        )
+        try:
+            while await res.stream.queued_events():  # room for the listing's own audit record
+                await writer_task.cycle(asyncio.Event())
+            letters = await _dead_letters(svc, headers)
+            assert len(letters) == 1 and letters[0]["events"] == 1, letters
+            assert "stopped" in letters[0]["error"]
+            replay = await svc.client.post(
+                "/queue/dead-letter/replay", json={"all": True}, headers=headers
+            )
+            assert replay.status_code == 200 and replay.json()["requeued_events"] == 1
+            for _ in range(50):
+                if not await res.stream.queued_events():
+                    break
+                await writer_task.cycle(asyncio.Event())
+        finally:
+            await writer_task.close()
+    rows = await stored_rows(database_url, org)  # with the traces of the dead-letter calls
+    actions = sorted(r["action"] for r in rows if not r["action"].startswith("audit."))
+    assert actions == ["auth.login", "x.y", "x.y", "x.y"]
