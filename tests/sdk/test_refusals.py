@@ -274,3 +274,28 @@ def test_the_spool_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     os.chown(theirs, 65534, 65534)
     with pytest.raises(PermissionError, match="owned by"):
         Spool(theirs)
+
+
+async def test_a_refusal_naming_no_event_is_narrowed_down_to_the_event_it_is_about(
+    settings_factory: SettingsFactory, org: str, database_url: str, tmp_path: Path
+) -> None:
+    """The service refuses a whole request without naming an event (JSON nested deeper than its
+    parser takes): the client halves the request until the refusal is about one event alone."""
+    settings = settings_factory()
+    spool = tmp_path / "spool"
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"d": deep}
+    async with running(settings) as svc:
+        key = (await svc.key(org, ("ingest",)))["Authorization"].split(" ", 1)[1]
+        client = AsyncAuditClient("http://test", key, spool_dir=spool)
+        client._http = svc.client
+        events = [event(n) for n in range(20)]
+        events[7] = bad = Event("fhir.patient.read", "success", "dr-7", details=deep)
+        with pytest.raises(EventsRefused) as raised:
+            await client.send_many(events)
+        valid = [e.event_id for e in events if e is not bad]
+        await wait_stored(database_url, org, 19, within_s=5)
+        assert sorted(await stored_ids(database_url, org)) == sorted(valid)
+    assert [r.event for r in raised.value.refused] == [bad]
+    assert [record["event"]["event_id"] for record in set_aside(spool)] == [bad.event_id]

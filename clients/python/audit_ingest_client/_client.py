@@ -305,9 +305,9 @@ class _Sending:
 
     def sort_out(self, group: list[_Item], refusal: _ContentRefused) -> list[Refusal]:
         """After the service refused `group`: the events it refused, each alone with its
-        reasons; the others go again. A 413 that names no event is split in halves down to one
-        event (the request was too large for the service's limits); any other refusal that
-        names no event refuses the whole group."""
+        reasons; the others go again. A refusal that names no event (a request over the
+        service's size limits, JSON nested deeper than its parser takes) is split in halves
+        down to the one event it is about, so no event is refused for another's sake."""
         reasons = _reasons(refusal.body, len(group))
         if reasons:
             refused = [
@@ -317,7 +317,7 @@ class _Sending:
             rest = [item for i, item in enumerate(group) if i not in reasons]
             if rest:
                 self.groups.appendleft(rest)
-        elif refusal.status == 413 and len(group) > 1:
+        elif len(group) > 1:
             half = len(group) // 2
             self.groups.extendleft([group[half:], group[:half]])
             refused = []
