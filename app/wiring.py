@@ -108,7 +108,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings.stream_shards,
     )
     await stream.ensure_group()
-    auth_engine = db.create_engine(settings, pool_size=2, overflow=4, command_timeout_s=5)
+    auth_engine = db.create_engine(
+        settings, pool_size=2, overflow=4, command_timeout_s=settings.auth_lookup_timeout_s
+    )
     s = settings
     return Resources(
         settings=settings,

@@ -150,10 +150,12 @@ class Settings(BaseSettings):
     # Auth. A revoked key stops within auth_cache_seconds while the database answers; while it
     # cannot be reached, keys verified in the last auth_outage_grace_s keep working (so ingest
     # goes on), which bounds how long a key revoked meanwhile may too. Unknown keys are
-    # remembered as unknown for auth_negative_cache_s.
+    # remembered as unknown for auth_negative_cache_s. A lookup the database has not answered
+    # within auth_lookup_timeout_s (a lock, an overloaded server) gives up.
     auth_cache_seconds: float = Field(default=10.0, ge=0)
     auth_outage_grace_s: float = Field(default=120.0, ge=0)
     auth_negative_cache_s: float = Field(default=2.0, ge=0)
+    auth_lookup_timeout_s: float = Field(default=5.0, gt=0)
     metrics_token: str = Field(default="", repr=False)
 
     # Long reads, per API process, on connections of their own (so they never take the pool
