@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.keys import Caller, row_vouched
+from app.core.errors import Unavailable
 from app.core.service_seal import ServiceSeal
 from app.store import keyrows
 
@@ -115,9 +116,14 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class SlowLookup(Exception):
+class SlowLookup(Unavailable):
     """The database took too long to answer a key lookup: not an outage (no cached answer
-    serves past its time)."""
+    serves past its time). Whoever asked is answered 503 with Retry-After, as for any backing
+    service that cannot answer now (an ApiError: every path that authenticates answers it)."""
+
+    def __init__(self) -> None:
+        message = "the API key could not be checked in time; retry later"
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -158,7 +164,7 @@ def key_lookup(engine: AsyncEngine, seal: ServiceSeal, refused: Counter | None =
                 record = await keyrows.active_key_by_hash(conn, key_hash)
             except Exception as exc:
                 if _timed_out(exc):  # a database that answers slowly is no outage
-                    raise SlowLookup("the key lookup timed out") from None
+                    raise SlowLookup() from None
                 raise
         if record is None:
             return None
