@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from app.api.ingest_bodies import Limits, Problems, parse_bulk, parsed_json
+from app.api.ingest_bodies import Limits, Problems, check_depth, parse_bulk, parsed_json
 from app.api.schemas import EventIn
 from app.core.errors import InvalidEvents, PayloadTooLarge
 from app.read.fhir import (
@@ -58,6 +58,7 @@ FHIR_IDS = uuid.UUID("0b7d9e4c-1f2a-4c3b-8d5e-6f7a8b9c0d1e")  # ids of events se
 LOGIN, LOGOUT = "110122", "110123"
 RESTFUL_VERBS = {"search-type": "search", "search-system": "search", "history-instance": "history"}
 MAX_RESOURCES = 10_000
+EVENT_LEVELS = 2  # what holds an event's details in the bulk body parsed: [{"details": ...}]
 
 
 class NotAnAuditEvent(ValueError):
@@ -188,6 +189,7 @@ def _record_fields(entity: Mapping[str, Any]) -> dict[str, Any]:
         if name in ("correlation_id", "priority", "data_classification"):
             fields[name] = value
         elif name == "details":
+            check_depth(value.encode(), EVENT_LEVELS, "details (entity.detail), in its event,")
             try:
                 fields["details"] = orjson.loads(value)
             except orjson.JSONDecodeError as exc:

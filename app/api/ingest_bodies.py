@@ -25,7 +25,7 @@ from pydantic_core import from_json, to_json
 from app.api.errors import describe_validation_errors
 from app.api.schemas import CLIENT, EventIn, SessionContext
 from app.core.config import Settings
-from app.core.errors import InvalidEvents, MalformedJson, PayloadTooLarge
+from app.core.errors import InvalidEvents, MalformedJson, NestedTooDeep, PayloadTooLarge
 
 # A bulk body up to this size goes straight to the validating parse: an invalid one may make
 # one error per field of its first bad event (at most ~120,000: ~70 MB and ~0.2 s, freed when
@@ -47,6 +47,15 @@ EVENT_FIELDS = len(EVENT_FIELD_NAMES)
 SESSION_FIELDS = len(SessionContext.model_fields)
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+# The JSON parser (pydantic_core's) refuses to nest arrays and objects deeper than this; a body
+# that does is told so plainly, and JSON carried inside a string (a FHIR AuditEvent's details)
+# is held to the same limit, so it can be re-encoded and parsed as an event's.
+MAX_JSON_DEPTH = 200
+
+_OPENING = frozenset(b"[{")
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,31 @@ def json_values(body: bytes, limit: int) -> int:
         return rough
     bare = _STRING.sub(b'""', body)
     return bare.count(b",") + bare.count(b"{") + bare.count(b"[") + 1
+
+
+def json_depth(text: bytes) -> int:
+    """How deeply JSON text nests arrays and objects (brackets in strings do not count),
+    measured without recursion."""
+    depth = deepest = 0
+    for byte in _STRING.sub(b'""', text).translate(None, _NOT_BRACKETS):
+        if byte in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def check_depth(text: bytes, around: int = 0, what: str = "the body") -> None:
+    """NestedTooDeep when JSON text, within `around` levels of the body that will carry it,
+    nests deeper than MAX_JSON_DEPTH. Text with fewer brackets than that is not measured."""
+    if text.count(b"[") + text.count(b"{") + around <= MAX_JSON_DEPTH:
+        return
+    if json_depth(text) + around > MAX_JSON_DEPTH:
+        raise NestedTooDeep(
+            f"{what} nests JSON more than {MAX_JSON_DEPTH} levels deep",
+            details={"max_depth": MAX_JSON_DEPTH},
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -171,6 +205,7 @@ def parsed_json(body: bytes, limits: Limits) -> Any:
     try:
         return from_json(body)
     except ValueError as exc:
+        check_depth(body)
         raise MalformedJson("request body is not valid JSON") from exc
 
 
@@ -191,11 +226,13 @@ def _not_a_list() -> dict[str, Any]:
     return {"field": None, "type": "list_type", "message": "send a JSON array of events"}
 
 
-def _quick_failure(exc: ValidationError) -> None:
-    """A body that is not JSON at all answers 400 at once."""
+def _quick_failure(exc: ValidationError, body: bytes) -> None:
+    """A body that is not JSON at all, or nests deeper than the parser goes, answers 400 at
+    once."""
     if exc.error_count() <= MAX_LISTED:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         if any(e["type"] == "json_invalid" for e in errors):
+            check_depth(body)
             raise MalformedJson("request body is not valid JSON") from exc
 
 
@@ -210,7 +247,7 @@ def parse_bulk(body: bytes, limits: Limits) -> list[EventIn]:
             body, strict=True, context=limits.context
         )
     except ValidationError as exc:
-        _quick_failure(exc)
+        _quick_failure(exc, body)
         problems = _bulk_problems(parsed_json(body, limits), limits)
         if problems.total:
             problems.raise_all()
@@ -230,7 +267,7 @@ def parse_event(body: bytes, limits: Limits) -> EventIn:
     try:
         event = EventIn.model_validate_json(body, strict=True, context=limits.context)
     except ValidationError as exc:
-        _quick_failure(exc)
+        _quick_failure(exc, body)
         problems = Problems(bulk=False)
         problems.add_event(0, parsed_json(body, limits), limits.context)
         problems.raise_all()

@@ -29,6 +29,11 @@ class MalformedJson(ApiError):
     code = "malformed_json"
 
 
+class NestedTooDeep(ApiError):
+    status_code = 400
+    code = "json_too_deep"
+
+
 class InvalidCursor(ApiError):
     status_code = 400
     code = "invalid_cursor"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
+from app.api.ingest_bodies import json_depth
 from app.api.schemas import (
     EARLIEST,
     LATEST,
@@ -319,6 +320,13 @@ def test_deep_details_validate_or_raise_and_what_is_accepted_can_be_hashed(
     record = events[0].to_record("org-1", RECEIVED_AT, api_key_id=KEY_ID)
     assert orjson.loads(canonical_bytes(record)) == record
     orjson.dumps([record])
+
+
+def test_json_depth_counts_the_brackets_outside_strings() -> None:
+    assert json_depth(b'"[[{"') == 0
+    assert json_depth(b'{"a": "[[[{{", "b": [[1], {"c": []}]}') == 4
+    assert json_depth(b'{"a": "\\"[[", "b": {}}') == 2
+    assert json_depth(b"[" * 300 + b"]" * 300) == 300
 
 
 @MODERATE

@@ -269,3 +269,51 @@ async def test_what_cannot_be_mapped_is_refused_whole(
         assert (await post(balp_login(), {"Content-Type": "text/plain"})).status_code == 415
         assert await svc.app.state.resources.stream.queued_events() == 0
         assert (await post(balp_login(), {"Content-Type": "application/json"})).status_code == 202
+
+
+EVENT_WITH_DETAILS = b'{"action":"x.y","status":"success","principal_id":"p","details":DETAILS}'
+
+
+def nested(depth: int) -> str:
+    """A `details` object `depth` levels deep (the object itself is the first level)."""
+    return '{"d":' + "[" * (depth - 1) + "0" + "]" * (depth - 1) + "}"
+
+
+def exported_with_details(details: str) -> dict[str, Any]:
+    """A login whose details ride in the export's record entity, as a JSON string."""
+    record = {
+        "what": {"identifier": {"system": "urn:audit-ingest:event", "value": str(uuid.uuid4())}},
+        "detail": [{"type": "details", "valueString": details}],
+    }
+    return {**balp_login(), "entity": [record]}
+
+
+async def test_details_nested_too_deep_are_the_same_400_on_both_intakes(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    """Past the JSON parser's nesting limit (200 levels, the event around them included),
+    details are refused alike by POST /events and POST /fhir/AuditEvent; never a 500."""
+    async with running(settings_factory(run_writers=False)) as svc:
+        key = await svc.key(org, ("ingest",))
+        json_body = {**key, "Content-Type": "application/json"}
+        for depth in (100, 254, 255, 256, 600, 1024):
+            one = EVENT_WITH_DETAILS.replace(b"DETAILS", nested(depth).encode())
+            answers = [
+                await svc.client.post("/events", content=one, headers=json_body),
+                await svc.client.post("/events/bulk", content=b"[%s]" % one, headers=json_body),
+                await svc.client.post(
+                    "/fhir/AuditEvent",
+                    content=orjson.dumps(exported_with_details(nested(depth))),
+                    headers={**FHIR, **key},
+                ),
+            ]
+            statuses = [answer.status_code for answer in answers]
+            if depth == 100:
+                assert statuses == [202, 202, 202], answers[-1].text
+                continue
+            assert statuses == [400, 400, 400], (depth, answers[-1].text)
+            for answer in answers:
+                error = answer.json()["error"]
+                assert set(error) == {"code", "message", "details"}
+                assert error["code"] == "json_too_deep", (depth, error)
+                assert error["details"] == {"max_depth": 200}
