@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from swagger_ui_bundle import swagger_ui_path
 
-from app.api.errors import install_error_handlers
+from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
 from app.api.performance import api_monitor
 from app.api.routes import console, events, fhir, health, ingest, integrity, phi, queue
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served below from local assets: no CDN
         redoc_url=None,
+        responses=protocol_responses(),  # every route added to the app documents them
     )
     app.state.settings = settings
     app.state.metrics = Metrics.create()

@@ -144,3 +144,25 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a route's error answers: each one has the one error shape."""
     return {code: {"model": ErrorResponse} for code in codes}
+
+
+# What the service answers before, or beside, any route (app.api.http_protocol and
+# app.api.http_limits; the body limit; a backing service or key lookup that cannot answer):
+# any operation can meet these, so every one documents them.
+PROTOCOL_ANSWERS = {
+    408: "The request head or body did not arrive in time; the connection is closed",
+    413: "The request body is over the size limit",
+    414: "The request line (the URL) is over the head size limit; the connection is closed",
+    431: "The request head is over its size limit or has too many header fields",
+    503: "The process holds all the connections it takes, or a backing service cannot answer "
+    "now; retry after Retry-After seconds",
+}
+
+
+def protocol_responses() -> dict[int | str, dict[str, Any]]:
+    """PROTOCOL_ANSWERS as OpenAPI `responses`, in the one error shape (a route that
+    documents one of these statuses itself keeps its own entry)."""
+    return {
+        code: {"model": ErrorResponse, "description": text}
+        for code, text in PROTOCOL_ANSWERS.items()
+    }

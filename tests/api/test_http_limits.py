@@ -287,6 +287,32 @@ def test_an_over_long_request_target_is_refused(server: Server) -> None:
     assert status_and_error(answer) == (414, "uri_too_long")
 
 
+def test_every_operation_documents_the_protocol_answers(server: Server) -> None:
+    """What the HTTP layer answers on its own, before any route runs, is in the OpenAPI document
+    for every operation, in the one error shape (a client or a fuzzer meets them anywhere)."""
+    status, body = get(server.port, "/openapi.json")
+    assert status == 200
+    document = json.loads(body)
+    error_shape = {"$ref": "#/components/schemas/ErrorResponse"}
+    missing = {}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            answers = operation["responses"]
+            codes = [
+                code
+                for code in ("408", "413", "414", "431", "503")
+                if answers.get(code, {})
+                .get("content", {})
+                .get("application/json", {})
+                .get("schema")
+                != error_shape
+            ]
+            if codes:
+                missing[f"{method.upper()} {path}"] = codes
+    assert not missing, missing
+    assert len(document["paths"]) > 10
+
+
 def test_a_head_within_the_limits_is_served(server: Server) -> None:
     headers = "".join(f"X-Field-{i}: {'v' * 200}\r\n" for i in range(90))  # ~20 KiB
     with connect(server.port) as sock:
