@@ -17,14 +17,18 @@ Field by field, what a resource gives:
   value, else the reference, else the display, else the agent's `name`; `principal_type` the
   agent's type text or first code; the session id and user agent from the export's extensions,
   the IP address from `network`.
-- `patient_id`: the entity whose role is Patient (object-role 1) or whose `what` is a Patient:
-  its identifier value, else the id of its reference.
-- The target: the other entity (type 2, System Object, or any with a reference):
-  `target_resource_type` its display or the reference's type, `target_resource_id` its
-  identifier value or reference.
+- `correlation_id`: the transaction entity of IHE BALP (type `XrequestId` of the
+  BasicAuditEntityType code system), its `what.identifier.value`.
+- `patient_id`: the entity whose role is Patient (object-role 1), or, with no role and not a
+  data entity, whose `what` is a Patient: its identifier value, else the id of its reference.
+- The target: the data entity (role 4, Domain Resource, or type 2, System Object), else the
+  first other entity: `target_resource_type` its display or the reference's type,
+  `target_resource_id` its identifier value or reference. A target that refers to a Patient is
+  the patient too when no entity names one.
 - `purpose_of_use` the first purposeOfEvent code other than BTG; `break_glass` when BTG is there.
-- The export's record entity (system `urn:audit-ingest:event`) gives back `correlation_id`,
-  `details`, `priority` and `data_classification`; its hash, signature and key ids are the
+- The export's record entity (system `urn:audit-ingest:event`) gives back `details`,
+  `priority` and `data_classification` (and `correlation_id`, in exports written before it
+  became the request id entity); its hash, signature and key ids are the
   exporting service's and are left out (this service hashes and signs what it stores). Without
   it, an event about a patient is `PHI`, others `INTERNAL`.
 """
@@ -43,11 +47,14 @@ from app.core.errors import InvalidEvents, PayloadTooLarge
 from app.read.fhir import (
     ACT_REASON,
     ACTION_SYSTEM,
+    BALP_ENTITY_TYPE,
     DCM,
+    ENTITY_TYPE,
     EVENT_SYSTEM,
     EVENT_TYPE,
     OBJECT_ROLE,
     PATIENT_SYSTEM,
+    REQUEST_ID,
     RESTFUL,
     SESSION_EXTENSION,
     USER_AGENT_EXTENSION,
@@ -56,6 +63,10 @@ from app.read.fhir import (
 OUTCOME_STATUS = {"0": "success", "4": "failure", "8": "failure", "12": "failure"}
 FHIR_IDS = uuid.UUID("0b7d9e4c-1f2a-4c3b-8d5e-6f7a8b9c0d1e")  # ids of events sent without a UUID
 LOGIN, LOGOUT = "110122", "110123"
+# The code system's canonical URL is https; some servers write it with http.
+BALP_ENTITY_TYPES = frozenset({BALP_ENTITY_TYPE, BALP_ENTITY_TYPE.replace("https:", "http:", 1)})
+PATIENT_ROLE, DOMAIN_RESOURCE_ROLE = "1", "4"  # object-role
+SYSTEM_OBJECT = "2"  # audit-entity-type
 RESTFUL_VERBS = {"search-type": "search", "search-system": "search", "history-instance": "history"}
 MAX_RESOURCES = 10_000
 EVENT_LEVELS = 2  # what holds an event's details in the bulk body parsed: [{"details": ...}]
@@ -164,15 +175,43 @@ def _session(agent: Mapping[str, Any]) -> dict[str, Any]:
     return session
 
 
-def _is_patient(entity: Mapping[str, Any]) -> bool:
+def _refers_to_patient(entity: Mapping[str, Any]) -> bool:
     kind, _ = _reference_parts(entity.get("what"))
     what = entity.get("what")
     return (
-        _code(entity.get("role"), OBJECT_ROLE) == "1"
-        or kind == "Patient"
+        kind == "Patient"
         or (isinstance(what, dict) and what.get("type") == "Patient")
         or (isinstance(what, dict) and what.get("identifier", {}).get("system") == PATIENT_SYSTEM)
     )
+
+
+def _is_data(entity: Mapping[str, Any]) -> bool:
+    """The resource acted on (BALP's data entity), whatever its type, a Patient included."""
+    return (
+        _code(entity.get("role"), OBJECT_ROLE) == DOMAIN_RESOURCE_ROLE
+        or _code(entity.get("type"), ENTITY_TYPE) == SYSTEM_OBJECT
+    )
+
+
+def _is_patient(entity: Mapping[str, Any]) -> bool:
+    role = _code(entity.get("role"), OBJECT_ROLE)
+    if role is not None:
+        return role == PATIENT_ROLE
+    return not _is_data(entity) and _refers_to_patient(entity)
+
+
+def _is_request_id(entity: Mapping[str, Any]) -> bool:
+    """BALP's transaction entity: the X-Request-Id of the request audited."""
+    return any(
+        coding.get("code") == REQUEST_ID
+        and coding.get("system", BALP_ENTITY_TYPE) in BALP_ENTITY_TYPES
+        for coding in _codings(entity.get("type"))
+    )
+
+
+def _reference_id(reference: str) -> str:
+    """The id of a reference: `Patient/p-1` and `Patient/p-1/_history/2` give `p-1`."""
+    return reference.split("/_history/", 1)[0].rsplit("/", 1)[-1]
 
 
 def _is_record(entity: Mapping[str, Any]) -> bool:
@@ -199,27 +238,46 @@ def _record_fields(entity: Mapping[str, Any]) -> dict[str, Any]:
 
 def _entity_fields(entities: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {}
+    others: list[Mapping[str, Any]] = []  # the target is among these
     for entity in entities if isinstance(entities, list) else []:
         if not isinstance(entity, dict):
             continue
         what = entity.get("what")
-        kind, reference = _reference_parts(what)
+        _, reference = _reference_parts(what)
         if _is_record(entity):
             fields.update(_record_fields(entity))
             fields["exported"] = True
+        elif _is_request_id(entity):
+            request_id = _identifier(what)
+            if request_id and "correlation_id" not in fields:
+                fields["correlation_id"] = request_id
         elif _is_patient(entity):
-            patient = _identifier(what) or (reference.split("/", 1)[-1] if reference else None)
+            patient = _identifier(what) or (_reference_id(reference) if reference else None)
             if patient and "patient_id" not in fields:
                 fields["patient_id"] = patient
-        elif "target" not in fields and isinstance(what, dict):
-            fields["target"] = True  # the first other entity is the target
-            display = what.get("display")
-            target_type = kind or (display if display != "resource" else None)
-            if isinstance(target_type, str):
-                fields["target_resource_type"] = target_type
-            target_id = _identifier(what) or reference
-            if target_id:
-                fields["target_resource_id"] = target_id
+        elif isinstance(what, dict):
+            others.append(entity)
+    target = next((e for e in others if _is_data(e)), others[0] if others else None)
+    for name, value in _target_fields(target).items() if target is not None else ():
+        fields.setdefault(name, value)  # a patient entity's patient_id comes first
+    return fields
+
+
+def _target_fields(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's fields, and its patient when it refers to a Patient (a data entity that
+    is the patient's own record)."""
+    what = entity["what"]
+    kind, reference = _reference_parts(what)
+    fields: dict[str, Any] = {}
+    if reference and _refers_to_patient(entity):
+        fields["patient_id"] = _reference_id(reference)
+    display = what.get("display")
+    target_type = kind or (display if display != "resource" else None)
+    if isinstance(target_type, str):
+        fields["target_resource_type"] = target_type
+    target_id = _identifier(what) or reference
+    if target_id:
+        fields["target_resource_id"] = target_id
     return fields
 
 
@@ -277,7 +335,6 @@ def _event_of(resource: Any) -> dict[str, Any]:
     if not isinstance(outcome, str) or outcome not in OUTCOME_STATUS:
         raise NotAnAuditEvent("outcome", "outcome must be 0, 4, 8 or 12")
     fields: dict[str, Any] = _entity_fields(resource.get("entity"))
-    fields.pop("target", None)
     exported = fields.pop("exported", False)
     status = OUTCOME_STATUS[outcome]
     if outcome == "4" and exported:  # the export writes an attempt as 4

@@ -15,8 +15,10 @@ The mapping, field by field:
 - `agent`: the principal (type user or service), requestor, with its network address; the
   session id and user agent ride in extensions.
 - `source`: the organization, observed by this service.
-- `entity`: the target resource, the patient (role Patient), and the stored record itself with
-  its correlation id, details, hash, signature and key id, so the integrity data travels along.
+- `entity`: the target resource, the patient (role Patient), the correlation id as IHE BALP's
+  transaction entity (type `XrequestId`, the value in `what.identifier.value`, as FHIR servers
+  log their X-Request-Id), and the stored record itself with its details, hash, signature and
+  key id, so the integrity data travels along.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+
+BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
+
+REQUEST_ID = "XrequestId"  # BALP's entity type of a transaction's X-Request-Id
+
+REQUEST_ID_DISPLAY = "transport specific unique identifier where http X-Request-Id is used"
 
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 
@@ -145,8 +153,6 @@ def _b64(hex_text: str) -> str:
 
 def _record_entity(event: Mapping[str, Any]) -> dict[str, Any]:
     detail: list[dict[str, str]] = []
-    if event.get("correlation_id"):
-        detail.append({"type": "correlation_id", "valueString": event["correlation_id"]})
     if event.get("details") is not None:
         text = orjson.dumps(event["details"], option=orjson.OPT_SORT_KEYS).decode()
         detail.append({"type": "details", "valueString": text})
@@ -188,6 +194,13 @@ def _entities(event: Mapping[str, Any]) -> list[dict[str, Any]]:
                 },
                 "type": _coding(ENTITY_TYPE, "1", "Person"),
                 "role": _coding(OBJECT_ROLE, "1", "Patient"),
+            }
+        )
+    if event.get("correlation_id"):
+        entities.append(
+            {
+                "what": {"identifier": {"value": event["correlation_id"]}},
+                "type": _coding(BALP_ENTITY_TYPE, REQUEST_ID, REQUEST_ID_DISPLAY),
             }
         )
     entities.append(_record_entity(event))

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from app.api.fhir_intake import event_of
 from loadtests.faults.content import CLIENT_COLUMNS, SESSION_COLUMNS
 from tests.conftest import Service, SettingsFactory, event, running, stored_rows, wait_stored
 
@@ -97,6 +98,14 @@ async def test_an_export_imported_again_keeps_every_field(
             content=exported.content,
             headers=importer,
         )
+        # The correlation id rides as BALP's X-Request-Id entity, as FHIR servers send it.
+        request_ids = [
+            entity["what"]["identifier"]["value"]
+            for entry in bundle["entry"]
+            for entity in entry["resource"]["entity"]
+            if entity.get("type", {}).get("code") == "XrequestId"
+        ]
+        assert request_ids == ["req-1"]
         assert imported.status_code == 202, imported.text
         assert imported.json()["accepted"] == 3
         await wait_stored(database_url, other, 3)
@@ -170,6 +179,146 @@ def balp_read() -> dict[str, Any]:
             },
         ],
     }
+
+
+REQUEST_ID = "5d9f1c2a-7b3e-4e8a-9c41-0f6b2d7e8a13"  # the X-Request-Id of the update
+
+
+def balp_patient_update() -> dict[str, Any]:
+    """A successful update of a Patient, as a FHIR server logs it under the IHE BALP
+    PatientUpdate profile: the data entity (the Patient resource, role Domain Resource), the
+    Patient entity (role Patient), and the transaction's X-Request-Id."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": "ex-auditBasicPatientUpdate",
+        "meta": {
+            "profile": [
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientUpdate"
+            ]
+        },
+        "type": {
+            "system": f"{TERMINOLOGY}/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [
+            {"system": "http://hl7.org/fhir/restful-interaction", "code": "update"},
+        ],
+        "action": "U",
+        "recorded": "2026-11-21T09:30:00.250Z",
+        "outcome": "0",
+        "agent": [
+            {
+                "type": {
+                    "coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]
+                },
+                "who": {"identifier": {"system": "urn:oid:2.16.840.1.113883.4.1", "value": "ehr"}},
+                "requestor": False,
+                "network": {"address": "2001:db8::7", "type": "2"},
+            },
+            {
+                "type": {
+                    "coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]
+                },
+                "who": {"display": "fhir.example.org"},
+                "requestor": False,
+                "network": {"address": "http://fhir.example.org/fhir", "type": "5"},
+            },
+            {
+                "type": {"text": "practitioner"},
+                "who": {"identifier": {"value": "dr.jones"}},
+                "requestor": True,
+            },
+        ],
+        "source": {
+            "observer": {"display": "fhir.example.org"},
+            "type": [
+                {"system": f"{TERMINOLOGY}/security-source-type", "code": "4"},
+            ],
+        },
+        "entity": [
+            {
+                "what": {"reference": "Patient/ex-patient/_history/2"},
+                "type": {
+                    "system": f"{TERMINOLOGY}/audit-entity-type",
+                    "code": "2",
+                    "display": "System Object",
+                },
+                "role": {
+                    "system": f"{TERMINOLOGY}/object-role",
+                    "code": "4",
+                    "display": "Domain Resource",
+                },
+            },
+            {
+                "what": {"reference": "Patient/ex-patient"},
+                "type": {
+                    "system": f"{TERMINOLOGY}/audit-entity-type",
+                    "code": "1",
+                    "display": "Person",
+                },
+                "role": {"system": f"{TERMINOLOGY}/object-role", "code": "1", "display": "Patient"},
+            },
+            {
+                "what": {"identifier": {"value": REQUEST_ID}},
+                "type": {
+                    "system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                    "code": "XrequestId",
+                },
+            },
+        ],
+    }
+
+
+async def test_a_balp_patient_update_keeps_its_request_id_apart_from_its_target(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    """The X-Request-Id entity is the event's correlation id, not its target: the target is
+    the data entity, so the action names the resource updated."""
+    async with running(settings_factory()) as svc:
+        key = await svc.key(org, ("ingest", "read"))
+        answer = await svc.client.post(
+            "/fhir/AuditEvent",
+            content=orjson.dumps(balp_patient_update()),
+            headers={**FHIR, **key},
+        )
+        assert answer.status_code == 202, answer.text
+        await wait_stored(database_url, org, 1)
+        [row] = await stored_rows(database_url, org)
+        assert (row["action"], row["status"], row["principal_id"]) == (
+            "fhir.patient.update",
+            "success",
+            "dr.jones",
+        )
+        assert row["correlation_id"] == REQUEST_ID
+        assert (row["patient_id"], row["data_classification"]) == ("ex-patient", "PHI")
+        assert (row["target_resource_type"], row["target_resource_id"]) == (
+            "Patient",
+            "Patient/ex-patient/_history/2",
+        )
+        assert row["details"] is None
+        found = await svc.client.get(f"/events?correlation_id={REQUEST_ID}", headers=key)
+        assert [e["action"] for e in found.json()["items"]] == ["fhir.patient.update"]
+
+
+def test_request_ids_and_data_entities_are_told_apart() -> None:
+    """The mapping alone (no service): older exports' correlation id, the BALP code system
+    written with http, and a Patient data entity with no patient entity beside it."""
+    update = balp_patient_update()
+    data, patient, request_id = update["entity"]
+    request_id["type"]["system"] = request_id["type"]["system"].replace("https:", "http:")
+    mapped = event_of({**update, "entity": [request_id, patient, data]})
+    assert (mapped["correlation_id"], mapped["action"]) == (REQUEST_ID, "fhir.patient.update")
+    alone = event_of({**update, "entity": [request_id, data]})
+    assert (alone["patient_id"], alone["target_resource_id"]) == (
+        "ex-patient",
+        "Patient/ex-patient/_history/2",
+    )
+    old_record = {
+        "what": {"identifier": {"system": "urn:audit-ingest:event", "value": str(uuid.uuid4())}},
+        "detail": [{"type": "correlation_id", "valueString": "req-9"}],
+    }
+    assert event_of({**balp_login(), "entity": [old_record]})["correlation_id"] == "req-9"
 
 
 def balp_login() -> dict[str, Any]:

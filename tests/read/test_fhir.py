@@ -79,9 +79,18 @@ async def test_fhir_export_is_a_valid_r4_bundle_with_the_mapping(
     patient = next(e for e in read["entity"] if e.get("role", {}).get("code") == "1")
     assert patient["what"]["identifier"]["value"] == "pat-1"
     assert read["purposeOfEvent"] == [{"coding": [{"system": fhir.ACT_REASON, "code": "TREAT"}]}]
+    request_id = next(e for e in read["entity"] if e["type"]["code"] == fhir.REQUEST_ID)
+    assert request_id == {
+        "what": {"identifier": {"value": "req-1"}},
+        "type": {
+            "system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+            "code": "XrequestId",
+            "display": fhir.REQUEST_ID_DISPLAY,
+        },
+    }
     record = read["entity"][-1]
     assert record["what"]["identifier"]["value"] == read["id"]
-    assert {"type": "correlation_id", "valueString": "req-1"} in record["detail"]
+    assert "correlation_id" not in {d["type"] for d in record["detail"]}
 
     login = by_action["auth.login"]
     assert login["outcome"] == "8" and login["type"]["code"] == "110114" and login["action"] == "E"
