@@ -8,7 +8,9 @@ import uuid
 from datetime import UTC, datetime
 
 import orjson
+from pydantic import TypeAdapter
 
+from app.api.schemas import Identifier
 from app.core.timefmt import format_timestamp, parse_timestamp
 
 
@@ -41,12 +43,17 @@ def encode_key_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(["key", key])).rstrip(b"=").decode()
 
 
+# A summary's key is a patient or principal id: what the API takes as one, nothing else (a
+# forged cursor must not carry a NUL, which PostgreSQL refuses, into a query).
+COUNTERPART = TypeAdapter(Identifier)
+
+
 def decode_key_cursor(cursor: str) -> str:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         tag, key = orjson.loads(raw)
         if tag != "key" or not isinstance(key, str):
             raise ValueError("not a key cursor")
-        return key
+        return COUNTERPART.validate_python(key)  # a ValidationError is a ValueError
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
         raise CursorError("cursor is not one this service issued") from exc

@@ -5,7 +5,6 @@ every page view goes through the same functions as the API's reads, so each is r
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -15,7 +14,7 @@ from urllib.parse import parse_qs
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.api import console_session
 from app.api.console_html import STYLE, error, field, h, link, page, table
@@ -23,9 +22,10 @@ from app.api.deps import resources
 from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
-from app.api.schemas import EventFilters, EventOut, EventPage
+from app.api.schemas import EventFilters, EventOut, EventPage, Identifier
 from app.apikeys.keys import Caller, hash_api_key
 from app.core.errors import ApiError, NotFound
+from app.core.tokens import token_matches
 from app.ledger.proofs import check_proof
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -74,16 +74,19 @@ def console_page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
         if isinstance(found, Response):
             return found
         caller, session = found
+        headers: dict[str, str] = {}
         try:
             return await handler(request, caller, session)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
             )
-            body = error(f"Check the form: {problems}")
-        except ApiError as exc:
-            body = error(exc.message)
-        return html(page("Something is wrong", body, who=_who(caller), csrf=session.csrf), 400)
+            body, status = error(f"Check the form: {problems}"), 400
+        except ApiError as exc:  # the API's status (and Retry-After), on the console's page
+            body, status, headers = error(exc.message), exc.status_code, exc.headers
+        answer = html(page("Something is wrong", body, who=_who(caller), csrf=session.csrf), status)
+        answer.headers.update(headers)
+        return answer
 
     serve.__name__ = handler.__name__
     return serve
@@ -177,7 +180,7 @@ async def _form(request: Request) -> dict[str, str]:
 async def login(request: Request) -> Response:
     form = await _form(request)
     expected = request.cookies.get(console_session.LOGIN_COOKIE, "")
-    if not expected or not hmac.compare_digest(form.get("csrf", ""), expected):
+    if not expected or not token_matches(expected, form.get("csrf")):
         return html(page("Sign in", error("The form expired; open the sign-in page again.")), 403)
     res = resources(request)
     key_hash = hash_api_key(form.get("api_key", "").strip())
@@ -212,7 +215,7 @@ async def logout(request: Request) -> Response:
     )
     form = await _form(request)
     if session is not None:
-        if not hmac.compare_digest(form.get("csrf", ""), session.csrf):
+        if not token_matches(session.csrf, form.get("csrf")):
             return html(page("Sign out", error("The form expired; sign out again.")), 403)
         await console_session.delete(res.redis, res.settings, session.sid)
     return to_login()
@@ -237,6 +240,15 @@ async def _home(request: Request, caller: Caller, session: console_session.Sessi
     return html(page("Compliance console", body, who=_who(caller), csrf=session.csrf))
 
 
+class Subject(BaseModel):
+    """Whom a report is about, held to what the API's report paths take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: Identifier | None = None
+    principal_id: Identifier | None = None
+
+
 async def _report(
     request: Request, caller: Caller, session: console_session.Session, subject: str
 ) -> Response:
@@ -253,6 +265,7 @@ async def _report(
     title = f"{label} access report"
     if not value:
         return html(page(title, form, who=_who(caller), csrf=session.csrf))
+    Subject.model_validate({subject: value})
     window = {k: v for k, v in asked.items() if k in ("start", "end")}
     summary = await phi_routes._report(
         request,
