@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +30,16 @@ from app.ledger.hashing import UnknownSigningKeyError, verify_signature
 from app.ledger.merkle import audit_path, root_from_path
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
-from app.ledger.sql import BATCH_LEAVES, ENTRY_AT, NEWEST_OF_EACH_CHAIN, PROOF_ROW, PRUNED_LEAVES
-from app.ledger.verify import Finding, fetch_by_batch
+from app.ledger.sql import (
+    BATCH_LEAVES,
+    ENTRY_AT,
+    ENTRY_OF_BATCH,
+    EVENT_ROW,
+    NEWEST_OF_EACH_CHAIN,
+    PROOF_ROW,
+    PRUNED_LEAVES,
+)
+from app.ledger.verify import Finding, Verifier, fetch_by_batch
 
 
 class DamagedBatch(Exception):
@@ -63,29 +72,93 @@ async def event_proof(
     row = await conn.fetchrow(PROOF_ROW, event_id, organization_id)
     if row is None:
         return None
-    found = await fetch_by_batch(conn, BATCH_LEAVES, row["batch_id"])
+    return await _proof(conn, row["event_id"], bytes(row["hash"]), row["leaf_index"], row)
+
+
+async def _proof(
+    conn: asyncpg.Connection,
+    event_id: uuid.UUID,
+    event_hash: bytes,
+    index: int | None,
+    entry: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The proof that `event_hash` is leaf `index` of the batch sealed as `entry`."""
+    found = await fetch_by_batch(conn, BATCH_LEAVES, entry["batch_id"])
     by_index = {r["leaf_index"]: bytes(r["hash"]) for r in found}
     damaged = len(by_index) != len(found)  # two rows claim one leaf
     # A batch sealed across a month boundary may have lost its older leaves to retention: their
     # hashes were recorded when they were pruned (the root and the signed head still decide).
-    for index, digest in unpack_leaves(await conn.fetchval(PRUNED_LEAVES, row["batch_id"])):
-        damaged = damaged or index in by_index
-        by_index.setdefault(index, digest)
-    index, count = row["leaf_index"], row["event_count"]
-    if damaged or sorted(by_index) != list(range(count)):
-        where = f"seq {row['seq']} of chain {row['chain']}"
+    for leaf, digest in unpack_leaves(await conn.fetchval(PRUNED_LEAVES, entry["batch_id"])):
+        damaged = damaged or leaf in by_index
+        by_index.setdefault(leaf, digest)
+    count = entry["event_count"]
+    if damaged or index is None or sorted(by_index) != list(range(count)):
+        where = f"seq {entry['seq']} of chain {entry['chain']}"
         raise DamagedBatch(f"the batch sealed as {where} no longer matches its entry")
     leaves = [by_index[i] for i in range(count)]
     return {
-        "event_id": str(row["event_id"]),
-        "event_hash": bytes(row["hash"]).hex(),
-        "chain": row["chain"],
-        "batch_seq": row["seq"],
+        "event_id": str(event_id),
+        "event_hash": event_hash.hex(),
+        "chain": entry["chain"],
+        "batch_seq": entry["seq"],
         "leaf_index": index,
         "tree_size": count,
         "audit_path": [h.hex() for h in audit_path(leaves, index)],
-        "ledger_entry": ledger_entry_json(row),
+        "ledger_entry": ledger_entry_json(entry),
     }
+
+
+# What an event's findings mean, in the words the console's badge and the API's proof use.
+EVENT_PROBLEMS = {
+    "event_hash_mismatch": "field changed since sealing: hash mismatch (its fields no longer "
+    "give the hash that was sealed)",
+    "event_signature_invalid": "signature invalid: the hash is not signed by the key it names",
+    "unknown_signing_key": "signed with a key this service does not hold",
+    "retired_key_used": "signed with a retired key",
+}
+
+NOT_SEALED = "not in the ledger: no ledger entry holds this event"
+
+
+@dataclass(frozen=True, slots=True)
+class EventVerdict:
+    """What verification says of one event: its inclusion proof (None when no ledger entry
+    holds it) and each thing that failed, in words (none: verified)."""
+
+    proof: dict[str, Any] | None
+    problems: list[str]
+
+    @property
+    def verified(self) -> bool:
+        return not self.problems
+
+
+async def verify_event(
+    conn: asyncpg.Connection, verifier: Verifier, organization_id: str, event_id: uuid.UUID
+) -> EventVerdict | None:
+    """Verify one event as a verification of its range would: the stored fields recompute to
+    the stored hash, the hash carries the named key's signature, and the inclusion proof leads
+    from it to the root of a ledger entry whose head recomputes and is signed. The event is the
+    one GET /events/{id} shows (the earliest, should its id be reused). None: no such event.
+    Raises DamagedBatch when its batch no longer has the leaves its entry counts."""
+    row = await conn.fetchrow(EVENT_ROW, event_id, organization_id)
+    if row is None:
+        return None
+    problems = [_in_words(finding) for finding in verifier.check_event(row, None)]
+    batch_id = row["batch_id"]
+    entry = None if batch_id is None else await conn.fetchrow(ENTRY_OF_BATCH, batch_id)
+    if entry is None:
+        return EventVerdict(None, [*problems, NOT_SEALED])
+    proof = await _proof(conn, row["event_id"], bytes(row["hash"]), row["leaf_index"], entry)
+    ledger_keys = list(verifier.ledger_keys.values()) if verifier.check_hmac else []
+    failed = check_proof(proof, ledger_keys, verifier.public_key)
+    return EventVerdict(proof, problems + ([failed] if failed else []))
+
+
+def _in_words(finding: Finding) -> str:
+    words = EVENT_PROBLEMS.get(finding.check, finding.check.replace("_", " "))
+    named = finding.check in {"unknown_signing_key", "retired_key_used"}  # the detail names it
+    return f"{words} ({finding.detail})" if named and finding.detail else words
 
 
 async def export_checkpoint(conn: asyncpg.Connection) -> dict[str, Any] | None:
@@ -144,10 +217,13 @@ async def check_checkpoint(
     return found
 
 
-def check_proof(proof: Mapping[str, Any], ledger_keys: Sequence[SigningKey]) -> str | None:
-    """Check an inclusion proof as a third party would, with the ledger's HMAC keys: the path
-    leads from the event hash to the entry's root, the entry's head commits to that root, and
-    the head's signature checks. None when it holds; else what failed."""
+def check_proof(
+    proof: Mapping[str, Any], ledger_keys: Sequence[SigningKey], public_key: str = ""
+) -> str | None:
+    """Check an inclusion proof as a third party would, with the ledger's HMAC keys (or, with
+    none, its Ed25519 public key(s)): the path leads from the event hash to the entry's root,
+    the entry's head commits to that root, and the head's signature checks. None when it
+    holds; else what failed."""
     entry = proof["ledger_entry"]
     if proof["tree_size"] != entry["event_count"]:
         return "the tree size is not the entry's event count"
@@ -172,6 +248,11 @@ def check_proof(proof: Mapping[str, Any], ledger_keys: Sequence[SigningKey]) -> 
     )
     if head.hex() != entry["head"]:
         return "the entry's head does not commit to its root"
+    if not ledger_keys and public_key:
+        public = entry.get("public_signature")
+        if public is None or not verify_with_any(public_key, head, bytes.fromhex(public)):
+            return "the head's public-key signature does not check"
+        return None
     keys = {key.key_id: key for key in ledger_keys}
     try:
         signed = verify_signature(head, bytes.fromhex(entry["signature"]), entry["key_id"], keys)

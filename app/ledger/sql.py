@@ -61,6 +61,11 @@ JOIN audit_ledger l ON l.batch_id = a.batch_id
 WHERE a.event_id = $1 AND a.organization_id = $2
 ORDER BY a."timestamp" LIMIT 1
 """
+EVENT_ROW = """
+SELECT * FROM audit_log WHERE event_id = $1 AND organization_id = $2
+ORDER BY "timestamp" LIMIT 1
+"""
+ENTRY_OF_BATCH = "SELECT * FROM audit_ledger WHERE batch_id = $1"
 BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
 PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
 NEWEST_OF_EACH_CHAIN = "SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC"

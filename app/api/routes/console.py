@@ -26,7 +26,7 @@ from app.api.schemas import EventFilters, EventOut, EventPage, Identifier
 from app.apikeys.keys import Caller, hash_api_key
 from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
-from app.ledger.proofs import check_proof
+from app.ledger.proofs import NOT_SEALED
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 MAX_FORM_BYTES = 4096
@@ -388,14 +388,17 @@ async def _detail(request: Request, caller: Caller, session: console_session.Ses
     except ValueError as exc:
         raise NotFound("no such event in your organization") from exc
     item = await event_routes.get_event(request, caller, event_id)
-    proof = await integrity_routes.proof(request, caller, event_id)
-    problem = check_proof(proof, resources(request).settings.ledger_key_ring)
-    if proof["event_hash"] != item.hash:
-        problem = "the proof is of another hash than the stored event's"
+    verdict = await integrity_routes.event_verdict(request, caller, event_id)
+    found = verdict.proof if verdict is not None else None
+    problems = list(verdict.problems) if verdict is not None else [NOT_SEALED]
+    if found is not None and found["event_hash"] != item.hash:
+        problems.append("the proof is of another row than the one shown")
     badge = (
-        '<span class="badge ok" id="verified">Verified: sealed in the ledger</span>'
-        if problem is None
-        else f'<span class="badge bad" id="not-verified">Not verified: {h(problem)}</span>'
+        '<span class="badge ok" id="verified">Verified: unchanged, signed, sealed in the '
+        "ledger</span>"
+        if not problems
+        else f'<span class="badge bad" id="not-verified">Not verified: '
+        f"{h('; '.join(problems))}</span>"
     )
     fields = item.model_dump(mode="json")
     rows = [
@@ -409,10 +412,16 @@ async def _detail(request: Request, caller: Caller, session: console_session.Ses
         f"<p>{badge}</p>"
         + table(["Field", "Value"], rows)
         + "<h2>Inclusion proof</h2>"
-        + f"<pre>{h(orjson.dumps(proof, option=orjson.OPT_INDENT_2).decode())}</pre>"
-        + '<p class="note">The audit path leads from the event hash to the batch\'s Merkle '
-        "root, and the ledger entry's signed head commits to that root; see the tamper-evidence "
-        "guide to check it yourself.</p>"
+        + (
+            f"<pre>{h(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())}</pre>"
+            if found is not None
+            else "<p>None: no ledger entry holds this event.</p>"
+        )
+        + '<p class="note">The badge says what a verification of the ledger says of this '
+        "event: its fields recompute to its hash, the hash carries the named key's signature, "
+        "the audit path leads from the hash to the batch's Merkle root, and the ledger entry's "
+        "signed head commits to that root; see the tamper-evidence guide to check it "
+        "yourself.</p>"
     )
     return html(page(f"Event {event_id}", body, who=_who(caller), csrf=session.csrf))
 

@@ -23,7 +23,7 @@ from app.apikeys.keys import Caller
 from app.core.db import driver_connection
 from app.core.errors import ApiError, Conflict, InvalidEvents, NotFound
 from app.core.limits import TooManyVerifications
-from app.ledger.proofs import DamagedBatch, event_proof
+from app.ledger.proofs import DamagedBatch, EventVerdict, verify_event
 from app.ledger.verify import Report, Verifier, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.store.partitions import summarize_batch_ranges
@@ -206,12 +206,37 @@ async def _verify_lines(
 
 @router.get("/events/{event_id}/proof", responses=ERRORS, summary="Inclusion proof of an event")
 async def proof(request: Request, caller: Reader, event_id: uuid.UUID) -> dict[str, Any]:
-    async with driver_connection(resources(request).engine) as conn:
+    """The event's inclusion proof, and `verification`: what verifying this one event finds
+    (`verified`, and `problems` in words: a field changed since sealing, an invalid signature,
+    a proof that does not lead to a signed ledger entry), as GET /integrity/verify would."""
+    verdict = await event_verdict(request, caller, event_id)
+    if verdict is None or verdict.proof is None:
+        raise NotFound("no such sealed event in your organization")
+    checked = {"verified": verdict.verified, "problems": verdict.problems}
+    return {**verdict.proof, "verification": checked}
+
+
+async def event_verdict(
+    request: Request, caller: Caller, event_id: uuid.UUID
+) -> EventVerdict | None:
+    """What verification says of one event of the caller's (None: no such event), recorded as
+    a read of its proof: the API's proof and the console's badge both come from here."""
+    res = resources(request)
+    settings = res.settings
+    try:
+        verifier = verifier_for(
+            settings.signing_keys_by_id,
+            settings.ledger_keys_by_id,
+            settings.ledger_public_key,
+            caller.organization_id,
+        )
+    except NoVerificationKey as exc:
+        raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
+    async with driver_connection(res.engine) as conn:
         try:
-            found = await event_proof(conn, caller.organization_id, event_id)
+            verdict = await verify_event(conn, verifier, caller.organization_id, event_id)
         except DamagedBatch as exc:
             raise Conflict(f"{exc}; run a verification") from exc
-    await record_access(request, caller, "proof", {"event_id": str(event_id)}, int(bool(found)))
-    if found is None:
-        raise NotFound("no such sealed event in your organization")
-    return found
+    sealed = verdict is not None and verdict.proof is not None
+    await record_access(request, caller, "proof", {"event_id": str(event_id)}, int(sealed))
+    return verdict
