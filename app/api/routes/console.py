@@ -14,11 +14,13 @@ from urllib.parse import parse_qs
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.api import console_session
 from app.api.console_html import STYLE, error, field, h, link, page, table
 from app.api.deps import resources
+from app.api.event_data import EventDataRoute
 from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
@@ -28,16 +30,14 @@ from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
 from app.ledger.proofs import NOT_SEALED
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=EventDataRoute)
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
+}  # and no-store, nosniff: every console route is an EventDataRoute
 EVENT_COLUMNS = ("Time", "Action", "Status", "Principal", "Patient", "Target", "Purpose")
 Page = Callable[[Request, Caller, console_session.Session], Awaitable[Response]]
 
@@ -132,9 +132,14 @@ def _next(
     return f'<nav class="pages">{link(path, {**asked, key: cursor}, text, "button")}</nav>'
 
 
-@router.get("/static/console.css")
 async def stylesheet() -> Response:
     return Response(STYLE, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+# The one console route without event data: the stylesheet may be cached.
+router.add_api_route(
+    "/static/console.css", stylesheet, methods=["GET"], route_class_override=APIRoute
+)
 
 
 @router.get("/login")

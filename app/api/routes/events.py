@@ -13,6 +13,7 @@ from pydantic import model_validator
 
 from app.api.deps import resources
 from app.api.errors import error_responses
+from app.api.event_data import EventDataRoute
 from app.api.pagination import CursorError, decode_cursor, encode_cursor
 from app.api.read_audit import record_access
 from app.api.schemas import EventFilters, EventOut, EventPage, EventSelection
@@ -23,7 +24,7 @@ from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import TooManyExports
 from app.read import exports, fhir, queries
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=EventDataRoute)
 
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import resources
 from app.api.errors import error_responses
+from app.api.event_data import EventDataRoute
 from app.api.read_audit import record_access
 from app.api.schemas import EventTime
 from app.api.security import require_scope
@@ -28,7 +29,7 @@ from app.ledger.verify import Report, Verifier, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.store.partitions import summarize_batch_ranges
 
-router = APIRouter(tags=["integrity"])
+router = APIRouter(tags=["integrity"], route_class=EventDataRoute)
 
 Auditor = Annotated[Caller, Depends(require_scope("verify"))]
 

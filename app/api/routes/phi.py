@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import resources
 from app.api.errors import error_responses
+from app.api.event_data import EventDataRoute
 from app.api.pagination import (
     CursorError,
     decode_cursor,
@@ -28,7 +29,7 @@ from app.apikeys.keys import Caller
 from app.core.errors import InvalidCursor
 from app.read import queries
 
-router = APIRouter(prefix="/phi-access", tags=["phi access"])
+router = APIRouter(prefix="/phi-access", tags=["phi access"], route_class=EventDataRoute)
 
 Reader = Annotated[Caller, Depends(require_scope("read"))]
 

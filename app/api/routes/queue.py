@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import resources
 from app.api.errors import error_responses
+from app.api.event_data import EventDataRoute
 from app.api.read_audit import record_access
 from app.api.schemas import (
     MAX_DEAD_LETTER_SELECTION,
@@ -35,7 +36,7 @@ from app.core.errors import ApiError, InvalidCursor
 from app.queue.admission import admit_and_queue
 from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=EventDataRoute)  # dead letters
 
 Admin = Annotated[Caller, Depends(require_scope("admin"))]
 
