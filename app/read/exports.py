@@ -16,7 +16,7 @@ import csv
 import dataclasses
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -166,8 +166,9 @@ async def ndjson_pages(
 
     Building JSON is the costly part, so EXPORT_BUILDERS connections build pages at once (one
     PostgreSQL backend, one core, each) while one more finds where the next page ends; pages
-    go out in order. Each page is bounded by keys, so an event inserted meanwhile within a page
-    makes it a line longer, and none is skipped or repeated."""
+    go out in order, in pieces of whole lines. Each page is bounded by keys, so an event
+    inserted meanwhile within a page makes it a line longer, and none is skipped or
+    repeated."""
     line = _ndjson_line_sql()
     async with contextlib.AsyncExitStack() as stack:
         keys = await stack.enter_async_context(engine.connect())
@@ -186,14 +187,28 @@ async def ndjson_pages(
                     conn = builders[made % EXPORT_BUILDERS]
                     pending.append(asyncio.create_task(_page_text(conn, page, line)))
                     made, after, finished = made + 1, end, end is None
-                chunk = await pending.popleft()
-                if chunk:
-                    counted[0] += chunk.count(b"\n")
-                    yield chunk
+                for piece in _pieces(await pending.popleft()):
+                    counted[0] += piece.count(b"\n")
+                    yield piece
         finally:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+SEND_PIECE = 64 * 1024
+
+
+def _pieces(page: bytes) -> Iterator[bytes]:
+    """A page's lines in pieces of about SEND_PIECE bytes, whole lines each: a page is sent a
+    piece at a time, so what an export sent before its client left is known to a piece."""
+    start = 0
+    while start < len(page):
+        end = page.rfind(b"\n", start, start + SEND_PIECE) + 1
+        if end <= start:  # one line longer than a piece: the whole line
+            end = page.find(b"\n", start) + 1 or len(page)
+        yield page[start:end]
+        start = end
 
 
 def _cell(value: Any) -> str:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import model_validator
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.deps import resources
 from app.api.errors import error_responses
@@ -18,7 +19,7 @@ from app.api.pagination import CursorError, decode_cursor, encode_cursor
 from app.api.read_audit import record_access
 from app.api.schemas import EventFilters, EventOut, EventPage, EventSelection
 from app.api.security import require_scope
-from app.api.slow_clients import GuardedStream
+from app.api.slow_clients import Ending, GuardedStream
 from app.apikeys.keys import Caller
 from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import TooManyExports
@@ -89,37 +90,49 @@ async def export_events(
     except BaseException:
         slot.release()
         raise
+    sent = [0]
+
+    async def record_end(ending: Ending) -> None:
+        """What the export sent, however it ended (an early end says how)."""
+        end = {"phase": "complete"} if ending == "complete" else {"phase": "ended_early"}
+        if ending != "complete":
+            end["ended"] = ending
+        await record_access(request, caller, "export", {**asked, **end}, sent[0])
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"audit-events-{stamp}.{EXTENSIONS[filters.format]}"
     return GuardedStream(
-        _export_body(request, caller, query, filters.format, asked),
+        _export_body(res.long_reads, query, filters.format, sent),
         slot=slot,
         send_timeout_s=res.settings.export_send_timeout_s,
         media_type=MEDIA_TYPES[filters.format],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        on_end=record_end,
     )
 
 
 async def _export_body(
-    request: Request,
-    caller: Caller,
-    query: queries.EventQuery,
-    fmt: str,
-    asked: dict[str, Any],
+    engine: AsyncEngine, query: queries.EventQuery, fmt: str, sent: list[int]
 ) -> AsyncIterator[bytes]:
-    counted = [0]
-    engine = resources(request).long_reads
+    """The export's bytes; `sent[0]` counts the rows of the chunks the server has taken (a
+    chunk is taken when the next one is asked for: its send returned)."""
+    made = [0]  # rows in the chunks made so far, the one being sent included
     if fmt == "fhir":
-        async for chunk in fhir.bundle(exports.export_rows(engine, query, counted)):
-            yield chunk
+        chunks = fhir.bundle(exports.export_rows(engine, query, made))
     elif fmt == "csv":
-        yield exports.csv_header()
-        async for event in exports.export_rows(engine, query, counted):
-            yield exports.csv_row(event)
+        chunks = _csv(exports.export_rows(engine, query, made))
     else:
-        async for chunk in exports.ndjson_pages(engine, query, counted):
-            yield chunk
-    await record_access(request, caller, "export", {**asked, "phase": "complete"}, counted[0])
+        chunks = exports.ndjson_pages(engine, query, made)
+    async for chunk in chunks:
+        rows = made[0]
+        yield chunk
+        sent[0] = rows
+
+
+async def _csv(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    yield exports.csv_header()
+    async for event in events:
+        yield exports.csv_row(event)
 
 
 @router.get("/events/{event_id}", response_model=EventOut, responses=ERRORS, summary="One event")
