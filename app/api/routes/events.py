@@ -114,8 +114,9 @@ async def export_events(
 async def _export_body(
     engine: AsyncEngine, query: queries.EventQuery, fmt: str, sent: list[int]
 ) -> AsyncIterator[bytes]:
-    """The export's bytes; `sent[0]` counts the rows of the chunks the server has taken (a
-    chunk is taken when the next one is asked for: its send returned)."""
+    """The export's bytes, in pieces of about SEND_PIECE (a CSV row or a FHIR entry alone
+    would be a send each); `sent[0]` counts the rows of the pieces the server has taken (a
+    piece is taken when the next one is asked for: its send returned)."""
     made = [0]  # rows in the chunks made so far, the one being sent included
     if fmt == "fhir":
         chunks = fhir.bundle(exports.export_rows(engine, query, made))
@@ -123,9 +124,19 @@ async def _export_body(
         chunks = _csv(exports.export_rows(engine, query, made))
     else:
         chunks = exports.ndjson_pages(engine, query, made)
+    piece: list[bytes] = []
+    size = 0
     async for chunk in chunks:
+        piece.append(chunk)
+        size += len(chunk)
+        if size >= exports.SEND_PIECE:
+            rows = made[0]
+            yield b"".join(piece)
+            sent[0] = rows
+            piece, size = [], 0
+    if piece:
         rows = made[0]
-        yield chunk
+        yield b"".join(piece)
         sent[0] = rows
 
 
