@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -227,6 +227,13 @@ class Settings(BaseSettings):
     syslog_max_connections_per_source: int = Field(default=32, ge=1)
     syslog_max_dead_letters: int = Field(default=10_000, ge=1)
 
+    # The log's witnesses, `<submission prefix URL>=<vkey>,...` (cosignature/v1 keys), how many
+    # cosignatures a checkpoint needs, and how long each witness has to answer
+    # (app.ledger.witnessing parses and uses them).
+    witnesses: str = ""
+    witness_quorum: int = Field(default=1, ge=1, le=64)
+    witness_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
     def _check_key_ring(cls, value: str) -> str:
@@ -244,6 +251,19 @@ class Settings(BaseSettings):
     def _check_syslog_networks(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    @field_validator("witnesses")
+    @classmethod
+    def _check_pairs(cls, value: str) -> str:
+        parse_pairs(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_quorum(self) -> Settings:
+        count = len(parse_pairs(self.witnesses))
+        if count and self.witness_quorum > count:
+            raise ValueError(f"AUDIT_WITNESS_QUORUM {self.witness_quorum} of {count} witnesses")
+        return self
 
     @field_validator("retention")
     @classmethod
@@ -326,3 +346,15 @@ def parse_networks(text: str) -> tuple[Network, ...]:
         except ValueError as exc:
             raise ValueError(f"{item!r} is not an address or a CIDR network") from exc
     return tuple(networks)
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """`name=value,...` (AUDIT_WITNESSES) as (name, value) pairs, split at
+    each item's first `=`; the caller parses the values."""
+    pairs: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"{item!r} is not name=value")
+        pairs.append((name.strip(), value.strip()))
+    return pairs

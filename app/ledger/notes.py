@@ -149,6 +149,15 @@ def parse_signer_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
     return name, private_key
 
 
+def format_signer_key(name: str, private_key: Ed25519PrivateKey) -> str:
+    """The private key string parse_signer_key reads (and Go's note.NewSigner): the key's
+    name, its Ed25519 key ID and base64(0x01 || 32-byte seed)."""
+    seed = private_key.private_bytes_raw()
+    key = VerifierKey(name, ED25519, public_key_of(private_key))
+    material = base64.b64encode(bytes([ED25519]) + seed).decode()
+    return f"PRIVATE+KEY+{name}+{key.key_id:08x}+{material}"
+
+
 # -- notes --------------------------------------------------------------------------------------
 
 
