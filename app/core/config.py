@@ -227,6 +227,17 @@ class Settings(BaseSettings):
     syslog_max_connections_per_source: int = Field(default=32, ge=1)
     syslog_max_dead_letters: int = Field(default=10_000, ge=1)
 
+    # `python -m app witness`: a transparency log witness (C2SP tlog-witness). Where it listens,
+    # its state and key directory, its name and Ed25519 key (a signer key string
+    # `PRIVATE+KEY+<name>+...`; empty: a key file in witness_dir, made on first start), and the
+    # logs it witnesses, `origin=<vkey>,...` (a log's Ed25519 note key; app.witness parses them).
+    witness_host: str = "127.0.0.1"
+    witness_port: int = Field(default=8380, ge=1, le=65535)
+    witness_dir: str = ".data/witness"
+    witness_name: str = ""
+    witness_key: str = Field(default="", repr=False)
+    witness_logs: str = ""
+
     # The log's witnesses, `<submission prefix URL>=<vkey>,...` (cosignature/v1 keys), how many
     # cosignatures a checkpoint needs, and how long each witness has to answer
     # (app.ledger.witnessing parses and uses them).
@@ -252,7 +263,7 @@ class Settings(BaseSettings):
         parse_networks(value)
         return value
 
-    @field_validator("witnesses")
+    @field_validator("witnesses", "witness_logs")
     @classmethod
     def _check_pairs(cls, value: str) -> str:
         parse_pairs(value)
@@ -349,7 +360,7 @@ def parse_networks(text: str) -> tuple[Network, ...]:
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
-    """`name=value,...` (AUDIT_WITNESSES) as (name, value) pairs, split at
+    """`name=value,...` (AUDIT_WITNESSES, AUDIT_WITNESS_LOGS) as (name, value) pairs, split at
     each item's first `=`; the caller parses the values."""
     pairs: list[tuple[str, str]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):

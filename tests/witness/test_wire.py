@@ -103,6 +103,8 @@ def test_quorum_is_at_most_the_number_of_witnesses() -> None:
     assert Settings(witnesses=one, _env_file=None).witness_quorum == 1
     with pytest.raises(ValueError, match="AUDIT_WITNESS_QUORUM 2 of 1 witnesses"):
         Settings(witnesses=one, witness_quorum=2, _env_file=None)
+    with pytest.raises(ValueError, match="not name=value"):
+        Settings(witness_logs="origin-without-key", _env_file=None)
 
 
 def test_signer_key_strings_round_trip() -> None:
