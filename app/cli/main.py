@@ -13,6 +13,7 @@ from app.cli.migrate import migrate
 from app.cli.partitions import _partitions
 from app.cli.serve import _worker, serve
 from app.cli.syslog import syslog_command
+from app.cli.witness import witness_command
 from app.core.config import Settings
 from app.core.logs import setup_logging
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="writers only (scale-out)")
     sub.add_parser("migrate", help="apply Alembic migrations")
     sub.add_parser("syslog", help="the IHE ATNA syslog receiver (RFC 5424 over TCP or TLS)")
+    witness = sub.add_parser("witness", help="a transparency log witness (C2SP tlog-witness)")
+    witness.add_subparsers(dest="witness_command").add_parser(
+        "vkey", help="print the witness's verifier key (made on first use)"
+    )
     dev = sub.add_parser("dev", help="serve with embedded Postgres/Redis when no URLs are set")
     dev.add_argument("--demo", action="store_true", help="load the demo set once (make run DEMO=1)")
     dev_sub = dev.add_subparsers(dest="dev_command")
@@ -121,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "ledger-keygen"
             else run_verify_bundle(settings, args)
         )
-    if args.command == "dev":
-        return run_dev_command(settings, args)
+    # Commands that need no database.
+    other = {"dev": run_dev_command, "witness": witness_command}.get(args.command)
+    if other is not None:
+        return other(settings, args)
     if args.command == "serve":
         serve(settings)
     elif not settings.database_url:
