@@ -155,6 +155,30 @@ async def test_a_stale_old_size_gets_409_and_the_client_retries_from_the_witness
             assert witness.refusals("rollback") == 1
 
 
+async def test_two_requests_from_the_same_size_cannot_both_be_cosigned(
+    tmp_path: Path, log: Log
+) -> None:
+    """The spec's race: the check against the recorded size and the update are one step, so
+    of two requests from size 5 at once only one is cosigned; the other gets 409."""
+    async with running_witness(tmp_path, [log]) as witness:
+        await cosign_sequence(witness, log, [5])
+        for _ in range(5):
+            recorded = witness.refusals("conflict") + witness.refusals("rollback")
+            old = int(
+                json.loads((tmp_path / f"{origin_hash(log.origin)}.json").read_text())["size"]
+            )
+            answers = await asyncio.gather(
+                witness.post(
+                    format_add_checkpoint(old, log.proof(old, old + 2), log.checkpoint(old + 2))
+                ),
+                witness.post(
+                    format_add_checkpoint(old, log.proof(old, old + 3), log.checkpoint(old + 3))
+                ),
+            )
+            assert sorted(a.status_code for a in answers) == [200, 409]
+            assert witness.refusals("conflict") + witness.refusals("rollback") == recorded + 1
+
+
 async def test_strangers_and_malformed_requests_are_refused(tmp_path: Path, log: Log) -> None:
     impostor = Log(log.origin, log.leaves)  # the same origin, another key
     stranger = Log.make("other.test/log")
