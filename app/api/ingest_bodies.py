@@ -46,7 +46,11 @@ EVENT_FIELDS = len(EVENT_FIELD_NAMES)
 
 SESSION_FIELDS = len(SessionContext.model_fields)
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string, or one left open to the end of the text (with a lone backslash last, even):
+# every match attempt from a quote succeeds and nothing is ever rescanned (possessive), so
+# blanking the strings of any text is one pass. A pattern that failed on a string left open
+# was retried from every quote after it: quadratic, seconds for 32 KiB of escaped quotes.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 
 # The JSON parser (pydantic_core's) refuses to nest arrays and objects deeper than this; a body
 # that does is told so plainly, and JSON carried inside a string (a FHIR AuditEvent's details)

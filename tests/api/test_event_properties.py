@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from app.api.ingest_bodies import json_depth
+from app.api.ingest_bodies import json_depth, json_values
 from app.api.schemas import (
     EARLIEST,
     LATEST,
@@ -327,6 +328,23 @@ def test_json_depth_counts_the_brackets_outside_strings() -> None:
     assert json_depth(b'{"a": "[[[{{", "b": [[1], {"c": []}]}') == 4
     assert json_depth(b'{"a": "\\"[[", "b": {}}') == 2
     assert json_depth(b"[" * 300 + b"]" * 300) == 300
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'"' + b'\\"' * 32_768, b'"' + b'\\"' * 32_768 + b"\\", b'"' + b"\\\n" * 32_768],
+    ids=["escaped quotes", "a lone backslash at the end", "escaped newlines"],
+)
+def test_strings_left_open_are_measured_in_one_pass(tail: bytes) -> None:
+    """A string that never ends (escaped quotes to the end of a 64 KiB body) is measured in one
+    pass: the depth and value counts run on the ingest path, where a scan restarted at every
+    quote took seconds for 32 KiB and hours for 1 MiB, blocking the event loop for every
+    tenant. The bound is a hundred times what one pass takes."""
+    body = b"[" * 201 + tail
+    started = time.perf_counter()
+    assert json_depth(body) == 201
+    assert json_values(body, 10) == 202  # past the rough count: strings are blanked
+    assert time.perf_counter() - started < 2.0
 
 
 @MODERATE
