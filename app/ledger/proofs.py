@@ -16,7 +16,7 @@ SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +117,16 @@ EVENT_PROBLEMS = {
     "retired_key_used": "signed with a retired key",
 }
 
+# What the findings of the ledger entry holding the event mean, in the same words.
+ENTRY_PROBLEMS = {
+    "ledger_signature_invalid": "ledger entry signature invalid: its head is not signed by the "
+    "key it names",
+    "ledger_public_signature_invalid": "ledger entry public signature invalid: its head carries "
+    "no valid signature of the configured public key",
+    "unknown_signing_key": "ledger entry signed with a key this service does not hold",
+    "retired_key_used": "ledger entry signed with a retired key",
+}
+
 NOT_SEALED = "not in the ledger: no ledger entry holds this event"
 
 
@@ -138,8 +148,9 @@ async def verify_event(
 ) -> EventVerdict | None:
     """Verify one event as a verification of its range would: the stored fields recompute to
     the stored hash, the hash carries the named key's signature, and the inclusion proof leads
-    from it to the root of a ledger entry whose head recomputes and is signed. The event is the
-    one GET /events/{id} shows (the earliest, should its id be reused). None: no such event.
+    from it to the root of a ledger entry whose head recomputes and whose signatures check as
+    verify checks them (Verifier.entry_signature_findings). The event is the one
+    GET /events/{id} shows (the earliest, should its id be reused). None: no such event.
     Raises DamagedBatch when its batch no longer has the leaves its entry counts."""
     row = await conn.fetchrow(EVENT_ROW, event_id, organization_id)
     if row is None:
@@ -150,13 +161,15 @@ async def verify_event(
     if entry is None:
         return EventVerdict(None, [*problems, NOT_SEALED])
     proof = await _proof(conn, row["event_id"], bytes(row["hash"]), row["leaf_index"], entry)
-    ledger_keys = list(verifier.ledger_keys.values()) if verifier.check_hmac else []
-    failed = check_proof(proof, ledger_keys, verifier.public_key)
-    return EventVerdict(proof, problems + ([failed] if failed else []))
+    failed = check_proof(proof)
+    problems += [failed] if failed else []
+    # The entry's signatures as verify checks them: every key it checks, retirement too.
+    signatures = verifier.entry_signature_findings(entry)
+    return EventVerdict(proof, problems + [_in_words(f, ENTRY_PROBLEMS) for f in signatures])
 
 
-def _in_words(finding: Finding) -> str:
-    words = EVENT_PROBLEMS.get(finding.check, finding.check.replace("_", " "))
+def _in_words(finding: Finding, meanings: Mapping[str, str] = EVENT_PROBLEMS) -> str:
+    words = meanings.get(finding.check, finding.check.replace("_", " "))
     named = finding.check in {"unknown_signing_key", "retired_key_used"}  # the detail names it
     return f"{words} ({finding.detail})" if named and finding.detail else words
 
@@ -217,13 +230,11 @@ async def check_checkpoint(
     return found
 
 
-def check_proof(
-    proof: Mapping[str, Any], ledger_keys: Sequence[SigningKey], public_key: str = ""
-) -> str | None:
-    """Check an inclusion proof as a third party would, with the ledger's HMAC keys (or, with
-    none, its Ed25519 public key(s)): the path leads from the event hash to the entry's root,
-    the entry's head commits to that root, and the head's signature checks. None when it
-    holds; else what failed."""
+def check_proof(proof: Mapping[str, Any]) -> str | None:
+    """Check an inclusion proof as a third party would: the path leads from the event hash to
+    the entry's root and the entry's head commits to that root. Whether the head is signed is
+    the entry's own check (Verifier.entry_signature_findings). None when it holds; else what
+    failed."""
     entry = proof["ledger_entry"]
     if proof["tree_size"] != entry["event_count"]:
         return "the tree size is not the entry's event count"
@@ -248,14 +259,4 @@ def check_proof(
     )
     if head.hex() != entry["head"]:
         return "the entry's head does not commit to its root"
-    if not ledger_keys and public_key:
-        public = entry.get("public_signature")
-        if public is None or not verify_with_any(public_key, head, bytes.fromhex(public)):
-            return "the head's public-key signature does not check"
-        return None
-    keys = {key.key_id: key for key in ledger_keys}
-    try:
-        signed = verify_signature(head, bytes.fromhex(entry["signature"]), entry["key_id"], keys)
-    except UnknownSigningKeyError:
-        return f"the head is signed with an unknown key ({entry['key_id']})"
-    return None if signed else "the head's signature does not check"
+    return None

@@ -240,10 +240,12 @@ class Verifier:
         )
         if head != bytes(entry["head"]):
             found.append(Finding("ledger_head_mismatch", seq, None, "head does not recompute"))
-        found += self._entry_signatures(entry)
+        found += self.entry_signature_findings(entry)
         return found
 
-    def _entry_signatures(self, entry: Mapping[str, Any]) -> list[Finding]:
+    def entry_signature_findings(self, entry: Mapping[str, Any]) -> list[Finding]:
+        """What is wrong with a ledger entry's signatures: its HMAC (by a key held, not retired
+        when it sealed) and its Ed25519 signature, each checked when this verifier checks it."""
         seq, head = entry["seq"], bytes(entry["head"])
         found: list[Finding] = []
         if self.check_hmac:

@@ -5,15 +5,19 @@ cannot), in a database of the test's own, since a changed row breaks the chain f
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import uuid
+from datetime import timedelta
 
 import orjson
 
 from app.apikeys.keys import create_api_key
+from app.core.timefmt import format_timestamp
 from app.ledger.hashing import canonical_bytes, record_from_row
+from app.ledger.signing import new_keypair
 from tests.api.console_client import console_client
-from tests.conftest import SealedFactory, key_seal, running
+from tests.conftest import SealedFactory, Service, key_seal, running
 from tests.ledger.test_verify import insert_forged
 
 
@@ -78,3 +82,92 @@ async def test_the_badge_and_the_proof_say_what_verify_says(
         assert not proofs[changed["event_id"]]["verified"]
         assert any("hash mismatch" in p for p in proofs[changed["event_id"]]["problems"])
         assert any("signature invalid" in p for p in proofs[rehashed["event_id"]]["problems"])
+
+
+def verify_entry_findings(body: bytes) -> set[tuple[str, int]]:
+    """What a verification found of ledger entries (no event named): check and seq."""
+    lines = [orjson.loads(line) for line in body.splitlines()]
+    findings = [x["finding"] for x in lines if "finding" in x]
+    return {(f["check"], f["seq"]) for f in findings if f["event_id"] is None}
+
+
+async def verdicts(
+    svc: Service, key: str, event_ids: list[uuid.UUID]
+) -> list[tuple[str, list[str]]]:
+    """Each event's badge on the console and the problems its proof's `verification` names."""
+    found = []
+    async with console_client(svc.app, key) as console:
+        for event_id in event_ids:
+            page = await console.get(f"/console/events/{event_id}")
+            assert page.status_code == 200, page.text
+            start = page.text.index('<span class="badge')
+            badge = page.text[start : page.text.index("</span>", start)]
+            answer = await svc.client.get(
+                f"/events/{event_id}/proof", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == 200, answer.text
+            verification = answer.json()["verification"]
+            assert verification["verified"] == (not verification["problems"])
+            found.append((badge, verification["problems"]))
+    return found
+
+
+async def test_an_entry_without_a_valid_public_signature_is_not_verified(
+    sealed_factory: SealedFactory,
+) -> None:
+    # With the HMAC keys and the ledger's public key both configured, verify checks both
+    # signatures of every entry; so does the verdict of each event the entry holds.
+    private, public = new_keypair()
+    sealed = await sealed_factory([2, 2, 2], ledger_private_key=private, ledger_public_key=public)
+    untouched, unsigned, missigned = [(await sealed.rows(seq))[0] for seq in (1, 2, 3)]
+    await sealed.conn.execute("UPDATE audit_ledger SET public_signature = NULL WHERE seq = 2")
+    await sealed.conn.execute(
+        "UPDATE audit_ledger SET public_signature = $1 WHERE seq = 3", bytes(64)
+    )
+    async with running(sealed.res.settings) as svc:
+        engine = svc.app.state.resources.engine
+        _, key = await create_api_key(
+            engine, sealed.org, ["read", "verify"], "officer", key_seal(sealed.res.settings)
+        )
+        verified = await svc.client.get(
+            "/integrity/verify", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert verify_entry_findings(verified.content) == {
+            ("ledger_public_signature_invalid", 2),
+            ("ledger_public_signature_invalid", 3),
+        }
+        shown = await verdicts(svc, key, [r["event_id"] for r in (untouched, unsigned, missigned)])
+    (badge, problems), *broken = shown
+    assert 'id="verified"' in badge and problems == []
+    for badge, problems in broken:
+        assert 'id="not-verified"' in badge and "ledger entry public signature invalid" in badge
+        assert len(problems) == 1 and "public signature invalid" in problems[0]
+
+
+async def test_an_entry_signed_with_a_retired_ledger_key_is_not_verified(
+    sealed_factory: SealedFactory,
+) -> None:
+    sealed = await sealed_factory([3])
+    settings = sealed.res.settings
+    old = settings.ledger_key_ring[0]
+    sealed_at = await sealed.conn.fetchval("SELECT sealed_at FROM audit_ledger WHERE seq = 1")
+    secret = base64.b64encode(old.secret).decode()
+    retired_at = format_timestamp(sealed_at - timedelta(hours=1))
+    fresh = base64.b64encode(b"m" * 32).decode()
+    rotated = settings.model_copy(
+        update={"ledger_keys": f"ledger-2:{fresh},{old.key_id}:{secret}@{retired_at}"}
+    )
+    rotated.__dict__.pop("ledger_key_ring", None)
+    async with running(rotated) as svc:
+        engine = svc.app.state.resources.engine
+        _, key = await create_api_key(
+            engine, sealed.org, ["read", "verify"], "officer", key_seal(settings)
+        )
+        verified = await svc.client.get(
+            "/integrity/verify", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert verify_entry_findings(verified.content) == {("retired_key_used", 1)}
+        [(badge, problems)] = await verdicts(svc, key, [(await sealed.rows(1))[0]["event_id"]])
+    assert 'id="not-verified"' in badge and "ledger entry signed with a retired key" in badge
+    assert len(problems) == 1 and f"key {old.key_id!r}" in problems[0]
+    assert f"retired at {retired_at}" in problems[0]
