@@ -129,38 +129,49 @@ ENTRY_PROBLEMS = {
 
 NOT_SEALED = "not in the ledger: no ledger entry holds this event"
 
+NO_KEYS = "no usable verification keys configured"
+
 
 @dataclass(frozen=True, slots=True)
 class EventVerdict:
     """What verification says of one event: its inclusion proof (None when no ledger entry
-    holds it) and each thing that failed, in words (none: verified)."""
+    holds it) and each thing that failed, in words (none: verified); `unchecked` says why
+    nothing could be checked ('' when it was)."""
 
     proof: dict[str, Any] | None
     problems: list[str]
+    unchecked: str = ""
 
     @property
     def verified(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.unchecked
 
 
 async def verify_event(
-    conn: asyncpg.Connection, verifier: Verifier, organization_id: str, event_id: uuid.UUID
+    conn: asyncpg.Connection,
+    verifier: Verifier | None,
+    organization_id: str,
+    event_id: uuid.UUID,
 ) -> EventVerdict | None:
     """Verify one event as a verification of its range would: the stored fields recompute to
     the stored hash, the hash carries the named key's signature, and the inclusion proof leads
     from it to the root of a ledger entry whose head recomputes and whose signatures check as
     verify checks them (Verifier.entry_signature_findings). The event is the one
     GET /events/{id} shows (the earliest, should its id be reused). None: no such event.
-    Raises DamagedBatch when its batch no longer has the leaves its entry counts."""
+    Raises DamagedBatch when its batch no longer has the leaves its entry counts. Without a
+    verifier (no keys to check with) the proof alone, for whoever holds the keys to check."""
     row = await conn.fetchrow(EVENT_ROW, event_id, organization_id)
     if row is None:
         return None
-    problems = [_in_words(finding) for finding in verifier.check_event(row, None)]
     batch_id = row["batch_id"]
     entry = None if batch_id is None else await conn.fetchrow(ENTRY_OF_BATCH, batch_id)
+    unchecked = NO_KEYS if verifier is None else ""
+    problems = [] if verifier is None else [_in_words(f) for f in verifier.check_event(row, None)]
     if entry is None:
-        return EventVerdict(None, [*problems, NOT_SEALED])
+        return EventVerdict(None, [*problems, NOT_SEALED], unchecked)
     proof = await _proof(conn, row["event_id"], bytes(row["hash"]), row["leaf_index"], entry)
+    if verifier is None:
+        return EventVerdict(proof, [], unchecked)
     failed = check_proof(proof)
     problems += [failed] if failed else []
     # The entry's signatures as verify checks them: every key it checks, retirement too.

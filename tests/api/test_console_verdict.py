@@ -171,3 +171,34 @@ async def test_an_entry_signed_with_a_retired_ledger_key_is_not_verified(
     assert 'id="not-verified"' in badge and "ledger entry signed with a retired key" in badge
     assert len(problems) == 1 and f"key {old.key_id!r}" in problems[0]
     assert f"retired at {retired_at}" in problems[0]
+
+
+async def test_without_verification_keys_the_proof_goes_out_unchecked(
+    sealed_factory: SealedFactory,
+) -> None:
+    # An API process given no keys to verify with still gives an event's proof, for whoever
+    # holds the keys to check it; it says it checked nothing, and the badge says so too.
+    sealed = await sealed_factory([3])
+    settings = sealed.res.settings
+    keyless = settings.model_copy(update={"signing_keys": "", "ledger_keys": ""})
+    for ring in ("signing_key_ring", "ledger_key_ring"):
+        keyless.__dict__.pop(ring, None)
+    row = (await sealed.rows(1))[1]
+    async with running(keyless) as svc:
+        engine = svc.app.state.resources.engine
+        _, key = await create_api_key(engine, sealed.org, ["read"], "officer", key_seal(settings))
+        answer = await svc.client.get(
+            f"/events/{row['event_id']}/proof", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert answer.status_code == 200, answer.text
+        proof = answer.json()
+        assert proof["verification"] is None
+        assert proof["verification_unavailable"] == "no usable verification keys configured"
+        assert proof["event_hash"] == bytes(row["hash"]).hex() and proof["leaf_index"] == 1
+        async with console_client(svc.app, key) as console:
+            page = await console.get(f"/console/events/{row['event_id']}")
+        assert page.status_code == 200, page.text
+        start = page.text.index('<span class="badge')
+        badge = page.text[start : page.text.index("</span>", start)]
+        assert 'id="not-checked"' in badge
+        assert "Not checked: no usable verification keys configured" in badge

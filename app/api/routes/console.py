@@ -398,13 +398,21 @@ async def _detail(request: Request, caller: Caller, session: console_session.Ses
     problems = list(verdict.problems) if verdict is not None else [NOT_SEALED]
     if found is not None and found["event_hash"] != item.hash:
         problems.append("the proof is of another row than the one shown")
-    badge = (
-        '<span class="badge ok" id="verified">Verified: unchanged, signed, sealed in the '
-        "ledger</span>"
-        if not problems
-        else f'<span class="badge bad" id="not-verified">Not verified: '
-        f"{h('; '.join(problems))}</span>"
-    )
+    if problems:
+        badge = (
+            f'<span class="badge bad" id="not-verified">Not verified: {h("; ".join(problems))}'
+            "</span>"
+        )
+    elif verdict is not None and verdict.unchecked:
+        badge = (
+            f'<span class="badge unchecked" id="not-checked">Not checked: {h(verdict.unchecked)}'
+            "</span>"
+        )
+    else:
+        badge = (
+            '<span class="badge ok" id="verified">Verified: unchanged, signed, sealed in the '
+            "ledger</span>"
+        )
     fields = item.model_dump(mode="json")
     rows = [
         [

@@ -209,12 +209,20 @@ async def _verify_lines(
 async def proof(request: Request, caller: Reader, event_id: uuid.UUID) -> dict[str, Any]:
     """The event's inclusion proof, and `verification`: what verifying this one event finds
     (`verified`, and `problems` in words: a field changed since sealing, an invalid signature,
-    a proof that does not lead to a signed ledger entry), as GET /integrity/verify would."""
+    a proof that does not lead to a signed ledger entry), as GET /integrity/verify would. A
+    service without verification keys gives the proof alone: `verification` null and
+    `verification_unavailable` saying why."""
     verdict = await event_verdict(request, caller, event_id)
     if verdict is None or verdict.proof is None:
         raise NotFound("no such sealed event in your organization")
+    if verdict.unchecked:
+        return {
+            **verdict.proof,
+            "verification": None,
+            "verification_unavailable": verdict.unchecked,
+        }
     checked = {"verified": verdict.verified, "problems": verdict.problems}
-    return {**verdict.proof, "verification": checked}
+    return {**verdict.proof, "verification": checked, "verification_unavailable": None}
 
 
 async def event_verdict(
@@ -225,14 +233,14 @@ async def event_verdict(
     res = resources(request)
     settings = res.settings
     try:
-        verifier = verifier_for(
+        verifier: Verifier | None = verifier_for(
             settings.signing_keys_by_id,
             settings.ledger_keys_by_id,
             settings.ledger_public_key,
             caller.organization_id,
         )
-    except NoVerificationKey as exc:
-        raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
+    except NoVerificationKey:  # the proof still goes out, for whoever holds the keys to check
+        verifier = None
     async with driver_connection(res.engine) as conn:
         try:
             verdict = await verify_event(conn, verifier, caller.organization_id, event_id)
