@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.schemas import ErrorResponse
-from app.core.errors import ApiError
+from app.core.errors import ApiError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,16 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
-def dependency_down(exc: BaseException) -> Response:
+def dependency_unavailable(exc: BaseException) -> Unavailable:
+    """What a caller is told of a backing service that cannot answer (one of
+    DEPENDENCY_ERRORS): 503 with Retry-After, whoever answers it (the API, the console)."""
     log.warning("dependency unavailable: %s", type(exc).__name__)
-    return error_response(
-        503,
-        "unavailable",
-        "a backing service is unavailable; retry later",
-        headers={"Retry-After": "1"},
-    )
+    message = "a backing service is unavailable; retry later"
+    return Unavailable(message, headers={"Retry-After": "1"})
+
+
+def dependency_down(exc: BaseException) -> Response:
+    return api_error_response(dependency_unavailable(exc))
 
 
 async def _dependency_down(_: Request, exc: Exception) -> Response:

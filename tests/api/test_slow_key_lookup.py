@@ -1,8 +1,11 @@
 """A key lookup PostgreSQL does not answer in time (here: api_keys locked by another session)
-is a 503 with Retry-After in the one error shape on every path that looks keys up: the ingest
-fast path, the framework's routes, the FHIR intake and the console; never a 500."""
+is a 503 with Retry-After on every path that looks keys up: in the one error shape on the ingest
+fast path, the framework's routes and the FHIR intake, on a page of its own on the console; never
+a 500. A pool with no connection free in time is the same 503, on the API and the console."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import httpx
@@ -15,7 +18,12 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def assert_retry_later(answer: httpx.Response) -> None:
+    assert answer.status_code == 503, answer.text
     assert int(answer.headers["retry-after"]) >= 1
+    if answer.request.url.path.startswith("/console"):  # the console's page, not the API's JSON
+        assert answer.headers["content-type"].startswith("text/html")
+        assert '<p class="error" role="alert">' in answer.text and "retry later" in answer.text
+        return
     error = answer.json()["error"]
     assert set(error) == {"code", "message", "details"}
     assert error["code"] == "unavailable"
@@ -76,4 +84,30 @@ async def test_a_key_lookup_that_times_out_is_a_503_on_every_path(
             assert_retry_later(answer)
         # The lock gone, the same keys work again.
         assert (await svc.client.post("/events", json=event(), headers=ingest)).status_code == 202
+        assert (await svc.client.get("/events", headers=read)).status_code == 200
+
+
+async def test_a_pool_without_a_free_connection_is_a_503_on_the_api_and_the_console(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    # The queries' pool (one connection and one overflow here) held by others: a read waits
+    # the pool's 5 s for a connection, then answers 503 with Retry-After; the console on its
+    # own page, since a pool timeout is sqlalchemy's TimeoutError, no ApiError.
+    settings = settings_factory(run_writers=False, db_pool_size=1)
+    async with running(settings) as svc:
+        read = await svc.key(org, ("read",))
+        session = await console_session_cookie(
+            svc.client, read["Authorization"].removeprefix("Bearer ")
+        )
+        engine = svc.app.state.resources.engine
+        async with engine.connect(), engine.connect():
+            answers = await asyncio.gather(
+                svc.client.get("/events", headers=read),
+                svc.client.get(
+                    "/console/events",
+                    headers={"Cookie": f"{console_session.COOKIE}={session}"},
+                ),
+            )
+        for answer in answers:
+            assert_retry_later(answer)
         assert (await svc.client.get("/events", headers=read)).status_code == 200

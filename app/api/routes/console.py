@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from app.api import console_session
 from app.api.console_html import STYLE, error, field, h, link, page, table
 from app.api.deps import resources
-from app.api.event_data import EventDataRoute
+from app.api.errors import DEPENDENCY_ERRORS, dependency_unavailable
+from app.api.event_data import EVENT_DATA_HEADERS, EventDataRoute
 from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
@@ -30,7 +31,6 @@ from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
 from app.ledger.proofs import NOT_SEALED
 
-router = APIRouter(prefix="/console", include_in_schema=False, route_class=EventDataRoute)
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
@@ -44,6 +44,35 @@ Page = Callable[[Request, Caller, console_session.Session], Awaitable[Response]]
 
 def html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status, headers=SECURITY_HEADERS)
+
+
+def failure_page(failure: ApiError, who: str = "", csrf: str = "") -> HTMLResponse:
+    """What failed, on the console's own page: the API's status and headers (Retry-After)."""
+    body = page("Something is wrong", error(failure.message), who=who, csrf=csrf)
+    answer = html(body, failure.status_code)
+    answer.headers.update({**failure.headers, **EVENT_DATA_HEADERS})
+    return answer
+
+
+class ConsoleRoute(EventDataRoute):
+    """A console route answers what fails before or beside a page (signing in, a key lookup,
+    Redis or PostgreSQL that cannot answer) on a page of its own, never in the API's JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        answer = super().get_route_handler()
+
+        async def answer_on_a_page(request: Request) -> Response:
+            try:
+                return await answer(request)
+            except ApiError as exc:
+                return failure_page(exc)
+            except DEPENDENCY_ERRORS as exc:
+                return failure_page(dependency_unavailable(exc))
+
+        return answer_on_a_page
+
+
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
 
 def to_login(message: str = "") -> RedirectResponse:
@@ -74,19 +103,18 @@ def console_page(handler: Page) -> Callable[[Request], Awaitable[Response]]:
         if isinstance(found, Response):
             return found
         caller, session = found
-        headers: dict[str, str] = {}
         try:
             return await handler(request, caller, session)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
             )
-            body, status = error(f"Check the form: {problems}"), 400
+            failure = ApiError(f"Check the form: {problems}")  # 400
         except ApiError as exc:  # the API's status (and Retry-After), on the console's page
-            body, status, headers = error(exc.message), exc.status_code, exc.headers
-        answer = html(page("Something is wrong", body, who=_who(caller), csrf=session.csrf), status)
-        answer.headers.update(headers)
-        return answer
+            failure = exc
+        except DEPENDENCY_ERRORS as exc:  # as the API answers them: 503 with Retry-After
+            failure = dependency_unavailable(exc)
+        return failure_page(failure, _who(caller), session.csrf)
 
     serve.__name__ = handler.__name__
     return serve
