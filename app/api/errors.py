@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.api.event_data import EVENT_DATA_HEADERS
 from app.api.schemas import ErrorResponse
 from app.core.errors import ApiError, Unavailable
 
@@ -29,12 +30,14 @@ def error_response(
     details: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
+    """The one error shape. Every error answer says no-store and nosniff, as the answers of
+    routes with event data do: it comes from a handler, not the route, whatever route it is of."""
     body = {"error": {"code": code, "message": message, "details": details}}
     return Response(
         orjson.dumps(body),
         status_code=status,
         media_type="application/json",
-        headers=dict(headers or {}),
+        headers={**EVENT_DATA_HEADERS, **(headers or {})},
     )
 
 

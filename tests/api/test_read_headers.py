@@ -6,6 +6,7 @@ fails here until it has them (or is named below as carrying no event data)."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 from fastapi.routing import iter_route_contexts
@@ -85,4 +86,33 @@ async def test_every_read_route_says_no_store_and_nosniff(
                 shown = {name: answer.headers.get(name) for name in REQUIRED}
                 if shown != REQUIRED:
                     missing.append((url, shown))
+    assert not missing, missing
+
+
+async def test_error_answers_say_no_store_and_nosniff_too(service: Service, org: str) -> None:
+    # An error answer comes from an exception handler, not from the route: it says the same.
+    read = await service.key(org, ("read",))
+    ingest = await service.key(org, ("ingest",))
+    answers = {
+        "unknown event": await service.client.get(f"/events/{uuid.uuid4()}", headers=read),
+        "unknown proof": await service.client.get(f"/events/{uuid.uuid4()}/proof", headers=read),
+        "invalid query": await service.client.get("/events?limit=zero", headers=read),
+        "no key": await service.client.get("/events"),
+        "wrong scope": await service.client.get("/events", headers=ingest),
+        "no such path": await service.client.get("/no-such-path", headers=read),
+    }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        "unknown event": 404,
+        "unknown proof": 404,
+        "invalid query": 422,
+        "no key": 401,
+        "wrong scope": 403,
+        "no such path": 404,
+    }
+    missing = {
+        name: {header: answer.headers.get(header) for header in REQUIRED}
+        for name, answer in answers.items()
+        if any(answer.headers.get(header) != value for header, value in REQUIRED.items())
+    }
     assert not missing, missing

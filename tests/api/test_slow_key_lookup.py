@@ -23,6 +23,7 @@ def assert_retry_later(answer: httpx.Response) -> None:
     if answer.request.url.path.startswith("/console"):  # the console's page, not the API's JSON
         assert answer.headers["content-type"].startswith("text/html")
         assert '<p class="error" role="alert">' in answer.text and "retry later" in answer.text
+        assert answer.headers["cache-control"] == "no-store"
         return
     error = answer.json()["error"]
     assert set(error) == {"code", "message", "details"}
