@@ -498,8 +498,9 @@ class SyslogReceiver:
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
-    """Listening TCP sockets on every address of `host` (as asyncio.start_server binds)."""
-    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """Listening TCP sockets on every address of `host` (as asyncio.start_server binds); an
+    empty host is every interface, IPv4 and IPv6."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):

@@ -579,3 +579,21 @@ async def test_what_was_read_before_shutdown_is_kept(
     rows = await stored_rows(database_url, org)  # with the traces of the dead-letter calls
     actions = sorted(r["action"] for r in rows if not r["action"].startswith("audit."))
     assert actions == ["auth.login", "x.y", "x.y", "x.y"]
+
+
+async def test_an_empty_host_listens_on_every_interface(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    port = free_port()
+    settings = settings_factory(syslog_host="", syslog_port=port, syslog_sources=f"127.0.0.2={org}")
+    async with running(settings) as svc:
+        server = await start_server(svc.app.state.resources)
+        async with server:
+            assert "0.0.0.0" in {s.getsockname()[0] for s in server.sockets}
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(frame(RFC3881_LOGIN))
+            await writer.drain()
+            await wait_stored(database_url, org, 1, within_s=10)
+            writer.close()
