@@ -597,3 +597,33 @@ async def test_an_empty_host_listens_on_every_interface(
             await writer.drain()
             await wait_stored(database_url, org, 1, within_s=10)
             writer.close()
+
+
+async def test_control_bytes_do_not_swell_dead_letters(
+    settings_factory: SettingsFactory, org: str
+) -> None:
+    """A message of control bytes is kept in at most about 4/3 of its size (orjson writes each
+    as \\u0001, six bytes)."""
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port, syslog_sources=f"127.0.0.1={org}", syslog_max_message_bytes=16384
+    )
+    sent = [frame("\x01" * 16000) for _ in range(30)] + [frame('"\\' * 8000)]
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        keys = res.stream.shards[0].keys
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(sent))
+            await writer.drain()
+            await _until(lambda: _count(res, "rejected") == len(sent))
+            writer.close()
+            await _until(lambda: _count(res, "dead_lettered") == len(sent))
+        used = int(await res.stream.client.memory_usage(keys.dead, samples=0))
+        payloads = await res.stream.client.xrange(keys.dead)
+    size = sum(len(f) for f in sent)
+    assert len(payloads) == len(sent)
+    assert sum(len(fields[b"payload"]) for _, fields in payloads) <= 1.4 * size
+    # Redis' own share on top: each entry's node, rounded up to the allocator's size class.
+    assert used <= 1.6 * size, f"{used} bytes in Redis for {size} sent"
