@@ -11,10 +11,11 @@ Syslog has no answer channel: a message that cannot be used (an oversize one inc
 octet count still frames the stream, so it is read past, not buffered) is rejected with a log
 line (the source, the reason, never the content), counted in
 `audit_syslog_messages_total{outcome="rejected"}` and set aside in the organization's dead
-letters, and the next message is read. While the queue refuses events (full, or over the
-organization's quota or rate) the receiver stops reading that connection and tries again each
-second, so TCP holds the sender back; nothing read is dropped, at shutdown either (what is
-still held back is set aside as a dead letter that replays). Each event's id is derived from
+letters (past their caps, in count or bytes, dropped and counted as `rejected_dropped`), and
+the next message is read. While the queue refuses events (full, or over the organization's
+quota or rate) the receiver stops reading that connection and tries again each second, so TCP
+holds the sender back; no event read is dropped, at shutdown either (what is still held back
+is set aside as a dead letter that replays). Each event's id is derived from
 its organization and the audit message's bytes, so a message sent twice is stored once.
 """
 
@@ -282,31 +283,38 @@ class SyslogIntake:
             self.count("held_back")
             if self._stopped():
                 error = f"syslog receiver stopped before the queue took the event ({why})"
-                await self._set_aside(source, organization, error, orjson.dumps(record), True)
+                await self._set_aside(
+                    source, organization, error, orjson.dumps(record), vouched=True
+                )
                 return False
             await wait_or_stop(self.closing, 1.0)
 
     async def _set_aside(
-        self, source: str, organization: str, error: str, payload: bytes, vouched: bool
-    ) -> None:
-        """Into the organization's dead letters; while it holds syslog_max_dead_letters the
-        sender is held back (unless the receiver is closing). Redis unreachable while closing:
-        logged and counted as lost, the one way a message read is not kept."""
+        self, source: str, organization: str, error: str, payload: bytes, *, vouched: bool
+    ) -> bool:
+        """Into the organization's dead letters; False when it was not kept: a rejected
+        message (not `vouched`) while the organization holds syslog_max_dead_letters or
+        syslog_max_dead_letter_bytes of them (an event read, `vouched`, is always kept). Redis
+        unreachable: the sender is held back and it is tried each second; while closing,
+        logged and counted as lost, the one way a message read is not kept unnoticed."""
         dead = DeadLetters(self.res.stream, organization, self.res.seals)
-        cap = self.settings.syslog_max_dead_letters
+        max_items = None if vouched else self.settings.syslog_max_dead_letters
+        max_bytes = None if vouched else self.settings.syslog_max_dead_letter_bytes
         while True:
             try:
-                if self._stopped() or await dead.count() < cap:
-                    await dead.set_aside(error, payload, vouched=vouched)
-                    self.count("dead_lettered")
-                    self.res.metrics.dead_lettered.inc()
-                    return
-                log.info("syslog from %s held back: %d dead letters (the cap)", source, cap)
+                kept = await dead.set_aside(
+                    error, payload, vouched=vouched, max_items=max_items, max_bytes=max_bytes
+                )
+                if kept is None:
+                    return False
+                self.count("dead_lettered")
+                self.res.metrics.dead_lettered.inc()
+                return True
             except (OSError, RedisError) as exc:
                 if self._stopped():
                     self.count("lost")
                     log.error("syslog message from %s lost: %s", source, type(exc).__name__)
-                    return
+                    return False
                 log.warning("syslog from %s: dead letters unreachable (%s)", source, exc)
             self.count("held_back")
             await wait_or_stop(self.closing, 1.0)
@@ -423,7 +431,14 @@ class SyslogIntake:
         log.warning("syslog message from %s rejected: %s", source, reason)
         kept = kept_message(source, frame, format_timestamp(datetime.now(UTC)))
         error = f"syslog message rejected: {reason}"
-        await self._set_aside(source, organization, error, kept, False)
+        if not await self._set_aside(source, organization, error, kept, vouched=False):
+            # Past the caps: dropped, not held, so one bad device cannot stall the good ones.
+            self.count("rejected_dropped")
+            log.warning(
+                "syslog message from %s dropped: its organization's dead letters are full"
+                " (AUDIT_SYSLOG_MAX_DEAD_LETTERS or AUDIT_SYSLOG_MAX_DEAD_LETTER_BYTES)",
+                source,
+            )
 
     async def drain(self, grace_s: float) -> None:
         """Stop beginning frames; let each connection queue (or set aside) what it read within

@@ -211,8 +211,8 @@ class Settings(BaseSettings):
     # handshake). Connections beyond syslog_max_connections, or syslog_max_connections_per_source
     # from one address, are closed at once; a handshake not done in
     # syslog_tls_handshake_timeout_s is dropped. Rejected messages go to the sender's dead
-    # letters; once an organization holds syslog_max_dead_letters of them the receiver holds its
-    # senders back (as with a full queue) instead of adding more.
+    # letters while its organization holds fewer than syslog_max_dead_letters and at most
+    # syslog_max_dead_letter_bytes of those set aside; past either they are counted and dropped.
     syslog_host: str = "127.0.0.1"
     syslog_port: int = Field(default=6514, ge=1, le=65535)
     syslog_sources: str = ""
@@ -226,6 +226,7 @@ class Settings(BaseSettings):
     syslog_max_connections: int = Field(default=512, ge=1)
     syslog_max_connections_per_source: int = Field(default=32, ge=1)
     syslog_max_dead_letters: int = Field(default=10_000, ge=1)
+    syslog_max_dead_letter_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
     # `python -m app witness`: a transparency log witness (C2SP tlog-witness). Where it listens,
     # its state and key directory, its name and Ed25519 key (a signer key string

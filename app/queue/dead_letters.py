@@ -32,9 +32,10 @@ from app.queue.stream import EventStream, Priority
 
 _MAX_ID_PART = 2**64 - 1
 
-# KEYS: dead, index, then the script's own. ARGV: organization, then dead-letter ids.
-# peek(id) returns the item's fields if it is the organization's, else nil; take(id) also
-# removes it.
+# KEYS: dead, index, then the script's own, the last the bytes set aside per organization.
+# ARGV: organization, then dead-letter ids. peek(id) returns the item's fields if it is the
+# organization's, else nil; take(id) also removes it, and gives back the bytes of an item
+# set aside (its field b).
 _TAKE_LUA = """
 local function peek(id)
   local found = redis.call('XRANGE', KEYS[1], id, id)
@@ -48,7 +49,12 @@ end
 local function take(id)
   redis.call('XDEL', KEYS[2], id)
   local fields = peek(id)
-  if fields then redis.call('XDEL', KEYS[1], id) end
+  if fields then
+    redis.call('XDEL', KEYS[1], id)
+    if fields['b'] and redis.call('HINCRBY', KEYS[#KEYS], ARGV[1], -tonumber(fields['b'])) <= 0 then
+      redis.call('HDEL', KEYS[#KEYS], ARGV[1])
+    end
+  end
   return fields
 end
 local function remaining()
@@ -58,7 +64,8 @@ local function remaining()
 end
 """
 
-# KEYS: dead, index, high, normal, depth, dead-events, queued-by-org. ARGV: organization, then
+# KEYS: dead, index, high, normal, depth, dead-events, queued-by-org, dead-bytes. ARGV:
+# organization, then
 # per item: id, SHA-1 of its payload and its events (as fetched and checked), the entry's
 # payload (always an array), organizations and MAC key id and MAC (app.core.service_seal). Returns
 # {events, remaining, {ids}}. An item that changed since it was checked stays where it is.
@@ -92,7 +99,7 @@ return {events, remaining(), moved}
 """
 )
 
-# KEYS: dead, index, dead-events, discarded. Returns {events, remaining, {ids}}.
+# KEYS: dead, index, dead-events, discarded, dead-bytes. Returns {events, remaining, {ids}}.
 _DELETE_LUA = (
     _TAKE_LUA
     + """
@@ -113,15 +120,28 @@ return {events, remaining(), removed}
 )
 
 
-# KEYS: dead, index, dead-events, accepted. ARGV: source stream, organization, error, payload,
-# events, MAC key id, MAC. An item set aside before it reached the stream (app.api.syslog_intake)
-# is taken into custody and dead-lettered in one step, so the counts stay balanced.
+# KEYS: dead, index, dead-events, accepted, dead-bytes. ARGV: source stream, organization,
+# error, payload, events, MAC key id, MAC, then the caps (-1: none): the most items the
+# organization may hold, how many it holds in other shards, the most bytes of items set aside
+# it may hold. An item set aside before it reached the stream (app.api.syslog_intake) is taken
+# into custody and dead-lettered in one step, so the counts stay balanced; over a cap nothing
+# is added and the answer is nil. The check and the add are one step: senders on many
+# connections, or in many processes, cannot together go past a cap.
 _SET_ASIDE_LUA = """
+local size = string.len(ARGV[4])
+local max_items, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[10])
+if max_items >= 0 and redis.call('XLEN', KEYS[2]) + tonumber(ARGV[9]) >= max_items then
+  return false
+end
+if max_bytes >= 0 and tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0') + size > max_bytes then
+  return false
+end
 local dead_id = redis.call('XADD', KEYS[1], '*', 'source', ARGV[1], 'id', '', 'org', ARGV[2],
                            'error', ARGV[3], 'payload', ARGV[4], 'deliveries', 0,
                            'events', ARGV[5], 'replays', 0, 'first', '',
-                           'k', ARGV[6], 'm', ARGV[7])
+                           'k', ARGV[6], 'm', ARGV[7], 'b', size)
 redis.call('XADD', KEYS[2], dead_id, 'events', ARGV[5])
+redis.call('HINCRBY', KEYS[5], ARGV[2], size)
 redis.call('INCRBY', KEYS[3], tonumber(ARGV[5]))
 redis.call('INCRBY', KEYS[4], tonumber(ARGV[5]))
 return dead_id
@@ -244,13 +264,31 @@ class DeadLetters:
         return [found[dead_id] for dead_id in ids if dead_id in found]
 
     async def set_aside(
-        self, error: str, payload: bytes, *, vouched: bool, source: Priority = "normal"
-    ) -> str:
+        self,
+        error: str,
+        payload: bytes,
+        *,
+        vouched: bool,
+        source: Priority = "normal",
+        max_items: int | None = None,
+        max_bytes: int | None = None,
+    ) -> str | None:
         """Dead-letter one item that never reached the stream (app.api.syslog_intake): a
         message that could not be used, or an event read when the receiver stopped. Only a
         `vouched` item (the payload is a record the service validated) is MAC'd and so can be
-        replayed. Returns its id."""
-        return await self.parts[0].set_aside(error, payload, vouched=vouched, source=source)
+        replayed. Returns its id; None when it would make the organization hold `max_items`
+        dead letters or more, or over `max_bytes` of items set aside (checked and added in one
+        step, against what other shards hold too)."""
+        elsewhere = 0
+        if max_items is not None:
+            elsewhere = sum([await part.left() for part in self.parts[1:]])
+        return await self.parts[0].set_aside(
+            error,
+            payload,
+            vouched=vouched,
+            source=source,
+            caps=(max_items, elsewhere, max_bytes),
+        )
 
     async def replay(self, letters: list[DeadLetter]) -> Outcome:
         """Move the organization's items back to their streams, atomically per shard; items
@@ -298,17 +336,28 @@ class ShardDeadLetters:
         self._set_aside = self.client.register_script(_SET_ASIDE_LUA)
 
     async def set_aside(
-        self, error: str, payload: bytes, *, vouched: bool, source: Priority = "normal"
-    ) -> str:
+        self,
+        error: str,
+        payload: bytes,
+        *,
+        vouched: bool,
+        source: Priority = "normal",
+        caps: tuple[int | None, int, int | None] = (None, 0, None),
+    ) -> str | None:
         """Dead-letter one item of the organization that never reached the stream, counted as
-        accepted and dead-lettered (`DeadLetters.set_aside`)."""
+        accepted and dead-lettered (`DeadLetters.set_aside`); `caps` are the most items, the
+        items held in other shards and the most bytes set aside. None when over a cap."""
         key_id, mac = "", b""
         if vouched:
             key_id, mac = self.seals.dead_letters.sign(self.organization.encode(), b"1", payload)
         keys = [self.keys.dead, self.index, self.keys.dead_events, self.keys.accepted]
+        keys.append(self.keys.dead_bytes)
+        max_items, elsewhere, max_bytes = caps
         args: list[Any] = [self.keys.stream(source), self.organization, error, payload, 1]
-        args += [key_id, mac]
-        return _text(await self._set_aside(keys=keys, args=args))
+        args += [key_id, mac, -1 if max_items is None else max_items, elsewhere]
+        args.append(-1 if max_bytes is None else max_bytes)
+        dead_id = await self._set_aside(keys=keys, args=args)
+        return None if dead_id is None else _text(dead_id)
 
     async def page(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
         """Up to `limit` items after the id `after`, oldest first, and the next page's cursor."""
@@ -375,6 +424,7 @@ class ShardDeadLetters:
             args += self._entry_fields(letter)
         keys = [self.keys.dead, self.index, self.keys.high, self.keys.normal]
         keys += [self.keys.depth, self.keys.dead_events, self.keys.queued_by_org]
+        keys.append(self.keys.dead_bytes)
         done = _outcome(await self._replay(keys=keys, args=args))
         return replace(done, refused=refused)
 
@@ -392,6 +442,7 @@ class ShardDeadLetters:
     async def delete(self, ids: list[str]) -> Outcome:
         """Remove the organization's items among `ids`; their events count as discarded."""
         keys = [self.keys.dead, self.index, self.keys.dead_events, self.keys.discarded]
+        keys.append(self.keys.dead_bytes)
         return _outcome(await self._delete(keys=keys, args=[self.organization, *ids]))
 
 

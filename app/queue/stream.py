@@ -141,6 +141,7 @@ class StreamKeys:
     heartbeat: str
     roster: str  # the live writers (app.queue.shards); shard 0's is the one used
     queued_by_org: str  # each organization's queued events (quotas), a hash
+    dead_bytes: str  # each organization's bytes of dead letters set aside (app.queue.dead_letters)
 
     @classmethod
     def for_shard(cls, prefix: str, shard: int, shards: int) -> StreamKeys:
@@ -167,6 +168,7 @@ class StreamKeys:
             heartbeat=f"{tag}:writer-heartbeat",
             roster=f"{tag}:writers",
             queued_by_org=f"{tag}:queued-by-org",
+            dead_bytes=f"{tag}:dead-letter-bytes",
         )
 
     def stream(self, priority: Priority) -> str:

@@ -627,3 +627,35 @@ async def test_control_bytes_do_not_swell_dead_letters(
     assert sum(len(fields[b"payload"]) for _, fields in payloads) <= 1.4 * size
     # Redis' own share on top: each entry's node, rounded up to the allocator's size class.
     assert used <= 1.6 * size, f"{used} bytes in Redis for {size} sent"
+
+
+async def test_past_the_dead_letter_caps_rejected_messages_are_dropped_and_reading_goes_on(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    """One bad device cannot stall its organization: past the count or byte cap a rejected
+    message is counted (`rejected_dropped`) and dropped, and valid messages behind it flow."""
+    port = free_port()
+    settings = settings_factory(
+        syslog_port=port,
+        syslog_sources=f"127.0.0.1={org}",
+        syslog_max_dead_letters=3,
+        syslog_max_dead_letter_bytes=2000,
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        headers = await svc.key(org, ("admin", "read"))
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            for message in ("bad a", "y" * 3000, "bad b", "bad c", "bad d"):
+                writer.write(frame(message))  # kept, over the bytes, kept, kept, over the count
+            writer.write(frame(RFC3881_LOGIN))
+            await writer.drain()
+            await wait_stored(database_url, org, 1, within_s=10)
+            await _until(lambda: _count(res, "rejected_dropped") == 2)
+            writer.close()
+            letters = await _dead_letters(svc, headers)
+            kept = [letter["payload"][0]["message"] for letter in letters]
+            assert [message[-5:] for message in kept] == ["bad a", "bad b", "bad c"]
+            assert (_count(res, "rejected"), _count(res, "accepted")) == (5, 1)
+            assert _count(res, "held_back") == 0

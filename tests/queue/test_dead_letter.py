@@ -13,6 +13,7 @@ import pytest
 
 from app.api.errors import PROTOCOL_ANSWERS
 from app.api.schemas import EVENT_LIST
+from app.queue.dead_letters import DeadLetters
 from app.wiring import Resources
 from app.writer.batch import plan_batch
 from app.writer.writer import BatchWriter, CircuitBreaker
@@ -314,3 +315,34 @@ async def test_openapi_describes_the_dead_letter_errors(rig: Rig) -> None:
         for code in codes - {"200"}:
             schema = responses[code]["content"]["application/json"]["schema"]
             assert schema["$ref"].endswith("/ErrorResponse")
+
+
+async def test_set_aside_caps_hold_under_concurrent_senders_and_bytes_come_back(rig: Rig) -> None:
+    """The caps are checked and the item added in one step: 40 set-asides at once under a cap
+    of 10 items keep exactly 10, and under a cap of bytes never more; deleting gives the bytes
+    back, and a vouched item replayed gives its bytes back too."""
+    dead = DeadLetters(rig.res.stream, rig.org, rig.res.seals)
+    keys = rig.res.stream.shards[0].keys
+    payload = orjson.dumps({"message": "x" * 100})
+    kept = await asyncio.gather(
+        *(dead.set_aside("e", payload, vouched=False, max_items=10) for _ in range(40))
+    )
+    assert sum(k is not None for k in kept) == 10 and await dead.count() == 10
+    assert int(await rig.res.stream.client.hget(keys.dead_bytes, rig.org) or 0) == 10 * len(payload)
+    assert await dead.delete(await dead.first_ids(10))
+    assert await rig.res.stream.client.hget(keys.dead_bytes, rig.org) is None
+    kept = await asyncio.gather(
+        *(
+            dead.set_aside("e", payload, vouched=False, max_bytes=5 * len(payload) + 1)
+            for _ in range(40)
+        )
+    )
+    assert sum(k is not None for k in kept) == 5
+    (body,) = EVENT_LIST.validate_python([event(principal_id="u")])
+    record = orjson.dumps(body.to_record(rig.org, "2026-11-20T10:00:00.000000Z"))
+    assert await dead.set_aside("stopped", record, vouched=True, max_bytes=1) is None
+    assert await dead.set_aside("stopped", record, vouched=True) is not None  # no cap given
+    letters = [letter for letter in (await dead.page(None, 10))[0] if letter.error == "stopped"]
+    assert (await dead.replay(letters)).events == 1
+    assert await dead.delete(await dead.first_ids(10))
+    assert await rig.res.stream.client.hget(keys.dead_bytes, rig.org) is None
