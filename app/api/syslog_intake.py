@@ -168,15 +168,15 @@ def kept_message(source: str, frame: Frame, received_at: str) -> bytes:
     return orjson.dumps(kept)
 
 
-class RefusalLog:
-    """One log line per kind of refused connection every LOG_EVERY_S, saying how many more
-    there were: a flood of connections must not become a flood of log lines."""
+class LogLimiter:
+    """At most one warning per kind every LOG_EVERY_S, saying how many more there were: a
+    flood of connections, or of bad messages, must not become a flood of log lines."""
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
         self.unlogged: dict[str, int] = {}
 
-    def refused(self, kind: str, address: str, why: str) -> None:
+    def warning(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self.last.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
             self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
@@ -184,7 +184,11 @@ class RefusalLog:
         more = self.unlogged.pop(kind, 0)
         self.last[kind] = now
         since = f" ({more} more since the last line)" if more else ""
-        log.warning("syslog connection from %s refused: %s%s", address, why, since)
+        log.warning(message + "%s", *args, since)
+
+    def refused(self, kind: str, address: str, why: str) -> None:
+        """A connection refused (`kind` its outcome)."""
+        self.warning(kind, "syslog connection from %s refused: %s", address, why)
 
 
 @dataclass
@@ -195,7 +199,7 @@ class SyslogIntake:
     networks: tuple[Network, ...] = ()
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     by_address: dict[str, int] = field(default_factory=dict)
-    refusals: RefusalLog = field(default_factory=RefusalLog)
+    lines: LogLimiter = field(default_factory=LogLimiter)
     # Draining: no new frame is begun. Closing: what is held back is set aside, not retried.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -329,7 +333,7 @@ class SyslogIntake:
         why = "not a known source" if refusal else self.busy(address)
         if why is not None:
             self.count(refusal or "refused_busy")
-            self.refusals.refused(refusal or "refused_busy", address, why)
+            self.lines.refused(refusal or "refused_busy", address, why)
             connection.close()
             return False
         self.by_address[address] = self.by_address.get(address, 0) + 1
@@ -358,7 +362,7 @@ class SyslogIntake:
         except (OSError, ssl.SSLError) as exc:  # the handshake failed or timed out
             connection.close()
             self.count("refused_handshake")
-            self.refusals.refused("refused_handshake", address, type(exc).__name__)
+            self.lines.refused("refused_handshake", address, type(exc).__name__)
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         source = address
@@ -366,7 +370,7 @@ class SyslogIntake:
             source, organization = self.organization_of(writer)
             if organization is None:
                 self.count("refused_source")
-                self.refusals.refused("refused_source", source, "not a known source")
+                self.lines.refused("refused_source", source, "not a known source")
                 return
             await self._read(reader, source, organization)
         except BadFrame as exc:
@@ -427,14 +431,19 @@ class SyslogIntake:
             self.count("accepted")
 
     async def _reject(self, source: str, organization: str, frame: Frame, reason: str) -> None:
+        """Count and log (one line per source every LOG_EVERY_S) a message that cannot be
+        used, and set it aside in the organization's dead letters, or past their caps drop it."""
         self.count("rejected")
-        log.warning("syslog message from %s rejected: %s", source, reason)
+        self.lines.warning(
+            f"rejected {source}", "syslog message from %s rejected: %s", source, reason
+        )
         kept = kept_message(source, frame, format_timestamp(datetime.now(UTC)))
         error = f"syslog message rejected: {reason}"
         if not await self._set_aside(source, organization, error, kept, vouched=False):
             # Past the caps: dropped, not held, so one bad device cannot stall the good ones.
             self.count("rejected_dropped")
-            log.warning(
+            self.lines.warning(
+                f"dropped {source}",
                 "syslog message from %s dropped: its organization's dead letters are full"
                 " (AUDIT_SYSLOG_MAX_DEAD_LETTERS or AUDIT_SYSLOG_MAX_DEAD_LETTER_BYTES)",
                 source,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -659,3 +660,24 @@ async def test_past_the_dead_letter_caps_rejected_messages_are_dropped_and_readi
             assert [message[-5:] for message in kept] == ["bad a", "bad b", "bad c"]
             assert (_count(res, "rejected"), _count(res, "accepted")) == (5, 1)
             assert _count(res, "held_back") == 0
+
+
+async def test_rejected_messages_are_logged_at_most_once_each_10_s(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line per source every 10 s (with the number left out on the next): a device
+    sending garbage cannot flood the log."""
+    caplog.set_level(logging.WARNING, logger="app.api.syslog_intake")
+    port = free_port()
+    settings = settings_factory(syslog_port=port, syslog_sources=f"127.0.0.1={org}")
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(frame(f"bad {n}") for n in range(20)))
+            await writer.drain()
+            await _until(lambda: _count(res, "rejected") == 20)
+            writer.close()
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(lines) == 1, lines
