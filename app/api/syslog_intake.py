@@ -7,6 +7,8 @@ Authentication is per source: AUDIT_SYSLOG_SOURCES maps a sender to the organiza
 belong to, `address=organization` or, with TLS, `CN=<certificate common name>=organization`.
 Connections are accepted as plain TCP; the peer's address and the connection caps are checked
 before anything is read or any TLS handshake begins, and a handshake has a short timeout.
+Connections still in their handshake (not yet authenticated) count against a budget of their
+own, whose oldest makes way for a newcomer, so they cannot keep authenticated senders out.
 Syslog has no answer channel: a message that cannot be used (an oversize one included: its
 octet count still frames the stream, so it is read past, not buffered) is rejected with a log
 line (the source, the reason, never the content), counted in
@@ -191,6 +193,84 @@ class LogLimiter:
         self.warning(kind, "syslog connection from %s refused: %s", address, why)
 
 
+def peer_address(address: str) -> str:
+    """A peer's address as sources name it: an IPv4-mapped IPv6 address as IPv4, IPv6 in its
+    short form."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def source_key(address: str) -> str:
+    """What the per-source caps count by: the address, or for IPv6 its /64 (one host is
+    usually given a whole /64, so its addresses are one source)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip.packed[:8] + bytes(8), 64)))
+    return str(ip)
+
+
+@dataclass
+class Budget:
+    """Connections open at once, in all and per source (`source_key`), within two settings."""
+
+    total: int
+    per_source: int
+    settings: tuple[str, str]  # their names, for the refusal's reason
+    open: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        return self.open >= self.total
+
+    def over_source(self, key: str) -> bool:
+        return self.by_source.get(key, 0) >= self.per_source
+
+    def refusal(self, key: str) -> str | None:
+        """Why one more connection from the source is refused, or None."""
+        if self.full:
+            return f"{self.total} open ({self.settings[0]})"
+        if self.over_source(key):
+            return f"{self.per_source} open from it ({self.settings[1]})"
+        return None
+
+    def take(self, key: str) -> None:
+        self.open += 1
+        self.by_source[key] = self.by_source.get(key, 0) + 1
+
+    def give_back(self, key: str) -> None:
+        self.open -= 1
+        left = self.by_source.pop(key, 1) - 1
+        if left:
+            self.by_source[key] = left
+
+
+@dataclass(eq=False)
+class Slot:
+    """The budget one connection counts against, if any."""
+
+    key: str
+    budget: Budget | None = None
+
+    def hold(self, budget: Budget) -> None:
+        self.release()
+        budget.take(self.key)
+        self.budget = budget
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.give_back(self.key)
+            self.budget = None
+
+
 @dataclass
 class SyslogIntake:
     res: Resources
@@ -198,55 +278,61 @@ class SyslogIntake:
     tls: ssl.SSLContext | None = None
     networks: tuple[Network, ...] = ()
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    by_address: dict[str, int] = field(default_factory=dict)
+    # Authenticated connections (an address source, or a certificate checked) count against
+    # `connections`; those still in a TLS handshake against the smaller `handshakes`, whose
+    # oldest makes way for a newcomer when it is full: unauthenticated connections cannot take
+    # an authenticated sender's place, nor keep one from getting in.
+    connections: Budget = field(init=False)
+    handshakes: Budget = field(init=False)
+    unproven: dict[Slot, asyncio.Task[None]] = field(default_factory=dict)  # oldest first
     lines: LogLimiter = field(default_factory=LogLimiter)
     # Draining: no new frame is begun. Closing: what is held back is set aside, not retried.
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.connections = Budget(
+            settings.syslog_max_connections,
+            settings.syslog_max_connections_per_source,
+            ("AUDIT_SYSLOG_MAX_CONNECTIONS", "AUDIT_SYSLOG_MAX_CONNECTIONS_PER_SOURCE"),
+        )
+        self.handshakes = Budget(
+            settings.syslog_max_handshakes,
+            settings.syslog_max_handshakes_per_source,
+            ("AUDIT_SYSLOG_MAX_HANDSHAKES", "AUDIT_SYSLOG_MAX_HANDSHAKES_PER_SOURCE"),
+        )
+
     @property
     def settings(self) -> Settings:
         return self.res.settings
 
-    def organization_of(self, writer: asyncio.StreamWriter) -> tuple[str, str | None]:
-        """(source, its organization or None) of a connection: the certificate's common name
-        under TLS when it is in the map, else the peer's address."""
+    def organization_of(self, writer: asyncio.StreamWriter, address: str) -> tuple[str, str | None]:
+        """(source, its organization or None) of a connection from `address`: the
+        certificate's common name under TLS when it is in the map, else the address."""
         certificate = writer.get_extra_info("peercert")
         if certificate:
             for rdn in certificate.get("subject", ()):
                 for name, value in rdn:
                     if name == "commonName" and f"CN={value}" in self.sources:
                         return f"CN={value}", self.sources[f"CN={value}"]
-        peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
         return address, self.sources.get(address)
 
     def may_connect(self, address: str) -> bool:
         """The address may open a connection (checked before any handshake): an address
-        source, one of the allowed networks, or, with certificate names to authenticate and no
-        networks set, any."""
+        source, or under TLS one of the allowed networks or, with certificate names to
+        authenticate and no networks set, any."""
         if address in self.sources:
             return True
+        if self.tls is None:
+            return False
         if self.networks:
             try:
                 ip = ipaddress.ip_address(address)
             except ValueError:
                 return False
             return any(ip in network for network in self.networks)
-        return self.tls is not None and any(s.startswith("CN=") for s in self.sources)
-
-    def busy(self, address: str) -> str | None:
-        """Why one more connection from the address is refused (a cap), or None."""
-        settings = self.settings
-        if len(self.tasks) >= settings.syslog_max_connections:
-            cap = settings.syslog_max_connections
-            return f"{cap} connections open (AUDIT_SYSLOG_MAX_CONNECTIONS)"
-        if self.by_address.get(address, 0) >= settings.syslog_max_connections_per_source:
-            return (
-                f"{settings.syslog_max_connections_per_source} connections open from it"
-                " (AUDIT_SYSLOG_MAX_CONNECTIONS_PER_SOURCE)"
-            )
-        return None
+        return any(s.startswith("CN=") for s in self.sources)
 
     def event(self, organization: str, frame: bytes) -> Any:
         """The validated event of one frame (an EventIn), or BadMessage."""
@@ -328,29 +414,54 @@ class SyslogIntake:
 
     def admit(self, connection: socket.socket, address: str) -> bool:
         """Take an accepted connection in (its task started), or close it at once: an address
-        that may not connect, or over a cap. Nothing is read from it before this."""
-        refusal = None if self.may_connect(address) else "refused_source"
-        why = "not a known source" if refusal else self.busy(address)
-        if why is not None:
-            self.count(refusal or "refused_busy")
-            self.lines.refused(refusal or "refused_busy", address, why)
+        that may not connect, or over a cap. Nothing is read from it before this. A connection
+        to be authenticated by its certificate counts against the handshake budget until it
+        is; when that is full in all (not for its source), the oldest there makes way."""
+        if not self.may_connect(address):
+            self.count("refused_source")
+            self.lines.refused("refused_source", address, "not a known source")
             connection.close()
             return False
-        self.by_address[address] = self.by_address.get(address, 0) + 1
-        task = asyncio.create_task(self.connection(connection, address))
+        slot = Slot(source_key(address))
+        budget = self.connections
+        if self.tls is not None and address not in self.sources:
+            budget = self.handshakes
+            if budget.full and not budget.over_source(slot.key):
+                self._make_way()
+        why = budget.refusal(slot.key)
+        if why is not None:
+            self.count("refused_busy")
+            self.lines.refused("refused_busy", address, why)
+            connection.close()
+            return False
+        slot.hold(budget)
+        task = asyncio.create_task(self.connection(connection, address, slot))
         self.tasks.add(task)
-        task.add_done_callback(lambda done: self._closed(done, address))
+        if budget is self.handshakes:
+            self.unproven[slot] = task
+        task.add_done_callback(lambda done: self._closed(done, slot))
         return True
 
-    def _closed(self, task: asyncio.Task[None], address: str) -> None:
-        self.tasks.discard(task)
-        left = self.by_address.pop(address, 1) - 1
-        if left:
-            self.by_address[address] = left
+    def _make_way(self) -> None:
+        """End the oldest connection still in its handshake, its place given back now."""
+        slot, task = next(iter(self.unproven.items()))
+        del self.unproven[slot]
+        slot.release()
+        task.cancel()
+        self.count("refused_handshake")
+        self.lines.refused(
+            "refused_handshake", slot.key, "made way for a newer one (AUDIT_SYSLOG_MAX_HANDSHAKES)"
+        )
 
-    async def connection(self, connection: socket.socket, address: str) -> None:
+    def _closed(self, task: asyncio.Task[None], slot: Slot) -> None:
+        self.tasks.discard(task)
+        self.unproven.pop(slot, None)
+        slot.release()
+
+    async def connection(self, connection: socket.socket, address: str, slot: Slot) -> None:
         """One admitted connection: TLS when configured (done within
-        syslog_tls_handshake_timeout_s), its source looked up, then its frames read."""
+        syslog_tls_handshake_timeout_s), its source looked up (and, authenticated by its
+        certificate, moved to the connections' budget), then its frames read."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=READ_BUFFER, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -364,14 +475,25 @@ class SyslogIntake:
             self.count("refused_handshake")
             self.lines.refused("refused_handshake", address, type(exc).__name__)
             return
+        except asyncio.CancelledError:  # made way for a newer one, or the receiver stopped
+            connection.close()
+            raise
+        self.unproven.pop(slot, None)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         source = address
         try:
-            source, organization = self.organization_of(writer)
+            source, organization = self.organization_of(writer, address)
             if organization is None:
                 self.count("refused_source")
                 self.lines.refused("refused_source", source, "not a known source")
                 return
+            if slot.budget is self.handshakes:
+                why = self.connections.refusal(slot.key)
+                if why is not None:
+                    self.count("refused_busy")
+                    self.lines.refused("refused_busy", source, why)
+                    return
+                slot.hold(self.connections)
             await self._read(reader, source, organization)
         except BadFrame as exc:
             self.count("bad_frame")
@@ -511,7 +633,7 @@ class SyslogReceiver:
                 await asyncio.sleep(0.5)
                 continue
             connection.setblocking(False)
-            self.intake.admit(connection, str(peer[0]))
+            self.intake.admit(connection, peer_address(str(peer[0])))
 
     async def close(self) -> None:
         for task in self.acceptors:
@@ -552,14 +674,21 @@ def listen(host: str, port: int) -> list[socket.socket]:
 
 async def start_server(res: Resources) -> SyslogReceiver:
     settings = res.settings
+    sources = parse_syslog_sources(settings.syslog_sources)
     intake = SyslogIntake(
         res,
-        parse_syslog_sources(settings.syslog_sources),
+        {name if name.startswith("CN=") else peer_address(name): o for name, o in sources.items()},
         tls=tls_context(settings),
         networks=parse_networks(settings.syslog_allowed_networks),
     )
     if not intake.sources:
         raise RuntimeError("AUDIT_SYSLOG_SOURCES is empty: no sender would be accepted")
+    if intake.tls and not intake.networks and any(s.startswith("CN=") for s in intake.sources):
+        log.warning(
+            "syslog: CN= sources and no AUDIT_SYSLOG_ALLOWED_NETWORKS: any address may open a"
+            " connection and try a TLS handshake (within AUDIT_SYSLOG_MAX_HANDSHAKES); name the"
+            " senders' networks to refuse everyone else before it"
+        )
     receiver = SyslogReceiver(listen(settings.syslog_host, settings.syslog_port), intake)
     receiver.start()
     return receiver

@@ -208,9 +208,12 @@ class Settings(BaseSettings):
     # (a certificate and key; a CA to require client certificates), and its bounds. A peer's
     # address is checked before any TLS handshake: an address source, or one in
     # syslog_allowed_networks (CIDR; empty with certificate-name sources: any address may try a
-    # handshake). Connections beyond syslog_max_connections, or syslog_max_connections_per_source
-    # from one address, are closed at once; a handshake not done in
-    # syslog_tls_handshake_timeout_s is dropped. Rejected messages go to the sender's dead
+    # handshake). Authenticated connections (an address source, or once its certificate is
+    # checked) beyond syslog_max_connections, or syslog_max_connections_per_source from one
+    # address (an IPv6 /64), are closed at once; those still in a TLS handshake have their own,
+    # smaller budget, syslog_max_handshakes (its oldest making way for a newcomer) and
+    # syslog_max_handshakes_per_source; a handshake not done in syslog_tls_handshake_timeout_s
+    # is dropped. Rejected messages go to the sender's dead
     # letters while its organization holds fewer than syslog_max_dead_letters and at most
     # syslog_max_dead_letter_bytes of those set aside; past either they are counted and dropped.
     syslog_host: str = "127.0.0.1"
@@ -225,6 +228,8 @@ class Settings(BaseSettings):
     syslog_tls_handshake_timeout_s: float = Field(default=5.0, gt=0, le=120)
     syslog_max_connections: int = Field(default=512, ge=1)
     syslog_max_connections_per_source: int = Field(default=32, ge=1)
+    syslog_max_handshakes: int = Field(default=64, ge=1)
+    syslog_max_handshakes_per_source: int = Field(default=8, ge=1)
     syslog_max_dead_letters: int = Field(default=10_000, ge=1)
     syslog_max_dead_letter_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 

@@ -681,3 +681,88 @@ async def test_rejected_messages_are_logged_at_most_once_each_10_s(
             writer.close()
     lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert len(lines) == 1, lines
+
+
+async def test_idle_handshakes_cannot_lock_a_certified_sender_out(
+    settings_factory: SettingsFactory, org: str, database_url: str, tmp_path: Path
+) -> None:
+    """With only CN= sources and no allowed networks any address may try a handshake; idle
+    connections from several addresses fill the handshake budget, yet a sender with a
+    certificate still gets in (the oldest unauthenticated connection makes way) and is stored,
+    the main budget untouched by them."""
+    make_pki(tmp_path)
+    port = free_port()
+    settings = _tls_settings(
+        settings_factory,
+        tmp_path,
+        syslog_port=port,
+        syslog_sources=f"CN=pacs-1={org}",
+        syslog_max_connections=8,
+        syslog_max_connections_per_source=2,
+        syslog_max_handshakes=8,
+        syslog_max_handshakes_per_source=2,
+        syslog_tls_handshake_timeout_s=60,
+    )
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    client.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            idle = []
+            for n in range(2, 6):  # 4 addresses x 2: the per-source share of each
+                for _ in range(2):
+                    idle.append(
+                        await asyncio.open_connection(
+                            "127.0.0.1", port, local_addr=(f"127.0.0.{n}", 0)
+                        )
+                    )
+            try:
+                await _until(lambda: len(server.intake.tasks) == 8)
+                for attempt in range(3):  # a reconnecting sender is let in each time
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection(
+                            "127.0.0.1", port, ssl=client, local_addr=("127.0.0.9", 0)
+                        ),
+                        10,
+                    )
+                    writer.write(frame(RFC3881_LOGIN.replace("nurse.lee", f"nurse.{attempt}")))
+                    await writer.drain()
+                    await wait_stored(database_url, org, attempt + 1, within_s=10)
+                    writer.close()
+                    idle.append(
+                        await asyncio.open_connection(
+                            "127.0.0.1", port, local_addr=(f"127.0.0.{6 + attempt}", 0)
+                        )
+                    )  # and the budget filled again behind it
+                    await _until(lambda: len(server.intake.unproven) == 8)
+            finally:
+                for _, held in idle:
+                    held.close()
+            assert _count(res, "refused_busy") == 0
+            assert _count(res, "refused_handshake") == 3  # the oldest idle made way each time
+
+
+def test_per_source_caps_key_ipv6_by_its_64_and_unmap_ipv4() -> None:
+    from app.api.syslog_intake import peer_address, source_key
+
+    assert peer_address("::ffff:10.0.0.7") == "10.0.0.7"
+    assert peer_address("2001:db8:0:0::1") == "2001:db8::1"
+    assert peer_address("10.0.0.7") == "10.0.0.7"
+    assert source_key("10.0.0.7") == "10.0.0.7"
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:bbbb::2")
+    assert source_key("2001:db8:1:2::1") != source_key("2001:db8:1:3::1")
+
+
+async def test_certificate_names_without_networks_warn_at_start(
+    settings_factory: SettingsFactory, org: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_pki(tmp_path)
+    caplog.set_level(logging.WARNING, logger="app.api.syslog_intake")
+    settings = _tls_settings(
+        settings_factory, tmp_path, syslog_port=free_port(), syslog_sources=f"CN=pacs-1={org}"
+    )
+    async with running(settings) as svc:
+        async with await start_server(svc.app.state.resources):
+            pass
+    assert any("AUDIT_SYSLOG_ALLOWED_NETWORKS" in r.getMessage() for r in caplog.records)
