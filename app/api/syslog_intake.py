@@ -505,9 +505,9 @@ class SyslogIntake:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _next_frame(self, reader: asyncio.StreamReader) -> Frame | None:
-        """The next frame; None at the end of the stream, or when the receiver drains before
-        the frame's first byte arrived (a frame begun is read to its end)."""
+    async def _first_byte(self, reader: asyncio.StreamReader) -> bytes | None:
+        """The next frame's first byte; None at the end of the stream, or when the receiver
+        drains before it arrived."""
         idle = self.settings.syslog_idle_timeout_s
         first = asyncio.ensure_future(reader.read(1))
         draining = asyncio.ensure_future(self.draining.wait())
@@ -523,16 +523,27 @@ class SyslogIntake:
             if self.draining.is_set():
                 return None
             raise TimeoutError("idle")
-        byte = first.result()
-        if not byte:
-            return None
-        return await asyncio.wait_for(
-            read_frame(reader, self.settings.syslog_max_message_bytes, byte), idle
-        )
+        return first.result() or None
 
     async def _read(self, reader: asyncio.StreamReader, source: str, organization: str) -> None:
-        while (frame := await self._next_frame(reader)) is not None:
-            await self._take(source, organization, frame)
+        """Frame after frame until the stream ends or the receiver drains: a frame begun is
+        read to its end and queued or set aside. One still arriving when the receiver cuts its
+        connection at shutdown, or that Redis does not take by then, is counted and logged as
+        lost."""
+        idle = self.settings.syslog_idle_timeout_s
+        limit = self.settings.syslog_max_message_bytes
+        while (byte := await self._first_byte(reader)) is not None:
+            try:
+                frame = await asyncio.wait_for(read_frame(reader, limit, byte), idle)
+                await self._take(source, organization, frame)
+            except asyncio.CancelledError:
+                self.count("lost")
+                log.error(
+                    "syslog message from %s lost: the receiver stopped while it was arriving"
+                    " or being queued",
+                    source,
+                )
+                raise
 
     async def _take(self, source: str, organization: str, frame: Frame) -> None:
         """Queue one frame's event, or reject the frame into the organization's dead letters."""

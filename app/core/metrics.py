@@ -125,9 +125,11 @@ class Metrics:
             syslog_messages=Counter(
                 "audit_syslog_messages",
                 "Syslog messages and connections by outcome: accepted, rejected (unusable),"
-                " dead_lettered (rejected, or held back at shutdown), held_back (the queue"
-                " refused; retried), lost, bad_frame, refused_source, refused_busy (a"
-                " connection cap), refused_handshake, accept_error",
+                " rejected_dropped (rejected past the dead-letter caps), dead_lettered"
+                " (rejected, or held back at shutdown), held_back (the queue refused; retried),"
+                " lost (cut at shutdown), bad_frame, refused_source, refused_busy (a"
+                " connection cap), refused_handshake (failed, timed out, or made way for a"
+                " newer one), accept_error",
                 ["outcome"],
                 registry=reg,
             ),

@@ -766,3 +766,24 @@ async def test_certificate_names_without_networks_warn_at_start(
         async with await start_server(svc.app.state.resources):
             pass
     assert any("AUDIT_SYSLOG_ALLOWED_NETWORKS" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_message_cut_at_shutdown_is_counted_lost(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="app.api.syslog_intake")
+    port = free_port()
+    settings = settings_factory(
+        shutdown_grace_s=0.2, syslog_port=port, syslog_sources=f"127.0.0.1={org}"
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        server = await start_server(res)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"1000 <110>1 - - - - - - <Au")  # and the rest never comes
+            await writer.drain()
+            await asyncio.sleep(0.3)
+        writer.close()
+        assert _count(res, "lost") == 1
+    assert any("lost" in r.getMessage() for r in caplog.records)
