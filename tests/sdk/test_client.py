@@ -1,15 +1,17 @@
 """The Python client (clients/python) against the real service: sync and async sends, retries
-that honour 429's Retry-After, and a batcher that survives the service being killed mid-stream
-and restarted: every event stored exactly once, what could not be sent spooled to disk and
-replayed in order."""
+that honour 429's Retry-After, a 408 for a slow body sent again, and a batcher that survives
+the service being killed mid-stream and restarted: every event stored exactly once, what could
+not be sent spooled to disk and replayed in order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -122,6 +124,70 @@ async def test_429_retry_after_is_honoured(
         assert time.monotonic() - started >= 2.0  # 300 events at 50/s after a burst of 100
         await wait_stored(database_url, org, 300)
     assert sorted(await stored_ids(database_url, org)) == sorted(e.event_id for e in events)
+
+
+@contextlib.asynccontextmanager
+async def stalling_proxy(upstream_port: int, answers: list[bytes]) -> AsyncIterator[str]:
+    """A proxy to the service on `upstream_port` that, on its first connection only, passes the
+    request head and a few bytes of the body and holds back the rest (a slow network), and
+    adds `Retry-After: 1` to that connection's answer; the first line of every answer is kept
+    in `answers`."""
+    connections = 0
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        stalled = connections == 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+
+        async def upward() -> None:
+            if stalled:
+                head = await reader.readuntil(b"\r\n\r\n")
+                up_writer.write(head + await reader.readexactly(10))
+                await asyncio.Event().wait()  # the rest of the body never comes
+            while chunk := await reader.read(65536):
+                up_writer.write(chunk)
+
+        sending = asyncio.create_task(upward())
+        try:
+            answer = await up_reader.read(65536)
+            answers.append(answer.split(b"\r\n", 1)[0])
+            if stalled:
+                answer = answer.replace(b"\r\n", b"\r\nretry-after: 1\r\n", 1)
+            while answer:
+                writer.write(answer)
+                answer = await up_reader.read(65536)
+        finally:
+            sending.cancel()
+            writer.close()
+            up_writer.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}"
+
+
+async def test_a_408_for_a_body_that_came_too_slowly_is_retried_after_retry_after(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    """The service's HTTP layer answers 408 when a body stalls (body_timeout_s) and closes the
+    connection: the events are sent again, not taken for a wrong key or URL."""
+    settings = settings_factory()
+    answers: list[bytes] = []
+    async with running(settings) as svc, served(settings, body_timeout_s=0.3) as server:
+        key = (await svc.key(org, ("ingest",)))["Authorization"].split(" ", 1)[1]
+        async with stalling_proxy(server.port, answers) as url:
+            client = AsyncAuditClient(url, key, retry=Retry(attempts=3, base_s=0.01, max_s=0.02))
+            events = [event(n) for n in range(5)]
+            started = time.monotonic()
+            assert await client.send_many(events) == [e.event_id for e in events]
+            waited = time.monotonic() - started
+            await client.aclose()
+        await wait_stored(database_url, org, 5, within_s=5)
+        assert sorted(await stored_ids(database_url, org)) == sorted(e.event_id for e in events)
+    assert answers == [b"HTTP/1.1 408 Request Timeout", b"HTTP/1.1 202 Accepted"]
+    assert waited >= 1.0  # the Retry-After, not the 10-20 ms backoff
 
 
 async def test_a_batcher_survives_the_service_killed_and_restarted(

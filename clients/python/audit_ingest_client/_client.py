@@ -23,7 +23,8 @@ import httpx
 from audit_ingest_client._event import Event
 
 MAX_BULK = 1000  # events per request (the service takes up to 10,000)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 408: the service's HTTP layer gave up on a request head or body that came too slowly
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CONTENT_STATUSES = frozenset({400, 413, 422})  # refusals of what a request holds
 
 log = logging.getLogger("audit_ingest_client")
@@ -76,7 +77,8 @@ class EventsRefused(AuditError):
 
 class AccessError(AuditError):
     """An answer that is not about the events: a wrong, revoked or rotated key (401), a key
-    without the ingest scope (403), a wrong URL (404, a redirect) or another 4xx. Nothing is
+    without the ingest scope (403), a wrong URL (404, a redirect) or another 4xx (not 408:
+    a request that reached the service too slowly is retried, as a 429). Nothing is
     given up: the events not delivered are in `undelivered` (the caller's to keep) or, when
     `spooled`, in the spool, which keeps every batch for when the client is set right.
     `refused` lists what was refused before it stopped (set aside in the spool too)."""
