@@ -281,5 +281,5 @@ def test_what_cannot_be_delivered_is_spooled_whole_and_refusals_set_aside(tmp_pa
         broken = spool / "00000000000000000000-1.json"  # older than the batch: read first
         broken.write_text("{not json")
         assert client.flush_spool() is False  # the service is still away
-        assert broken.with_suffix(".failed").exists() and not broken.exists()
+        assert broken.with_suffix(".unreadable").exists() and not broken.exists()
         assert Spool(spool).batches() == [batch]  # kept, in order, for the next try

@@ -135,9 +135,10 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class Spool:
-    """Batches that could not be delivered, one file each, sent again oldest first; the events
-    refused for good beside them, set aside as `*.failed` files. PHI: the directory is its
-    owner's alone (0700) and every file is made 0600, exclusively."""
+    """Batches that could not be delivered, one file each, sent again oldest first; beside
+    them the events refused for good, set aside as `*.failed` records, and files that are no
+    batch, set aside as they are as `*.unreadable`. PHI: the directory is its owner's alone
+    (0700) and every file is made 0600, exclusively."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -196,9 +197,14 @@ class Spool:
         return sorted(self.directory.glob("*.json"))
 
     def failed(self) -> list[Path]:
-        """The set-aside files, oldest first: refused events with their reasons, and batches
-        that could not be read (as they were)."""
+        """The refused events set aside, oldest first: `*.failed` files, each a JSON list of
+        `{"event", "status", "reason"}` records."""
         return sorted(self.directory.glob("*.failed"))
+
+    def unreadable(self) -> list[Path]:
+        """The spooled files that were no batch (not JSON, or not a list), oldest first, set
+        aside as they were: `*.unreadable` files."""
+        return sorted(self.directory.glob("*.unreadable"))
 
     @staticmethod
     def read(path: Path) -> list[Event] | None:
@@ -213,11 +219,13 @@ class Spool:
 
     @staticmethod
     def set_aside(path: Path) -> None:
-        """A batch file that cannot be read moves out of the way, kept as `*.failed` for
-        someone to look at."""
+        """A batch file that cannot be read moves out of the way, kept as it is as
+        `*.unreadable` for someone to look at."""
+        unreadable = path.with_suffix(".unreadable")
         with contextlib.suppress(FileNotFoundError):
-            path.rename(path.with_suffix(".failed"))
+            path.rename(unreadable)
             _sync_directory(path.parent)
+            log.error("spooled batch %s is unreadable, set aside as %s", path.name, unreadable.name)
 
 
 def _keep_private(directory: Path) -> None:
