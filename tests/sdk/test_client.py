@@ -277,7 +277,7 @@ def test_what_cannot_be_delivered_is_spooled_whole_and_refusals_set_aside(tmp_pa
         events = [event(n) for n in range(2500)]  # three requests' worth
         assert client.send_many(events) is None
         (batch,) = Spool(spool).batches()
-        assert [e.event_id for e in Spool.read(batch) or []] == [e.event_id for e in events]
+        assert [e.event_id for e in Spool(spool).read(batch) or []] == [e.event_id for e in events]
         broken = spool / "00000000000000000000-1.json"  # older than the batch: read first
         broken.write_text("{not json")
         assert client.flush_spool() is False  # the service is still away

@@ -157,10 +157,13 @@ class Spool:
         """Set refused events aside, each with its status and reason (a `*.failed` file of
         `{"event", "status", "reason"}` records)."""
         if refused:
-            body = json.dumps([refusal.to_json() for refusal in refused]).encode()
-            with self._lock:
-                path = self._write(body, ".failed")
+            path = self._keep_records([refusal.to_json() for refusal in refused])
             log.warning("%d audit events refused, set aside in %s", len(refused), path)
+
+    def _keep_records(self, records: list[dict[str, Any]]) -> Path:
+        body = json.dumps(records).encode()
+        with self._lock:
+            return self._write(body, ".failed")
 
     def replace(self, path: Path, events: Sequence[Event]) -> None:
         """Put `events` in place of the batch at `path` (what is left of it), whole or not."""
@@ -206,16 +209,51 @@ class Spool:
         aside as they were: `*.unreadable` files."""
         return sorted(self.directory.glob("*.unreadable"))
 
-    @staticmethod
-    def read(path: Path) -> list[Event] | None:
-        """The batch of a file; None when it is gone (sent meanwhile) or unreadable."""
+    def read(self, path: Path) -> list[Event] | None:
+        """The events of a spooled batch; None when it is gone (sent meanwhile) or is no batch
+        (set aside whole). An item that is no event this client can make (an older client's,
+        with a status this one does not know, say) is refused alone: kept in a `*.failed`
+        record with why, and the batch rewritten without it, so that the others are sent and
+        it is set aside once."""
         try:
-            return [Event.from_json(item) for item in json.loads(path.read_text())]
+            items = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):
-            Spool.set_aside(path)
+        except (ValueError, RecursionError):
+            items = None
+        if not isinstance(items, list):
+            self.set_aside(path)
             return None
+        events: list[Event] = []
+        unusable: list[tuple[Any, str]] = []  # each item and why
+        for item in items:
+            try:
+                if not isinstance(item, dict):
+                    raise TypeError(f"not a JSON object but {type(item).__name__}")
+                events.append(Event.from_json(item))
+            except (TypeError, ValueError) as exc:
+                unusable.append((item, str(exc)))
+        if unusable:
+            kept = self._keep_records(
+                [
+                    {"event": item, "status": None, "reason": f"unreadable in the spool: {why}"}
+                    for item, why in unusable
+                ]
+            )
+            named = "; ".join(f"{_spooled_id(item)}: {why}" for item, why in unusable[:10])
+            more = f" (and {len(unusable) - 10} more)" if len(unusable) > 10 else ""
+            log.error(
+                "%d audit events of spooled batch %s unreadable, set aside in %s (the other %d"
+                " kept to send): %s%s",
+                len(unusable),
+                path.name,
+                kept.name,
+                len(events),
+                named,
+                more,
+            )
+            self.replace(path, events)
+        return events
 
     @staticmethod
     def set_aside(path: Path) -> None:
@@ -226,6 +264,12 @@ class Spool:
             path.rename(unreadable)
             _sync_directory(path.parent)
             log.error("spooled batch %s is unreadable, set aside as %s", path.name, unreadable.name)
+
+
+def _spooled_id(item: object) -> str:
+    """What names a spooled item in the log: its event id, never its content (PHI)."""
+    event_id = item.get("event_id") if isinstance(item, dict) else None
+    return event_id[:64] if isinstance(event_id, str) else "(no event_id)"
 
 
 def _keep_private(directory: Path) -> None:
@@ -461,7 +505,7 @@ class AuditClient(_Base):
             return True
         with self._flushing:
             for path in self.spool.batches():
-                events = Spool.read(path)
+                events = self.spool.read(path)
                 if events is None:
                     continue
                 sending = _Sending(events)
@@ -563,7 +607,7 @@ class AsyncAuditClient(_Base):
             return True
         async with self._flushing:
             for path in spool.batches():
-                events = Spool.read(path)
+                events = await asyncio.to_thread(spool.read, path)
                 if events is None:
                     continue
                 sending = _Sending(events)
