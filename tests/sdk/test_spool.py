@@ -4,9 +4,11 @@ under its own suffix, and temporary files a crash left behind are removed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,36 @@ def test_a_file_that_is_no_batch_is_set_aside_whole_as_unreadable(
     assert made.failed() == [] and made.batches() == [batch]
     text = logged(caplog)
     assert broken.name in text and torn.name in text and "p-secret" not in text
+
+
+def test_temporary_files_left_by_a_crash_are_removed_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `*.tmp` file is a write never committed (it is renamed into place when whole): one
+    older than a minute that no write holds is removed when a spool starts; one a write holds
+    and a recent one are left."""
+    caplog.set_level(logging.INFO, logger="audit_ingest_client")
+    spool = tmp_path / "spool"
+    Spool(spool).put([event(0)])
+    old = time.time() - 120
+
+    def temporary(name: str, at: float) -> tuple[Path, int]:
+        path = spool / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b'[{"patient_id": "p-1"')
+        os.utime(path, (at, at))
+        return path, fd
+
+    crashed, fd = temporary("00000000000000000001-999999.tmp", old)
+    os.close(fd)
+    writing, held = temporary("00000000000000000002-1.tmp", old)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a write still under way (a stalled disk)
+    recent, fd = temporary("00000000000000000003-1.tmp", time.time())
+    os.close(fd)
+    try:
+        made = Spool(spool)
+    finally:
+        os.close(held)
+    assert not crashed.exists() and writing.exists() and recent.exists()
+    assert len(made.batches()) == 1
+    assert "1 unfinished spool file" in logged(caplog)

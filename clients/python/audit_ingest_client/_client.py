@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ MAX_BULK = 1000  # events per request (the service takes up to 10,000)
 # 408: the service's HTTP layer gave up on a request head or body that came too slowly
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CONTENT_STATUSES = frozenset({400, 413, 422})  # refusals of what a request holds
+UNFINISHED_AFTER_S = 60.0  # a spool's temporary file older than this that no write holds
 
 log = logging.getLogger("audit_ingest_client")
 
@@ -145,6 +147,7 @@ class Spool:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _keep_private(self.directory)
         self._lock = threading.Lock()
+        self._remove_unfinished()
 
     def put(self, events: Sequence[Event]) -> None:
         """Write a batch, whole or not at all."""
@@ -185,16 +188,45 @@ class Spool:
             break
         try:
             with os.fdopen(fd, "wb") as out:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a live write, until it is renamed into place
                 out.write(body)
                 out.flush()
                 os.fsync(out.fileno())
-            path = path or self.directory / f"{name}{suffix}"
-            os.replace(temporary, path)
+                path = path or self.directory / f"{name}{suffix}"
+                os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
         _sync_directory(self.directory)  # the rename itself survives a crash
         return path
+
+    def _remove_unfinished(self) -> None:
+        """A temporary file is renamed into place once whole, its write holding a lock on it
+        until then: one older than UNFINISHED_AFTER_S that no write holds is a crash's, never
+        committed, and is removed (it may hold PHI)."""
+        removed = 0
+        for path in self.directory.glob("*.tmp"):
+            try:
+                if time.time() - path.lstat().st_mtime < UNFINISHED_AFTER_S:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # gone meanwhile (renamed into place), or a symlink
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                opened, named = os.fstat(fd), path.lstat()
+                if stat.S_ISREG(opened.st_mode) and opened.st_ino == named.st_ino:
+                    path.unlink()
+                    removed += 1
+            except OSError:  # a write holds it, or it was renamed into place meanwhile
+                continue
+            finally:
+                os.close(fd)
+        if removed:
+            _sync_directory(self.directory)
+            log.warning(
+                "removed %d unfinished spool files a crash left in %s", removed, self.directory
+            )
 
     def batches(self) -> list[Path]:
         return sorted(self.directory.glob("*.json"))
