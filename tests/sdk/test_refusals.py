@@ -254,6 +254,51 @@ async def test_a_batcher_keeps_its_events_through_a_401(
         assert sorted(await stored_ids(database_url, org)) == sorted(e.event_id for e in events)
 
 
+async def test_an_async_batcher_closes_within_its_timeout_and_gives_back_what_is_left(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revoked key (401) and no spool: the batcher keeps its events and tries again every
+    second, so close() waits at most `timeout_s`, then hands back what was not delivered."""
+    settings = settings_factory()
+    async with running(settings) as svc:
+        await svc.key(org, ("ingest",))
+        client = AsyncAuditClient("http://test", "aik_revoked", retry=QUICK)
+        client._http = svc.client
+        batcher = AsyncBatcher(client, max_batch=10, linger_s=0.01)
+        events = [event(n) for n in range(30)]
+        for item in events:
+            await batcher.add(item)
+        await asyncio.sleep(0.3)  # the first batch answered 401: kept, tried again
+        started = time.monotonic()
+        left = await asyncio.wait_for(batcher.close(timeout_s=1), 10)
+        assert 1 <= time.monotonic() - started < 3
+    assert left == events and not batcher.refused
+    assert "30 audit events not delivered" in caplog.text
+
+
+async def test_a_batcher_closes_within_its_timeout_and_gives_back_what_is_left(
+    settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_factory()
+    async with running(settings) as svc, served(settings) as server:
+        await svc.key(org, ("ingest",))
+        events = [event(n) for n in range(30)]
+
+        def work() -> tuple[list[Event], float]:
+            with AuditClient(server.url, "aik_revoked", retry=QUICK) as client:
+                batcher = Batcher(client, max_batch=10, linger_s=0.01)
+                for item in events:
+                    batcher.add(item)
+                time.sleep(0.3)
+                started = time.monotonic()
+                left = batcher.close(timeout_s=1)
+                return left, time.monotonic() - started
+
+        left, took = await asyncio.to_thread(work)
+    assert left == events and 1 <= took < 3
+    assert "30 audit events not delivered" in caplog.text
+
+
 def test_the_spool_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     made = Spool(spool)

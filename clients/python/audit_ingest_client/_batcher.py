@@ -1,11 +1,13 @@
 """Background batchers: `add` returns at once, events leave in bulk requests by size or after a
-linger, memory is bounded, and what is left is sent on close. Every event added is delivered,
-spooled, or refused alone (in `refused`, and `on_refused`); none holds back the others."""
+linger, memory is bounded, and what is left is sent on close, within its timeout. Every event
+added is delivered, spooled, refused alone (in `refused`, and `on_refused`), or handed back by
+`close()` when its time is up; none holds back the others."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +25,7 @@ from audit_ingest_client._client import (
 from audit_ingest_client._event import Event
 
 log = logging.getLogger("audit_ingest_client")
-EXIT_TIMEOUT_S = 30.0  # what a program's exit waits for the service at most
+EXIT_TIMEOUT_S = 30.0  # what close(), and so a program's exit, waits for the service at most
 BACKOFF_S = 1.0  # between tries of a batch the service did not take
 
 
@@ -51,6 +53,12 @@ class _Refusals:
                 log.exception("on_refused failed")
 
 
+def _handed_back(left: list[Event]) -> list[Event]:
+    if left:
+        log.error("%d audit events not delivered when the batcher closed: handed back", len(left))
+    return left
+
+
 def _stopped(exc: AccessError | Undelivered) -> str:
     if isinstance(exc, AccessError):
         where = "kept in the spool" if exc.spooled else "kept, tried again"
@@ -74,12 +82,13 @@ class Batcher(_Refusals):
         self.client = client
         self.max_batch, self.linger_s, self.max_pending = max_batch, linger_s, max_pending
         self._pending: deque[Event] = deque()
+        self._in_flight: list[Event] = []  # the batch being sent
         self._lock = threading.Condition()
         self._closed = False
-        self._give_up_at = float("inf")
+        self._given_up = False  # close() took back what was left: the thread stops
         self._thread = threading.Thread(target=self._run, name="audit-batcher", daemon=True)
         self._thread.start()
-        atexit.register(self.close, EXIT_TIMEOUT_S)
+        atexit.register(self.close)
 
     def add(self, event: Event) -> None:
         """Queue an event; blocks while max_pending events wait already. TypeError or
@@ -98,7 +107,7 @@ class Batcher(_Refusals):
         with self._lock:
             while not self._pending and not self._closed:
                 self._lock.wait()
-            if not self._pending:
+            if not self._pending or self._given_up:
                 return None
             deadline = time.monotonic() + self.linger_s
             while len(self._pending) < self.max_batch and not self._closed:
@@ -108,11 +117,13 @@ class Batcher(_Refusals):
                 self._lock.wait(left)
             count = min(self.max_batch, len(self._pending))
             batch = [self._pending.popleft() for _ in range(count)]
+            self._in_flight = batch
             self._lock.notify_all()
             return batch
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            left: list[Event] = []  # to try again
             try:
                 self.client.send_many(batch)
             except EventsRefused as exc:  # the others were delivered or spooled
@@ -124,41 +135,49 @@ class Batcher(_Refusals):
                     "%s",
                     _stopped(exc),
                 )
-                if exc.undelivered and not self._keep(exc.undelivered):
-                    return
+                left = exc.undelivered
             except Exception as exc:  # anything else (the spool's disk?): keep them
                 log.warning("audit events not delivered yet: %s", exc)
-                if not self._keep(batch):
-                    return
+                left = batch
+            if not self._keep(left):
+                return
 
     def _keep(self, events: list[Event]) -> bool:
-        """Put events not delivered back in front, and wait before the next try; False when
-        the batcher gave up at exit."""
+        """The batch in flight is done: put its events not delivered back in front and wait
+        before the next try; False when close() took back what was left meanwhile."""
         with self._lock:
-            self._pending.extendleft(reversed(events))
-            if self._closed and time.monotonic() > self._give_up_at:
-                log.error("%d audit events not delivered at exit", len(self._pending))
-                self._pending.clear()
-                self._lock.notify_all()
+            self._in_flight = []
+            if self._given_up:
                 return False
-        time.sleep(BACKOFF_S)
+            self._pending.extendleft(reversed(events))
+        if events:
+            time.sleep(BACKOFF_S)
         return True
 
-    def close(self, timeout_s: float | None = None) -> None:
-        """Send what is pending (and the spool), then stop; with `timeout_s` (as at exit), give
-        up on what the service did not take by then (logged)."""
+    def close(self, timeout_s: float | None = EXIT_TIMEOUT_S) -> list[Event]:
+        """Send what is pending (and then the spool), and stop. Waits at most `timeout_s`
+        (None: until everything is delivered, spooled or refused); what the service did not
+        take by then (a revoked key, the service away without a spool) is handed back,
+        returned oldest first and logged by count: the application's to keep. The batch in
+        flight is among them and may have been delivered meanwhile: sent again, an event is
+        stored once."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             self._closed = True
-            if timeout_s is not None:
-                self._give_up_at = time.monotonic() + timeout_s
             self._lock.notify_all()
-        self._thread.join(None if timeout_s is None else timeout_s + 2)
-        if not self._thread.is_alive():
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = [*self._in_flight, *self._pending]
+            self._in_flight, self._given_up = [], True
+            self._pending.clear()
+            self._lock.notify_all()
+        atexit.unregister(self.close)
+        if not left and (deadline is None or time.monotonic() < deadline):
             try:
-                self.client.flush_spool()
+                self.client.flush_spool()  # bounded by the client's retries
             except AccessError as exc:
                 log.error("%s", _stopped(exc))
-        atexit.unregister(self.close)
+        return _handed_back(left)
 
 
 class AsyncBatcher(_Refusals):
@@ -177,6 +196,7 @@ class AsyncBatcher(_Refusals):
         self.client = client
         self.max_batch, self.linger_s = max_batch, linger_s
         self._queue: asyncio.Queue[Event] = asyncio.Queue(max_pending)
+        self._in_flight: list[Event] = []  # the batch being gathered or sent
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -189,7 +209,9 @@ class AsyncBatcher(_Refusals):
         await self._queue.put(event)
 
     async def _batch(self) -> list[Event]:
-        batch = [await self._queue.get()]
+        """The next batch, gathered in `_in_flight` as its events are taken from the queue
+        (close() hands back what it holds when its time is up)."""
+        batch = self._in_flight = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + self.linger_s
         while len(batch) < self.max_batch:
             if not self._queue.empty():
@@ -220,7 +242,7 @@ class AsyncBatcher(_Refusals):
                         "%s",
                         _stopped(exc),
                     )
-                    batch = exc.undelivered
+                    batch = self._in_flight = exc.undelivered
                     await asyncio.sleep(BACKOFF_S if batch else 0)
                     continue
                 except Exception as exc:  # anything else (the spool's disk?): keep them
@@ -228,16 +250,30 @@ class AsyncBatcher(_Refusals):
                     await asyncio.sleep(BACKOFF_S)
                     continue
                 break
+            self._in_flight = []
             for _ in range(taken):
                 self._queue.task_done()
 
-    async def close(self) -> None:
-        """Send what is pending (and the spool), then stop."""
+    async def close(self, timeout_s: float | None = EXIT_TIMEOUT_S) -> list[Event]:
+        """As Batcher.close: send what is pending (and then the spool), and stop, within
+        `timeout_s` (None: no limit); what was not delivered by then is returned."""
         self._closed = True
-        await self._queue.join()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._queue.join()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await self.client.flush_spool()
-        except AccessError as exc:
-            log.error("%s", _stopped(exc))
+        left, self._in_flight = self._in_flight, []
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        if not left:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.client.flush_spool()
+            except AccessError as exc:
+                log.error("%s", _stopped(exc))
+            except TimeoutError:
+                log.warning("the spool was not sent before the batcher closed: it waits on disk")
+        return _handed_back(left)
