@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import stat
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,20 +259,25 @@ async def test_an_async_batcher_closes_within_its_timeout_and_gives_back_what_is
     settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A revoked key (401) and no spool: the batcher keeps its events and tries again every
-    second, so close() waits at most `timeout_s`, then hands back what was not delivered."""
+    second, so close() waits at most `timeout_s`, then hands back what was not delivered; an
+    add() still waiting for room then is refused, not taken into a batcher that is gone."""
     settings = settings_factory()
     async with running(settings) as svc:
         await svc.key(org, ("ingest",))
         client = AsyncAuditClient("http://test", "aik_revoked", retry=QUICK)
         client._http = svc.client
-        batcher = AsyncBatcher(client, max_batch=10, linger_s=0.01)
+        batcher = AsyncBatcher(client, max_batch=10, linger_s=0.01, max_pending=20)
         events = [event(n) for n in range(30)]
-        for item in events:
+        for item in events:  # 10 in flight, 20 waiting: full
             await batcher.add(item)
+        waiting = asyncio.create_task(batcher.add(event(30)))
         await asyncio.sleep(0.3)  # the first batch answered 401: kept, tried again
+        assert not waiting.done()
         started = time.monotonic()
         left = await asyncio.wait_for(batcher.close(timeout_s=1), 10)
         assert 1 <= time.monotonic() - started < 3
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(waiting, 5)
     assert left == events and not batcher.refused
     assert "30 audit events not delivered" in caplog.text
 
@@ -284,18 +290,32 @@ async def test_a_batcher_closes_within_its_timeout_and_gives_back_what_is_left(
         await svc.key(org, ("ingest",))
         events = [event(n) for n in range(30)]
 
-        def work() -> tuple[list[Event], float]:
+        def work() -> tuple[list[Event], float, BaseException | None]:
             with AuditClient(server.url, "aik_revoked", retry=QUICK) as client:
-                batcher = Batcher(client, max_batch=10, linger_s=0.01)
-                for item in events:
+                batcher = Batcher(client, max_batch=10, linger_s=0.01, max_pending=20)
+                for item in events:  # 10 in flight, 20 waiting: full
                     batcher.add(item)
+                raised: list[BaseException] = []
+
+                def add_one_more() -> None:
+                    try:
+                        batcher.add(event(30))
+                    except RuntimeError as exc:
+                        raised.append(exc)
+
+                adding = threading.Thread(target=add_one_more)
+                adding.start()
                 time.sleep(0.3)
                 started = time.monotonic()
                 left = batcher.close(timeout_s=1)
-                return left, time.monotonic() - started
+                took = time.monotonic() - started
+                adding.join(5)
+                assert not adding.is_alive()
+                return left, took, raised[0] if raised else None
 
-        left, took = await asyncio.to_thread(work)
+        left, took, raised = await asyncio.to_thread(work)
     assert left == events and 1 <= took < 3
+    assert isinstance(raised, RuntimeError) and "closed" in str(raised)
     assert "30 audit events not delivered" in caplog.text
 
 

@@ -93,13 +93,16 @@ class Batcher(_Refusals):
     def add(self, event: Event) -> None:
         """Queue an event; blocks while max_pending events wait already. TypeError or
         ValueError, naming the field, when JSON cannot carry the event (its details were
-        changed after it was made)."""
+        changed after it was made); RuntimeError when the batcher is closed, or closed
+        without taking it while it waited for room."""
         event.encode()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            while len(self._pending) >= self.max_pending:
+            while len(self._pending) >= self.max_pending and not self._given_up:
                 self._lock.wait()
+            if self._given_up:
+                raise RuntimeError("the batcher closed before it took the event")
             self._pending.append(event)
             self._lock.notify_all()
 
@@ -198,15 +201,21 @@ class AsyncBatcher(_Refusals):
         self._queue: asyncio.Queue[Event] = asyncio.Queue(max_pending)
         self._in_flight: list[Event] = []  # the batch being gathered or sent
         self._closed = False
+        self._given_up = False  # close() took back what was left
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def add(self, event: Event) -> None:
         """Queue an event; waits while max_pending events wait already. TypeError or
-        ValueError, naming the field, when JSON cannot carry the event."""
+        ValueError, naming the field, when JSON cannot carry the event; RuntimeError when the
+        batcher is closed, or closed without taking it while it waited for room."""
         event.encode()
         if self._closed:
             raise RuntimeError("the batcher is closed")
         await self._queue.put(event)
+        if self._given_up:  # close() emptied the queue, then this one found room: not taken
+            while not self._queue.empty():
+                self._queue.get_nowait()  # each one's add() raises likewise
+            raise RuntimeError("the batcher closed before it took the event")
 
     async def _batch(self) -> list[Event]:
         """The next batch, gathered in `_in_flight` as its events are taken from the queue
@@ -265,7 +274,7 @@ class AsyncBatcher(_Refusals):
                 await self._queue.join()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        left, self._in_flight = self._in_flight, []
+        left, self._in_flight, self._given_up = self._in_flight, [], True
         while not self._queue.empty():
             left.append(self._queue.get_nowait())
         if not left:
