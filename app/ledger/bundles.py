@@ -89,7 +89,7 @@ async def export_bundle(
 def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A ledger line in the shape the Verifier reads from the database."""
     row = dict(entry)
-    for name in ("merkle_root", "prev_head", "head", "signature", "public_signature"):
+    for name in ("merkle_root", "prev_head", "head", "signature", "public_signature", "tree_root"):
         row[name] = bytes.fromhex(entry[name]) if entry.get(name) else None
     for name in ("first_timestamp", "last_timestamp", "sealed_at"):
         if entry.get(name) is not None:

@@ -4,7 +4,9 @@ cannot be cut, reordered or rewritten unseen."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from app.core.config import SigningKey
 from app.core.timefmt import epoch_micros
@@ -13,6 +15,8 @@ from app.ledger.hashing import sign_hash
 GENESIS_HEAD = bytes(32)
 
 HEAD_DOMAIN = b"audit-ledger-head-v1"
+
+HEAD_V2_DOMAIN = b"audit-ledger-head-v2"
 
 GENESIS_DOMAIN = b"audit-ledger-genesis-v1"
 
@@ -41,6 +45,51 @@ def ledger_head(
         + epoch_micros(first).to_bytes(8, "big", signed=True)
         + epoch_micros(last).to_bytes(8, "big", signed=True)
     ).digest()
+
+
+def ledger_head_v2(
+    prev_head: bytes,
+    seq: int,
+    root: bytes,
+    count: int,
+    first: datetime,
+    last: datetime,
+    tree_size: int,
+    tree_root: bytes,
+) -> bytes:
+    """The head of an entry sealed into the chain's log: SHA-256 of the v2 domain tag and the
+    fields of the v1 head in the same layout, then the log's tree size after the batch (8-byte
+    big-endian unsigned) and its RFC 9162 root (32 bytes)."""
+    return hashlib.sha256(
+        HEAD_V2_DOMAIN
+        + prev_head
+        + seq.to_bytes(8, "big")
+        + root
+        + count.to_bytes(8, "big")
+        + epoch_micros(first).to_bytes(8, "big", signed=True)
+        + epoch_micros(last).to_bytes(8, "big", signed=True)
+        + tree_size.to_bytes(8, "big")
+        + tree_root
+    ).digest()
+
+
+def entry_head(entry: Mapping[str, Any]) -> bytes:
+    """The head an entry's own fields give, by its head version (1: before the log; 2: also
+    committing to tree_size and tree_root). Raises ValueError for another version."""
+    version = entry.get("head_version") or 1
+    fields = (
+        bytes(entry["prev_head"]),
+        entry["seq"],
+        bytes(entry["merkle_root"]),
+        entry["event_count"],
+        entry["first_timestamp"],
+        entry["last_timestamp"],
+    )
+    if version == 1:
+        return ledger_head(*fields)
+    if version == 2:
+        return ledger_head_v2(*fields, entry["tree_size"], bytes(entry["tree_root"]))
+    raise ValueError(f"head version {version} is not known")
 
 
 def sign_head(head: bytes, key: SigningKey) -> bytes:

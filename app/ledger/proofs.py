@@ -11,6 +11,11 @@ SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
                    || event_count (8 bytes BE) || first, last event time (8 bytes BE signed
                    microseconds since 1970))                   -> must equal head
     signature = HMAC-SHA256(key, head); public_signature = Ed25519 over head
+
+An entry sealed into the chain's transparency log (head_version 2) has the head
+SHA-256("audit-ledger-head-v2" || the same fields || tree_size (8 bytes BE) || tree_root). A proof
+also carries `log`: the event's position in its chain's log and an RFC 9162 inclusion proof
+against the tree size and root of the chain's newest entry, whose head commits to them (v2).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import asyncpg
 
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp, parse_timestamp
-from app.ledger.chain import ledger_head
+from app.ledger.chain import entry_head
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
-from app.ledger.merkle import audit_path, root_from_path
+from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
+from app.ledger.merkle import audit_path, leaf_hash, root_from_path
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
@@ -35,10 +41,12 @@ from app.ledger.sql import (
     ENTRY_AT,
     ENTRY_OF_BATCH,
     EVENT_ROW,
+    NEWEST_OF_CHAIN,
     NEWEST_OF_EACH_CHAIN,
     PROOF_ROW,
     PRUNED_LEAVES,
 )
+from app.ledger.tlog import ProofError, verify_inclusion
 from app.ledger.verify import Finding, Verifier, fetch_by_batch
 
 
@@ -49,6 +57,7 @@ class DamagedBatch(Exception):
 
 def ledger_entry_json(entry: Any) -> dict[str, Any]:
     public = entry["public_signature"]
+    tree_root = entry.get("tree_root")
     return {
         "chain": entry["chain"],
         "seq": entry["seq"],
@@ -62,6 +71,9 @@ def ledger_entry_json(entry: Any) -> dict[str, Any]:
         "signature": bytes(entry["signature"]).hex(),
         "public_signature": bytes(public).hex() if public is not None else None,
         "sealed_at": format_timestamp(entry["sealed_at"]),
+        "head_version": entry.get("head_version") or 1,
+        "tree_size": entry.get("tree_size"),
+        "tree_root": bytes(tree_root).hex() if tree_root is not None else None,
     }
 
 
@@ -105,6 +117,30 @@ async def _proof(
         "tree_size": count,
         "audit_path": [h.hex() for h in audit_path(leaves, index)],
         "ledger_entry": ledger_entry_json(entry),
+        "log": await _log_proof(conn, entry, index),
+    }
+
+
+async def _log_proof(
+    conn: asyncpg.Connection, entry: Mapping[str, Any], index: int
+) -> dict[str, Any]:
+    """The event's position in its chain's log and its RFC 9162 inclusion proof against the
+    chain's newest entry (read from the tiles, O(log n) hashes)."""
+    chain = entry["chain"]
+    newest = await conn.fetchrow(NEWEST_OF_CHAIN, chain)
+    position = leaf_position(entry, index)
+    size = newest["tree_size"]
+    try:
+        path = await log_inclusion_proof(conn, chain, position, size)
+    except (MissingTile, ValueError) as exc:
+        raise DamagedBatch(f"the log of chain {chain} cannot prove leaf {position}: {exc}") from exc
+    return {
+        "chain": chain,
+        "leaf_index": position,
+        "tree_size": size,
+        "tree_root": bytes(newest["tree_root"]).hex(),
+        "inclusion_proof": [h.hex() for h in path],
+        "ledger_entry": ledger_entry_json(newest),
     }
 
 
@@ -243,9 +279,10 @@ async def check_checkpoint(
 
 def check_proof(proof: Mapping[str, Any]) -> str | None:
     """Check an inclusion proof as a third party would: the path leads from the event hash to
-    the entry's root and the entry's head commits to that root. Whether the head is signed is
-    the entry's own check (Verifier.entry_signature_findings). None when it holds; else what
-    failed."""
+    the entry's root and the entry's head commits to that root (by head version); then the log
+    proof leads from the event's leaf to the tree root of the log's entry, whose head (v2)
+    commits to it. Whether the heads are signed is the entries' own check
+    (Verifier.entry_signature_findings). None when it all holds; else what failed."""
     entry = proof["ledger_entry"]
     if proof["tree_size"] != entry["event_count"]:
         return "the tree size is not the entry's event count"
@@ -260,14 +297,52 @@ def check_proof(proof: Mapping[str, Any]) -> str | None:
         return "the audit path does not fit the tree"
     if root.hex() != entry["merkle_root"]:
         return "the audit path does not lead to the entry's Merkle root"
-    head = ledger_head(
-        bytes.fromhex(entry["prev_head"]),
-        entry["seq"],
-        root,
-        entry["event_count"],
-        parse_timestamp(entry["first_timestamp"]),
-        parse_timestamp(entry["last_timestamp"]),
-    )
+    failed = _check_entry_json(entry)
+    if failed or "log" not in proof:  # a proof given before the log: the batch's alone
+        return failed
+    return _check_log_proof(proof)
+
+
+def _check_log_proof(proof: Mapping[str, Any]) -> str | None:
+    log, batch = proof["log"], proof["ledger_entry"]
+    tree = log["ledger_entry"]
+    if batch.get("tree_size") is not None:
+        position = batch["tree_size"] - batch["event_count"] + proof["leaf_index"]
+        if log["leaf_index"] != position:
+            return "the log position is not the event's place in its batch's entry"
+    if log["tree_size"] != tree.get("tree_size") or log["tree_root"] != tree.get("tree_root"):
+        return "the log proof is not against its entry's tree"
+    try:
+        verify_inclusion(
+            log["leaf_index"],
+            log["tree_size"],
+            leaf_hash(bytes.fromhex(proof["event_hash"])),
+            [bytes.fromhex(step) for step in log["inclusion_proof"]],
+            bytes.fromhex(log["tree_root"]),
+        )
+    except (ProofError, ValueError):
+        return "the log inclusion proof does not lead to the entry's tree root"
+    if tree["seq"] == batch["seq"] and tree["chain"] == batch["chain"]:
+        return None  # the very entry checked above
+    return _check_entry_json(tree)
+
+
+def _check_entry_json(entry: Mapping[str, Any]) -> str | None:
+    """A ledger entry as a proof carries it: its head recomputes from its fields (by head
+    version)."""
+    try:
+        head = entry_head(
+            {
+                **entry,
+                "prev_head": bytes.fromhex(entry["prev_head"]),
+                "merkle_root": bytes.fromhex(entry["merkle_root"]),
+                "first_timestamp": parse_timestamp(entry["first_timestamp"]),
+                "last_timestamp": parse_timestamp(entry["last_timestamp"]),
+                "tree_root": bytes.fromhex(entry.get("tree_root") or ""),
+            }
+        )
+    except ValueError:
+        return "the entry's head version is not known"
     if head.hex() != entry["head"]:
         return "the entry's head does not commit to its root"
     return None

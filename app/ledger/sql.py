@@ -10,11 +10,21 @@ WHERE (event_id, "timestamp", organization_id) IN (
 """
 NEXT_BATCH_ID = "SELECT nextval('audit_batch_id_seq')"
 CHAIN_LOCK = "SELECT pg_advisory_xact_lock($1)"
-NEWEST_ENTRY = "SELECT seq, head FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
+NEWEST_ENTRY = """
+SELECT seq, head, tree_size, frontier FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1
+"""
 APPEND_ENTRY = """
 INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_timestamp,
-    last_timestamp, prev_head, head, key_id, signature, public_signature)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    last_timestamp, prev_head, head, key_id, signature, public_signature, tree_size, tree_root,
+    frontier, head_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+"""
+# A batch's new tile hashes, appended to each tile's bytes (the row made when it is the first).
+APPEND_TILES = """
+INSERT INTO audit_log_tiles AS t (chain, level, idx, hashes)
+SELECT $1, u.level, u.idx, u.hashes
+FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) AS u(level, idx, hashes)
+ON CONFLICT (chain, level, idx) DO UPDATE SET hashes = t.hashes || EXCLUDED.hashes
 """
 
 
@@ -68,7 +78,28 @@ ORDER BY "timestamp" LIMIT 1
 ENTRY_OF_BATCH = "SELECT * FROM audit_ledger WHERE batch_id = $1"
 BATCH_LEAVES = "SELECT hash, leaf_index FROM audit_log WHERE batch_id = $1 ORDER BY leaf_index"
 PRUNED_LEAVES = "SELECT leaves FROM audit_pruned_batches WHERE batch_id = $1"
+NEWEST_OF_CHAIN = "SELECT * FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
 NEWEST_OF_EACH_CHAIN = "SELECT DISTINCT ON (chain) * FROM audit_ledger ORDER BY chain, seq DESC"
+
+
+# the log (app.ledger.logstore)
+LOG_TILES_AT = """
+SELECT level, idx, hashes FROM audit_log_tiles
+WHERE chain = $1 AND (level, idx) IN (SELECT * FROM unnest($2::smallint[], $3::bigint[]))
+"""
+LOG_TILE = "SELECT hashes FROM audit_log_tiles WHERE chain = $1 AND level = $2 AND idx = $3"
+# Per tile level: how many tiles, the last one's index and bytes, and the log's size, in one
+# snapshot (a batch sealed meanwhile adds to both or neither).
+LOG_TILE_EXTENTS = """
+SELECT t.level, count(*) AS tiles, max(t.idx) AS last_idx,
+       (array_agg(length(t.hashes) ORDER BY t.idx DESC))[1] AS last_bytes,
+       (SELECT tree_size FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1) AS size
+FROM audit_log_tiles t WHERE t.chain = $1 GROUP BY t.level ORDER BY t.level
+"""
+NEWEST_SIZE = "SELECT tree_size FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1"
+ENTRY_OF_SIZE = """
+SELECT * FROM audit_ledger WHERE chain = $1 AND tree_size = $2 ORDER BY seq LIMIT 1
+"""
 
 
 # bundles

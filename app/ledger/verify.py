@@ -39,8 +39,9 @@ import asyncpg
 
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp
-from app.ledger.chain import genesis_head, ledger_head
+from app.ledger.chain import entry_head, genesis_head
 from app.ledger.hashing import UnknownSigningKeyError, event_hash, record_from_row, verify_signature
+from app.ledger.logcheck import LogCheck, tile_extent_findings
 from app.ledger.merkle import merkle_root
 from app.ledger.prune import PrunedRange, pruned_leaves, pruned_ranges
 from app.ledger.signing import verify_with_any
@@ -52,7 +53,10 @@ from app.ledger.sql import (
     ENTRY_AT,
     KNOWN_BATCHES,
     LEDGER_CHUNK,
+    LOG_TILE_EXTENTS,
+    LOG_TILES_AT,
     NEWEST_SEQ,
+    NEWEST_SIZE,
     ORPHANS,
     PRUNED_BATCHES,
     ROWS_OF_BATCHES,
@@ -230,15 +234,12 @@ class Verifier:
         chain = entry.get("chain") or 0
         if seq == 1 and bytes(entry["prev_head"]) != genesis_head(chain):
             found.append(Finding("chain_link_broken", seq, None, "not its chain's genesis"))
-        head = ledger_head(
-            bytes(entry["prev_head"]),
-            seq,
-            bytes(entry["merkle_root"]),
-            entry["event_count"],
-            entry["first_timestamp"],
-            entry["last_timestamp"],
-        )
-        if head != bytes(entry["head"]):
+        try:
+            head: bytes | None = entry_head(entry)
+        except ValueError as exc:  # an unknown head version
+            head = None
+            found.append(Finding("ledger_head_mismatch", seq, None, str(exc)))
+        if head is not None and head != bytes(entry["head"]):
             found.append(Finding("ledger_head_mismatch", seq, None, "head does not recompute"))
         found += self.entry_signature_findings(entry)
         return found
@@ -276,7 +277,11 @@ class Verifier:
         rows: list[Mapping[str, Any]],
         pruned: Mapping[str, Any] | None = None,
         ranges: list[PrunedRange] | None = None,
+        placed: dict[int, bytes] | None = None,
     ) -> list[Finding]:
+        """The batch's rows against its entry. When its leaves are all there and give its root,
+        `placed` gets them (event hashes by leaf index, from rows and prune records), for the
+        log: a batch found damaged here is named here, not again by the log."""
         seq, count = entry["seq"], entry["event_count"]
         found: list[Finding] = []
         leaves = self._place_leaves(seq, count, rows, found)
@@ -299,6 +304,8 @@ class Verifier:
             root = merkle_root([leaves[i] for i in range(count)])
             if root != bytes(entry["merkle_root"]):
                 found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
+            elif placed is not None:
+                placed.update(leaves)
         return found
 
     def _place_leaves(
@@ -437,7 +444,11 @@ async def verify_range(
     if walk.prev is None and from_seq > 1:
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
     walk.expected = from_seq
+    walk.log = LogCheck.after(walk.prev)
     await walk.along(conn, from_seq, last, progress)
+    await walk.compare_tiles(conn, final=True)
+    if whole:
+        await walk.check_tile_extent(conn)
     if walk.expected <= last:
         report.findings.append(
             Finding("ledger_entry_missing", walk.expected, None, f"seq {walk.expected}..{last}")
@@ -530,6 +541,7 @@ class _Walk:
     any_pruned: bool = False
     chain: int = 0
     shared: bool = False
+    log: LogCheck = field(default_factory=LogCheck)
 
     def wanted(self, entry: asyncpg.Record) -> bool:
         """Whether this entry's events are checked (its header always is)."""
@@ -548,11 +560,13 @@ class _Walk:
                 batches = await self.prepare(conn, part)
                 if checking is not None:
                     await checking
+                    await self.compare_tiles(conn)
                     if progress:
                         progress(self.report)
                 checking = asyncio.ensure_future(asyncio.to_thread(self.check, batches))
         if checking is not None:
             await checking
+            await self.compare_tiles(conn)
             if progress:
                 progress(self.report)
 
@@ -585,10 +599,13 @@ class _Walk:
                 self.report.findings.append(
                     Finding("ledger_entry_missing", entry["seq"], None, gap)
                 )
+                self.log.restart(None)  # the gap is named: the log goes on from this entry
             self.report.findings += self.verifier.check_entry(entry, self.prev)
             counted = not self.verifier.scoped  # scoped: the entries holding its events
+            placed: dict[int, bytes] = {}
             if rows is not None:
-                self.report.findings += self.verifier.check_batch(entry, rows, pruned, ranges)
+                found = self.verifier.check_batch(entry, rows, pruned, ranges, placed)
+                self.report.findings += found
                 mine = sum(map(self.verifier.mine, rows)) if self.verifier.scoped else len(rows)
                 self.report.events += mine
                 counted = counted or mine > 0
@@ -596,7 +613,44 @@ class _Walk:
                     self.report.pruned_events += pruned["pruned_events"] if pruned else 0
                 self.done.add(entry["batch_id"])
             self.report.entries += counted
+            self.check_log(entry, placed, pruned)
             self.prev, self.expected = entry, entry["seq"] + 1
+        self.log.take_slices(final=False)
+
+    def check_log(
+        self, entry: asyncpg.Record, placed: dict[int, bytes], pruned: asyncpg.Record | None
+    ) -> None:
+        """The entry's tree fields against the log recomputed from the events in sealed order."""
+        count = entry["event_count"]
+        digests = [placed[i] for i in range(count)] if len(placed) == count else None
+        whole = pruned is not None and pruned["leaves"] is None
+        for check, detail in self.log.check_entry(entry, digests, whole):
+            self.report.findings.append(Finding(check, entry["seq"], None, detail))
+
+    async def compare_tiles(self, conn: asyncpg.Connection, final: bool = False) -> None:
+        """The tiles against the hashes recomputed since the last comparison, in one read."""
+        slices = self.log.take_slices(final)
+        if not slices:
+            return
+        wanted = sorted({(s.level, s.index) for s in slices})
+        rows = await conn.fetch(
+            LOG_TILES_AT, self.chain, [w[0] for w in wanted], [w[1] for w in wanted]
+        )
+        stored = {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
+        for piece in slices:
+            wrong = piece.mismatch(stored.get((piece.level, piece.index)))
+            if wrong:
+                self.report.findings.append(Finding("log_tile_mismatch", None, None, wrong))
+        slices.clear()
+
+    async def check_tile_extent(self, conn: asyncpg.Connection) -> None:
+        """After a whole chain: no tile holds more, and no tile or level is there, beyond the
+        log of the chain's newest entry (read with the tiles, so a batch sealed meanwhile is
+        counted)."""
+        extents = await conn.fetch(LOG_TILE_EXTENTS, self.chain)
+        size = extents[0]["size"] if extents else await conn.fetchval(NEWEST_SIZE, self.chain)
+        for check, detail in tile_extent_findings(size or 0, extents):
+            self.report.findings.append(Finding(check, None, None, detail))
 
     async def fetch(self, conn: asyncpg.Connection, low: int, high: int) -> None:
         """Hold the rows with batch ids in [low, high] not checked yet."""

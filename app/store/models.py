@@ -80,6 +80,22 @@ audit_ledger = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("public_signature", LargeBinary),
     Column("sealed_at", DateTime(timezone=True), nullable=False),
+    # The chain's log after this entry's batch (app.ledger.logstore); head_version 2 commits to it.
+    Column("tree_size", BigInteger, nullable=False),
+    Column("tree_root", LargeBinary, nullable=False),
+    Column("frontier", LargeBinary, nullable=False),
+    Column("head_version", SmallInteger, nullable=False, server_default="1"),
+)
+
+# C2SP tlog-tiles of each chain's log: tile `idx` of tile level `level`, up to 256 hashes that
+# only ever grow (a trigger refuses any other change).
+audit_log_tiles = Table(
+    "audit_log_tiles",
+    metadata,
+    Column("chain", Integer, primary_key=True),
+    Column("level", SmallInteger, primary_key=True),
+    Column("idx", BigInteger, primary_key=True),
+    Column("hashes", LargeBinary, nullable=False),
 )
 
 api_keys = Table(

@@ -24,6 +24,7 @@ from app.ledger.proofs import event_proof
 from app.ledger.signing import new_keypair, verify_public_signature
 from app.ledger.verify import Verifier, verify_range
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
+from tests.ledger.log_tamper import cut_tiles
 from tests.served import environment
 
 # -- an independent checker, as a third party would write it from the README ------------------
@@ -56,15 +57,18 @@ def head_of(entry: dict[str, Any]) -> bytes:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
-    return _h(
-        b"audit-ledger-head-v1"
-        + bytes.fromhex(entry["prev_head"])
+    fields = (
+        bytes.fromhex(entry["prev_head"])
         + entry["seq"].to_bytes(8, "big")
         + bytes.fromhex(entry["merkle_root"])
         + entry["event_count"].to_bytes(8, "big")
         + micros(entry["first_timestamp"]).to_bytes(8, "big", signed=True)
         + micros(entry["last_timestamp"]).to_bytes(8, "big", signed=True)
     )
+    if entry.get("head_version", 1) == 1:
+        return _h(b"audit-ledger-head-v1" + fields)
+    log = entry["tree_size"].to_bytes(8, "big") + bytes.fromhex(entry["tree_root"])
+    return _h(b"audit-ledger-head-v2" + fields + log)
 
 
 def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
@@ -207,11 +211,15 @@ async def test_cli_verify_and_checkpoint_catch_a_cut_tail(
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert orjson.loads(intact.stdout.splitlines()[-1])["intact"] is True
 
-    # Drop the newest batch, its events and its ledger entry: the chain itself still verifies.
+    # Drop the newest batch, its events and its ledger entry: the log's tiles still hold its
+    # leaves, so verification names them; trimmed too, the chain itself verifies again.
     await sealed.conn.execute(
         "DELETE FROM audit_log WHERE batch_id = (SELECT batch_id FROM audit_ledger WHERE seq = 3)"
     )
     await sealed.conn.execute("DELETE FROM audit_ledger WHERE seq = 3")
+    untrimmed = _cli(env, "verify")
+    assert untrimmed.returncode == 1 and '"log_tile_mismatch"' in untrimmed.stdout
+    await cut_tiles(sealed.conn, 0, 7)
     assert _cli(env, "verify").returncode == 0
     cut = _cli(env, "verify", "--checkpoint", str(checkpoint))
     assert cut.returncode == 1
