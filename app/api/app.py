@@ -17,7 +17,7 @@ from swagger_ui_bundle import swagger_ui_path
 from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
 from app.api.performance import api_monitor
-from app.api.routes import console, events, fhir, health, ingest, integrity, phi, queue
+from app.api.routes import console, events, fhir, health, ingest, integrity, log, phi, queue
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.runtime import tune_gc
@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics.create()
     install_error_handlers(app)
-    for module in (ingest, fhir, events, phi, integrity, queue, health, console):
+    for module in (ingest, fhir, events, phi, integrity, log, queue, health, console):
         app.include_router(module.router)
     Instrumentator(
         excluded_handlers=["/metrics", "/healthz", "/readyz"],

@@ -114,6 +114,8 @@ OPERATIONS: dict[str, list[CheckFunction]] = {
     "GET /phi-access/principals/{principal_id}": [],
     "GET /integrity/verify": [verify_stream_ends_in_summary],
     "GET /operator/integrity/verify": [verify_stream_ends_in_summary],
+    "GET /log/{chain}/consistency": [],
+    "GET /log/{chain}/tile/{tile_path}": [],
     "GET /queue/stats": [],
     "GET /operator/queue/stats": [],
     "GET /queue/dead-letter": [],

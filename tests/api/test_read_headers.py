@@ -38,6 +38,7 @@ VARIANTS = {
     "/queue/dead-letter": ["include_payload=true"],
     "/console/patient": ["", "patient_id=p-1"],
     "/console/principal": ["", "principal_id=dr.smith"],
+    "/log/{chain}/consistency": ["old=1&new=1"],
 }
 
 
@@ -64,7 +65,13 @@ async def test_every_read_route_says_no_store_and_nosniff(
     assert posted.status_code == 202
     await wait_stored(database_url, org, 3)
     event_id = str((await stored_rows(database_url, org))[0]["event_id"])
-    samples = {"event_id": event_id, "patient_id": "p-1", "principal_id": "dr.smith"}
+    samples = {
+        "event_id": event_id,
+        "patient_id": "p-1",
+        "principal_id": "dr.smith",
+        "chain": "0",
+        "tile_path": "0/000.p/1",
+    }
     res = service.app.state.resources
     _, key = await create_api_key(
         res.engine, org, list(ALL_SCOPES), "officer", key_seal(service.settings)
@@ -75,9 +82,9 @@ async def test_every_read_route_says_no_store_and_nosniff(
     missing = []
     async with console_client(service.app, key) as console:
         for template in paths:
-            names = re.findall(r"{(\w+)}", template)
+            names = re.findall(r"{(\w+)(?::\w+)?}", template)  # {name} or {name:converter}
             assert all(n in samples for n in names), f"give a sample {names} for {template}"
-            path = template.format(**samples)
+            path = re.sub(r"{(\w+):\w+}", r"{\1}", template).format(**samples)
             client: httpx.AsyncClient = console if path.startswith("/console") else service.client
             for query in VARIANTS.get(template, [""]):
                 url = f"{path}?{query}" if query else path

@@ -1,0 +1,73 @@
+"""Each chain's transparency log over HTTP: consistency proofs between tree sizes, and its
+tiles (C2SP tlog-tiles), for whoever holds the `log` scope. They say how many events every
+tenant's traffic made, so they are not an organization's data, and need their own scope."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
+
+from app.api.deps import resources
+from app.api.errors import error_responses
+from app.api.event_data import EventDataRoute
+from app.api.security import require_scope
+from app.apikeys.keys import Caller
+from app.core.db import driver_connection
+from app.core.errors import ApiError, NotFound
+from app.ledger.logstore import LogRangeError, consistency_between, tile_content
+
+# Level 0 tiles and short proofs hold leaf hashes, which confirm a guessed event: no caching.
+router = APIRouter(tags=["log"], route_class=EventDataRoute)
+
+LogReader = Annotated[Caller, Depends(require_scope("log"))]
+
+ChainPath = Annotated[int, Path(ge=0, le=1023, description="the chain (stream shard)")]
+
+SizeParam = Annotated[int, Query(ge=1, le=2**62)]
+
+
+class InvalidLogRange(ApiError):
+    status_code = 422
+    code = "invalid_range"
+
+
+@router.get(
+    "/log/{chain}/consistency",
+    responses=error_responses(401, 403, 422, 429),
+    summary="RFC 9162 consistency proof between two sizes of a chain's log (log scope)",
+)
+async def consistency(
+    request: Request, caller: LogReader, chain: ChainPath, old: SizeParam, new: SizeParam
+) -> dict[str, Any]:
+    """The proof that the chain's tree of `old` leaves is a prefix of its tree of `new` leaves
+    (RFC 9162 section 2.1.4; empty when they are equal), with both roots; hashes in lowercase
+    hex. 0 < old <= new <= the tree size of the chain's newest ledger entry, else 422
+    `invalid_range` naming the size."""
+    async with driver_connection(resources(request).engine) as conn:
+        try:
+            return await consistency_between(conn, chain, old, new)
+        except LogRangeError as exc:
+            raise InvalidLogRange(str(exc), details={"size": exc.size}) from exc
+
+
+@router.get(
+    "/log/{chain}/tile/{tile_path:path}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        **error_responses(401, 403, 404, 429),
+    },
+    summary="A tile of a chain's log, C2SP tlog-tiles (log scope)",
+)
+async def tile(request: Request, caller: LogReader, chain: ChainPath, tile_path: str) -> Response:
+    """tile/<L>/<N>[.p/<W>] as C2SP tlog-tiles spells it: the hashes of tree level 8L, 32
+    bytes each, concatenated. A full tile once the log has its 256 hashes; a partial width W
+    once it has W of them; 404 for anything else."""
+    async with driver_connection(resources(request).engine) as conn:
+        try:
+            content = await tile_content(conn, chain, f"tile/{tile_path}")
+        except LogRangeError as exc:
+            raise NotFound(str(exc)) from exc
+    return Response(content, media_type="application/octet-stream")
