@@ -24,7 +24,15 @@ def merkle_root(event_digests: list[bytes]) -> bytes:
     if not event_digests:
         raise ValueError("a Merkle tree needs at least one leaf")
     sha = hashlib.sha256
-    level = [sha(LEAF_PREFIX + d).digest() for d in event_digests]
+    return root_of_leaves([sha(LEAF_PREFIX + d).digest() for d in event_digests])
+
+
+def root_of_leaves(leaf_hashes: list[bytes]) -> bytes:
+    """merkle_root from the leaf hashes themselves (a writer has them for its log too)."""
+    if not leaf_hashes:
+        raise ValueError("a Merkle tree needs at least one leaf")
+    sha = hashlib.sha256
+    level = leaf_hashes
     while len(level) > 1:
         paired = [
             sha(NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)

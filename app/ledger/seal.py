@@ -3,9 +3,11 @@
 The events are COPYed straight into audit_log with their batch id and leaf index. Only then is
 the chain touched: an advisory lock serializes the short step that reads the newest entry and
 appends the next one (seq + 1, Merkle root, head, signatures), so concurrent writers never fork
-the chain and do not wait on each other's inserts. Under the same lock the batch's leaves go
-onto the chain's log (app.ledger.logstore): folded into the newest entry's frontier, O(batch +
-log n) hashing, and one statement for the tiles; the leaf hashes are computed before the lock.
+the chain and do not wait on each other's inserts. The batch's leaves go onto the chain's log
+(app.ledger.logstore): while its rows are copied, a thread hashes them and folds them into the
+frontier of the newest entry as it was when the batch began (O(batch + log n)); under the lock,
+the fold is redone only if another batch was sealed meanwhile, and the tiles are appended to in
+the statement that appends the entry.
 With stream shards each shard seals into its own chain (its own seq, genesis head, log and
 lock), so shards do not wait on each other at all.
 """
@@ -13,6 +15,7 @@ lock), so shards do not wait on each other at all.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,17 +27,10 @@ from app.core.config import SigningKey
 from app.ledger.chain import genesis_head, ledger_head_v2, sign_head
 from app.ledger.hashing import content_digest
 from app.ledger.logstore import pack_frontier, tile_appends, unpack_frontier
-from app.ledger.merkle import leaf_hash, merkle_root
+from app.ledger.merkle import LEAF_PREFIX, root_of_leaves
 from app.ledger.signing import PublicSigner
-from app.ledger.sql import (
-    APPEND_ENTRY,
-    APPEND_TILES,
-    CHAIN_LOCK,
-    EXISTING_KEYS,
-    NEWEST_ENTRY,
-    NEXT_BATCH_ID,
-)
-from app.ledger.tlog import EMPTY_FRONTIER, append_leaves, frontier_root
+from app.ledger.sql import APPEND_ENTRY, CHAIN_LOCK, EXISTING_KEYS, NEWEST_ENTRY, NEXT_BATCH
+from app.ledger.tlog import EMPTY_FRONTIER, Frontier, StoredNode, append_leaves, frontier_root
 from app.store.models import AUDIT_COLUMNS
 
 BASE_COLUMNS = AUDIT_COLUMNS[:-2]  # without batch_id, leaf_index
@@ -80,10 +76,30 @@ async def stored_contents(
     }
 
 
-def _batch_hashes(digests: list[bytes]) -> tuple[bytes, list[bytes]]:
-    """The batch's own Merkle root and its leaf hashes (what it appends to the log); neither
-    depends on the log, so they are computed before the chain lock is taken."""
-    return merkle_root(digests), [leaf_hash(d) for d in digests]
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    """The batch's own root and leaf hashes, and its leaves appended to the log as it stood
+    (`after_seq`, 0: empty) when the batch began."""
+
+    root: bytes
+    leaves: list[bytes]
+    after_seq: int
+    frontier: Frontier
+    nodes: list[StoredNode]
+
+
+def _batch_hashes(digests: list[bytes], after_seq: int, before: Frontier) -> _Appended:
+    """Hashing done while the rows are copied, off the event loop and outside the chain lock."""
+    leaves = [hashlib.sha256(LEAF_PREFIX + d).digest() for d in digests]
+    frontier, nodes = append_leaves(before, leaves)
+    return _Appended(root_of_leaves(leaves), leaves, after_seq, frontier, nodes)
+
+
+def _log_before(entry: Any) -> tuple[int, Frontier]:
+    """(seq, frontier) of the chain's newest entry ((0, empty) when it has none)."""
+    if entry is None or entry["seq"] is None:
+        return 0, EMPTY_FRONTIER
+    return entry["seq"], unpack_frontier(entry["tree_size"], entry["frontier"])
 
 
 async def seal_batch(
@@ -99,30 +115,29 @@ async def seal_batch(
     if not 0 <= chain < MAX_CHAINS:
         raise ValueError(f"chain {chain} is outside 0..{MAX_CHAINS - 1}")
     digests = [row[HASH_POS] for row in rows]
-    root_task = asyncio.create_task(asyncio.to_thread(_batch_hashes, digests))
     times = [row[TIMESTAMP_POS] for row in rows]
+    hashing: asyncio.Task[_Appended] | None = None
     try:
         async with conn.transaction():
-            batch_id = await conn.fetchval(NEXT_BATCH_ID)
+            began = await conn.fetchrow(NEXT_BATCH, chain)
+            batch_id = began["batch_id"]
+            guess = _log_before(began)
+            hashing = asyncio.create_task(asyncio.to_thread(_batch_hashes, digests, *guess))
             records = [(*row, batch_id, index) for index, row in enumerate(rows)]
             await conn.copy_records_to_table("audit_log", records=records, columns=AUDIT_COLUMNS)
-            root, leaves = await root_task
+            done = await hashing
             await conn.execute(CHAIN_LOCK, LEDGER_LOCK + chain)
             newest = await conn.fetchrow(NEWEST_ENTRY, chain)
             seq = newest["seq"] + 1 if newest else 1
             prev_head = bytes(newest["head"]) if newest else genesis_head(chain)
-            before = (
-                unpack_frontier(newest["tree_size"], newest["frontier"])
-                if newest
-                else EMPTY_FRONTIER
-            )
-            frontier, nodes = append_leaves(before, leaves)
+            frontier, nodes = done.frontier, done.nodes
+            if seq - 1 != done.after_seq:  # another batch was sealed meanwhile: fold again
+                frontier, nodes = append_leaves(_log_before(newest)[1], done.leaves)
             tree_root = frontier_root(frontier)
             tiles = tile_appends(nodes)
-            await conn.execute(APPEND_TILES, chain, tiles.levels, tiles.indexes, tiles.hashes)
             first, last = min(times), max(times)
             head = ledger_head_v2(
-                prev_head, seq, root, len(rows), first, last, frontier.size, tree_root
+                prev_head, seq, done.root, len(rows), first, last, frontier.size, tree_root
             )
             public = public_signer.sign(head) if public_signer else None
             await conn.execute(
@@ -131,7 +146,7 @@ async def seal_batch(
                 seq,
                 batch_id,
                 len(rows),
-                root,
+                done.root,
                 first,
                 last,
                 prev_head,
@@ -143,8 +158,11 @@ async def seal_batch(
                 tree_root,
                 pack_frontier(frontier),
                 HEAD_VERSION,
+                tiles.levels,
+                tiles.indexes,
+                tiles.hashes,
             )
     finally:
-        if not root_task.done():
-            root_task.cancel()
+        if hashing is not None and not hashing.done():
+            hashing.cancel()
     return Sealed(chain, seq, batch_id, len(rows), head)

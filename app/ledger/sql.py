@@ -8,25 +8,32 @@ SELECT * FROM audit_log
 WHERE (event_id, "timestamp", organization_id) IN (
     SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]))
 """
-NEXT_BATCH_ID = "SELECT nextval('audit_batch_id_seq')"
+# The batch id, and the chain's newest entry before the lock: the batch's leaves are appended to
+# its frontier while the rows are copied; under the lock NEWEST_ENTRY checks it is still newest.
+NEXT_BATCH = """
+SELECT nextval('audit_batch_id_seq') AS batch_id, n.seq, n.tree_size, n.frontier
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT seq, tree_size, frontier FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1
+) AS n ON true
+"""
 CHAIN_LOCK = "SELECT pg_advisory_xact_lock($1)"
 NEWEST_ENTRY = """
 SELECT seq, head, tree_size, frontier FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1
 """
+# The entry and the batch's new tile hashes in one statement: each tile's new hashes are appended
+# to its bytes (the row made when they are its first), never read back.
 APPEND_ENTRY = """
+WITH tiles AS (
+    INSERT INTO audit_log_tiles AS t (chain, level, idx, hashes)
+    SELECT $1, u.level, u.idx, u.hashes
+    FROM unnest($17::smallint[], $18::bigint[], $19::bytea[]) AS u(level, idx, hashes)
+    ON CONFLICT (chain, level, idx) DO UPDATE SET hashes = t.hashes || EXCLUDED.hashes
+)
 INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_timestamp,
     last_timestamp, prev_head, head, key_id, signature, public_signature, tree_size, tree_root,
     frontier, head_version)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
-# A batch's new tile hashes, appended to each tile's bytes (the row made when it is the first).
-APPEND_TILES = """
-INSERT INTO audit_log_tiles AS t (chain, level, idx, hashes)
-SELECT $1, u.level, u.idx, u.hashes
-FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) AS u(level, idx, hashes)
-ON CONFLICT (chain, level, idx) DO UPDATE SET hashes = t.hashes || EXCLUDED.hashes
-"""
-
 
 # verify
 LEDGER_CHUNK = """
