@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.ledger.logstore import unpack_frontier
-from app.ledger.merkle import leaf_hash
 from app.ledger.tlog import (
     EMPTY_FRONTIER,
     HASH_SIZE,
     TILE_HEIGHT,
     TILE_WIDTH,
     Frontier,
-    append_leaves,
+    append_leaves_by_level,
     frontier_root,
     tile_width,
 )
@@ -90,10 +89,11 @@ class LogCheck:
         return cls(frontier)
 
     def check_entry(
-        self, entry: Mapping[str, Any], digests: Sequence[bytes] | None, pruned_whole: bool
+        self, entry: Mapping[str, Any], leaves: Sequence[bytes] | None, pruned_whole: bool
     ) -> list[tuple[str, str]]:
-        """Append the batch's event hashes (None: not all known) and compare the entry's tree
-        fields; returns the findings, (check, detail) each."""
+        """Append the batch's leaf hashes (merkle.leaf_hash of its event hashes, in leaf order;
+        None: not all known) and compare the entry's tree fields; returns the findings, (check,
+        detail) each."""
         found: list[tuple[str, str]] = []
         root = bytes(entry["tree_root"])
         try:
@@ -101,7 +101,7 @@ class LogCheck:
         except (TypeError, ValueError) as exc:
             stored = None
             found.append(("log_frontier_mismatch", str(exc)))
-        computed = self._recompute(entry, digests, pruned_whole, found)
+        computed = self._recompute(entry, leaves, pruned_whole, found)
         if computed is None:
             self.restart(stored if stored is not None and frontier_root(stored) == root else None)
             if self.frontier is None and stored is not None:
@@ -119,7 +119,7 @@ class LogCheck:
     def _recompute(
         self,
         entry: Mapping[str, Any],
-        digests: Sequence[bytes] | None,
+        leaves: Sequence[bytes] | None,
         pruned_whole: bool,
         found: list[tuple[str, str]],
     ) -> Frontier | None:
@@ -134,15 +134,12 @@ class LogCheck:
             detail = f"tree size {size} after {base.size}, {count} events"
             found.append(("log_size_mismatch", detail))
             return None
-        return None if digests is None else self._append(base, digests)
+        return None if leaves is None else self._append(base, leaves)
 
-    def _append(self, base: Frontier, digests: Sequence[bytes]) -> Frontier:
-        leaves = [leaf_hash(d) for d in digests]
-        frontier, nodes = append_leaves(base, leaves)
-        self._extend(0, base.size, b"".join(leaves))
-        for node in nodes:
-            if node.level and not node.level % TILE_HEIGHT:
-                self._extend(node.level // TILE_HEIGHT, node.index, node.hash)
+    def _append(self, base: Frontier, leaves: Sequence[bytes]) -> Frontier:
+        frontier, levels = append_leaves_by_level(base, leaves, TILE_HEIGHT)
+        for level, first, hashes in levels:
+            self._extend(level // TILE_HEIGHT, first, hashes)
         return frontier
 
     def _extend(self, level: int, index: int, hashes: bytes) -> None:

@@ -18,13 +18,18 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
+def leaf_hashes(event_digests: list[bytes]) -> list[bytes]:
+    """leaf_hash of each event hash, in order."""
+    sha = hashlib.sha256
+    return [sha(LEAF_PREFIX + d).digest() for d in event_digests]
+
+
 def merkle_root(event_digests: list[bytes]) -> bytes:
     """MTH over the leaves in order. Pairing level by level and carrying an odd last node up
     unchanged builds the same tree as RFC 6962's split at the largest power of two."""
     if not event_digests:
         raise ValueError("a Merkle tree needs at least one leaf")
-    sha = hashlib.sha256
-    return root_of_leaves([sha(LEAF_PREFIX + d).digest() for d in event_digests])
+    return root_of_leaves(leaf_hashes(event_digests))
 
 
 def root_of_leaves(leaf_hashes: list[bytes]) -> bytes:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from app.ledger.merkle import node_hash
+from app.ledger.merkle import NODE_PREFIX, node_hash
 
 HASH_SIZE = 32
 
@@ -308,6 +308,45 @@ def append_leaves(
         peaks.append(h)
         size += 1
     return Frontier(size, tuple(peaks)), created
+
+
+def append_leaves_by_level(
+    frontier: Frontier, leaf_hashes: Sequence[bytes], step: int = TILE_HEIGHT
+) -> tuple[Frontier, list[tuple[int, int, bytes]]]:
+    """append_leaves computed a tree level at a time: the same new frontier, and of the
+    subtrees the leaves completed only those on tree levels 0, step, 2 * step, ... (the tile
+    levels), as (level, index of the first, their hashes joined in index order). One pass over
+    each level and no object per node: for a verifier that refolds a whole log."""
+    size = frontier.size
+    end = size + len(leaf_hashes)
+    old = dict(zip(_set_bits(size), frontier.hashes, strict=True))
+    peaks: dict[int, bytes] = {}
+    kept: list[tuple[int, int, bytes]] = []
+    sha = hashlib.sha256
+    run, first, level = list(leaf_hashes), size, 0
+    joined = b"".join(run)
+    if len(joined) != HASH_SIZE * len(run):
+        for leaf in run:
+            _check_hash(leaf, "leaf hash")
+    while run:
+        if not level % step:
+            kept.append((level, first, joined if level == 0 else b"".join(run)))
+        if first & 1:  # the first new node's left sibling is the old peak of this level
+            run.insert(0, old[level])
+            first -= 1
+        if len(run) & 1:  # an unpaired last node is the new peak of this level
+            peaks[level] = run[-1]
+        run = [sha(NODE_PREFIX + run[i] + run[i + 1]).digest() for i in range(0, len(run) - 1, 2)]
+        first >>= 1
+        level += 1
+    # Above the last level that got a node, end and size agree: those peaks are unchanged.
+    peaks.update((high, old[high]) for high in _set_bits(end) if high >= level)
+    return Frontier(end, tuple(peaks[high] for high in _set_bits(end))), kept
+
+
+def _set_bits(size: int) -> list[int]:
+    """The levels of the peaks of a tree of `size` leaves, highest first (Frontier's order)."""
+    return [level for level in reversed(range(size.bit_length())) if size >> level & 1]
 
 
 # -- stored hash index (Crosby and Wallach, as golang.org/x/mod/sumdb/tlog numbers hashes) -----

@@ -42,7 +42,7 @@ from app.core.timefmt import format_timestamp
 from app.ledger.chain import entry_head, genesis_head
 from app.ledger.hashing import UnknownSigningKeyError, event_hash, record_from_row, verify_signature
 from app.ledger.logcheck import LogCheck, tile_extent_findings
-from app.ledger.merkle import merkle_root
+from app.ledger.merkle import leaf_hashes, root_of_leaves
 from app.ledger.prune import PrunedRange, pruned_leaves, pruned_ranges
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
@@ -277,11 +277,12 @@ class Verifier:
         rows: list[Mapping[str, Any]],
         pruned: Mapping[str, Any] | None = None,
         ranges: list[PrunedRange] | None = None,
-        placed: dict[int, bytes] | None = None,
+        placed: list[bytes] | None = None,
     ) -> list[Finding]:
         """The batch's rows against its entry. When its leaves are all there and give its root,
-        `placed` gets them (event hashes by leaf index, from rows and prune records), for the
-        log: a batch found damaged here is named here, not again by the log."""
+        `placed` gets their leaf hashes in leaf order (of event hashes from rows and prune
+        records), for the log, which so hashes no leaf again: a batch found damaged here is
+        named here, not again by the log."""
         seq, count = entry["seq"], entry["event_count"]
         found: list[Finding] = []
         leaves = self._place_leaves(seq, count, rows, found)
@@ -301,11 +302,11 @@ class Verifier:
             for index in (i for i in range(count) if i not in leaves):
                 found.append(Finding("event_missing", seq, None, f"leaf {index} of {count}"))
         if absent == 0 and clean:
-            root = merkle_root([leaves[i] for i in range(count)])
-            if root != bytes(entry["merkle_root"]):
+            hashes = leaf_hashes([leaves[i] for i in range(count)])
+            if root_of_leaves(hashes) != bytes(entry["merkle_root"]):
                 found.append(Finding("merkle_root_mismatch", seq, None, "leaves give another root"))
             elif placed is not None:
-                placed.update(leaves)
+                placed += hashes
         return found
 
     def _place_leaves(
@@ -602,7 +603,7 @@ class _Walk:
                 self.log.restart(None)  # the gap is named: the log goes on from this entry
             self.report.findings += self.verifier.check_entry(entry, self.prev)
             counted = not self.verifier.scoped  # scoped: the entries holding its events
-            placed: dict[int, bytes] = {}
+            placed: list[bytes] = []
             if rows is not None:
                 found = self.verifier.check_batch(entry, rows, pruned, ranges, placed)
                 self.report.findings += found
@@ -618,13 +619,13 @@ class _Walk:
         self.log.take_slices(final=False)
 
     def check_log(
-        self, entry: asyncpg.Record, placed: dict[int, bytes], pruned: asyncpg.Record | None
+        self, entry: asyncpg.Record, placed: list[bytes], pruned: asyncpg.Record | None
     ) -> None:
-        """The entry's tree fields against the log recomputed from the events in sealed order."""
-        count = entry["event_count"]
-        digests = [placed[i] for i in range(count)] if len(placed) == count else None
+        """The entry's tree fields against the log recomputed from the events in sealed order
+        (`placed`: the batch's leaf hashes, when check_batch found them all and its root)."""
+        leaves = placed if len(placed) == entry["event_count"] else None
         whole = pruned is not None and pruned["leaves"] is None
-        for check, detail in self.log.check_entry(entry, digests, whole):
+        for check, detail in self.log.check_entry(entry, leaves, whole):
             self.report.findings.append(Finding(check, entry["seq"], None, detail))
 
     async def compare_tiles(self, conn: asyncpg.Connection, final: bool = False) -> None:

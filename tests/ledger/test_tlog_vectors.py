@@ -30,11 +30,13 @@ from app.ledger.merkle import leaf_hash
 from app.ledger.tlog import (
     EMPTY_FRONTIER,
     EMPTY_ROOT,
+    TILE_HEIGHT,
     Frontier,
     ProofError,
     SubtreeHashes,
     Tile,
     append_leaves,
+    append_leaves_by_level,
     consistency_proof,
     entries_path,
     frontier_at,
@@ -468,6 +470,37 @@ def test_appending_in_batches_gives_the_head_of_all_leaves(seed: int, batches: l
         assert positions == list(range(stored_hash_count(before), stored_hash_count(done)))
         stored += [(node.level, node.index) for node in created]
     assert frontier_at(done, store_of(leaves)) == frontier
+
+
+@MODERATE
+@given(
+    st.integers(0, 2**32),
+    st.lists(st.integers(0, 600), max_size=6),
+    st.sampled_from([1, 2, 3, TILE_HEIGHT]),
+)
+def test_appending_by_level_gives_what_append_leaves_gives(
+    seed: int, batches: list[int], step: int
+) -> None:
+    leaves = leaves_of(seed, sum(batches))
+    frontier: Frontier = EMPTY_FRONTIER
+    done = 0
+    for batch in batches:
+        expected, created = append_leaves(frontier, leaves[done : done + batch])
+        frontier, kept = append_leaves_by_level(frontier, leaves[done : done + batch], step)
+        done += batch
+        assert frontier == expected
+        # The created nodes on levels 0, step, 2 * step, ...: per level, in index order.
+        levels: dict[int, tuple[int, bytes]] = {}
+        for node in created:
+            if not node.level % step:
+                first, hashes = levels.get(node.level, (node.index, b""))
+                levels[node.level] = (first, hashes + node.hash)
+        assert kept == [(level, *levels[level]) for level in sorted(levels)]
+
+
+def test_appending_by_level_refuses_a_leaf_hash_of_another_size() -> None:
+    with pytest.raises(ValueError, match="31 bytes"):
+        append_leaves_by_level(EMPTY_FRONTIER, [b"\x00" * 32, b"\x00" * 31])
 
 
 @FEW
