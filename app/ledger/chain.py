@@ -37,14 +37,22 @@ def ledger_head(
     unsigned), the root (32 bytes), first and last event time (8-byte big-endian signed
     microseconds since the Unix epoch)."""
     return hashlib.sha256(
-        HEAD_DOMAIN
-        + prev_head
+        HEAD_DOMAIN + _batch_fields(prev_head, seq, root, count, first, last)
+    ).digest()
+
+
+def _batch_fields(
+    prev_head: bytes, seq: int, root: bytes, count: int, first: datetime, last: datetime
+) -> bytes:
+    """The batch's part of a head, v1 and v2 alike, in the layout ledger_head describes."""
+    return (
+        prev_head
         + seq.to_bytes(8, "big")
         + root
         + count.to_bytes(8, "big")
         + epoch_micros(first).to_bytes(8, "big", signed=True)
         + epoch_micros(last).to_bytes(8, "big", signed=True)
-    ).digest()
+    )
 
 
 def ledger_head_v2(
@@ -62,12 +70,7 @@ def ledger_head_v2(
     big-endian unsigned) and its RFC 9162 root (32 bytes)."""
     return hashlib.sha256(
         HEAD_V2_DOMAIN
-        + prev_head
-        + seq.to_bytes(8, "big")
-        + root
-        + count.to_bytes(8, "big")
-        + epoch_micros(first).to_bytes(8, "big", signed=True)
-        + epoch_micros(last).to_bytes(8, "big", signed=True)
+        + _batch_fields(prev_head, seq, root, count, first, last)
         + tree_size.to_bytes(8, "big")
         + tree_root
     ).digest()
