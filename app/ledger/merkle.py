@@ -75,25 +75,3 @@ def audit_path(event_digests: list[bytes], index: int) -> list[bytes]:
             path.append(_subtree_root(leaves[:k]))
             leaves, index = leaves[k:], index - k
     return path[::-1]
-
-
-def root_from_path(event_digest: bytes, index: int, tree_size: int, path: list[bytes]) -> bytes:
-    """The root an inclusion proof commits to (RFC 9162 2.1.3.2); compare it to the signed one."""
-    if not 0 <= index < tree_size:
-        raise ValueError("leaf index out of range")
-    fn, sn = index, tree_size - 1
-    r = leaf_hash(event_digest)
-    for p in path:
-        if sn == 0:
-            raise ValueError("proof is longer than the tree")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise ValueError("proof is shorter than the tree")
-    return r

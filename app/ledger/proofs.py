@@ -33,7 +33,7 @@ from app.core.timefmt import format_timestamp, parse_timestamp
 from app.ledger.chain import entry_head
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
 from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
-from app.ledger.merkle import audit_path, leaf_hash, root_from_path
+from app.ledger.merkle import audit_path, leaf_hash
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
@@ -46,7 +46,7 @@ from app.ledger.sql import (
     PROOF_ROW,
     PRUNED_LEAVES,
 )
-from app.ledger.tlog import ProofError, verify_inclusion
+from app.ledger.tlog import ProofError, root_from_inclusion_proof, verify_inclusion
 from app.ledger.verify import Finding, Verifier, fetch_by_batch
 
 
@@ -287,10 +287,10 @@ def check_proof(proof: Mapping[str, Any]) -> str | None:
     if proof["tree_size"] != entry["event_count"]:
         return "the tree size is not the entry's event count"
     try:
-        root = root_from_path(
-            bytes.fromhex(proof["event_hash"]),
+        root = root_from_inclusion_proof(
             proof["leaf_index"],
             proof["tree_size"],
+            leaf_hash(bytes.fromhex(proof["event_hash"])),
             [bytes.fromhex(step) for step in proof["audit_path"]],
         )
     except ValueError:

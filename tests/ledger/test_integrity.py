@@ -20,7 +20,8 @@ from app.ledger.hashing import (
     sign_hash,
     verify_signature,
 )
-from app.ledger.merkle import audit_path, leaf_hash, merkle_root, node_hash, root_from_path
+from app.ledger.merkle import audit_path, leaf_hash, merkle_root, node_hash
+from app.ledger.tlog import root_from_inclusion_proof
 
 GOLDEN_RECORD: dict[str, Any] = {
     "action": "fhir.patient.read",
@@ -155,8 +156,10 @@ def test_every_proof_recomputes_the_root_and_no_other_leaf(size: int) -> None:
     root = merkle_root(hashes)
     for index in range(size):
         path = audit_path(hashes, index)
-        assert root_from_path(hashes[index], index, size, path) == root
+        assert root_from_inclusion_proof(index, size, leaf_hash(hashes[index]), path) == root
         other = hashlib.sha256(b"other").digest()
-        assert root_from_path(other, index, size, path) != root
+        assert root_from_inclusion_proof(index, size, leaf_hash(other), path) != root
     with pytest.raises(ValueError):
-        root_from_path(hashes[0], 0, size, [*audit_path(hashes, 0), bytes(32)])
+        root_from_inclusion_proof(
+            0, size, leaf_hash(hashes[0]), [*audit_path(hashes, 0), bytes(32)]
+        )

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ledger.merkle import audit_path, merkle_root, root_from_path
+from app.ledger.merkle import audit_path, leaf_hash, merkle_root
+from app.ledger.tlog import root_from_inclusion_proof
 from tests.strategies import FEW, MODERATE
 
 # -- 2. Merkle trees and inclusion proofs -------------------------------------------------------
@@ -43,7 +44,7 @@ def flip(value: bytes, bit: int) -> bytes:
 
 def proves(digest: bytes, index: int, size: int, path: list[bytes], root: bytes) -> bool:
     try:
-        return root_from_path(digest, index, size, path) == root
+        return root_from_inclusion_proof(index, size, leaf_hash(digest), path) == root
     except ValueError:
         return False
 
@@ -51,7 +52,7 @@ def proves(digest: bytes, index: int, size: int, path: list[bytes], root: bytes)
 def check_proof_of(digests: list[bytes], index: int, root: bytes, shift: int, bit: int) -> None:
     size, digest = len(digests), digests[index]
     path = audit_path(digests, index)
-    assert root_from_path(digest, index, size, path) == root
+    assert root_from_inclusion_proof(index, size, leaf_hash(digest), path) == root
     assert not proves(flip(digest, bit), index, size, path, root)
     if size > 1:
         assert not proves(digest, (index + shift) % size, size, path, root)
@@ -61,9 +62,9 @@ def check_proof_of(digests: list[bytes], index: int, root: bytes, shift: int, bi
         )
     if path:
         with pytest.raises(ValueError, match="shorter"):
-            root_from_path(digest, index, size, path[:-1])
+            root_from_inclusion_proof(index, size, leaf_hash(digest), path[:-1])
     with pytest.raises(ValueError, match="longer"):
-        root_from_path(digest, index, size, [*path, root])
+        root_from_inclusion_proof(index, size, leaf_hash(digest), [*path, root])
 
 
 @FEW
@@ -84,11 +85,12 @@ def test_audit_paths_recompute_the_root_when_leaves_repeat(digests: list[bytes])
     root = merkle_root(digests)
     assert root == rfc6962_root(digests)
     for index, digest in enumerate(digests):
-        assert root_from_path(digest, index, len(digests), audit_path(digests, index)) == root
+        path = audit_path(digests, index)
+        assert root_from_inclusion_proof(index, len(digests), leaf_hash(digest), path) == root
     with pytest.raises(IndexError):
         audit_path(digests, len(digests))
     with pytest.raises(ValueError):
-        root_from_path(digests[0], len(digests), len(digests), [])
+        root_from_inclusion_proof(len(digests), len(digests), leaf_hash(digests[0]), [])
 
 
 @MODERATE

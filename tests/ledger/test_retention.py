@@ -13,9 +13,10 @@ import pytest
 from app.api.schemas import EVENT_LIST
 from app.cli.partitions import prune
 from app.core.config import parse_retention
-from app.ledger.merkle import root_from_path
+from app.ledger.merkle import leaf_hash
 from app.ledger.proofs import event_proof
 from app.ledger.prune import PruneRefused, cutoff
+from app.ledger.tlog import root_from_inclusion_proof
 from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import Sealed, SealedFactory, event
 
@@ -98,10 +99,10 @@ async def test_prune_drops_old_months_and_verification_reports_them(
     kept = next(r for r in records[1] if r["timestamp"].startswith("2026"))
     proof = await event_proof(sealed.conn, sealed.org, kept["event_id"])
     assert proof is not None and proof["tree_size"] == 4
-    root = root_from_path(
-        bytes.fromhex(proof["event_hash"]),
+    root = root_from_inclusion_proof(
         proof["leaf_index"],
         proof["tree_size"],
+        leaf_hash(bytes.fromhex(proof["event_hash"])),
         [bytes.fromhex(h) for h in proof["audit_path"]],
     )
     assert root.hex() == proof["ledger_entry"]["merkle_root"]
