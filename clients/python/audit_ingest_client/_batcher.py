@@ -52,6 +52,14 @@ class _Refusals:
             except Exception:  # the application's callback must not stop the sending
                 log.exception("on_refused failed")
 
+    def _not_taken(self, exc: AccessError | Undelivered) -> list[Event]:
+        """The service took no more (a wrong key, or away): note what it refused before, log
+        why, and give back the events not delivered (none when they were spooled)."""
+        self._note(exc.refused)
+        level = logging.ERROR if isinstance(exc, AccessError) else logging.WARNING
+        log.log(level, "%s", _stopped(exc))
+        return exc.undelivered
+
 
 def _handed_back(left: list[Event]) -> list[Event]:
     if left:
@@ -132,13 +140,7 @@ class Batcher(_Refusals):
             except EventsRefused as exc:  # the others were delivered or spooled
                 self._note(exc.refused)
             except (AccessError, Undelivered) as exc:
-                self._note(exc.refused)
-                log.log(
-                    logging.ERROR if isinstance(exc, AccessError) else logging.WARNING,
-                    "%s",
-                    _stopped(exc),
-                )
-                left = exc.undelivered
+                left = self._not_taken(exc)
             except Exception as exc:  # anything else (the spool's disk?): keep them
                 log.warning("audit events not delivered yet: %s", exc)
                 left = batch
@@ -245,13 +247,7 @@ class AsyncBatcher(_Refusals):
                 except EventsRefused as exc:
                     self._note(exc.refused)
                 except (AccessError, Undelivered) as exc:
-                    self._note(exc.refused)
-                    log.log(
-                        logging.ERROR if isinstance(exc, AccessError) else logging.WARNING,
-                        "%s",
-                        _stopped(exc),
-                    )
-                    batch = self._in_flight = exc.undelivered
+                    batch = self._in_flight = self._not_taken(exc)
                     await asyncio.sleep(BACKOFF_S if batch else 0)
                     continue
                 except Exception as exc:  # anything else (the spool's disk?): keep them
