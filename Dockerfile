@@ -11,7 +11,8 @@ RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml ./
 COPY app ./app
 RUN pip install --no-cache-dir --no-deps . \
- && useradd --system --uid 10001 --home-dir /srv/audit-ingest audit
+ && useradd --system --uid 10001 --home-dir /srv/audit-ingest audit \
+ && install -d -o audit -m 0700 /var/lib/audit/checkpoints /var/lib/witness
 COPY alembic.ini ./
 COPY alembic ./alembic
 

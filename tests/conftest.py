@@ -40,6 +40,7 @@ LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 TEST_SIGNING_KEYS = "test-1:" + base64.b64encode(b"k" * 32).decode()
 TEST_SERVICE_KEYS = "service-1:" + base64.b64encode(b"s" * 32).decode()
 TEST_LEDGER_KEYS = "ledger-1:" + base64.b64encode(b"l" * 32).decode()
+TEST_DATA = tempfile.mkdtemp(prefix="audit-test-data-")
 
 
 # Tests that use these fixtures need PostgreSQL and Redis; the fault and bench tests start
@@ -146,6 +147,10 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "read_block_ms": 100,
         # A test that counts what was queued or stored sees only its own events.
         "threshold_events": False,
+        # Never the checkout's .data: a test that makes checkpoints or reads a witness's state
+        # names its own directories.
+        "checkpoint_dir": os.path.join(TEST_DATA, "checkpoints"),
+        "witness_dir": os.path.join(TEST_DATA, "witness"),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

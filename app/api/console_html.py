@@ -29,6 +29,7 @@ button, .button { background: #1f5d99; color: #fff; border: 0; border-radius: 3p
   padding: .35rem .8rem; text-decoration: none; display: inline-block; cursor: pointer; }
 .badge { display: inline-block; padding: .15rem .6rem; border-radius: 3px; font-weight: 600; }
 .ok { background: #dff3e4; color: #17602d; } .bad { background: #fde2e1; color: #8a1c17; }
+.warn { background: #fff4d6; color: #7a5200; }
 .unchecked { background: #eef1f5; color: #3a4350; }
 .error { background: #fde2e1; border: 1px solid #f0b4b0; padding: .6rem .8rem; }
 .note { color: #566070; font-size: .9em; } code, pre { font-size: .85em; }

@@ -94,6 +94,13 @@ class Measures:
         if answered > 0 and failed / answered > settings.threshold_error_rate:
             rate = failed / answered
             found.append(Violation("error_rate", rate, settings.threshold_error_rate, "share"))
+        unwitnessed = max(
+            (s.value for s in _samples(self.metrics.unwitnessed_seconds)), default=0.0
+        )
+        if unwitnessed > settings.threshold_unwitnessed_s:
+            found.append(
+                Violation("log_unwitnessed", unwitnessed, settings.threshold_unwitnessed_s, "s")
+            )
         memory = rss_mb()
         if memory > settings.threshold_rss_mb:
             found.append(Violation("memory_rss", memory, settings.threshold_rss_mb, "MiB"))

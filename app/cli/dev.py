@@ -118,6 +118,87 @@ def dev_key_ring(kind: str) -> str:
     return path.read_text().strip()
 
 
+def dev_ledger_keypair() -> tuple[str, str]:
+    """The Ed25519 ledger key pair (private, public) kept in .data/ledger-ed25519, made on
+    first use: it signs the dev log's checkpoints."""
+    from app.ledger.signing import new_keypair
+
+    path = DATA / "ledger-ed25519"
+    if not path.exists():
+        private, public = new_keypair()
+        path.write_text(f"{private}\n{public}\n")
+        path.chmod(0o600)
+        log.info("dev mode: generated an Ed25519 ledger key in %s", path)
+    private, public = path.read_text().split()
+    return private, public
+
+
+WITNESS_START_S = 20.0
+
+
+def _free_port(preferred: int) -> int:
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port for the dev witness")
+
+
+def start_dev_witness(stop: ExitStack, settings: Settings) -> str:
+    """A witness of the dev log (every chain), its key and state in .data/witness, run as
+    `python -m app witness` on a loopback port; AUDIT_WITNESSES for the service."""
+    import subprocess
+    import time
+    import urllib.request
+
+    from app.ledger.checkpoints import log_keys, origin_of
+    from app.witness.config import load_identity
+
+    directory = DATA / "witness"
+    identity = load_identity(directory, "dev-witness", "")
+    logs = ",".join(
+        f"{origin_of(settings.log_origin, chain)}={key.vkey}"
+        for chain in range(settings.stream_shards)
+        for key in log_keys(settings.log_origin, chain, settings.ledger_public_key)
+    )
+    port = _free_port(settings.witness_port)
+    env = {
+        **os.environ,
+        "AUDIT_WITNESS_DIR": str(directory),
+        "AUDIT_WITNESS_NAME": identity.name,
+        "AUDIT_WITNESS_HOST": "127.0.0.1",
+        "AUDIT_WITNESS_PORT": str(port),
+        "AUDIT_WITNESS_LOGS": logs,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app", "witness"], env=env)
+
+    def end() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    stop.callback(end)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + WITNESS_START_S
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the dev witness did not start (see its log above)") from None
+            time.sleep(0.1)
+    log.info("dev mode: a witness of the log on %s, its key and state in %s", url, directory)
+    return f"{url}={identity.vkey}"
+
+
 async def ensure_dev_key(settings: Settings) -> str:
     from app.apikeys.keys import ALL_SCOPES, create_api_key, hash_api_key, row_vouched
     from app.core.db import engine_scope
@@ -161,6 +242,8 @@ def save_dev_env(settings: Settings) -> None:
         "AUDIT_SIGNING_KEYS": settings.signing_keys,
         "AUDIT_LEDGER_KEYS": settings.ledger_keys,
         "AUDIT_SERVICE_KEYS": settings.service_keys,
+        "AUDIT_LEDGER_PUBLIC_KEY": settings.ledger_public_key,
+        "AUDIT_WITNESSES": settings.witnesses,
         "API": f"http://{settings.host}:{settings.port}",
     }
     DEV_ENV.write_text(json.dumps(values, indent=1) + "\n")
@@ -250,7 +333,17 @@ def run_dev(settings: Settings, *, demo: bool = False) -> None:
         for kind in ("signing", "ledger", "service"):
             if not getattr(settings, f"{kind}_keys"):
                 overrides[f"{kind}_keys"] = dev_key_ring(kind)
+        if not settings.ledger_private_key:
+            keys = dev_ledger_keypair()
+            overrides["ledger_private_key"], overrides["ledger_public_key"] = keys
+        elif not settings.ledger_public_key:
+            from app.ledger.signing import PublicSigner
+
+            public = PublicSigner(settings.ledger_private_key).public_key_b64
+            overrides["ledger_public_key"] = public
         settings = Settings(**overrides) if overrides else settings
+        if not settings.witnesses:
+            settings = Settings(**overrides, witnesses=start_dev_witness(stop, settings))
         migrate(settings)
         key = asyncio.run(ensure_dev_key(settings))
         save_dev_env(settings)

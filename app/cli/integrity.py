@@ -16,13 +16,16 @@ import orjson
 
 from app.core.config import Settings
 from app.core.timefmt import parse_timestamp
+from app.ledger.anchor import BROKEN, INTACT, NOT_ANCHORED, anchor_report
 from app.ledger.bundles import export_bundle, verify_bundle
+from app.ledger.checkpoints import log_keys, origin_of
 from app.ledger.parallel_verify import verify_whole_chain
 from app.ledger.proofs import check_checkpoint, export_checkpoint
-from app.ledger.signing import new_keypair
-from app.ledger.verify import Report, Verifier, verify_chains, verify_range
+from app.ledger.signing import PublicSigner, new_keypair
+from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.store.partitions import summarize_batch_ranges
+from app.witness.anchors import find_anchors
 
 PROGRESS_EVERY_S = 2.0
 
@@ -31,24 +34,47 @@ def _time(text: str | None) -> datetime | None:
     return parse_timestamp(text) if text else None
 
 
+NOT_ANCHORED_EXIT = 3
+
+EXIT_CODES = {INTACT: 0, BROKEN: 1, NOT_ANCHORED: NOT_ANCHORED_EXIT}
+
+SHOWN_REFUSALS = 5
+
+
+def _given_checkpoint(path: str | None) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
+    """--checkpoint: a JSON ledger head (`checkpoint export`) or a cosigned checkpoint note."""
+    if not path:
+        return None, []
+    data = Path(path).read_bytes()
+    if data.lstrip().startswith(b"{"):
+        return orjson.loads(data), []
+    return None, [(f"file {path}", data.decode("utf-8", "replace"))]
+
+
 def run_verify(settings: Settings, args: Any) -> int:
-    """Exit 0 when intact, 1 when anything broke, 2 when nothing could be verified (no key, a
-    range the ledger does not have); findings on stdout, progress and refusals on stderr."""
-    checkpoint = orjson.loads(Path(args.checkpoint).read_bytes()) if args.checkpoint else None
+    """Exit 0 when intact and anchored to a cosigned checkpoint, 1 when anything broke, 2 when
+    nothing could be verified (no key, a range the ledger does not have), 3 when nothing broke
+    but no cosigned checkpoint anchors it; findings on stdout, progress and refusals on
+    stderr."""
+    checkpoint, notes = _given_checkpoint(args.checkpoint)
     try:
         verifier = verifier_for(
             settings.signing_keys_by_id,
             settings.ledger_keys_by_id,
             args.public_key or settings.ledger_public_key,
         )
-        return asyncio.run(_verify(settings, args, verifier, checkpoint))
+        return asyncio.run(_verify(settings, args, verifier, checkpoint, notes))
     except (NoVerificationKey, RangeError) as exc:
         print(f"verify: {exc}", file=sys.stderr)
         return 2
 
 
 async def _verify(
-    settings: Settings, args: Any, verifier: Verifier, checkpoint: dict[str, Any] | None
+    settings: Settings,
+    args: Any,
+    verifier: Verifier,
+    checkpoint: dict[str, Any] | None,
+    notes: list[tuple[str, str]],
 ) -> int:
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
@@ -75,14 +101,43 @@ async def _verify(
             report.findings += await check_checkpoint(
                 conn, checkpoint, settings.ledger_keys_by_id, verifier.public_key
             )
+        anchors = await find_anchors(settings, conn, notes)
+        chains = [chain] if chain is not None else await chain_ids(conn)
+        await anchor_report(conn, report, anchors, chains)
     finally:
         await conn.close()
     for finding in report.findings:
         print(orjson.dumps(finding.as_dict()).decode())
     print(orjson.dumps({**report.summary(), "checked": verifier.checked}).decode())
-    if report.entries == 0:
+    _say_anchoring(report, anchors.refused)
+    if report.entries == 0 and not report.findings:
         print("verify: nothing to verify: the ledger (or this range) is empty", file=sys.stderr)
-    return 0 if report.intact else 1
+        return 2
+    return EXIT_CODES[report.verdict]
+
+
+def _say_anchoring(report: Report, refused: list[str]) -> None:
+    for anchor in report.anchors or []:
+        print(
+            f"verify: chain {anchor['chain']} anchored to size {anchor['size']} (seq "
+            f"{anchor['seq']}, sealed {anchor['sealed_at']}), cosigned by "
+            f"{', '.join(anchor['witnesses'])} at {anchor['cosigned_at']}",
+            file=sys.stderr,
+        )
+    for line in refused[:SHOWN_REFUSALS]:
+        print(f"verify: not an anchor: {line}", file=sys.stderr)
+    if len(refused) > SHOWN_REFUSALS:
+        print(
+            f"verify: {len(refused) - SHOWN_REFUSALS} more checkpoints are not anchors",
+            file=sys.stderr,
+        )
+    if report.verdict == NOT_ANCHORED and report.entries:
+        chains = ", ".join(map(str, report.unanchored)) or "any"
+        print(
+            f"verify: NOT ANCHORED: no checkpoint cosigned by a quorum of witnesses for chain "
+            f"{chains}; the verdict rests on the database alone (exit {NOT_ANCHORED_EXIT})",
+            file=sys.stderr,
+        )
 
 
 def _progress_printer() -> Any:
@@ -164,6 +219,24 @@ def run_verify_bundle(settings: Settings, args: Any) -> int:
         print(orjson.dumps(finding.as_dict()).decode())
     print(orjson.dumps({**report.summary(), "checked": verifier.checked}).decode())
     return 0 if report.intact else 1
+
+
+def run_checkpoint_vkeys(settings: Settings) -> int:
+    """The value of AUDIT_WITNESS_LOGS a witness of this log needs: each chain's origin and the
+    note key (named by it) its checkpoints are signed with."""
+    public = settings.ledger_public_key
+    if not public and settings.ledger_private_key:
+        public = PublicSigner(settings.ledger_private_key).public_key_b64
+    if not public:
+        print("checkpoint vkeys: set AUDIT_LEDGER_PUBLIC_KEY (or the private key)", file=sys.stderr)
+        return 2
+    pairs = [
+        f"{origin_of(settings.log_origin, chain)}={key.vkey}"
+        for chain in range(settings.stream_shards)
+        for key in log_keys(settings.log_origin, chain, public)
+    ]
+    print(",".join(pairs))
+    return 0
 
 
 def run_ledger_keygen() -> int:

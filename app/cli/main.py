@@ -59,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     seal = keys.add_parser("seal", help="vouch for key rows made before rows carried a MAC")
     seal.add_argument("--org")
-    verify = sub.add_parser("verify", help="verify the ledger; exit 0 intact, 1 not")
+    verify = sub.add_parser(
+        "verify", help="verify the ledger; exit 0 intact and anchored, 1 broken, 3 not anchored"
+    )
     verify.add_argument("--from-seq", type=int)
     verify.add_argument("--to-seq", type=int)
     verify.add_argument("--chain", type=int, help="the chain a seq range is of (default 0)")
     verify.add_argument("--start", help="RFC 3339 time; with --end instead of seqs")
     verify.add_argument("--end")
-    verify.add_argument("--checkpoint", help="a file from `checkpoint export`")
+    verify.add_argument(
+        "--checkpoint",
+        help="a cosigned checkpoint note to anchor to, or a JSON head from `checkpoint export`",
+    )
     verify.add_argument("--public-key", help="Ed25519 public key (base64) to check heads with")
     verify.add_argument(
         "--jobs",
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = checkpoint.add_parser("export", help="write the newest signed head as JSON")
     export.add_argument("--out", help="file to write (default: stdout)")
+    checkpoint.add_parser(
+        "vkeys", help="print AUDIT_WITNESS_LOGS for this log's witnesses: origin=vkey per chain"
+    )
     sub.add_parser("ledger-keygen", help="print a new Ed25519 key pair for ledger heads")
     partitions = sub.add_parser("partitions", help="audit_log partitions").add_subparsers(
         dest="partitions_command", required=True
@@ -114,18 +122,28 @@ def command_list(parser: argparse.ArgumentParser, prefix: str = "") -> list[tupl
     return found
 
 
+def _offline(settings: Settings, args: argparse.Namespace) -> int | None:
+    """The integrity commands that need no database (None: not one of them)."""
+    if args.command not in {"ledger-keygen", "verify-bundle", "checkpoint"}:
+        return None
+    from app.cli import integrity
+
+    if args.command == "ledger-keygen":
+        return integrity.run_ledger_keygen()
+    if args.command == "verify-bundle":
+        return integrity.run_verify_bundle(settings, args)
+    if args.command == "checkpoint" and args.checkpoint_command == "vkeys":
+        return integrity.run_checkpoint_vkeys(settings)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging(settings.log_level)
-    if args.command in {"ledger-keygen", "verify-bundle"}:
-        from app.cli.integrity import run_ledger_keygen, run_verify_bundle
-
-        return (
-            run_ledger_keygen()
-            if args.command == "ledger-keygen"
-            else run_verify_bundle(settings, args)
-        )
+    offline = _offline(settings, args)
+    if offline is not None:
+        return offline
     # Commands that need no database.
     other = {"dev": run_dev_command, "witness": witness_command}.get(args.command)
     if other is not None:

@@ -251,6 +251,16 @@ class Settings(BaseSettings):
     witness_quorum: int = Field(default=1, ge=1, le=64)
     witness_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
+    # Checkpoints of each chain's log (C2SP tlog-checkpoint, signed with the Ed25519 ledger key):
+    # the origin every chain's origin line starts with (`<log_origin>/chain/<chain>`), how often
+    # a new one is made while the log grows, the directory outside the database where each is
+    # appended too, and how long the log may grow without a checkpoint cosigned by a quorum
+    # before that is a threshold violation.
+    log_origin: str = Field(default="audit-ingest.localhost/log", min_length=1, max_length=200)
+    checkpoint_interval_s: float = Field(default=5.0, ge=0.05, le=3600)
+    checkpoint_dir: str = ".data/checkpoints"
+    threshold_unwitnessed_s: float = Field(default=120.0, gt=0)
+
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
     def _check_key_ring(cls, value: str) -> str:
@@ -281,6 +291,13 @@ class Settings(BaseSettings):
         if count and self.witness_quorum > count:
             raise ValueError(f"AUDIT_WITNESS_QUORUM {self.witness_quorum} of {count} witnesses")
         return self
+
+    @field_validator("log_origin")
+    @classmethod
+    def _check_origin(cls, value: str) -> str:
+        if not value.isprintable() or any(c.isspace() for c in value) or "+" in value:
+            raise ValueError("AUDIT_LOG_ORIGIN: printable, no spaces or plus signs")
+        return value
 
     @field_validator("retention")
     @classmethod

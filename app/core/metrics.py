@@ -36,6 +36,11 @@ class Metrics:
     writers: Gauge
     threshold_violations: Counter
     syslog_messages: Counter
+    checkpoints: Counter
+    checkpoint_cosignatures: Gauge
+    witness_failures: Counter
+    quorum_missed: Counter
+    unwitnessed_seconds: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -131,6 +136,38 @@ class Metrics:
                 " connection cap), refused_handshake (failed, timed out, or made way for a"
                 " newer one), accept_error",
                 ["outcome"],
+                registry=reg,
+            ),
+            checkpoints=Counter(
+                "audit_checkpoints",
+                "Checkpoints of a chain's log signed with the ledger key (made by the writer"
+                " process that holds the checkpoint lock)",
+                ["chain"],
+                registry=reg,
+            ),
+            checkpoint_cosignatures=Gauge(
+                "audit_checkpoint_cosignatures",
+                "Witness cosignatures the chain's newest checkpoint got",
+                ["chain"],
+                registry=reg,
+            ),
+            witness_failures=Counter(
+                "audit_witness_failures",
+                "Checkpoints a witness did not cosign (refused, unreachable, or a bad answer)",
+                ["witness"],
+                registry=reg,
+            ),
+            quorum_missed=Counter(
+                "audit_witness_quorum_missed",
+                "Checkpoints that got fewer cosignatures than AUDIT_WITNESS_QUORUM",
+                ["chain"],
+                registry=reg,
+            ),
+            unwitnessed_seconds=Gauge(
+                "audit_log_unwitnessed_seconds",
+                "How long the chain's log has held leaves that no checkpoint cosigned by a"
+                " quorum covers (0: all covered)",
+                ["chain"],
                 registry=reg,
             ),
         )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 
-def _raw(encoded: str, what: str) -> bytes:
+def raw_key(encoded: str, what: str) -> bytes:
     try:
         raw = base64.b64decode(encoded.strip(), validate=True)
     except binascii.Error as exc:
@@ -25,9 +25,14 @@ def _raw(encoded: str, what: str) -> bytes:
     return raw
 
 
+def ledger_private_key(private_key_b64: str) -> Ed25519PrivateKey:
+    """The Ed25519 ledger key from base64 of its 32 raw bytes (AUDIT_LEDGER_PRIVATE_KEY)."""
+    return Ed25519PrivateKey.from_private_bytes(raw_key(private_key_b64, "ledger key"))
+
+
 class PublicSigner:
     def __init__(self, private_key_b64: str) -> None:
-        self._key = Ed25519PrivateKey.from_private_bytes(_raw(private_key_b64, "ledger key"))
+        self._key = ledger_private_key(private_key_b64)
 
     def sign(self, head: bytes) -> bytes:
         return self._key.sign(head)
@@ -39,7 +44,7 @@ class PublicSigner:
 
 
 def verify_public_signature(public_key_b64: str, head: bytes, signature: bytes) -> bool:
-    key = Ed25519PublicKey.from_public_bytes(_raw(public_key_b64, "ledger public key"))
+    key = Ed25519PublicKey.from_public_bytes(raw_key(public_key_b64, "ledger public key"))
     try:
         key.verify(signature, head)
     except InvalidSignature:

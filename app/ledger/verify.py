@@ -151,14 +151,30 @@ class Report:
     pruned_ranges: list[PrunedRange] = field(default_factory=list)
     scoped: bool = False  # one organization's: no service-wide figures
     findings: Findings = field(default_factory=Findings)
+    # app.ledger.anchor: the cosigned checkpoints the log was checked against (None: not
+    # anchored at all), and the chains with entries that have none.
+    anchors: list[dict[str, Any]] | None = None
+    unanchored: list[int] = field(default_factory=list)
 
     @property
     def intact(self) -> bool:
         return self.findings.total == 0
 
+    @property
+    def verdict(self) -> str:
+        """broken (a finding), intact (none, every chain anchored), or not anchored."""
+        if not self.intact:
+            return "broken"
+        if self.anchors and not self.unanchored:
+            return "intact"
+        return "not anchored"
+
     def summary(self) -> dict[str, Any]:
         return {
+            "verdict": self.verdict,
             "intact": self.intact,
+            "anchored": [self._anchor(a) for a in self.anchors or []],
+            "unanchored_chains": self.unanchored,
             "from_seq": self.from_seq,
             "to_seq": self.to_seq,
             "ledger_entries": self.entries,
@@ -171,6 +187,12 @@ class Report:
             "chains": self.chains or [self.chain_summary()],
             "empty": self.entries == 0,
         }
+
+    def _anchor(self, anchor: dict[str, Any]) -> dict[str, Any]:
+        if not self.scoped:
+            return anchor
+        hidden = ("size", "root", "seq")  # every tenant's volume: not one tenant's figure
+        return {k: v for k, v in anchor.items() if k not in hidden}
 
     def _pruned(self, pruned: PrunedRange) -> dict[str, Any]:
         shown = pruned.as_dict()

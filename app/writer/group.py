@@ -14,6 +14,7 @@ from app.core.metrics import Metrics
 from app.core.tasks import stop_tasks, wait_or_stop
 from app.queue.shards import ShardedStream
 from app.store import partitions
+from app.writer.checkpointer import Checkpointer
 from app.writer.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ class WriterGroup:
             task.add_done_callback(lambda _: self.metrics.writers.dec())
         self._tasks.append(asyncio.create_task(self._partition_upkeep(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._summarize_upkeep(), name="summarize"))
+        if self.settings.ledger_private_key:
+            checkpointer = Checkpointer(self.settings, self.metrics)
+            self._tasks.append(
+                asyncio.create_task(checkpointer.run(self.stopping), name="checkpoints")
+            )
+        else:
+            log.warning(
+                "AUDIT_LEDGER_PRIVATE_KEY is not set: no checkpoints are signed, so no witness "
+                "cosigns the log and verification cannot be anchored"
+            )
         log.info("started %d writers", len(self.writers))
 
     async def _partition_upkeep(self) -> None:

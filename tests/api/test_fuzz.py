@@ -116,6 +116,7 @@ OPERATIONS: dict[str, list[CheckFunction]] = {
     "GET /operator/integrity/verify": [verify_stream_ends_in_summary],
     "GET /log/{chain}/consistency": [],
     "GET /log/{chain}/tile/{tile_path}": [],
+    "GET /log/{chain}/checkpoint": [],
     "GET /queue/stats": [],
     "GET /operator/queue/stats": [],
     "GET /queue/dead-letter": [],

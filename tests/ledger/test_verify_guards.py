@@ -65,7 +65,7 @@ async def test_cli_refuses_ranges_the_ledger_does_not_have(sealed_factory: Seale
     unknown = _cli(env, "verify", "--chain", "7")
     assert unknown.returncode == 2 and "chain 7" in unknown.stderr, unknown.stderr
     within = _cli(env, "verify", "--from-seq", "2", "--to-seq", "2")
-    assert within.returncode == 0, within.stdout + within.stderr
+    assert within.returncode == 3, within.stdout + within.stderr  # intact, not anchored
     assert orjson.loads(within.stdout.splitlines()[-1])["ledger_entries"] == 1
 
 
@@ -74,10 +74,10 @@ async def test_an_empty_ledger_says_so(sealed_factory: SealedFactory) -> None:
     settings = sealed.res.settings
     env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
     result = _cli(env, "verify")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr  # nothing to verify
     summary = orjson.loads(result.stdout.splitlines()[-1])
     assert summary["empty"] is True and summary["ledger_entries"] == 0
-    assert "empty" in result.stderr
+    assert "empty" in result.stderr and "NOT ANCHORED" not in result.stderr
     ranged = _cli(env, "verify", "--from-seq", "1", "--to-seq", "1")
     assert ranged.returncode == 2 and "the ledger of chain 0 is empty" in ranged.stderr
 

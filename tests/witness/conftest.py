@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +96,17 @@ class RunningWitness:
 
 @contextlib.asynccontextmanager
 async def running_witness(
-    directory: Path, logs: Sequence[Log], *, name: str = "witness.test/w1"
+    directory: Path,
+    logs: Sequence[Log] | Mapping[str, tuple[VerifierKey, ...]],
+    *,
+    name: str = "witness.test/w1",
 ) -> AsyncIterator[RunningWitness]:
     """The witness app under uvicorn on a loopback socket bound here (no port race), its
-    lifespan running; stopped (lifespan shut down, state directory unlocked) afterwards."""
+    lifespan running; stopped (lifespan shut down, state directory unlocked) afterwards. `logs`:
+    test logs, or origin -> note keys."""
     identity = load_identity(directory, name, "")
-    config = WitnessConfig(identity, {log.origin: (log.vkey,) for log in logs}, directory)
+    known = logs if isinstance(logs, Mapping) else {log.origin: (log.vkey,) for log in logs}
+    config = WitnessConfig(identity, dict(known), directory)
     metrics = WitnessMetrics.create()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

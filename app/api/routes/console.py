@@ -495,16 +495,41 @@ async def _verify(request: Request, caller: Caller, session: console_session.Ses
     return stream
 
 
+VERDICT_CSS = {"intact": "ok", "not anchored": "warn"}
+
+VERDICT_SHOWN = {
+    "intact": "intact, anchored",
+    "not anchored": "not anchored",
+    "broken": "NOT intact",
+}
+
+
+def _anchoring(summary: dict[str, Any]) -> str:
+    """What the verdict rests on, in a sentence."""
+    anchors = summary.get("anchored") or []
+    if not anchors:
+        return (
+            "No checkpoint cosigned by the log's witnesses anchors this verification: it rests "
+            "on what the database holds."
+        )
+    parts = [
+        f"chain {a['chain']}: sealed {a.get('sealed_at')}, cosigned by {', '.join(a['witnesses'])}"
+        for a in anchors
+    ]
+    return "Anchored to the witnessed checkpoints of " + "; ".join(parts) + "."
+
+
 async def _html_lines(head: str, lines: AsyncIterable[Any], tail: str) -> AsyncIterator[bytes]:
     yield head.encode()
     async for line in lines:
         data = orjson.loads(line)
         kind, value = next(iter(data.items()))
         if kind == "summary":
-            verdict = "intact" if value.get("intact") else "NOT intact"
-            css = "ok" if value.get("intact") else "bad"
-            badge = f'<span class="badge {css}" id="verdict">{h(verdict)}</span>'
-            text = f"<li>{badge} {h(orjson.dumps(value).decode())}</li>"
+            verdict = value.get("verdict", "broken")
+            css = VERDICT_CSS.get(verdict, "bad")
+            shown = VERDICT_SHOWN.get(verdict, "NOT intact")
+            badge = f'<span class="badge {css}" id="verdict">{h(shown)}</span>'
+            text = f"<li>{badge} {h(_anchoring(value))} {h(orjson.dumps(value).decode())}</li>"
         else:
             text = f"<li>{h(kind)}: {h(orjson.dumps(value).decode())}</li>"
         yield text.encode()

@@ -21,13 +21,16 @@ from app.api.schemas import EventTime
 from app.api.security import require_scope
 from app.api.slow_clients import GuardedStream
 from app.apikeys.keys import Caller
+from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.errors import ApiError, Conflict, InvalidEvents, NotFound
 from app.core.limits import TooManyVerifications
+from app.ledger.anchor import anchor_report
 from app.ledger.proofs import DamagedBatch, EventVerdict, verify_event
-from app.ledger.verify import Report, Verifier, verify_chains, verify_range
+from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.store.partitions import summarize_batch_ranges
+from app.witness.anchors import find_anchors
 
 router = APIRouter(tags=["integrity"], route_class=EventDataRoute)
 
@@ -153,7 +156,7 @@ async def _verification(
     chosen = seq_range or asked.chain is not None
     seqs = (asked.from_seq or 1, asked.to_seq, asked.chain) if chosen else None
     return GuardedStream(
-        _verify_lines(res.long_reads, verifier, seqs, asked.start, asked.end),
+        _verify_lines(res.long_reads, settings, verifier, seqs, asked.start, asked.end),
         slot=slot,
         send_timeout_s=settings.export_send_timeout_s,
         media_type="application/x-ndjson",
@@ -162,6 +165,7 @@ async def _verification(
 
 async def _verify_lines(
     engine: Any,
+    settings: Settings,
     verifier: Verifier,
     seqs: tuple[int, int | None, int | None] | None,
     start: Any,
@@ -187,6 +191,9 @@ async def _verify_lines(
                     report = await verify_range(
                         conn, verifier, first, last, progress, chain=chain or 0
                     )
+                anchors = await find_anchors(settings, conn)
+                chains = await chain_ids(conn) if seqs is None else [seqs[2] or 0]
+                await anchor_report(conn, report, anchors, chains)
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
             lines.put_nowait(_line("summary", {**report.summary(), "checked": verifier.checked}))

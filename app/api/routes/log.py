@@ -16,6 +16,7 @@ from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.db import driver_connection
 from app.core.errors import ApiError, NotFound
+from app.ledger.checkpoints import cosigned_note, newest_checkpoint
 from app.ledger.logstore import LogRangeError, consistency_between, tile_content
 
 # Level 0 tiles and short proofs hold leaf hashes, which confirm a guessed event: no caching.
@@ -71,3 +72,26 @@ async def tile(request: Request, caller: LogReader, chain: ChainPath, tile_path:
         except LogRangeError as exc:
             raise NotFound(str(exc)) from exc
     return Response(content, media_type="application/octet-stream")
+
+
+@router.get(
+    "/log/{chain}/checkpoint",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}},
+        **error_responses(401, 403, 404, 429),
+    },
+    summary="The chain's newest signed checkpoint, C2SP tlog-checkpoint (log scope)",
+)
+async def checkpoint(request: Request, caller: LogReader, chain: ChainPath) -> Response:
+    """The newest checkpoint of the chain's log as a C2SP signed-note: origin
+    `<AUDIT_LOG_ORIGIN>/chain/<chain>`, tree size, base64 root, then the lines `seq`, `head`
+    and `sealed` of the ledger entry at that size; signed with the Ed25519 ledger key (key named
+    by the origin), followed by the cosignatures of the witnesses that have cosigned it so far.
+    404 while the chain has no checkpoint."""
+    async with driver_connection(resources(request).engine) as conn:
+        row = await newest_checkpoint(conn, chain)
+        if row is None:
+            raise NotFound(f"chain {chain} has no checkpoint yet")
+        note = await cosigned_note(conn, chain, row["tree_size"], row["note"])
+    return Response(note, media_type="text/plain; charset=utf-8")

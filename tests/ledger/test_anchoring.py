@@ -1,0 +1,259 @@
+"""Verification anchored to checkpoints the log's witnesses cosigned: what a database superuser
+does to the ledger (cut its tail, wipe it) is named against the witnessed checkpoint, and with
+no cosigned checkpoint the verdict says "not anchored", never a plain intact.
+
+Each test has its own database (the attacks change every chain) and its own witness, a real
+one on a loopback port; the service's writers make and send the checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.cli.migrate import migrate
+from app.core.config import Settings
+from app.ledger.checkpoints import log_keys, origin_of
+from app.ledger.signing import new_keypair
+from tests.conftest import (
+    Service,
+    SettingsFactory,
+    event,
+    running,
+    wait_stored,
+    with_database,
+)
+from tests.witness.conftest import RunningWitness, running_witness
+
+WITHIN_S = 20.0
+
+
+@dataclass
+class Witnessed:
+    svc: Service
+    settings: Settings
+    witness: RunningWitness
+    conn: asyncpg.Connection
+    headers: dict[str, str]
+    org: str
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "AUDIT_DATABASE_URL": s.database_url,
+            "AUDIT_SIGNING_KEYS": s.signing_keys,
+            "AUDIT_LEDGER_KEYS": s.ledger_keys,
+            "AUDIT_LEDGER_PUBLIC_KEY": s.ledger_public_key,
+            "AUDIT_WITNESSES": s.witnesses,
+            "AUDIT_WITNESS_DIR": s.witness_dir,
+            "AUDIT_CHECKPOINT_DIR": s.checkpoint_dir,
+        }
+
+    async def send(self, count: int) -> None:
+        body = [event(principal_id=f"u{i}", patient_id=f"p{i}") for i in range(count)]
+        resp = await self.svc.client.post("/events/bulk", json=body, headers=self.headers)
+        assert resp.status_code == 202, resp.text
+
+    async def cosigned_size(self, size: int) -> None:
+        """Wait until the witness has cosigned the chain 0 log at `size` leaves."""
+        origin = origin_of(self.settings.log_origin, 0)
+        deadline = asyncio.get_running_loop().time() + WITHIN_S
+        while True:
+            state = self.witness_state(origin)
+            if state is not None and state["size"] >= size:
+                assert state["size"] == size
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"not cosigned: {state}"
+            await asyncio.sleep(0.05)
+
+    def witness_state(self, origin: str) -> dict[str, Any] | None:
+        import hashlib
+
+        path = self.witness.directory / (hashlib.sha256(origin.encode()).hexdigest() + ".json")
+        return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env, "AUDIT_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=full, capture_output=True, text=True, timeout=120
+    )
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return dict(orjson.loads(result.stdout.splitlines()[-1]))
+
+
+def checks(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [orjson.loads(line)["check"] for line in result.stdout.splitlines()[:-1]]
+
+
+@contextlib.asynccontextmanager
+async def witnessed(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path, *, quorum: int = 1
+) -> AsyncIterator[Witnessed]:
+    """A service over a database of its own whose writers checkpoint every 50 ms and send each
+    checkpoint to one running witness."""
+    name = f"audit_anchor_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(database_url, name)
+    private, public = new_keypair()
+    base = settings_factory(database_url=url, ledger_private_key=private, ledger_public_key=public)
+    keys = {origin_of(base.log_origin, 0): log_keys(base.log_origin, 0, public)}
+    try:
+        async with running_witness(tmp_path / "witness", keys) as witness:
+            settings = settings_factory(
+                database_url=url,
+                ledger_private_key=private,
+                ledger_public_key=public,
+                witnesses=f"{witness.url}={witness.identity.vkey}",
+                witness_quorum=quorum,
+                witness_dir=str(witness.directory),
+                checkpoint_dir=str(tmp_path / "checkpoints"),
+                checkpoint_interval_s=0.05,
+            )
+            await asyncio.to_thread(migrate, settings)
+            conn = await asyncpg.connect(url)
+            try:
+                async with running(settings) as svc:
+                    org = f"org-{uuid.uuid4().hex[:8]}"
+                    headers = await svc.key(org)
+                    yield Witnessed(svc, settings, witness, conn, headers, org)
+            finally:
+                await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def superuser(conn: asyncpg.Connection, *statements: str) -> None:
+    """Statements run past every trigger, as the database's owner could."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL session_replication_role = replica")
+        for statement in statements:
+            await conn.execute(statement)
+
+
+async def test_with_no_cosigned_checkpoint_the_verdict_is_not_anchored(
+    settings_factory: SettingsFactory, org: str, database_url: str
+) -> None:
+    async with running(settings_factory()) as svc:  # no ledger key, no witness
+        headers = await svc.key(org)
+        resp = await svc.client.post("/events/bulk", json=[event()] * 3, headers=headers)
+        assert resp.status_code == 202
+        await wait_stored(database_url, org, 3)
+        answer = await svc.client.get("/integrity/verify", headers=headers)
+        final = orjson.loads(answer.content.splitlines()[-1])["summary"]
+        assert final["intact"] is True and final["findings"] == 0
+        assert final["verdict"] == "not anchored" and final["anchored"] == []
+
+
+async def test_a_witnessed_log_verifies_anchored(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        await w.send(5)
+        await wait_stored(w.settings.database_url, w.org, 5)
+        await w.cosigned_size(5)
+        result = cli(w.env(), "verify")
+        assert result.returncode == 0, result.stdout + result.stderr
+        final = summary(result)
+        assert final["verdict"] == "intact"
+        [anchor] = final["anchored"]
+        assert anchor["size"] == 5 and anchor["witnesses"] == [w.witness.identity.name]
+        assert "anchored to size 5" in result.stderr
+        # The checkpoint itself with its cosignature, and the verdict over HTTP (whose own
+        # read record the log then holds: sizes are not shown to one organization).
+        note = await w.svc.client.get("/log/0/checkpoint", headers=w.headers)
+        assert note.status_code == 200
+        assert note.text.startswith(origin_of(w.settings.log_origin, 0) + "\n5\n")
+        assert f"\u2014 {w.witness.identity.name} " in note.text
+        answer = await w.svc.client.get("/integrity/verify", headers=w.headers)
+        final = orjson.loads(answer.content.splitlines()[-1])["summary"]
+        assert final["verdict"] == "intact" and "size" not in final["anchored"][0]
+        # Without the witnesses' public keys nothing anchors it: exit 3, never a plain intact.
+        unwitnessed = cli({**w.env(), "AUDIT_WITNESSES": ""}, "verify")
+        assert unwitnessed.returncode == 3, unwitnessed.stdout + unwitnessed.stderr
+        assert summary(unwitnessed)["verdict"] == "not anchored"
+        assert "NOT ANCHORED" in unwitnessed.stderr
+
+
+async def test_a_cut_tail_is_named_against_the_witnessed_checkpoint(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """Deleting the three newest ledger entries with their events and the log's tiles past
+    them leaves a chain that checks whole by itself: only the witnessed checkpoint shows it."""
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        for size in (2, 3, 4, 5):  # one batch each: wait for each to be stored
+            await w.send(size)
+            await wait_stored(w.settings.database_url, w.org, {2: 2, 3: 5, 4: 9, 5: 14}[size])
+        await w.cosigned_size(14)
+        newest = await w.conn.fetchval("SELECT max(seq) FROM audit_ledger")
+        assert newest == 4
+        await w.svc.app.state.resources.writers.stop()  # nothing more is sealed or checkpointed
+        await superuser(
+            w.conn,
+            """DELETE FROM audit_log WHERE batch_id IN
+               (SELECT batch_id FROM audit_ledger WHERE seq >= 2)""",
+            "DELETE FROM audit_ledger WHERE seq >= 2",
+            "DELETE FROM audit_checkpoint_cosignatures",
+            "DELETE FROM audit_checkpoints",
+            """UPDATE audit_log_tiles SET hashes = substring(hashes FROM 1 FOR 64)
+               WHERE level = 0 AND idx = 0""",
+        )
+        result = cli(w.env(), "verify")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert checks(result) == ["log_shorter_than_checkpoint"]
+        assert "the log has 2 leaves" in result.stdout and "has 14" in result.stdout
+
+
+async def test_wiped_tables_are_named_by_the_api_and_the_witness_refuses_the_new_log(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """DELETE FROM audit_log and audit_ledger (and the tiles and checkpoints): the service seals
+    its own record of the next read as a fresh seq 1; the API's verdict is broken, the witness
+    refuses the fresh log's checkpoint and the service counts that."""
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        await w.send(6)
+        await wait_stored(w.settings.database_url, w.org, 6)
+        await w.cosigned_size(6)
+        await superuser(
+            w.conn,
+            "DELETE FROM audit_log",
+            "DELETE FROM audit_ledger",
+            "DELETE FROM audit_log_tiles",
+            "DELETE FROM audit_checkpoint_cosignatures",
+            "DELETE FROM audit_checkpoints",
+        )
+        await w.svc.client.get("/events", headers=w.headers)  # its read record: a new seq 1
+        metrics = w.svc.app.state.resources.metrics
+
+        async def refused() -> bool:
+            value = metrics.registry.get_sample_value(
+                "audit_witness_failures_total", {"witness": w.witness.identity.name}
+            )
+            return bool(value)
+
+        deadline = asyncio.get_running_loop().time() + WITHIN_S
+        while not await refused():
+            assert asyncio.get_running_loop().time() < deadline, "the witness never refused"
+            await asyncio.sleep(0.05)
+        answer = await w.svc.client.get("/integrity/verify", headers=w.headers)
+        lines = [orjson.loads(line) for line in answer.content.splitlines()]
+        final = lines[-1]["summary"]
+        assert final["intact"] is False and final["verdict"] == "broken"
+        found = [x["finding"]["check"] for x in lines if "finding" in x]
+        assert found == ["log_shorter_than_checkpoint"] or found == ["checkpoint_root_mismatch"]
+        state = w.witness_state(origin_of(w.settings.log_origin, 0))
+        assert state is not None and state["size"] == 6  # it kept the log it saw
