@@ -15,7 +15,11 @@ SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
 An entry sealed into the chain's transparency log (head_version 2) has the head
 SHA-256("audit-ledger-head-v2" || the same fields || tree_size (8 bytes BE) || tree_root). A proof
 also carries `log`: the event's position in its chain's log and an RFC 9162 inclusion proof
-against the tree size and root of the chain's newest entry, whose head commits to them (v2).
+against the tree size and root of the chain's newest entry, whose head commits to them (v2),
+and `log.checkpoint` once a checkpoint covers the event: the chain's newest checkpoint note (C2SP
+tlog-checkpoint signed with the Ed25519 ledger key, with the witnesses' cosignatures) and an
+inclusion proof against the root it signs, which the log's and the witnesses' public keys check
+with nothing else.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import asyncpg
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp, parse_timestamp
 from app.ledger.chain import entry_head
+from app.ledger.checkpoints import cosigned_note, newest_checkpoint
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
 from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
 from app.ledger.merkle import audit_path, leaf_hash
+from app.ledger.notes import NoteError, parse_checkpoint, parse_note
 from app.ledger.prune import unpack_leaves
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
@@ -141,6 +147,28 @@ async def _log_proof(
         "tree_root": bytes(newest["tree_root"]).hex(),
         "inclusion_proof": [h.hex() for h in path],
         "ledger_entry": ledger_entry_json(newest),
+        "checkpoint": await _checkpoint_proof(conn, chain, position),
+    }
+
+
+async def _checkpoint_proof(
+    conn: asyncpg.Connection, chain: int, position: int
+) -> dict[str, Any] | None:
+    """The chain's newest checkpoint (the signed note with the witnesses' cosignatures so far)
+    and the leaf's inclusion proof against it; None while no checkpoint covers the leaf yet.
+    Whoever holds the log's key and the witnesses' keys can check it with nothing else."""
+    row = await newest_checkpoint(conn, chain)
+    if row is None or row["tree_size"] <= position:
+        return None
+    size = row["tree_size"]
+    try:
+        path = await log_inclusion_proof(conn, chain, position, size)
+    except (MissingTile, ValueError) as exc:
+        raise DamagedBatch(f"the log of chain {chain} cannot prove leaf {position}: {exc}") from exc
+    return {
+        "note": await cosigned_note(conn, chain, size, row["note"]),
+        "tree_size": size,
+        "inclusion_proof": [h.hex() for h in path],
     }
 
 
@@ -322,9 +350,35 @@ def _check_log_proof(proof: Mapping[str, Any]) -> str | None:
         )
     except (ProofError, ValueError):
         return "the log inclusion proof does not lead to the entry's tree root"
+    failed = _check_checkpoint_proof(proof)
+    if failed:
+        return failed
     if tree["seq"] == batch["seq"] and tree["chain"] == batch["chain"]:
         return None  # the very entry checked above
     return _check_entry_json(tree)
+
+
+def _check_checkpoint_proof(proof: Mapping[str, Any]) -> str | None:
+    """The inclusion proof against the checkpoint leads to the root the note signs (its
+    signatures are for whoever holds the keys to check)."""
+    log = proof["log"]
+    given = log.get("checkpoint")
+    if given is None:
+        return None
+    try:
+        checkpoint = parse_checkpoint(parse_note(given["note"])[0])
+        if checkpoint.size != given["tree_size"]:
+            return "the checkpoint proof is not of the checkpoint's size"
+        verify_inclusion(
+            log["leaf_index"],
+            checkpoint.size,
+            leaf_hash(bytes.fromhex(proof["event_hash"])),
+            [bytes.fromhex(step) for step in given["inclusion_proof"]],
+            checkpoint.root_hash,
+        )
+    except (ProofError, NoteError, ValueError):
+        return "the inclusion proof does not lead to the checkpoint's root"
+    return None
 
 
 def _check_entry_json(entry: Mapping[str, Any]) -> str | None:

@@ -24,7 +24,12 @@ import orjson
 from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.ledger.checkpoints import log_keys, origin_of
+from app.ledger.merkle import leaf_hash
+from app.ledger.notes import open_note, parse_checkpoint
+from app.ledger.proofs import check_proof
 from app.ledger.signing import new_keypair
+from app.ledger.tlog import verify_inclusion
+from app.witness.config import load_identity
 from tests.conftest import (
     Service,
     SettingsFactory,
@@ -33,7 +38,7 @@ from tests.conftest import (
     wait_stored,
     with_database,
 )
-from tests.witness.conftest import RunningWitness, running_witness
+from tests.witness.conftest import RunningWitness, running_witness, unused_url
 
 WITHIN_S = 20.0
 
@@ -100,10 +105,17 @@ def checks(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def witnessed(
-    database_url: str, settings_factory: SettingsFactory, tmp_path: Path, *, quorum: int = 1
+    database_url: str,
+    settings_factory: SettingsFactory,
+    tmp_path: Path,
+    *,
+    quorum: int = 1,
+    running_witnesses: int = 1,
+    down: int = 0,
 ) -> AsyncIterator[Witnessed]:
     """A service over a database of its own whose writers checkpoint every 50 ms and send each
-    checkpoint to one running witness."""
+    checkpoint to its witnesses: `running_witnesses` real ones (the first is `w.witness`) and
+    `down` that nobody answers for."""
     name = f"audit_anchor_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -112,29 +124,46 @@ async def witnessed(
     base = settings_factory(database_url=url, ledger_private_key=private, ledger_public_key=public)
     keys = {origin_of(base.log_origin, 0): log_keys(base.log_origin, 0, public)}
     try:
-        async with running_witness(tmp_path / "witness", keys) as witness:
+        async with contextlib.AsyncExitStack() as stack:
+            started = [
+                await stack.enter_async_context(
+                    running_witness(tmp_path / f"witness-{n}", keys, name=f"witness.test/w{n}")
+                )
+                for n in range(running_witnesses)
+            ]
+            listed = [f"{w.url}={w.identity.vkey}" for w in started]
+            for n in range(down):
+                offline = load_identity(tmp_path / f"down-{n}", f"witness.test/down{n}", "")
+                listed.append(f"{unused_url()}={offline.vkey}")
             settings = settings_factory(
                 database_url=url,
                 ledger_private_key=private,
                 ledger_public_key=public,
-                witnesses=f"{witness.url}={witness.identity.vkey}",
+                witnesses=",".join(listed),
                 witness_quorum=quorum,
-                witness_dir=str(witness.directory),
+                witness_timeout_s=2,
+                witness_dir=str(started[0].directory),
                 checkpoint_dir=str(tmp_path / "checkpoints"),
                 checkpoint_interval_s=0.05,
             )
             await asyncio.to_thread(migrate, settings)
-            conn = await asyncpg.connect(url)
-            try:
-                async with running(settings) as svc:
-                    org = f"org-{uuid.uuid4().hex[:8]}"
-                    headers = await svc.key(org)
-                    yield Witnessed(svc, settings, witness, conn, headers, org)
-            finally:
-                await conn.close()
+            conn = await stack.enter_async_context(_connection(url))
+            svc = await stack.enter_async_context(running(settings))
+            org = f"org-{uuid.uuid4().hex[:8]}"
+            headers = await svc.key(org)
+            yield Witnessed(svc, settings, started[0], conn, headers, org)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def _connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def superuser(conn: asyncpg.Connection, *statements: str) -> None:
@@ -257,3 +286,64 @@ async def test_wiped_tables_are_named_by_the_api_and_the_witness_refuses_the_new
         assert found == ["log_shorter_than_checkpoint"] or found == ["checkpoint_root_mismatch"]
         state = w.witness_state(origin_of(w.settings.log_origin, 0))
         assert state is not None and state["size"] == 6  # it kept the log it saw
+
+
+async def test_an_event_proof_leads_to_the_cosigned_checkpoint(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        await w.send(7)
+        await wait_stored(w.settings.database_url, w.org, 7)
+        await w.cosigned_size(7)
+        rows = await w.conn.fetch("SELECT event_id FROM audit_log ORDER BY leaf_index")
+        answer = await w.svc.client.get(f"/events/{rows[3]['event_id']}/proof", headers=w.headers)
+        assert answer.status_code == 200, answer.text
+        proof = answer.json()
+        assert proof["verification"]["verified"] is True
+        given = proof["log"]["checkpoint"]
+        assert given["tree_size"] == 7
+        # Checked by an outsider with the log's key and the witness's key alone.
+        keys = log_keys(w.settings.log_origin, 0, w.settings.ledger_public_key)
+        opened = open_note(given["note"], [*keys, w.witness.identity.verifier_key])
+        assert {s.name for s in opened.verified} == {keys[0].name, w.witness.identity.name}
+        checkpoint = parse_checkpoint(opened.text)
+        verify_inclusion(
+            3,
+            checkpoint.size,
+            leaf_hash(bytes.fromhex(proof["event_hash"])),
+            [bytes.fromhex(h) for h in given["inclusion_proof"]],
+            checkpoint.root_hash,
+        )
+        # A proof whose path no longer leads to the signed root is named.
+        broken = {**proof, "log": {**proof["log"], "checkpoint": {**given, "inclusion_proof": []}}}
+        assert check_proof(broken) == "the inclusion proof does not lead to the checkpoint's root"
+
+
+async def test_a_quorum_of_two_of_three_witnesses_with_one_down_anchors(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    async with witnessed(
+        database_url, settings_factory, tmp_path, quorum=2, running_witnesses=2, down=1
+    ) as w:
+        await w.send(4)
+        await wait_stored(w.settings.database_url, w.org, 4)
+        await w.cosigned_size(4)
+        metrics = w.svc.app.state.resources.metrics
+
+        def sample(name: str, **labels: str) -> float:
+            return metrics.registry.get_sample_value(name, labels) or 0.0
+
+        deadline = asyncio.get_running_loop().time() + WITHIN_S
+        while sample("audit_checkpoint_cosignatures", chain="0") < 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert sample("audit_witness_failures_total", witness="witness.test/down0") >= 1
+        assert sample("audit_witness_quorum_missed_total", chain="0") == 0
+        result = cli(w.env(), "verify")
+        assert result.returncode == 0, result.stdout + result.stderr
+        [anchor] = summary(result)["anchored"]
+        assert anchor["witnesses"] == ["witness.test/w0", "witness.test/w1"]
+        # With the quorum raised to three, the same checkpoints anchor nothing.
+        three = cli({**w.env(), "AUDIT_WITNESS_QUORUM": "3"}, "verify")
+        assert three.returncode == 3, three.stdout + three.stderr
+        assert "cosigned by 2 of the 3 witnesses" in three.stderr
