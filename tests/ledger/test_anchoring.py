@@ -30,10 +30,12 @@ from app.ledger.proofs import check_proof
 from app.ledger.signing import new_keypair
 from app.ledger.tlog import verify_inclusion
 from app.witness.config import load_identity
+from tests.api.console_client import console_client
 from tests.conftest import (
     Service,
     SettingsFactory,
     event,
+    eventually,
     running,
     wait_stored,
     with_database,
@@ -70,14 +72,17 @@ class Witnessed:
         assert resp.status_code == 202, resp.text
 
     async def cosigned_size(self, size: int) -> None:
-        """Wait until the witness has cosigned the chain 0 log at `size` leaves."""
+        """Wait until the witness has cosigned the chain 0 log at `size` leaves and the
+        service has stored the cosignature."""
         origin = origin_of(self.settings.log_origin, 0)
         deadline = asyncio.get_running_loop().time() + WITHIN_S
+        stored = "SELECT count(*) FROM audit_checkpoint_cosignatures WHERE tree_size = $1"
         while True:
             state = self.witness_state(origin)
             if state is not None and state["size"] >= size:
                 assert state["size"] == size
-                return
+                if await self.conn.fetchval(stored, size):
+                    return
             assert asyncio.get_running_loop().time() < deadline, f"not cosigned: {state}"
             await asyncio.sleep(0.05)
 
@@ -204,13 +209,23 @@ async def test_a_witnessed_log_verifies_anchored(
         assert "anchored to size 5" in result.stderr
         # The checkpoint itself with its cosignature, and the verdict over HTTP (whose own
         # read record the log then holds: sizes are not shown to one organization).
-        note = await w.svc.client.get("/log/0/checkpoint", headers=w.headers)
-        assert note.status_code == 200
-        assert note.text.startswith(origin_of(w.settings.log_origin, 0) + "\n5\n")
-        assert f"\u2014 {w.witness.identity.name} " in note.text
+        cosigned = f"\u2014 {w.witness.identity.name} "
+
+        async def served() -> bool:  # the witness answered; the service then stores its line
+            note = await w.svc.client.get("/log/0/checkpoint", headers=w.headers)
+            assert note.status_code == 200
+            assert note.text.startswith(origin_of(w.settings.log_origin, 0) + "\n5\n")
+            return cosigned in note.text
+
+        await eventually(served)
         answer = await w.svc.client.get("/integrity/verify", headers=w.headers)
         final = orjson.loads(answer.content.splitlines()[-1])["summary"]
         assert final["verdict"] == "intact" and "size" not in final["anchored"][0]
+        key = w.headers["Authorization"].removeprefix("Bearer ")
+        async with console_client(w.svc.app, key) as console:
+            page = await console.get("/console/verify?run=1")
+        assert '<span class="badge ok" id="verdict">intact, anchored</span>' in page.text
+        assert f"cosigned by {w.witness.identity.name}" in page.text
         # Without the witnesses' public keys nothing anchors it: exit 3, never a plain intact.
         unwitnessed = cli({**w.env(), "AUDIT_WITNESSES": ""}, "verify")
         assert unwitnessed.returncode == 3, unwitnessed.stdout + unwitnessed.stderr
