@@ -130,3 +130,26 @@ async def test_the_monitor_watches_memory_and_errors_of_its_process(
             json.loads(r["details"])["metric"] for r in await stored_rows(database_url, operations)
         )
         assert metrics == ["error_rate", "memory_rss", "memory_rss"]
+
+
+async def test_a_log_no_quorum_has_cosigned_for_too_long_is_a_violation(
+    settings_factory: SettingsFactory, database_url: str
+) -> None:
+    operations = f"ops-{uuid.uuid4().hex[:8]}"
+    settings = settings_factory(
+        threshold_unwitnessed_s=30,
+        threshold_event_interval_s=0,
+        threshold_rss_mb=1_000_000,  # only the gauge under test may cross its threshold
+        operations_org=operations,
+    )
+    async with running(settings) as svc:
+        res = svc.app.state.resources
+        monitor = api_monitor(res)
+        res.metrics.unwitnessed_seconds.labels(chain="0").set(29)
+        assert await monitor.check() == 0
+        res.metrics.unwitnessed_seconds.labels(chain="1").set(31)  # the checkpointer's gauge
+        assert await monitor.check() == 1
+        await wait_stored(database_url, operations, 1)
+        [row] = await stored_rows(database_url, operations)
+        details = json.loads(row["details"])
+        assert (details["metric"], details["value"]) == ("log_unwitnessed", 31)
