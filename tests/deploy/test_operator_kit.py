@@ -92,6 +92,7 @@ def test_the_alert_rules_check_and_pass_their_unit_tests() -> None:
         "AuditWritersAbsent",
         "AuditProcessMemoryHigh",
         "AuditHttp5xxRate",
+        "AuditLogUnwitnessed",
     }
     covered = (PROMETHEUS / "alerts.test.yml").read_text()
     assert all(f"alertname: {name}" in covered for name in names)
