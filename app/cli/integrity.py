@@ -16,8 +16,8 @@ import orjson
 
 from app.core.config import Settings
 from app.core.timefmt import parse_timestamp
-from app.ledger.anchor import BROKEN, INTACT, NOT_ANCHORED, anchor_report
-from app.ledger.bundles import export_bundle, verify_bundle
+from app.ledger.anchor import BROKEN, INTACT, NOT_ANCHORED, Anchors, anchor_report
+from app.ledger.bundles import BundleAnchors, export_bundle, verify_bundle
 from app.ledger.checkpoints import log_keys, origin_of
 from app.ledger.parallel_verify import verify_whole_chain
 from app.ledger.proofs import check_checkpoint, export_checkpoint
@@ -25,7 +25,7 @@ from app.ledger.signing import PublicSigner, new_keypair
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.store.partitions import summarize_batch_ranges
-from app.witness.anchors import find_anchors
+from app.witness.anchors import anchor_policy, find_anchors
 
 PROGRESS_EVERY_S = 2.0
 
@@ -178,26 +178,43 @@ def run_checkpoint_export(settings: Settings, out: str | None) -> int:
 
 def run_export_bundle(settings: Settings, args: Any) -> int:
     start, end = parse_timestamp(args.start), parse_timestamp(args.end)
-    lines = asyncio.run(_bundle_lines(settings, start, end, args.org))
+    lines, anchors = asyncio.run(_bundle_lines(settings, start, end, args.org))
     Path(args.out).write_bytes(b"".join(lines))
     counts = {
         k: sum(1 for line in lines if line.startswith(b'{"' + k.encode()))
-        for k in ("ledger", "event", "leaf")
+        for k in ("ledger", "event", "leaf", "consistency")
     }
     print(
         f"wrote {args.out}: {counts['event']} events, {counts['ledger']} ledger entries, "
-        f"{counts['leaf']} other leaves",
+        f"{counts['leaf']} other leaves, {counts['consistency']} consistency proofs",
         file=sys.stderr,
     )
+    for fork in anchors.forks:
+        print(f"export-bundle: {fork.check}: chain {fork.chain}: {fork.detail}", file=sys.stderr)
+    for chain, anchor in sorted(anchors.by_chain.items()):
+        print(
+            f"export-bundle: chain {chain}: checkpoint of size {anchor.checkpoint.size} cosigned "
+            f"by {', '.join(anchor.witnesses)}",
+            file=sys.stderr,
+        )
+    if not anchors.by_chain:
+        print(
+            "export-bundle: no checkpoint cosigned by a quorum of witnesses: the bundle is not "
+            "anchored",
+            file=sys.stderr,
+        )
     return 0
 
 
 async def _bundle_lines(
     settings: Settings, start: datetime, end: datetime, org: str | None
-) -> list[bytes]:
+) -> tuple[list[bytes], Anchors]:
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
-        return [line async for line in export_bundle(conn, start, end, org)]
+        anchors = await find_anchors(settings, conn)
+        anchoring = BundleAnchors(anchor_policy(settings), anchors.by_chain)
+        lines = [line async for line in export_bundle(conn, start, end, org, anchoring)]
+        return lines, anchors
     finally:
         await conn.close()
 

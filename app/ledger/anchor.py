@@ -31,9 +31,11 @@ from app.ledger.logstore import MissingTile, log_root, newest_size
 from app.ledger.notes import (
     Checkpoint,
     NoteError,
+    NoteSignature,
     VerifierKey,
     cosignature_timestamp,
     cosigned_by,
+    format_note,
     open_checkpoint,
     parse_checkpoint,
     parse_note,
@@ -70,6 +72,13 @@ class Anchor:
     witnesses: tuple[str, ...]
     cosigned_at: int  # the newest cosignature's time, POSIX seconds
     sources: tuple[str, ...]
+    # The signatures that verified: the log's, then the policy's witnesses' (of every copy).
+    signatures: tuple[NoteSignature, ...] = ()
+
+    @property
+    def note(self) -> str:
+        """The checkpoint as a note with every verified signature (what a bundle carries)."""
+        return format_note(self.checkpoint.text, self.signatures)
 
     def as_dict(self) -> dict[str, Any]:
         facts = entry_facts(self.checkpoint)
@@ -104,7 +113,8 @@ def open_anchor(policy: AnchorPolicy, source: str, note: str) -> Anchor:
     cosignatures = cosigned_by(opened, policy.witnesses)
     names = tuple(sorted({s.name for s in cosignatures}))
     newest = max((cosignature_timestamp(s) for s in cosignatures), default=0)
-    return Anchor(chain, checkpoint, names, newest, (source,))
+    logs = tuple(s for s in opened.verified if (s.name, s.key_id) in signers)
+    return Anchor(chain, checkpoint, names, newest, (source,), (*logs, *cosignatures))
 
 
 @dataclass(slots=True)
@@ -121,6 +131,7 @@ def _joined(one: Anchor, other: Anchor) -> Anchor:
         tuple(sorted({*one.witnesses, *other.witnesses})),
         max(one.cosigned_at, other.cosigned_at),
         tuple(dict.fromkeys((*one.sources, *other.sources))),
+        tuple(dict.fromkeys((*one.signatures, *other.signatures))),
     )
 
 

@@ -1,19 +1,31 @@
-"""Offline bundles: events of a time range with the ledger entries that seal them, verifiable
-with no database (NDJSON, one object per line):
+"""Offline bundles: events of a time range with the ledger entries that seal them and what
+anchors those to a checkpoint cosigned by witnesses, verifiable with no database (NDJSON, one
+object per line):
 
-    {"bundle": {"kind": "audit-bundle-v1", "start", "end", "organization", "created_at"}}
+    {"bundle": {"kind": "audit-bundle-v2", "start", "end", "organization", "created_at",
+                "log_origin"}}
+    {"witnesses": {"quorum", "vkeys": [cosignature/v1 vkey, ...]}}   the log's witnesses
+    {"log_keys": {"chain", "vkeys": [Ed25519 note vkey, ...]}}        per chain: the log's key
+    {"checkpoint": {"chain", "note"}}   per chain: its newest checkpoint cosigned by a quorum, as
+                      a note with the log's signature and the witnesses' cosignatures
     {"ledger": {chain, seq, event_count, merkle_root, first/last_timestamp, prev_head, head,
-                key_id, signature, public_signature}}   every seq from first to last, per chain
+                key_id, signature, public_signature, sealed_at, head_version, tree_size,
+                tree_root}}   every seq from first to last, per chain
+    {"consistency": {"chain", "seq", "old_size", "new_size", "proof": [hex, ...]}}   per
+                      ledger entry whose tree_size is at most the checkpoint's: RFC 9162 proof
+                      from the entry's tree to the checkpoint's (empty at equal sizes)
     {"event": {the stored fields, hash, signature, key_id, batch_chain, batch_seq, leaf_index}}
     {"leaf": {"batch_chain", "batch_seq", "leaf_index", "hash"}}   the other leaves of those
                       batches (events outside the range or organization: hash only)
 
 A bundle of a single-chain ledger is the same with every chain 0 (a missing `chain` or
-`batch_chain` reads as 0).
+`batch_chain` reads as 0). An audit-bundle-v1 bundle has no anchoring lines: it reads the same
+and is not anchored.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,13 +35,29 @@ import asyncpg
 import orjson
 
 from app.core.timefmt import format_timestamp
+from app.ledger.anchor import Anchor, AnchorPolicy
+from app.ledger.checkpoints import log_keys
 from app.ledger.hashing import record_from_row
+from app.ledger.logstore import MissingTile, log_consistency_proof
 from app.ledger.merkle import merkle_root
 from app.ledger.proofs import ledger_entry_json
 from app.ledger.sql import BUNDLE_ENTRIES, BUNDLE_EVENTS, BUNDLE_LEAVES
 from app.ledger.verify import Finding, Report, Verifier
 
+log = logging.getLogger(__name__)
+
+BUNDLE_KIND = "audit-bundle-v2"
+
 Place = tuple[int, int]  # (chain, seq) of a batch
+
+
+@dataclass(frozen=True, slots=True)
+class BundleAnchors:
+    """What an export anchors its entries to: the log's origin and keys and its witnesses
+    (`policy`), and the newest checkpoint of each chain cosigned by a quorum (`by_chain`)."""
+
+    policy: AnchorPolicy
+    by_chain: Mapping[int, Anchor]
 
 
 def _line(kind: str, value: Any) -> bytes:
@@ -49,16 +77,24 @@ def event_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def export_bundle(
-    conn: asyncpg.Connection, start: datetime, end: datetime, organization: str | None
+    conn: asyncpg.Connection,
+    start: datetime,
+    end: datetime,
+    organization: str | None,
+    anchors: BundleAnchors | None = None,
 ) -> AsyncIterator[bytes]:
+    """The bundle's lines; with `anchors`, the keys, each chain's checkpoint and the
+    consistency proofs to it too (none: not anchored)."""
+    policy = anchors.policy if anchors else None
     yield _line(
         "bundle",
         {
-            "kind": "audit-bundle-v1",
+            "kind": BUNDLE_KIND,
             "start": format_timestamp(start),
             "end": format_timestamp(end),
             "organization": organization,
             "created_at": format_timestamp(datetime.now(UTC)),
+            "log_origin": policy.log_origin if policy else None,
         },
     )
     events = await conn.fetch(BUNDLE_EVENTS, start, end, organization)
@@ -67,9 +103,13 @@ async def export_bundle(
         chain, seq = event["batch_chain"], event["batch_seq"]
         low, high = spans.get(chain, (seq, seq))
         spans[chain] = (min(low, seq), max(high, seq))
+    if policy is not None:
+        vkeys = [key.vkey for key in policy.witnesses]
+        yield _line("witnesses", {"quorum": policy.quorum, "vkeys": vkeys})
     for chain, (first, last) in spans.items():
-        for entry in await conn.fetch(BUNDLE_ENTRIES, chain, first, last):
-            yield _line("ledger", ledger_entry_json(entry))
+        entries = await conn.fetch(BUNDLE_ENTRIES, chain, first, last)
+        async for line in _chain_lines(conn, chain, entries, anchors):
+            yield line
     exported = {(e["batch_chain"], e["batch_seq"], e["leaf_index"]) for e in events}
     for event in events:
         yield _line("event", event_json(event))
@@ -84,6 +124,52 @@ async def export_bundle(
                 "hash": bytes(leaf["hash"]).hex(),
             }
             yield _line("leaf", value)
+
+
+async def _chain_lines(
+    conn: asyncpg.Connection,
+    chain: int,
+    entries: list[asyncpg.Record],
+    anchors: BundleAnchors | None,
+) -> AsyncIterator[bytes]:
+    """A chain's log keys and checkpoint, its ledger entries, and their consistency proofs."""
+    anchor = anchors.by_chain.get(chain) if anchors else None
+    if anchors is not None and anchors.policy.public_keys:
+        keys = log_keys(anchors.policy.log_origin, chain, anchors.policy.public_keys)
+        yield _line("log_keys", {"chain": chain, "vkeys": [key.vkey for key in keys]})
+    if anchor is not None:
+        yield _line("checkpoint", {"chain": chain, "note": anchor.note})
+    for entry in entries:
+        yield _line("ledger", ledger_entry_json(entry))
+    if anchor is None:
+        return
+    for entry in entries:
+        proof = await _consistency(conn, chain, entry, anchor)
+        if proof is not None:
+            yield _line("consistency", proof)
+
+
+async def _consistency(
+    conn: asyncpg.Connection, chain: int, entry: Mapping[str, Any], anchor: Anchor
+) -> dict[str, Any] | None:
+    """The consistency line from the entry's tree to the anchor's (None: the entry is past
+    it, or the log cannot give the proof: the entry is then not anchored, and verify names
+    why the log is short)."""
+    old, new = entry["tree_size"], anchor.checkpoint.size
+    if not old or old > new:
+        return None
+    try:
+        proof = await log_consistency_proof(conn, chain, old, new)
+    except (MissingTile, ValueError) as exc:
+        log.warning("no consistency proof from %d to %d of chain %d: %s", old, new, chain, exc)
+        return None
+    return {
+        "chain": chain,
+        "seq": entry["seq"],
+        "old_size": old,
+        "new_size": new,
+        "proof": [step.hex() for step in proof],
+    }
 
 
 def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:
