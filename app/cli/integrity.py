@@ -17,7 +17,8 @@ import orjson
 from app.core.config import Settings
 from app.core.timefmt import parse_timestamp
 from app.ledger.anchor import BROKEN, INTACT, NOT_ANCHORED, Anchors, anchor_report
-from app.ledger.bundles import BundleAnchors, export_bundle, verify_bundle
+from app.ledger.bundle_anchor import PINNED_SOURCE, parse_witness_keys
+from app.ledger.bundles import BundleAnchors, BundleReport, export_bundle, verify_bundle
 from app.ledger.checkpoints import log_keys, origin_of
 from app.ledger.parallel_verify import verify_whole_chain
 from app.ledger.proofs import check_checkpoint, export_checkpoint
@@ -118,12 +119,7 @@ async def _verify(
 
 def _say_anchoring(report: Report, refused: list[str]) -> None:
     for anchor in report.anchors or []:
-        print(
-            f"verify: chain {anchor['chain']} anchored to size {anchor['size']} (seq "
-            f"{anchor['seq']}, sealed {anchor['sealed_at']}), cosigned by "
-            f"{', '.join(anchor['witnesses'])} at {anchor['cosigned_at']}",
-            file=sys.stderr,
-        )
+        print(_anchored("verify", anchor), file=sys.stderr)
     for line in refused[:SHOWN_REFUSALS]:
         print(f"verify: not an anchor: {line}", file=sys.stderr)
     if len(refused) > SHOWN_REFUSALS:
@@ -138,6 +134,14 @@ def _say_anchoring(report: Report, refused: list[str]) -> None:
             f"{chains}; the verdict rests on the database alone (exit {NOT_ANCHORED_EXIT})",
             file=sys.stderr,
         )
+
+
+def _anchored(command: str, anchor: dict[str, Any]) -> str:
+    return (
+        f"{command}: chain {anchor['chain']} anchored to size {anchor['size']} (seq "
+        f"{anchor['seq']}, sealed {anchor['sealed_at']}), cosigned by "
+        f"{', '.join(anchor['witnesses'])} at {anchor['cosigned_at']}"
+    )
 
 
 def _progress_printer() -> Any:
@@ -220,22 +224,64 @@ async def _bundle_lines(
 
 
 def run_verify_bundle(settings: Settings, args: Any) -> int:
-    """No database: the bundle, the HMAC keys if this auditor has them, the public key."""
+    """No database: the bundle, the HMAC keys if this auditor has them, the public key, and the
+    witness keys the auditor trusts (else the bundle's, named for them to compare). Exit codes
+    as verify's: 0 intact and anchored, 1 broken, 2 nothing verifiable, 3 not anchored."""
     try:
         verifier = verifier_for(
             settings.signing_keys_by_id,
             settings.ledger_keys_by_id,
             args.public_key or settings.ledger_public_key,
         )
-    except NoVerificationKey as exc:
+        witnesses = parse_witness_keys(args.witnesses or "")
+    except (NoVerificationKey, ValueError) as exc:
         print(f"verify-bundle: {exc}", file=sys.stderr)
         return 2
+    quorum = args.quorum
+    if quorum is not None and (quorum < 1 or (witnesses and quorum > len(witnesses))):
+        bound = f"from 1 to {len(witnesses)}, the witnesses given" if witnesses else "1 or more"
+        print(f"verify-bundle: --quorum must be {bound}", file=sys.stderr)
+        return 2
     with Path(args.bundle).open("rb") as bundle:
-        report = verify_bundle(bundle, verifier)
+        report = verify_bundle(bundle, verifier, witnesses, quorum)
     for finding in report.findings:
         print(orjson.dumps(finding.as_dict()).decode())
     print(orjson.dumps({**report.summary(), "checked": verifier.checked}).decode())
-    return 0 if report.intact else 1
+    _say_bundle_anchoring(report)
+    if report.entries == 0 and not report.findings:
+        print("verify-bundle: nothing to verify: the bundle has no ledger entries", file=sys.stderr)
+        return 2
+    return EXIT_CODES[report.verdict]
+
+
+def _say_bundle_anchoring(report: BundleReport) -> None:
+    for anchor in report.anchors or []:
+        print(_anchored("verify-bundle", anchor), file=sys.stderr)
+    trust = report.witness_keys
+    if trust is not None:
+        keys = ", ".join(k.vkey for k in trust.keys)
+        if not keys:
+            said = "the bundle names no witness keys"
+        elif trust.source == PINNED_SOURCE:
+            said = f"witness keys given by --witnesses: {keys} (quorum {trust.quorum})"
+        else:
+            said = (
+                f"witness keys named by the bundle itself: {keys} (quorum {trust.quorum}); "
+                "compare them with the witness keys you trust, or give those with --witnesses"
+            )
+        print(f"verify-bundle: {said}", file=sys.stderr)
+    if report.verdict == NOT_ANCHORED and report.entries:
+        runs = ", ".join(
+            f"chain {r['chain']} seq {r['from_seq']}"
+            + (f"..{r['to_seq']}" if r["to_seq"] != r["from_seq"] else "")
+            for r in report.unanchored_entries
+        )
+        print(
+            f"verify-bundle: NOT ANCHORED: {runs}: no checkpoint in the bundle cosigned by a "
+            f"quorum of witnesses covers them; their verdict rests on the ledger's own "
+            f"signatures alone (exit {NOT_ANCHORED_EXIT})",
+            file=sys.stderr,
+        )
 
 
 def run_checkpoint_vkeys(settings: Settings) -> int:

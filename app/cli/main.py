@@ -100,9 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--end", required=True)
     bundle.add_argument("--org", help="only this organization's events (others: hashes only)")
     bundle.add_argument("out")
-    offline = sub.add_parser("verify-bundle", help="verify a bundle with no database")
+    offline = sub.add_parser(
+        "verify-bundle",
+        help="verify a bundle with no database; exit 0 intact and anchored, 1 broken, 3 not "
+        "anchored",
+    )
     offline.add_argument("bundle")
     offline.add_argument("--public-key", help="Ed25519 public key (base64)")
+    offline.add_argument(
+        "--witnesses",
+        help="the witness keys you trust, <vkey>,... (cosignature/v1): instead of the bundle's",
+    )
+    offline.add_argument(
+        "--quorum", type=int, help="cosignatures a checkpoint needs (default: 1 of --witnesses)"
+    )
     parser.epilog = "commands:\n" + "\n".join(
         f"  {name:<22} {text}" for name, text in command_list(parser)
     )

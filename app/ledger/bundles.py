@@ -21,12 +21,29 @@ object per line):
 A bundle of a single-chain ledger is the same with every chain 0 (a missing `chain` or
 `batch_chain` reads as 0). An audit-bundle-v1 bundle has no anchoring lines: it reads the same
 and is not anchored.
+
+verify_bundle checks what verify checks of the events and entries (their findings), and the
+anchoring (app.ledger.bundle_anchor), naming:
+- bundle_checkpoint_invalid: a checkpoint that does not verify: not a checkpoint of the chain's
+  origin, not signed by the log's key (its text altered), a cosignature by a trusted witness key
+  that fails, more than one for a chain;
+- bundle_checkpoint_unwitnessed: a checkpoint cosigned by fewer of the trusted witness keys (the
+  bundle's, or those the auditor pins) than the quorum;
+- bundle_log_key_mismatch: a log vkey that is not the chain's Ed25519 note key, or not the public
+  key the auditor gives;
+- bundle_consistency_invalid: a consistency proof that does not lead from the entry's tree
+  (tree_size, tree_root) to the checkpoint's;
+- bundle_checkpoint_entry_mismatch: the bundled entry at the checkpoint's size is not the one its
+  extension lines name (seq and head).
+The verdict is intact only when nothing broke and every bundled entry is anchored: proven (or
+followed by one proven) consistent with a checkpoint cosigned by a quorum; the others are listed
+as not anchored.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -36,10 +53,17 @@ import orjson
 
 from app.core.timefmt import format_timestamp
 from app.ledger.anchor import Anchor, AnchorPolicy
+from app.ledger.bundle_anchor import (
+    ANCHOR_KINDS,
+    AnchorLines,
+    WitnessTrust,
+    check_anchoring,
+)
 from app.ledger.checkpoints import log_keys
 from app.ledger.hashing import record_from_row
 from app.ledger.logstore import MissingTile, log_consistency_proof
 from app.ledger.merkle import merkle_root
+from app.ledger.notes import VerifierKey
 from app.ledger.proofs import ledger_entry_json
 from app.ledger.sql import BUNDLE_ENTRIES, BUNDLE_EVENTS, BUNDLE_LEAVES
 from app.ledger.verify import Finding, Report, Verifier
@@ -193,12 +217,31 @@ def _event_row(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class BundleReport(Report):
+    """A bundle's report: the witness keys its verdict rests on, and the entries no cosigned
+    checkpoint anchors (seq ranges per chain) besides what a verification reports."""
+
+    witness_keys: WitnessTrust | None = None
+    unanchored_entries: list[dict[str, int]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **Report.summary(self),
+            "unanchored_entries": self.unanchored_entries,
+            "witness_keys": self.witness_keys.as_dict() if self.witness_keys else None,
+        }
+
+
+@dataclass(slots=True)
 class _BundleCheck:
     verifier: Verifier
-    report: Report = field(default_factory=lambda: Report(0, 0))
+    witnesses: Sequence[VerifierKey] = ()
+    quorum: int | None = None
+    report: BundleReport = field(default_factory=lambda: BundleReport(0, 0))
     header: dict[str, Any] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
     leaves: dict[Place, dict[int, bytes]] = field(default_factory=dict)
+    anchoring: AnchorLines = field(default_factory=AnchorLines)
 
     def place(self, value: Mapping[str, Any], digest: bytes) -> None:
         chain, seq, index = value.get("batch_chain") or 0, value["batch_seq"], value["leaf_index"]
@@ -222,8 +265,10 @@ class _BundleCheck:
             self.place(value, row["hash"])
         elif kind == "leaf":
             self.place(value, bytes.fromhex(value["hash"]))
+        elif kind in ANCHOR_KINDS:
+            self.anchoring.read(kind, value)
 
-    def finish(self) -> Report:
+    def finish(self) -> BundleReport:
         report = self.report
         prev: dict[int, dict[str, Any]] = {}  # chain -> its entry before
         for entry in self.entries:
@@ -243,13 +288,37 @@ class _BundleCheck:
         if self.entries:
             seqs = [e["seq"] for e in self.entries]
             report.from_seq, report.to_seq = min(seqs), max(seqs)
+        self.anchor()
         return report
 
+    def anchor(self) -> None:
+        anchoring = check_anchoring(
+            self.anchoring,
+            self.header.get("log_origin"),
+            self.entries,
+            self.verifier.public_key,
+            self.witnesses,
+            self.quorum,
+        )
+        report = self.report
+        report.findings += anchoring.findings
+        report.anchors = anchoring.anchors
+        report.unanchored = anchoring.unanchored
+        report.unanchored_entries = anchoring.unanchored_entries
+        report.witness_keys = anchoring.trust
 
-def verify_bundle(lines: Iterable[bytes], verifier: Verifier) -> Report:
+
+def verify_bundle(
+    lines: Iterable[bytes],
+    verifier: Verifier,
+    witnesses: Sequence[VerifierKey] = (),
+    quorum: int | None = None,
+) -> BundleReport:
     """Everything a bundle holds is checked; what it leaves out (as hash-only leaves) cannot be:
-    a bundle proves its contents authentic and sealed, not that the range is complete."""
-    check = _BundleCheck(verifier)
+    a bundle proves its contents authentic and sealed, not that the range is complete. Its
+    anchoring is checked with the bundle's witness keys, or `witnesses` (with `quorum`) when an
+    auditor gives the keys they trust."""
+    check = _BundleCheck(verifier, witnesses, quorum)
     for raw in lines:
         if raw.strip():
             ((kind, value),) = orjson.loads(raw).items()

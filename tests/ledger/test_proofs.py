@@ -325,15 +325,31 @@ async def test_offline_bundle_verifies_without_a_database(
         str(out),
     )
     assert made.returncode == 0, made.stderr
+    assert "not anchored" in made.stderr  # no witness cosigned anything
     kinds = [next(iter(orjson.loads(line))) for line in out.read_bytes().splitlines()]
     assert kinds.count("ledger") == 3 and kinds.count("event") == 13
+    assert "checkpoint" not in kinds and "consistency" not in kinds
     offline = {"AUDIT_DATABASE_URL": "", "AUDIT_SIGNING_KEYS": "", "AUDIT_LEDGER_KEYS": ""}
+    # Nothing broke, but no cosigned checkpoint anchors it: exit 3, as verify's.
     checked = _cli(offline, "verify-bundle", str(out), "--public-key", public)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.returncode == 3, checked.stdout + checked.stderr
     summary = orjson.loads(checked.stdout.splitlines()[-1])
     assert summary["intact"] and summary["events"] == 13
+    assert summary["verdict"] == "not anchored" and summary["unanchored_chains"] == [0]
+    assert "NOT ANCHORED" in checked.stderr
     assert summary["checked"] == {"hmac": False, "public_key": True}
-    assert _cli(env, "verify-bundle", str(out)).returncode == 0  # with the HMAC keys instead
+    assert _cli(env, "verify-bundle", str(out)).returncode == 3  # with the HMAC keys instead
+    # A bundle of before the anchoring lines (audit-bundle-v1) reads the same: not anchored.
+    old = [
+        line.replace(b"audit-bundle-v2", b"audit-bundle-v1")
+        for line in out.read_bytes().splitlines()
+        if line.startswith((b'{"bundle"', b'{"ledger"', b'{"event"', b'{"leaf"'))
+    ]
+    v1 = tmp_path / "v1.ndjson"
+    v1.write_bytes(b"\n".join(old) + b"\n")
+    read = _cli(offline, "verify-bundle", str(v1), "--public-key", public)
+    assert read.returncode == 3, read.stdout + read.stderr
+    assert orjson.loads(read.stdout.splitlines()[-1])["verdict"] == "not anchored"
 
     lines = out.read_bytes().splitlines()
     first_event = orjson.loads(next(x for x in lines if x.startswith(b'{"event"')))["event"]
