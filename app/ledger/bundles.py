@@ -61,7 +61,7 @@ from app.ledger.bundle_anchor import (
 )
 from app.ledger.checkpoints import log_keys
 from app.ledger.hashing import record_from_row
-from app.ledger.logstore import MissingTile, log_consistency_proof
+from app.ledger.logstore import MissingTile, log_consistency_proofs
 from app.ledger.merkle import merkle_root
 from app.ledger.notes import VerifierKey
 from app.ledger.proofs import ledger_entry_json
@@ -167,33 +167,33 @@ async def _chain_lines(
         yield _line("ledger", ledger_entry_json(entry))
     if anchor is None:
         return
-    for entry in entries:
-        proof = await _consistency(conn, chain, entry, anchor)
-        if proof is not None:
-            yield _line("consistency", proof)
+    for line in await _consistency(conn, chain, entries, anchor):
+        yield _line("consistency", line)
 
 
 async def _consistency(
-    conn: asyncpg.Connection, chain: int, entry: Mapping[str, Any], anchor: Anchor
-) -> dict[str, Any] | None:
-    """The consistency line from the entry's tree to the anchor's (None: the entry is past
-    it, or the log cannot give the proof: the entry is then not anchored, and verify names
-    why the log is short)."""
-    old, new = entry["tree_size"], anchor.checkpoint.size
-    if not old or old > new:
-        return None
+    conn: asyncpg.Connection, chain: int, entries: list[asyncpg.Record], anchor: Anchor
+) -> list[dict[str, Any]]:
+    """A consistency line from each entry's tree to the anchor's, for the entries not past it
+    (none when the log cannot give the proofs: the entries are then not anchored, and verify
+    names why the log is short)."""
+    size = anchor.checkpoint.size
+    within = [e for e in entries if 0 < (e["tree_size"] or 0) <= size]
     try:
-        proof = await log_consistency_proof(conn, chain, old, new)
+        proofs = await log_consistency_proofs(conn, chain, [e["tree_size"] for e in within], size)
     except (MissingTile, ValueError) as exc:
-        log.warning("no consistency proof from %d to %d of chain %d: %s", old, new, chain, exc)
-        return None
-    return {
-        "chain": chain,
-        "seq": entry["seq"],
-        "old_size": old,
-        "new_size": new,
-        "proof": [step.hex() for step in proof],
-    }
+        log.warning("no consistency proofs to size %d of chain %d: %s", size, chain, exc)
+        return []
+    return [
+        {
+            "chain": chain,
+            "seq": entry["seq"],
+            "old_size": entry["tree_size"],
+            "new_size": size,
+            "proof": [step.hex() for step in proof],
+        }
+        for entry, proof in zip(within, proofs, strict=True)
+    ]
 
 
 def _entry_row(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ and the proof is answered from them (O(log n) hashes read).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -100,7 +101,15 @@ async def answered(
 ) -> Any:
     """Run `ask` (a tlog proof or root computation) against the stored tiles of `chain`: the
     tiles it needs are read in one query."""
-    spans = {pair: tile_span(*pair) for pair in _needed(ask)}
+    return (await answered_all(conn, chain, [ask]))[0]
+
+
+async def answered_all(
+    conn: asyncpg.Connection, chain: int, asks: Sequence[Callable[[SubtreeHashes], Any]]
+) -> list[Any]:
+    """Run each of `asks` against the stored tiles of `chain`, the tiles all of them need read
+    in one query."""
+    spans = {pair: tile_span(*pair) for ask in asks for pair in _needed(ask)}
     tiles = {(t.level, t.index) for t, _, _ in spans.values()}
     rows = (
         await conn.fetch(LOG_TILES_AT, chain, [t[0] for t in tiles], [t[1] for t in tiles])
@@ -108,15 +117,20 @@ async def answered(
         else []
     )
     data = {(r["level"], r["idx"]): bytes(r["hashes"]) for r in rows}
+    known: dict[tuple[int, int], bytes] = {}  # asks to one size share most of their subtrees
 
     def stored(level: int, index: int) -> bytes:
+        found = known.get((level, index))
+        if found is not None:
+            return found
         tile, start, end = spans[(level, index)]
         content = data.get((tile.level, tile.index), b"")
         if len(content) < end * HASH_SIZE:
             raise MissingTile(f"tile {tile.level}/{tile.index} of chain {chain} is too short")
-        return hash_from_tile(content, start, end)
+        found = known[(level, index)] = hash_from_tile(content, start, end)
+        return found
 
-    return ask(stored)
+    return [ask(stored) for ask in asks]
 
 
 async def log_inclusion_proof(
@@ -135,6 +149,15 @@ async def log_consistency_proof(
         conn, chain, lambda h: consistency_proof(old_size, new_size, h)
     )
     return proof
+
+
+async def log_consistency_proofs(
+    conn: asyncpg.Connection, chain: int, old_sizes: Sequence[int], new_size: int
+) -> list[list[bytes]]:
+    """RFC 9162 consistency proofs from each of the chain's trees of `old_sizes` leaves to the
+    one of `new_size`, their tiles read in one query (a bundle's entries to its checkpoint)."""
+    asks = [partial(consistency_proof, old, new_size) for old in old_sizes]
+    return await answered_all(conn, chain, asks)
 
 
 async def log_root(conn: asyncpg.Connection, chain: int, size: int) -> bytes:

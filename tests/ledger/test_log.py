@@ -19,6 +19,7 @@ from app.core.config import SigningKey
 from app.ledger.chain import genesis_head, ledger_head, sign_head
 from app.ledger.logstore import (
     log_consistency_proof,
+    log_consistency_proofs,
     log_inclusion_proof,
     log_root,
     read_tile,
@@ -257,6 +258,21 @@ async def test_sealed_batches_are_the_log(sealed_factory: SealedFactory) -> None
     versions = {r[0] for r in await sealed.conn.fetch("SELECT head_version FROM audit_ledger")}
     assert versions == {2}
     assert (await sealed.verify()).intact
+
+
+async def test_consistency_proofs_to_one_size_are_read_together(
+    sealed_factory: SealedFactory,
+) -> None:
+    """A bundle's proofs, from each entry's size to its checkpoint's: one read of the tiles
+    gives the proofs one read each gives."""
+    sealed = await sealed_factory([3, 300, 4, 1])
+    leaves = await chain_leaves(sealed.conn, 0)
+    sizes = [1, 3, 256, 303, 307, 308]
+    assert len(leaves) == 308
+    together = await log_consistency_proofs(sealed.conn, 0, sizes, 308)
+    assert together == [await log_consistency_proof(sealed.conn, 0, old, 308) for old in sizes]
+    for old, proof in zip(sizes, together, strict=True):
+        verify_consistency(old, 308, tree_hash(leaves[:old]), tree_hash(leaves), proof)
 
 
 def checks(report: object) -> set[str]:
