@@ -25,6 +25,7 @@ from app.ledger.proofs import check_checkpoint, export_checkpoint
 from app.ledger.signing import PublicSigner, new_keypair
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
+from app.ledger.witnessing import parse_witnesses
 from app.store.partitions import summarize_batch_ranges
 from app.witness.anchors import anchor_policy, find_anchors
 
@@ -234,10 +235,13 @@ def run_verify_bundle(settings: Settings, args: Any) -> int:
             args.public_key or settings.ledger_public_key,
         )
         witnesses = parse_witness_keys(args.witnesses or "")
+        quorum = args.quorum
+        if not witnesses and settings.witnesses:  # the witnesses this auditor's setup trusts
+            witnesses = tuple(w.key for w in parse_witnesses(settings.witnesses))
+            quorum = quorum or settings.witness_quorum
     except (NoVerificationKey, ValueError) as exc:
         print(f"verify-bundle: {exc}", file=sys.stderr)
         return 2
-    quorum = args.quorum
     if quorum is not None and (quorum < 1 or (witnesses and quorum > len(witnesses))):
         bound = f"from 1 to {len(witnesses)}, the witnesses given" if witnesses else "1 or more"
         print(f"verify-bundle: --quorum must be {bound}", file=sys.stderr)
@@ -263,7 +267,7 @@ def _say_bundle_anchoring(report: BundleReport) -> None:
         if not keys:
             said = "the bundle names no witness keys"
         elif trust.source == PINNED_SOURCE:
-            said = f"witness keys given by --witnesses: {keys} (quorum {trust.quorum})"
+            said = f"witness keys the auditor trusts: {keys} (quorum {trust.quorum})"
         else:
             said = (
                 f"witness keys named by the bundle itself: {keys} (quorum {trust.quorum}); "

@@ -109,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--public-key", help="Ed25519 public key (base64)")
     offline.add_argument(
         "--witnesses",
-        help="the witness keys you trust, <vkey>,... (cosignature/v1): instead of the bundle's",
+        help="the witness keys you trust, <vkey>,... (cosignature/v1); default: those of "
+        "AUDIT_WITNESSES when set, else the bundle's own (named, to compare)",
     )
     offline.add_argument(
-        "--quorum", type=int, help="cosignatures a checkpoint needs (default: 1 of --witnesses)"
+        "--quorum",
+        type=int,
+        help="cosignatures a checkpoint needs (default: AUDIT_WITNESS_QUORUM with AUDIT_WITNESSES, "
+        "else 1)",
     )
     parser.epilog = "commands:\n" + "\n".join(
         f"  {name:<22} {text}" for name, text in command_list(parser)

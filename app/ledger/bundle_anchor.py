@@ -33,7 +33,7 @@ from app.ledger.tlog import ProofError, verify_consistency
 from app.ledger.verify import Finding
 
 BUNDLE_SOURCE = "bundle"
-PINNED_SOURCE = "--witnesses"
+PINNED_SOURCE = "the auditor (--witnesses or AUDIT_WITNESSES)"
 
 # The lines of a bundle this module reads (app.ledger.bundles reads the others).
 ANCHOR_KINDS = frozenset({"witnesses", "log_keys", "checkpoint", "consistency"})

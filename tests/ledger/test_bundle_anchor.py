@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.ledger.bundle_anchor import AnchorLines, check_anchoring
+from app.ledger.bundle_anchor import PINNED_SOURCE, AnchorLines, check_anchoring
 from app.ledger.checkpoints import origin_of
 from app.ledger.notes import (
     COSIGNATURE_V1,
@@ -125,7 +125,7 @@ def test_pinned_witness_keys_and_quorum_override_the_bundles(log: Log) -> None:
         ((WITNESS_KEY, other), 2, False),
     ]:
         result = check_anchoring(lines(log, 9, {1: 3}), LOG_ORIGIN, entries, "", pinned, quorum)
-        assert result.trust.source == "--witnesses"
+        assert result.trust.source == PINNED_SOURCE
         assert bool(result.anchors) is anchored
         checks = [f.check for f in result.findings]
         assert checks == ([] if anchored else ["bundle_checkpoint_unwitnessed"])

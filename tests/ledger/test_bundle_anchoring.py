@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from app.ledger.bundle_anchor import PINNED_SOURCE
 from app.ledger.notes import (
     COSIGNATURE_V1,
     VerifierKey,
@@ -33,10 +34,13 @@ from tests.ledger.test_anchoring import Witnessed, cli, superuser, witnessed
 WIDE = ("--start", "2000-01-01T00:00:00Z", "--end", "2100-01-01T00:00:00Z")
 
 
-def offline(public_key: str, bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """verify-bundle with no database: no AUDIT_* setting at all, the public key as an option."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
-    env["AUDIT_LOG_LEVEL"] = "WARNING"
+def offline(
+    public_key: str, bundle: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """verify-bundle with no database: no AUDIT_* setting but `env`, the public key as an
+    option."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    env = {**clean, **(env or {}), "AUDIT_LOG_LEVEL": "WARNING"}
     command = ["verify-bundle", str(bundle), "--public-key", public_key, *args]
     return subprocess.run(
         [sys.executable, "-m", "app", *command],
@@ -123,7 +127,7 @@ async def test_a_witnessed_bundle_verifies_anchored_with_no_database(
 
     pinned = offline(public, bundle, "--witnesses", vkey, "--quorum", "1")
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
-    assert summary(pinned)["witness_keys"] == {"from": "--witnesses", "quorum": 1, "vkeys": [vkey]}
+    assert summary(pinned)["witness_keys"] == {"from": PINNED_SOURCE, "quorum": 1, "vkeys": [vkey]}
     assert "compare" not in pinned.stderr and vkey in pinned.stderr
 
 
@@ -229,3 +233,10 @@ async def test_an_altered_bundle_names_what_broke(
     assert result.returncode == 1, result.stdout + result.stderr
     assert checks(result) == {"bundle_checkpoint_unwitnessed"}
     assert summary(result)["witness_keys"]["vkeys"] == [w.witness.identity.vkey]
+    # An auditor whose setup names the witnesses (AUDIT_WITNESSES) trusts those, not the
+    # bundle's.
+    configured = offline(
+        public, swapped, env={"AUDIT_WITNESSES": f"http://w.test={w.witness.identity.vkey}"}
+    )
+    assert configured.returncode == 1, configured.stdout + configured.stderr
+    assert checks(configured) == {"bundle_checkpoint_unwitnessed"}
