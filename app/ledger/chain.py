@@ -18,6 +18,8 @@ HEAD_DOMAIN = b"audit-ledger-head-v1"
 
 HEAD_V2_DOMAIN = b"audit-ledger-head-v2"
 
+HEAD_V3_DOMAIN = b"audit-ledger-head-v3"
+
 GENESIS_DOMAIN = b"audit-ledger-genesis-v1"
 
 
@@ -69,16 +71,53 @@ def ledger_head_v2(
     fields of the v1 head in the same layout, then the log's tree size after the batch (8-byte
     big-endian unsigned) and its RFC 9162 root (32 bytes)."""
     return hashlib.sha256(
-        HEAD_V2_DOMAIN
-        + _batch_fields(prev_head, seq, root, count, first, last)
+        HEAD_V2_DOMAIN + _v2_fields(prev_head, seq, root, count, first, last, tree_size, tree_root)
+    ).digest()
+
+
+def _v2_fields(
+    prev_head: bytes,
+    seq: int,
+    root: bytes,
+    count: int,
+    first: datetime,
+    last: datetime,
+    tree_size: int,
+    tree_root: bytes,
+) -> bytes:
+    """The fields of a v2 head, v2 and v3 alike, in the layout ledger_head_v2 describes."""
+    return (
+        _batch_fields(prev_head, seq, root, count, first, last)
         + tree_size.to_bytes(8, "big")
         + tree_root
+    )
+
+
+def ledger_head_v3(
+    prev_head: bytes,
+    seq: int,
+    root: bytes,
+    count: int,
+    first: datetime,
+    last: datetime,
+    tree_size: int,
+    tree_root: bytes,
+    sealed_at: datetime,
+) -> bytes:
+    """The head of an entry whose sealing time is committed too: SHA-256 of the v3 domain tag,
+    the fields of the v2 head in the same layout, then sealed_at (8-byte big-endian signed
+    microseconds since the Unix epoch), which never decreases along a chain."""
+    return hashlib.sha256(
+        HEAD_V3_DOMAIN
+        + _v2_fields(prev_head, seq, root, count, first, last, tree_size, tree_root)
+        + epoch_micros(sealed_at).to_bytes(8, "big", signed=True)
     ).digest()
 
 
 def entry_head(entry: Mapping[str, Any]) -> bytes:
     """The head an entry's own fields give, by its head version (1: before the log; 2: also
-    committing to tree_size and tree_root). Raises ValueError for another version."""
+    committing to tree_size and tree_root; 3: and to sealed_at). Raises ValueError for another
+    version."""
     version = entry.get("head_version") or 1
     fields = (
         bytes(entry["prev_head"]),
@@ -92,6 +131,9 @@ def entry_head(entry: Mapping[str, Any]) -> bytes:
         return ledger_head(*fields)
     if version == 2:
         return ledger_head_v2(*fields, entry["tree_size"], bytes(entry["tree_root"]))
+    if version == 3:
+        tree = (entry["tree_size"], bytes(entry["tree_root"]))
+        return ledger_head_v3(*fields, *tree, entry["sealed_at"])
     raise ValueError(f"head version {version} is not known")
 
 

@@ -13,7 +13,9 @@ SHA-256("audit-ledger-genesis-v1" || c as 4 bytes big-endian)):
     signature = HMAC-SHA256(key, head); public_signature = Ed25519 over head
 
 An entry sealed into the chain's transparency log (head_version 2) has the head
-SHA-256("audit-ledger-head-v2" || the same fields || tree_size (8 bytes BE) || tree_root). A proof
+SHA-256("audit-ledger-head-v2" || the same fields || tree_size (8 bytes BE) || tree_root); one of
+head_version 3 SHA-256("audit-ledger-head-v3" || the v2 fields || sealed_at (8 bytes BE signed
+microseconds since 1970)). A proof
 also carries `log`: the event's position in its chain's log and an RFC 9162 inclusion proof
 against the tree size and root of the chain's newest entry, whose head commits to them (v2),
 and `log.checkpoint` once a checkpoint covers the event: the chain's newest checkpoint note (C2SP
@@ -308,7 +310,7 @@ async def check_checkpoint(
 def check_proof(proof: Mapping[str, Any]) -> str | None:
     """Check an inclusion proof as a third party would: the path leads from the event hash to
     the entry's root and the entry's head commits to that root (by head version); then the log
-    proof leads from the event's leaf to the tree root of the log's entry, whose head (v2)
+    proof leads from the event's leaf to the tree root of the log's entry, whose head (v2, v3)
     commits to it. Whether the heads are signed is the entries' own check
     (Verifier.entry_signature_findings). None when it all holds; else what failed."""
     entry = proof["ledger_entry"]
@@ -393,6 +395,7 @@ def _check_entry_json(entry: Mapping[str, Any]) -> str | None:
                 "first_timestamp": parse_timestamp(entry["first_timestamp"]),
                 "last_timestamp": parse_timestamp(entry["last_timestamp"]),
                 "tree_root": bytes.fromhex(entry.get("tree_root") or ""),
+                "sealed_at": parse_timestamp(entry["sealed_at"]),
             }
         )
     except ValueError:

@@ -7,7 +7,9 @@ the chain and do not wait on each other's inserts. The batch's leaves go onto th
 (app.ledger.logstore): while its rows are copied, a thread hashes them and folds them into the
 frontier of the newest entry as it was when the batch began (O(batch + log n)); under the lock,
 the fold is redone only if another batch was sealed meanwhile, and the tiles are appended to in
-the statement that appends the entry.
+the statement that appends the entry. The entry's sealed_at is taken under the lock too, the
+database's clock or its predecessor's sealed_at if that is later, and its head (v3) commits to
+it: along a chain, sealed_at never decreases, and no one can change it without the head.
 With stream shards each shard seals into its own chain (its own seq, genesis head, log and
 lock), so shards do not wait on each other at all.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from app.core.config import SigningKey
-from app.ledger.chain import genesis_head, ledger_head_v2, sign_head
+from app.ledger.chain import genesis_head, ledger_head_v3, sign_head
 from app.ledger.hashing import content_digest
 from app.ledger.logstore import pack_frontier, tile_appends, unpack_frontier
 from app.ledger.merkle import LEAF_PREFIX, root_of_leaves
@@ -41,7 +43,7 @@ TIMESTAMP_POS = BASE_COLUMNS.index("timestamp")
 
 KEY_POSITIONS = tuple(BASE_COLUMNS.index(c) for c in ("event_id", "timestamp", "organization_id"))
 
-HEAD_VERSION = 2  # app.ledger.chain.ledger_head_v2
+HEAD_VERSION = 3  # app.ledger.chain.ledger_head_v3
 
 LEDGER_LOCK = 0x6175646974  # pg_advisory_xact_lock key of chain 0; chain c locks LEDGER_LOCK + c
 
@@ -128,16 +130,25 @@ async def seal_batch(
             done = await hashing
             await conn.execute(CHAIN_LOCK, LEDGER_LOCK + chain)
             newest = await conn.fetchrow(NEWEST_ENTRY, chain)
-            seq = newest["seq"] + 1 if newest else 1
-            prev_head = bytes(newest["head"]) if newest else genesis_head(chain)
+            seq = newest["seq"] + 1 if newest["seq"] is not None else 1
+            prev_head = bytes(newest["head"]) if seq > 1 else genesis_head(chain)
+            sealed_at = newest["sealed_at"]
             frontier, nodes = done.frontier, done.nodes
             if seq - 1 != done.after_seq:  # another batch was sealed meanwhile: fold again
                 frontier, nodes = append_leaves(_log_before(newest)[1], done.leaves)
             tree_root = frontier_root(frontier)
             tiles = tile_appends(nodes)
             first, last = min(times), max(times)
-            head = ledger_head_v2(
-                prev_head, seq, done.root, len(rows), first, last, frontier.size, tree_root
+            head = ledger_head_v3(
+                prev_head,
+                seq,
+                done.root,
+                len(rows),
+                first,
+                last,
+                frontier.size,
+                tree_root,
+                sealed_at,
             )
             public = public_signer.sign(head) if public_signer else None
             await conn.execute(
@@ -161,6 +172,7 @@ async def seal_batch(
                 tiles.levels,
                 tiles.indexes,
                 tiles.hashes,
+                sealed_at,
             )
     finally:
         if hashing is not None and not hashing.done():

@@ -17,8 +17,15 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 ) AS n ON true
 """
 CHAIN_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# Under the lock: the newest entry (its columns NULL when the chain has none) and the next entry's
+# sealed_at, the database's clock now or the newest entry's sealed_at if that is later, so a
+# chain's sealed_at never decreases whichever writer's transaction began first.
 NEWEST_ENTRY = """
-SELECT seq, head, tree_size, frontier FROM audit_ledger WHERE chain = $1 ORDER BY seq DESC LIMIT 1
+SELECT n.seq, n.head, n.tree_size, n.frontier, greatest(clock_timestamp(), n.sealed_at) AS sealed_at
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT seq, head, tree_size, frontier, sealed_at FROM audit_ledger
+    WHERE chain = $1 ORDER BY seq DESC LIMIT 1
+) AS n ON true
 """
 # The entry and the batch's new tile hashes in one statement: each tile's new hashes are appended
 # to its bytes (the row made when they are its first), never read back.
@@ -31,8 +38,8 @@ WITH tiles AS (
 )
 INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_timestamp,
     last_timestamp, prev_head, head, key_id, signature, public_signature, tree_size, tree_root,
-    frontier, head_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+    frontier, head_version, sealed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $20)
 """
 
 # verify

@@ -5,6 +5,8 @@ Checks, by the name a finding carries:
 - ledger_entry_missing: a seq is absent from the range (an entry deleted);
 - chain_link_broken: an entry's prev_head is not its predecessor's head;
 - ledger_head_mismatch: an entry's head does not recompute from its own fields;
+- sealed_at_decreased: an entry whose head commits to its sealed_at (v3) was sealed before the
+  entry it follows (sealing never lets sealed_at decrease: it was backdated);
 - ledger_signature_invalid / ledger_public_signature_invalid / unknown_signing_key;
 - event_hash_mismatch: an event's stored fields no longer give its stored hash (a field changed);
 - event_signature_invalid: the stored hash is not signed by the named key (a forged row);
@@ -263,6 +265,11 @@ class Verifier:
             found.append(Finding("ledger_head_mismatch", seq, None, str(exc)))
         if head is not None and head != bytes(entry["head"]):
             found.append(Finding("ledger_head_mismatch", seq, None, "head does not recompute"))
+        if prev is not None and _sealed_before(entry, prev):
+            detail = f"sealed at {format_timestamp(entry['sealed_at'])}, before seq " + (
+                f"{prev['seq']} ({format_timestamp(prev['sealed_at'])})"
+            )
+            found.append(Finding("sealed_at_decreased", seq, None, detail))
         found += self.entry_signature_findings(entry)
         return found
 
@@ -388,6 +395,15 @@ class Verifier:
         if retired:
             found.append(self.event_finding("retired_key_used", row, seq, retired))
         return found
+
+
+def _sealed_before(entry: Mapping[str, Any], prev: Mapping[str, Any]) -> bool:
+    """A v3 entry (its head commits to sealed_at) sealed before the entry it follows: sealing
+    never lets that happen. Older entries' sealed_at is the time their transaction began, which
+    a batch committed after another may precede."""
+    if (entry.get("head_version") or 1) < 3 or prev.get("sealed_at") is None:
+        return False
+    return bool(entry["sealed_at"] < prev["sealed_at"])
 
 
 def _retired(key: SigningKey | None, signed_at: datetime | None) -> str:

@@ -80,7 +80,8 @@ audit_ledger = Table(
     Column("signature", LargeBinary, nullable=False),
     Column("public_signature", LargeBinary),
     Column("sealed_at", DateTime(timezone=True), nullable=False),
-    # The chain's log after this entry's batch (app.ledger.logstore); head_version 2 commits to it.
+    # The chain's log after this entry's batch (app.ledger.logstore); head_version 2 commits to it,
+    # 3 to it and to sealed_at (which seal_batch sets, never decreasing along a chain).
     Column("tree_size", BigInteger, nullable=False),
     Column("tree_root", LargeBinary, nullable=False),
     Column("frontier", LargeBinary, nullable=False),

@@ -116,7 +116,7 @@ async def test_proofs_consistency_and_tiles(
                 bytes.fromhex(log["tree_root"]),
             )
             assert leaves[log["leaf_index"]] == leaf_hash(bytes.fromhex(body["event_hash"]))
-            assert log["ledger_entry"]["head_version"] == 2
+            assert log["ledger_entry"]["head_version"] == 3
 
 
 async def test_log_routes_need_the_log_scope(

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp
-from app.ledger.chain import GENESIS_HEAD, ledger_head
+from app.ledger.chain import GENESIS_HEAD, entry_head, ledger_head, ledger_head_v3
 from app.ledger.hashing import (
     CANONICAL_FIELDS,
     UnknownSigningKeyError,
@@ -137,6 +137,9 @@ GOLDEN_LEAF_0 = "d9de27625445003d8a9739a851e3ff8d41c0683630b4d63a88327a6aaa37c40
 GOLDEN_NODE_01 = "604d540f09268b91672ab011394d5266ccd7d4484d0d109411a55848126a1b2c"
 GOLDEN_ROOT_3 = "d1f13800048f5909d4043fc0c152f6643280cba608b672715e56ce159a20629f"
 GOLDEN_HEAD_1 = "51f1cc32cae2d018c03d7b9833cf1dc9056465f53819391e308ce4dff21919f5"
+# The same entry with head version 3: tree size 3, its tree root (the batch's root, the log holding
+# only it), sealed at 2026-01-02T03:04:06.5Z (checked with xxd and sha256sum independently).
+GOLDEN_HEAD_V3_1 = "ef4958d43c4c28cd7a88c4866d500536b376bbb4668963a85e8023c14f2eaf39"
 
 
 def test_merkle_and_head_golden_vectors() -> None:
@@ -148,6 +151,28 @@ def test_merkle_and_head_golden_vectors() -> None:
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     head = ledger_head(GENESIS_HEAD, 1, merkle_root(EVENT_HASHES), 3, moment, moment)
     assert head.hex() == GOLDEN_HEAD_1
+
+
+def test_v3_head_golden_vector_commits_to_sealed_at() -> None:
+    root = merkle_root(EVENT_HASHES)
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    sealed_at = datetime(2026, 1, 2, 3, 4, 6, 500_000, tzinfo=UTC)
+    head = ledger_head_v3(GENESIS_HEAD, 1, root, 3, moment, moment, 3, root, sealed_at)
+    assert head.hex() == GOLDEN_HEAD_V3_1
+    entry = {
+        "head_version": 3,
+        "prev_head": GENESIS_HEAD,
+        "seq": 1,
+        "merkle_root": root,
+        "event_count": 3,
+        "first_timestamp": moment,
+        "last_timestamp": moment,
+        "tree_size": 3,
+        "tree_root": root,
+        "sealed_at": sealed_at,
+    }
+    assert entry_head(entry) == head
+    assert entry_head({**entry, "sealed_at": sealed_at - timedelta(microseconds=1)}) != head
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33])

@@ -171,7 +171,8 @@ async def test_migration_puts_old_batches_into_the_log_and_new_ones_append(
     await asyncio.to_thread(migrate, settings)
     await assert_log_is(conn, 1, await chain_leaves(conn, 1))
 
-    # New batches append to the migrated log, with v2 heads.
+    # New batches append to the migrated log, with v3 heads (committing to the log and to
+    # sealed_at).
     for size in (256, 9):
         await seal_batch(conn, make_rows(size, f"new{size}"), KEY, None, chain=0)
     leaves = await chain_leaves(conn, 0)
@@ -180,7 +181,7 @@ async def test_migration_puts_old_batches_into_the_log_and_new_ones_append(
     newest = await conn.fetchrow(
         "SELECT * FROM audit_ledger WHERE chain = 0 ORDER BY seq DESC LIMIT 1"
     )
-    assert newest["head_version"] == 2
+    assert newest["head_version"] == 3
     sizes = [r[0] for r in await conn.fetch("SELECT tree_size FROM audit_ledger WHERE chain = 0")]
     for old in sizes:
         for new in sizes:
@@ -192,8 +193,8 @@ async def test_migration_puts_old_batches_into_the_log_and_new_ones_append(
     report = await verify_chains(conn, Verifier(RING, ledger_keys=RING))
     assert report.intact, list(report.findings)
 
-    # Entries with v2 heads: the schema before cannot verify them, so no downgrade.
-    with pytest.raises(Exception, match="v2 heads"):
+    # Entries with v3 heads: the schema before cannot verify them, so no downgrade.
+    with pytest.raises(Exception, match="v3 heads"):
         await asyncio.to_thread(command.downgrade, alembic_config(settings), "0011")
 
 
@@ -256,7 +257,7 @@ async def test_sealed_batches_are_the_log(sealed_factory: SealedFactory) -> None
     assert len(leaves) == 307
     await assert_log_is(sealed.conn, 0, leaves)
     versions = {r[0] for r in await sealed.conn.fetch("SELECT head_version FROM audit_ledger")}
-    assert versions == {2}
+    assert versions == {3}
     assert (await sealed.verify()).intact
 
 

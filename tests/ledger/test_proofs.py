@@ -68,7 +68,10 @@ def head_of(entry: dict[str, Any]) -> bytes:
     if entry.get("head_version", 1) == 1:
         return _h(b"audit-ledger-head-v1" + fields)
     log = entry["tree_size"].to_bytes(8, "big") + bytes.fromhex(entry["tree_root"])
-    return _h(b"audit-ledger-head-v2" + fields + log)
+    if entry["head_version"] == 2:
+        return _h(b"audit-ledger-head-v2" + fields + log)
+    sealed_at = micros(entry["sealed_at"]).to_bytes(8, "big", signed=True)
+    return _h(b"audit-ledger-head-v3" + fields + log + sealed_at)
 
 
 def check_proof(proof: dict[str, Any], hmac_key: bytes) -> bool:
