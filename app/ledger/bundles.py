@@ -240,6 +240,7 @@ class _BundleCheck:
     report: BundleReport = field(default_factory=lambda: BundleReport(0, 0))
     header: dict[str, Any] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    sealed_at: dict[Place, datetime] = field(default_factory=dict)
     leaves: dict[Place, dict[int, bytes]] = field(default_factory=dict)
     anchoring: AnchorLines = field(default_factory=AnchorLines)
 
@@ -256,11 +257,16 @@ class _BundleCheck:
         if kind == "bundle":
             self.header = value
         elif kind == "ledger":
-            self.entries.append(_entry_row(value))
+            entry = _entry_row(value)
+            self.entries.append(entry)
+            if entry.get("sealed_at") is not None:
+                self.sealed_at[(entry.get("chain") or 0, entry["seq"])] = entry["sealed_at"]
         elif kind == "event":
             row = _event_row(value)
             self.report.events += 1
-            self.report.findings += self.verifier.check_event(row, value["batch_seq"])
+            seq = value["batch_seq"]
+            sealed_at = self.sealed_at.get((value.get("batch_chain") or 0, seq))
+            self.report.findings += self.verifier.check_event(row, seq, sealed_at)
             self.report.findings += _outside(self.header, value)
             self.place(value, row["hash"])
         elif kind == "leaf":

@@ -232,7 +232,9 @@ async def verify_event(
     batch_id = row["batch_id"]
     entry = None if batch_id is None else await conn.fetchrow(ENTRY_OF_BATCH, batch_id)
     unchecked = NO_KEYS if verifier is None else ""
-    problems = [] if verifier is None else [_in_words(f) for f in verifier.check_event(row, None)]
+    sealed_at = None if entry is None else entry["sealed_at"]
+    checked = [] if verifier is None else verifier.check_event(row, None, sealed_at)
+    problems = [_in_words(f) for f in checked]
     if entry is None:
         return EventVerdict(None, [*problems, NOT_SEALED], unchecked)
     proof = await _proof(conn, row["event_id"], bytes(row["hash"]), row["leaf_index"], entry)

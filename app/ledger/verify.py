@@ -314,7 +314,7 @@ class Verifier:
         named here, not again by the log."""
         seq, count = entry["seq"], entry["event_count"]
         found: list[Finding] = []
-        leaves = self._place_leaves(seq, count, rows, found)
+        leaves = self._place_leaves(seq, count, rows, found, entry.get("sealed_at"))
         clean = len(leaves) == len(rows)
         if pruned is not None:
             gone = pruned_leaves(self.signed_by_ring, entry, pruned, ranges or [])
@@ -339,14 +339,19 @@ class Verifier:
         return found
 
     def _place_leaves(
-        self, seq: int, count: int, rows: list[Mapping[str, Any]], found: list[Finding]
+        self,
+        seq: int,
+        count: int,
+        rows: list[Mapping[str, Any]],
+        found: list[Finding],
+        sealed_at: datetime | None = None,
     ) -> dict[int, bytes]:
         """Each row's stored hash at its leaf, every row checked itself: a scoped verification
         checks the others' rows too (without naming them), since a row's organization is one
         of the fields a tamperer could change to move an event out of the caller's sight."""
         leaves: dict[int, bytes] = {}
         for row in rows:
-            found += self.check_event(row, seq)
+            found += self.check_event(row, seq, sealed_at)
             index = row["leaf_index"]
             if index is None or not 0 <= index < count or index in leaves:
                 where = f"leaf {index} of {count}"
@@ -377,7 +382,12 @@ class Verifier:
             leaves.setdefault(index, digest)
         return consistent
 
-    def check_event(self, row: Mapping[str, Any], seq: int | None) -> list[Finding]:
+    def check_event(
+        self, row: Mapping[str, Any], seq: int | None, sealed_at: datetime | None = None
+    ) -> list[Finding]:
+        """An event's hash and signature; with the `sealed_at` of the entry sealing it, whether
+        its key was retired (by the configured time) when it was sealed: the time the event
+        itself carries (received_at) is its writer's to choose."""
         stored = bytes(row["hash"])
         found = []
         if event_hash(record_from_row(row)) != stored:
@@ -391,7 +401,7 @@ class Verifier:
         except UnknownSigningKeyError:
             detail = f"key {row['key_id']!r}"
             found.append(self.event_finding("unknown_signing_key", row, seq, detail))
-        retired = _retired(self.keys.get(row["key_id"]), row["received_at"])
+        retired = _retired(self.keys.get(row["key_id"]), sealed_at)
         if retired:
             found.append(self.event_finding("retired_key_used", row, seq, retired))
         return found

@@ -20,7 +20,8 @@ import pytest
 
 from app.api.schemas import EVENT_LIST
 from app.core.config import SigningKey, parse_signing_keys
-from app.ledger.proofs import event_proof
+from app.ledger.bundles import export_bundle, verify_bundle
+from app.ledger.proofs import event_proof, verify_event
 from app.ledger.signing import new_keypair, verify_public_signature
 from app.ledger.verify import Verifier, verify_range
 from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
@@ -156,6 +157,8 @@ async def test_new_active_keys_keep_old_batches_verifiable(sealed_factory: Seale
 async def test_a_retired_key_signing_after_its_retirement_is_a_finding(
     sealed_factory: SealedFactory,
 ) -> None:
+    # Judged by the time its entry was sealed (committed by a v3 head), not by the time an event
+    # says it was received, which whoever writes the row chooses.
     sealed = await sealed_factory([3, 2])
     settings = sealed.res.settings
     event_key, ledger_key = settings.signing_key_ring[0], settings.ledger_key_ring[0]
@@ -169,7 +172,20 @@ async def test_a_retired_key_signing_after_its_retirement_is_a_finding(
         )
 
     later = sealed_at + timedelta(days=1)
-    assert (await verify_range(sealed.conn, verifier(received + timedelta(hours=1), later))).intact
+    assert (await verify_range(sealed.conn, verifier(later, later))).intact
+    # The event key retired after the events were received, before they were sealed.
+    between = verifier(received + timedelta(hours=1), later)
+    report = await verify_range(sealed.conn, between)
+    found = [(f.check, f.seq, f.event_id is not None) for f in report.findings]
+    assert found == [("retired_key_used", 1, True)] * 3 + [("retired_key_used", 2, True)] * 2
+    event_id = (await sealed.rows(2))[0]["event_id"]
+    verdict = await verify_event(sealed.conn, between, sealed.org, event_id)
+    assert verdict is not None and verdict.problems == [
+        f"signed with a retired key ({report.findings[-1].detail})"
+    ]
+    lines = [line async for line in export_bundle(sealed.conn, received, later, sealed.org)]
+    bundled = verify_bundle(lines, between)
+    assert [(f.check, f.seq, f.event_id is not None) for f in bundled.findings] == found
     report = await verify_range(
         sealed.conn, verifier(received - timedelta(hours=1), sealed_at - timedelta(hours=1))
     )
