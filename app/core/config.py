@@ -13,6 +13,8 @@ from functools import cached_property
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+OPERATIONS_ORG = "_service"  # the organization of the service's own events, by default
+
 
 @dataclass(frozen=True, slots=True)
 class SigningKey:
@@ -189,6 +191,8 @@ class Settings(BaseSettings):
     # what it measures with them and records a violation as a sealed audit event
     # (`performance.threshold.violation`, of organization operations_org), at most one per
     # threshold and process every threshold_event_interval_s (the others are counted in it).
+    # Key retirements are sealed into each chain's log as events of operations_org too
+    # (app.ledger.rotation).
     threshold_events: bool = True
     threshold_check_s: float = Field(default=10.0, gt=0)
     threshold_event_interval_s: float = Field(default=300.0, ge=0)
@@ -196,7 +200,7 @@ class Settings(BaseSettings):
     threshold_lag_p99_s: float = Field(default=1.0, gt=0)
     threshold_error_rate: float = Field(default=0.05, gt=0, le=1)
     threshold_rss_mb: int = Field(default=512, ge=1)
-    operations_org: str = Field(default="_service", min_length=1, max_length=128)
+    operations_org: str = Field(default=OPERATIONS_ORG, min_length=1, max_length=128)
 
     # The compliance console (/console): how long a session lasts, and whether its cookie is
     # Secure (sent over HTTPS only; browsers make an exception for http://localhost).

@@ -41,6 +41,13 @@ INSERT INTO audit_ledger (chain, seq, batch_id, event_count, merkle_root, first_
     frontier, head_version, sealed_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $20)
 """
+# Key retirements (app.ledger.rotation, app.writer.retirements): one writer process at a time
+# records them (a lock only tried), after reading those sealed so far, with their chains.
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+RECORDED_RETIREMENTS = """
+SELECT a.*, l.chain FROM audit_log a JOIN audit_ledger l USING (batch_id)
+WHERE a.organization_id = $1 AND a.action = $2
+"""
 
 # verify
 LEDGER_CHUNK = """

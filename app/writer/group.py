@@ -1,5 +1,5 @@
-"""The writer task group: N batch writers plus partition and batch-index upkeep, with a graceful
-stop."""
+"""The writer task group: N batch writers plus partition and batch-index upkeep and the recording
+of key retirements in the log, with a graceful stop."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.core.tasks import stop_tasks, wait_or_stop
 from app.queue.shards import ShardedStream
 from app.store import partitions
 from app.writer.checkpointer import Checkpointer
+from app.writer.retirements import RETIREMENT_CHECK_S, RetirementRecorder
 from app.writer.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class WriterGroup:
             BatchWriter(settings, stream, metrics, self.breaker, consumer_name(i))
             for i in range(settings.writers)
         ]
+        self.retirements = RetirementRecorder(settings)
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,6 +68,7 @@ class WriterGroup:
                 "AUDIT_LEDGER_PRIVATE_KEY is not set: no checkpoints are signed, so no witness "
                 "cosigns the log and verification cannot be anchored"
             )
+        self._tasks.append(asyncio.create_task(self._retirement_upkeep(), name="key-retirements"))
         log.info("started %d writers", len(self.writers))
 
     async def _partition_upkeep(self) -> None:
@@ -101,6 +104,23 @@ class WriterGroup:
             except Exception as exc:
                 self.metrics.writer_errors.labels(stage="summarize").inc()
                 log.warning("batch index upkeep failed: %s", type(exc).__name__)
+
+    async def _retirement_upkeep(self) -> None:
+        """Record the key retirements due in the log: at start (even when asked to stop at
+        once: it is one short transaction), then every RETIREMENT_CHECK_S."""
+        attempt = 0
+        while True:
+            try:
+                await self.retirements.check()
+                attempt, delay = 0, RETIREMENT_CHECK_S
+            except Exception as exc:
+                attempt += 1
+                self.metrics.writer_errors.labels(stage="key_retirements").inc()
+                log.warning("recording key retirements failed: %s", type(exc).__name__)
+                delay = backoff_seconds(attempt, 1000, 60_000)
+            if self.stopping.is_set():
+                return
+            await wait_or_stop(self.stopping, delay)
 
     async def stop(self) -> None:
         """Let in-flight batches commit and ack; cancel what is still running after the grace
