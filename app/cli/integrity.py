@@ -64,6 +64,7 @@ def run_verify(settings: Settings, args: Any) -> int:
             settings.signing_keys_by_id,
             settings.ledger_keys_by_id,
             args.public_key or settings.ledger_public_key,
+            operations_org=settings.operations_org,
         )
         return asyncio.run(_verify(settings, args, verifier, checkpoint, notes))
     except (NoVerificationKey, RangeError) as exc:

@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     # (`performance.threshold.violation`, of organization operations_org), at most one per
     # threshold and process every threshold_event_interval_s (the others are counted in it).
     # Key retirements are sealed into each chain's log as events of operations_org too
-    # (app.ledger.rotation).
+    # (app.ledger.rotation), where verification looks for them.
     threshold_events: bool = True
     threshold_check_s: float = Field(default=10.0, gt=0)
     threshold_event_interval_s: float = Field(default=300.0, ge=0)

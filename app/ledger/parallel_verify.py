@@ -1,6 +1,8 @@
 """Verification of every chain in several processes: each chain's seq range is cut into
 contiguous parts, each part is verified with its own connection (checking its link to the part
-before), and the rows no ledger entry covers are found once, by the database, at the end."""
+before, and knowing the key retirements its chain's log recorded in the parts before:
+app.ledger.verify.retirements_before), and the rows no ledger entry covers are found once, by
+the database, at the end."""
 
 from __future__ import annotations
 

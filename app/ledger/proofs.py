@@ -43,6 +43,7 @@ from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
 from app.ledger.merkle import audit_path, leaf_hash
 from app.ledger.notes import NoteError, parse_checkpoint, parse_note
 from app.ledger.prune import unpack_leaves
+from app.ledger.rotation import KeyPositions
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
     BATCH_LEAVES,
@@ -55,7 +56,7 @@ from app.ledger.sql import (
     PRUNED_LEAVES,
 )
 from app.ledger.tlog import ProofError, root_from_inclusion_proof, verify_inclusion
-from app.ledger.verify import Finding, Verifier, fetch_by_batch
+from app.ledger.verify import Finding, Verifier, fetch_by_batch, retirements_before
 
 
 class DamagedBatch(Exception):
@@ -242,8 +243,17 @@ async def verify_event(
         return EventVerdict(proof, [], unchecked)
     failed = check_proof(proof)
     problems += [failed] if failed else []
-    # The entry's signatures as verify checks them: every key it checks, retirement too.
+    # The entry's signatures as verify checks them: every key it checks, retirement too, by the
+    # configured time and by the retirements its chain's log recorded before it.
     signatures = verifier.entry_signature_findings(entry)
+    positions = KeyPositions()
+    for retirement in await retirements_before(conn, verifier, entry["chain"], entry["seq"]):
+        positions.take(retirement)
+    for finding in verifier.position_findings(entry, [row], positions):
+        if finding.event_id is None:
+            signatures.append(finding)
+        else:
+            problems.append(_in_words(finding))
     return EventVerdict(proof, problems + [_in_words(f, ENTRY_PROBLEMS) for f in signatures])
 
 

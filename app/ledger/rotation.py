@@ -4,13 +4,17 @@ A key's retirement takes effect at a position of its chain's log, not at a time 
 when a configured retirement (`id:secret@retired-at`) has passed, the writers seal into every
 chain a service event `audit.key.retired` of the operations organization, details
 {"ring": "events" | "ledger", "key_id", "retired_at"}, HMAC-signed with the active event key in a
-batch whose entry the active ledger key signs.
+batch whose entry the active ledger key signs. Verification, walking a chain in order, takes
+such an event (its hash and signature checking, its signer not retired) as retiring that key for
+every later batch of the chain: whatever times they carry, an event signed with it or an entry
+signed with it after that position is `retired_key_used`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -80,3 +84,36 @@ def retired_by(row: Mapping[str, Any]) -> tuple[str, str] | None:
     if ring not in RINGS or not isinstance(key_id, str) or not key_id:
         return None
     return ring, key_id
+
+
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """A key retired by the event `event_id`, sealed in the entry `seq` of its chain, after
+    which the chain's log has `tree_size` leaves."""
+
+    ring: str
+    key_id: str
+    seq: int
+    tree_size: int
+    event_id: str
+
+    def describe(self) -> str:
+        return (
+            f"key {self.key_id!r} retired by the log at seq {self.seq} "
+            f"(tree size {self.tree_size}, event {self.event_id})"
+        )
+
+
+@dataclass(slots=True)
+class KeyPositions:
+    """The keys a chain's log has retired so far, by ring (the first retirement of each)."""
+
+    retired: dict[str, dict[str, Retirement]] = field(
+        default_factory=lambda: {ring: {} for ring in RINGS}
+    )
+
+    def take(self, retirement: Retirement) -> None:
+        self.retired[retirement.ring].setdefault(retirement.key_id, retirement)
+
+    def of(self, ring: str, key_id: str) -> Retirement | None:
+        return self.retired[ring].get(key_id)

@@ -79,6 +79,13 @@ KNOWN_BATCHES = "SELECT batch_id FROM audit_ledger WHERE batch_id = ANY($1::bigi
 ANY_PRUNED = "SELECT EXISTS (SELECT 1 FROM audit_pruned_batches)"
 PRUNED_BATCHES = "SELECT * FROM audit_pruned_batches WHERE batch_id = ANY($1::bigint[])"
 BY_BATCH_INDEX = "SET LOCAL enable_seqscan = off"
+# The key retirements (app.ledger.rotation) sealed into a chain before an entry, with the columns
+# of the entries sealing them, through the organization and action index.
+RETIREMENTS_BEFORE = """
+SELECT a.*, l.seq, l.tree_size, l.sealed_at FROM audit_log a JOIN audit_ledger l USING (batch_id)
+WHERE a.organization_id = $1 AND a.action = $2 AND l.chain = $3 AND l.seq < $4
+ORDER BY l.seq, a.leaf_index
+"""
 
 
 # verify_guard

@@ -8,6 +8,9 @@ Checks, by the name a finding carries:
 - sealed_at_decreased: an entry whose head commits to its sealed_at (v3) was sealed before the
   entry it follows (sealing never lets sealed_at decrease: it was backdated);
 - ledger_signature_invalid / ledger_public_signature_invalid / unknown_signing_key;
+- retired_key_used: an event or entry signed with a key its chain's log had retired at an
+  earlier position (a key retirement event, app.ledger.rotation; the detail names its seq and
+  tree size), or sealed (its entry's sealed_at) at or after the key's configured retirement;
 - event_hash_mismatch: an event's stored fields no longer give its stored hash (a field changed);
 - event_signature_invalid: the stored hash is not signed by the named key (a forged row);
 - event_missing: a leaf position of a sealed batch has no event (an event deleted or moved);
@@ -31,6 +34,7 @@ the kept events and the recorded hashes of the pruned ones.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -39,13 +43,14 @@ from typing import Any
 
 import asyncpg
 
-from app.core.config import SigningKey
+from app.core.config import OPERATIONS_ORG, SigningKey
 from app.core.timefmt import format_timestamp
 from app.ledger.chain import entry_head, genesis_head
 from app.ledger.hashing import UnknownSigningKeyError, event_hash, record_from_row, verify_signature
 from app.ledger.logcheck import LogCheck, tile_extent_findings
 from app.ledger.merkle import leaf_hashes, root_of_leaves
 from app.ledger.prune import PrunedRange, pruned_leaves, pruned_ranges
+from app.ledger.rotation import RETIREMENT_ACTION, KeyPositions, Retirement, retired_by
 from app.ledger.signing import verify_with_any
 from app.ledger.sql import (
     ANY_PRUNED,
@@ -61,6 +66,7 @@ from app.ledger.sql import (
     NEWEST_SIZE,
     ORPHANS,
     PRUNED_BATCHES,
+    RETIREMENTS_BEFORE,
     ROWS_OF_BATCHES,
     ROWS_OF_CHAIN,
     SEVERAL_CHAINS,
@@ -227,6 +233,7 @@ class Verifier:
     organization_id: str | None = None
     check_hmac: bool = True  # off for an auditor who holds only the Ed25519 public key
     ledger_keys: Mapping[str, SigningKey] = field(default_factory=dict)
+    operations_org: str = OPERATIONS_ORG  # where the service's key retirements are recorded
 
     @property
     def checked(self) -> dict[str, bool]:
@@ -406,6 +413,47 @@ class Verifier:
             found.append(self.event_finding("retired_key_used", row, seq, retired))
         return found
 
+    def retirement_in(
+        self, row: Mapping[str, Any], entry: Mapping[str, Any], positions: KeyPositions
+    ) -> Retirement | None:
+        """The key retirement `row` (an event of `entry`'s batch) records, if it is one whose
+        hash and signature check and whose signer was retired neither by the log before it
+        (`positions`) nor by its configured time when its entry was sealed."""
+        named = retired_by(row)
+        if named is None or not self.check_hmac:
+            return None
+        key = self.keys.get(row["key_id"])
+        stored = bytes(row["hash"])
+        if key is None or event_hash(record_from_row(row)) != stored:
+            return None
+        if not verify_signature(stored, bytes(row["signature"]), key.key_id, self.keys):
+            return None
+        if positions.of("events", key.key_id) or _retired(key, entry.get("sealed_at")):
+            return None
+        ring, key_id = named
+        return Retirement(ring, key_id, entry["seq"], entry["tree_size"], str(row["event_id"]))
+
+    def position_findings(
+        self,
+        entry: Mapping[str, Any],
+        rows: list[Mapping[str, Any]] | None,
+        positions: KeyPositions,
+    ) -> list[Finding]:
+        """The entry's signature and its events' by keys the log retired before it."""
+        if not self.check_hmac:
+            return []
+        seq, found = entry["seq"], []
+        retirement = positions.of("ledger", entry["key_id"])
+        if retirement is not None:
+            found.append(Finding("retired_key_used", seq, None, retirement.describe()))
+        if positions.retired["events"]:
+            for row in rows or ():
+                retirement = positions.of("events", row["key_id"])
+                if retirement is not None:
+                    detail = retirement.describe()
+                    found.append(self.event_finding("retired_key_used", row, seq, detail))
+        return found
+
 
 def _sealed_before(entry: Mapping[str, Any], prev: Mapping[str, Any]) -> bool:
     """A v3 entry (its head commits to sealed_at) sealed before the entry it follows: sealing
@@ -494,6 +542,8 @@ async def verify_range(
         report.findings.append(Finding("ledger_entry_missing", from_seq - 1, None, "predecessor"))
     walk.expected = from_seq
     walk.log = LogCheck.after(walk.prev)
+    if from_seq > 1 or times is not None:  # retirements in batches the walk will not read
+        walk.retirements = await retirements_before(conn, verifier, chain, last + 1)
     await walk.along(conn, from_seq, last, progress)
     await walk.compare_tiles(conn, final=True)
     if whole:
@@ -510,6 +560,26 @@ async def verify_range(
     await walk.settle_leftovers(conn)
     report.findings.name_chain(chain)
     return report
+
+
+async def retirements_before(
+    conn: asyncpg.Connection, verifier: Verifier, chain: int, seq: int
+) -> list[Retirement]:
+    """The key retirements sealed into `chain` before entry `seq`, in seq order, each checked as
+    a walk along the chain from its start checks it (found through the index of the operations
+    organization's actions, without reading the batches around them)."""
+    if not verifier.check_hmac:
+        return []
+    rows = await conn.fetch(
+        RETIREMENTS_BEFORE, verifier.operations_org, RETIREMENT_ACTION, chain, seq
+    )
+    positions, found = KeyPositions(), []
+    for _, batch in itertools.groupby(rows, key=lambda row: row["seq"]):
+        taken = [verifier.retirement_in(row, row, positions) for row in batch]
+        for retirement in filter(None, taken):  # from the next entry on, as in a walk
+            positions.take(retirement)
+            found.append(retirement)
+    return found
 
 
 async def fetch_by_batch(conn: asyncpg.Connection, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -591,6 +661,8 @@ class _Walk:
     chain: int = 0
     shared: bool = False
     log: LogCheck = field(default_factory=LogCheck)
+    keys: KeyPositions = field(default_factory=KeyPositions)  # retired by the log so far
+    retirements: list[Retirement] = field(default_factory=list)  # read ahead, taken in seq order
 
     def wanted(self, entry: asyncpg.Record) -> bool:
         """Whether this entry's events are checked (its header always is)."""
@@ -650,6 +722,7 @@ class _Walk:
                 )
                 self.log.restart(None)  # the gap is named: the log goes on from this entry
             self.report.findings += self.verifier.check_entry(entry, self.prev)
+            self.check_key_positions(entry, rows)
             counted = not self.verifier.scoped  # scoped: the entries holding its events
             placed: list[bytes] = []
             if rows is not None:
@@ -665,6 +738,17 @@ class _Walk:
             self.check_log(entry, placed, pruned)
             self.prev, self.expected = entry, entry["seq"] + 1
         self.log.take_slices(final=False)
+
+    def check_key_positions(self, entry: asyncpg.Record, rows: list[asyncpg.Record] | None) -> None:
+        """Keys the log retired before this entry sign nothing in it; the retirements it
+        records take effect from the next entry on."""
+        while self.retirements and self.retirements[0].seq < entry["seq"]:
+            self.keys.take(self.retirements.pop(0))
+        self.report.findings += self.verifier.position_findings(entry, rows, self.keys)
+        recorded = [r for r in rows or () if r["action"] == RETIREMENT_ACTION]
+        found = [self.verifier.retirement_in(r, entry, self.keys) for r in recorded]
+        for retirement in filter(None, found):
+            self.retirements.insert(0, retirement)  # taken before the next entry
 
     def check_log(
         self, entry: asyncpg.Record, placed: list[bytes], pruned: asyncpg.Record | None

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from app.core.config import SigningKey
+from app.core.config import OPERATIONS_ORG, SigningKey
 from app.ledger.sql import CHAIN_HEADS
 from app.ledger.verify import Verifier
 
@@ -30,10 +30,12 @@ def verifier_for(
     ledger_keys: Mapping[str, SigningKey],
     public_key: str,
     organization_id: str | None = None,
+    operations_org: str = OPERATIONS_ORG,
 ) -> Verifier:
     """The verifier of every path. The HMAC keys (of events and of the ledger, both) check
     everything; the public key alone checks the ledger heads (and so, through the Merkle roots,
-    every event hash) but no HMAC."""
+    every event hash) but no HMAC. `operations_org`: where the service records key
+    retirements (AUDIT_OPERATIONS_ORG)."""
     if bool(keys) != bool(ledger_keys):
         raise NoVerificationKey(
             "set both AUDIT_SIGNING_KEYS and AUDIT_LEDGER_KEYS to check the HMACs (or neither, "
@@ -45,7 +47,12 @@ def verifier_for(
             "ledger's Ed25519 public key, AUDIT_LEDGER_PUBLIC_KEY or --public-key)"
         )
     return Verifier(
-        keys, public_key, organization_id, check_hmac=bool(keys), ledger_keys=ledger_keys
+        keys,
+        public_key,
+        organization_id,
+        check_hmac=bool(keys),
+        ledger_keys=ledger_keys,
+        operations_org=operations_org,
     )
 
 

@@ -22,7 +22,7 @@ from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.metrics import Metrics
 from app.ledger.rotation import RETIREMENT_ACTION
-from app.ledger.sql import RECORDED_RETIREMENTS
+from app.ledger.sql import RECORDED_RETIREMENTS, RETIREMENTS_BEFORE
 from app.read import queries
 from app.store import partitions
 from app.wiring import close_resources, open_resources
@@ -279,12 +279,14 @@ async def test_lookup_by_event_id_uses_the_unique_key(
     assert "uq_audit_log_event" in await _parent_indexes(planned, nodes)
 
 
-@pytest.mark.parametrize(("sql", "args"), [(RECORDED_RETIREMENTS, ())])
+@pytest.mark.parametrize(
+    ("sql", "args"), [(RETIREMENTS_BEFORE, (0, 1_000_000)), (RECORDED_RETIREMENTS, ())]
+)
 async def test_key_retirements_are_found_through_the_action_index(
     planned: asyncpg.Connection, sql: str, args: tuple[int, ...]
 ) -> None:
-    """The writers look for the key retirements recorded in the log without reading the
-    events around them."""
+    """Verification (a part of a chain, a time range) and the writers look for the key
+    retirements recorded in the log without reading the events around them."""
     raw = await planned.fetchval("EXPLAIN (FORMAT JSON) " + sql, PLAN_ORG, RETIREMENT_ACTION, *args)
     nodes = _nodes(orjson.loads(raw)[0]["Plan"])
     index = "ix_audit_log_org_action_time"

@@ -137,6 +137,7 @@ async def _verification(
             settings.ledger_keys_by_id,
             settings.ledger_public_key,
             organization,
+            settings.operations_org,
         )
     except NoVerificationKey as exc:
         raise VerificationUnavailable(f"this service cannot verify: {exc}") from exc
@@ -245,6 +246,7 @@ async def event_verdict(
             settings.ledger_keys_by_id,
             settings.ledger_public_key,
             caller.organization_id,
+            settings.operations_org,
         )
     except NoVerificationKey:  # the proof still goes out, for whoever holds the keys to check
         verifier = None
