@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +39,12 @@ from app.core.timefmt import format_timestamp, parse_timestamp
 from app.ledger.notes import (
     ED25519,
     Checkpoint,
+    NoteError,
     NoteSignature,
     VerifierKey,
+    open_checkpoint,
+    parse_checkpoint,
+    parse_note,
     public_key_of,
     sign_checkpoint,
 )
@@ -137,9 +141,10 @@ class LogSigner:
 
 # -- in the database ----------------------------------------------------------------------------
 
-NEWEST_CHECKPOINT = """
-SELECT chain, tree_size, root, seq, sealed_at, note FROM audit_checkpoints
-WHERE chain = $1 ORDER BY tree_size DESC LIMIT 1
+# The newest checkpoints of a chain no larger than its log: a row above it is not one of ours.
+NEWEST_CHECKPOINTS = """
+SELECT tree_size, note FROM audit_checkpoints
+WHERE chain = $1 AND tree_size <= $2 ORDER BY tree_size DESC LIMIT $3
 """
 INSERT_CHECKPOINT = """
 INSERT INTO audit_checkpoints (chain, tree_size, root, seq, sealed_at, note)
@@ -153,11 +158,6 @@ COSIGNATURES = """
 SELECT witness, line FROM audit_checkpoint_cosignatures
 WHERE chain = $1 AND tree_size = $2 ORDER BY witness
 """
-# The size each witness last cosigned in a chain (what to send it as `old` next).
-COSIGNED_SIZES = """
-SELECT witness, max(tree_size) AS tree_size FROM audit_checkpoint_cosignatures
-WHERE chain = $1 GROUP BY witness
-"""
 # The newest checkpoints that have cosignatures, a few per chain: anchors' candidates.
 COSIGNED_CHECKPOINTS = """
 SELECT c.chain, c.note,
@@ -168,11 +168,6 @@ WHERE EXISTS (SELECT 1 FROM audit_checkpoint_cosignatures s
               WHERE s.chain = c.chain AND s.tree_size = c.tree_size)
 ORDER BY c.chain, c.tree_size DESC
 """
-
-
-async def newest_checkpoint(conn: asyncpg.Connection, chain: int) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(NEWEST_CHECKPOINT, chain)
-    return row
 
 
 async def store_checkpoint(
@@ -200,15 +195,40 @@ async def store_cosignatures(
         await conn.executemany(INSERT_COSIGNATURE, rows)
 
 
-async def cosigned_sizes(conn: asyncpg.Connection, chain: int) -> dict[str, int]:
-    """vkey of each witness -> the size it last cosigned in the chain."""
-    return {r["witness"]: r["tree_size"] for r in await conn.fetch(COSIGNED_SIZES, chain)}
-
-
 async def cosigned_note(conn: asyncpg.Connection, chain: int, size: int, note: str) -> str:
-    """The signed note with every cosignature stored for it appended."""
-    rows = await conn.fetch(COSIGNATURES, chain, size)
-    return note + "".join(r["line"] for r in rows)
+    """The signed note with the cosignatures stored for it appended: only lines that keep it a
+    well-formed note (the rows are a copy anyone with INSERT could add to; signatures are
+    checked by whoever reads the note)."""
+    lines = ""
+    for row in await conn.fetch(COSIGNATURES, chain, size):
+        try:
+            parse_note(note + lines + row["line"])
+        except NoteError:
+            continue
+        lines += row["line"]
+    return note + lines
+
+
+CANDIDATES = 5
+
+
+async def newest_served(
+    conn: asyncpg.Connection, chain: int, log_size: int, keys: Sequence[VerifierKey]
+) -> tuple[int, str] | None:
+    """(size, cosigned note) of the chain's newest stored checkpoint within its log's size
+    that its note says is of that size and, given the log's keys, is signed by one of them."""
+    for row in await conn.fetch(NEWEST_CHECKPOINTS, chain, log_size, CANDIDATES):
+        note = row["note"]
+        try:
+            text = parse_note(note)[0]
+            if parse_checkpoint(text).size != row["tree_size"]:
+                continue
+            if keys:
+                open_checkpoint(note, parse_checkpoint(text).origin, keys)
+        except NoteError:
+            continue
+        return row["tree_size"], await cosigned_note(conn, chain, row["tree_size"], note)
+    return None
 
 
 async def stored_cosigned(conn: asyncpg.Connection, per_chain: int = 3) -> list[tuple[int, str]]:
@@ -226,8 +246,14 @@ async def stored_cosigned(conn: asyncpg.Connection, per_chain: int = 3) -> list[
 # -- outside the database -----------------------------------------------------------------------
 
 
-def checkpoint_file(directory: Path, chain: int) -> Path:
-    return directory / f"chain-{chain}.checkpoints"
+# The file outside the database a note goes to: every signed one, and apart, those cosigned
+# (so a run of notes the witnesses refuse never pushes the last cosigned one out of reach).
+COSIGNED_NOT_YET = "checkpoints"
+COSIGNED = "cosigned"
+
+
+def checkpoint_file(directory: Path, chain: int, kind: str = COSIGNED_NOT_YET) -> Path:
+    return directory / f"chain-{chain}.{kind}"
 
 
 def _private_directory(directory: Path) -> Path:
@@ -235,10 +261,12 @@ def _private_directory(directory: Path) -> Path:
     return directory
 
 
-def append_checkpoint(directory: Path, chain: int, size: int, note: str) -> None:
-    """Append one note to the chain's file and fsync it (the directory too when the file is
-    new). Raises OSError: the caller counts it and goes on."""
-    path = checkpoint_file(_private_directory(directory), chain)
+def append_checkpoint(
+    directory: Path, chain: int, size: int, note: str, kind: str = COSIGNED_NOT_YET
+) -> None:
+    """Append one note to the chain's file of that kind and fsync it (the directory too when
+    the file is new). Raises OSError: the caller counts it and goes on."""
+    path = checkpoint_file(_private_directory(directory), chain, kind)
     line = orjson.dumps({"chain": chain, "size": size, "note": note}) + b"\n"
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -260,7 +288,8 @@ def read_checkpoint_files(directory: Path, newest: int = 8) -> Iterator[tuple[in
     skipped: a note counts only by its signatures, checked by the reader)."""
     if not directory.is_dir():
         return
-    for path in sorted(directory.glob("chain-*.checkpoints")):
+    paths = [*directory.glob(f"chain-*.{COSIGNED}"), *directory.glob(f"chain-*.{COSIGNED_NOT_YET}")]
+    for path in sorted(paths):
         for line in _last_lines(path, newest):
             try:
                 record = orjson.loads(line)

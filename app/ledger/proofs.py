@@ -37,9 +37,9 @@ import asyncpg
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp, parse_timestamp
 from app.ledger.chain import entry_head
-from app.ledger.checkpoints import cosigned_note, newest_checkpoint
+from app.ledger.checkpoints import newest_served
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
-from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
+from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof, newest_size
 from app.ledger.merkle import audit_path, leaf_hash
 from app.ledger.notes import NoteError, parse_checkpoint, parse_note
 from app.ledger.prune import unpack_leaves
@@ -160,19 +160,15 @@ async def _checkpoint_proof(
     """The chain's newest checkpoint (the signed note with the witnesses' cosignatures so far)
     and the leaf's inclusion proof against it; None while no checkpoint covers the leaf yet.
     Whoever holds the log's key and the witnesses' keys can check it with nothing else."""
-    row = await newest_checkpoint(conn, chain)
-    if row is None or row["tree_size"] <= position:
+    found = await newest_served(conn, chain, await newest_size(conn, chain), ())
+    if found is None or found[0] <= position:
         return None
-    size = row["tree_size"]
+    size, note = found
     try:
         path = await log_inclusion_proof(conn, chain, position, size)
     except (MissingTile, ValueError) as exc:
         raise DamagedBatch(f"the log of chain {chain} cannot prove leaf {position}: {exc}") from exc
-    return {
-        "note": await cosigned_note(conn, chain, size, row["note"]),
-        "tree_size": size,
-        "inclusion_proof": [h.hex() for h in path],
-    }
+    return {"note": note, "tree_size": size, "inclusion_proof": [h.hex() for h in path]}
 
 
 # What an event's findings mean, in the words the console's badge and the API's proof use.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,19 @@ from app.core.db import connect_raw
 from app.core.metrics import Metrics
 from app.core.tasks import wait_or_stop
 from app.ledger.checkpoints import (
+    COSIGNED,
+    COSIGNED_NOT_YET,
     LogSigner,
     append_checkpoint,
     checkpoint_of,
-    cosigned_note,
-    cosigned_sizes,
     entry_facts,
-    newest_checkpoint,
     store_checkpoint,
     store_cosignatures,
 )
-from app.ledger.logstore import log_consistency_proof
-from app.ledger.notes import cosignature_timestamp
+from app.ledger.logstore import MissingTile, log_consistency_proof, log_root
+from app.ledger.notes import NoteSignature, cosignature_timestamp
 from app.ledger.seal import MAX_CHAINS
-from app.ledger.witnessing import Gathered, gather, parse_witnesses
+from app.ledger.witnessing import Gathered, Witness, gather, parse_witnesses
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ SELECT seq, head, tree_size, tree_root, sealed_at FROM audit_ledger
 WHERE chain = $1 ORDER BY seq DESC LIMIT 1
 """
 HIGHEST_CHAIN = "SELECT max(chain) FROM audit_ledger"
+
+
+@dataclass(slots=True)
+class _Signed:
+    size: int
+    note: str
+    cosignatures: dict[Witness, NoteSignature]
 
 
 class Checkpointer:
@@ -64,6 +71,8 @@ class Checkpointer:
         self._conn: asyncpg.Connection | None = None
         self._chains = settings.stream_shards
         self._unwitnessed_since: dict[int, float] = {}
+        self._signed: dict[int, _Signed] = {}  # the newest checkpoint this process signed
+        self._cosigned: dict[int, dict[Witness, int]] = {}  # the size each witness last cosigned
 
     async def run(self, stopping: asyncio.Event) -> None:
         interval = self.settings.checkpoint_interval_s
@@ -115,68 +124,95 @@ class Checkpointer:
         return made
 
     async def _chain(self, conn: asyncpg.Connection, chain: int, client: Any) -> int:
+        """Sign the chain's newest entry when this process has not yet, then ask the witnesses
+        that have not cosigned it. What this process signed and what each witness cosigned is
+        kept here, not read back from the database: rows anyone could insert there must not
+        stop or steer the checkpoints."""
         entry = await conn.fetchrow(NEWEST_ENTRY, chain)
         if entry is None or not entry["tree_size"]:
             return 0
-        last = await newest_checkpoint(conn, chain)
         made = 0
-        if last is None or last["tree_size"] < entry["tree_size"]:
+        signed = self._signed.get(chain)
+        if signed is None or signed.size != entry["tree_size"]:
             checkpoint = checkpoint_of(self.settings.log_origin, chain, entry)
+            if not await self._log_holds(conn, chain, checkpoint):
+                return 0
             note = self.signer.sign(checkpoint)
             facts = entry_facts(checkpoint)
             assert facts is not None  # checkpoint_of writes them
             await store_checkpoint(conn, chain, checkpoint, note, facts)
-            await self._outside(chain, checkpoint.size, note)
+            await self._outside(chain, checkpoint.size, note, COSIGNED_NOT_YET)
             self.metrics.checkpoints.labels(chain=str(chain)).inc()
-            size, made = checkpoint.size, 1
-        else:
-            size, note = last["tree_size"], last["note"]
-        covered = await self._witnessed(conn, chain, size, note, client)
+            signed = _Signed(checkpoint.size, note, {})
+            self._signed[chain] = signed
+            made = 1
+        covered = await self._witnessed(conn, chain, signed, client)
         self._watch(chain, covered)
         return made
 
-    async def _outside(self, chain: int, size: int, note: str) -> None:
+    async def _log_holds(self, conn: asyncpg.Connection, chain: int, checkpoint: Any) -> bool:
+        """The entry's root is the one the log's tiles give at its size: a checkpoint signs
+        what the log holds, never a row that says otherwise."""
         try:
-            await asyncio.to_thread(append_checkpoint, self.directory, chain, size, note)
+            root = await log_root(conn, chain, checkpoint.size)
+        except (MissingTile, ValueError) as exc:
+            root, why = b"", str(exc)
+        else:
+            why = f"its root {checkpoint.root_hash.hex()} is not the tiles' {root.hex()}"
+        if root == checkpoint.root_hash:
+            return True
+        self.metrics.writer_errors.labels(stage="checkpoint_log_mismatch").inc()
+        log.error("not signing size %d of chain %d: %s", checkpoint.size, chain, why)
+        return False
+
+    async def _outside(self, chain: int, size: int, note: str, kind: str) -> None:
+        try:
+            await asyncio.to_thread(append_checkpoint, self.directory, chain, size, note, kind)
         except OSError as exc:
             self.metrics.writer_errors.labels(stage="checkpoint_file").inc()
             log.warning("cannot append the checkpoint to %s: %s", self.directory, exc)
 
     async def _witnessed(
-        self, conn: asyncpg.Connection, chain: int, size: int, note: str, client: Any
+        self, conn: asyncpg.Connection, chain: int, signed: _Signed, client: Any
     ) -> bool:
-        """Ask each witness that has not cosigned this checkpoint yet; True once a quorum has."""
+        """Ask each witness that has not cosigned this checkpoint yet, from the size it last
+        cosigned here (0 when unknown: its 409 names its size, and it is asked again from
+        there); True once a quorum has."""
         if not self.witnesses:
             return False
-        sizes = await cosigned_sizes(conn, chain)
-        asked = [w for w in self.witnesses if sizes.get(w.key.vkey, 0) < size]
-        have = len(self.witnesses) - len(asked)
+        sizes = self._cosigned.setdefault(chain, {})
+        asked = [w for w in self.witnesses if w not in signed.cosignatures]
+        have = len(signed.cosignatures)
         if asked and have < self.quorum:
+            size = signed.size
             gathered = await gather(
                 asked,
                 0,
-                note,
+                signed.note,
                 lambda old: log_consistency_proof(conn, chain, old, size),
-                old_sizes={w: sizes.get(w.key.vkey, 0) for w in asked},
+                old_sizes={w: sizes.get(w, 0) for w in asked},
                 timeout_s=self.settings.witness_timeout_s,
                 client=client,
             )
-            await self._store(conn, chain, size, note, gathered)
-            have += len(gathered.cosignatures)
+            for cosigned in gathered.cosignatures:
+                signed.cosignatures[cosigned.witness] = cosigned.signature
+                sizes[cosigned.witness] = size
+            await self._store(conn, chain, signed, gathered)
+            have = len(signed.cosignatures)
             if have < self.quorum:
                 self.metrics.quorum_missed.labels(chain=str(chain)).inc()
         self.metrics.checkpoint_cosignatures.labels(chain=str(chain)).set(have)
         return have >= self.quorum
 
     async def _store(
-        self, conn: asyncpg.Connection, chain: int, size: int, note: str, gathered: Gathered
+        self, conn: asyncpg.Connection, chain: int, signed: _Signed, gathered: Gathered
     ) -> None:
         for witness, reason in gathered.failures.items():
             self.metrics.witness_failures.labels(witness=witness.name).inc()
             log.warning(
                 "witness %s did not cosign size %d of chain %d: %s",
                 witness.name,
-                size,
+                signed.size,
                 chain,
                 reason,
             )
@@ -185,13 +221,14 @@ class Checkpointer:
         await store_cosignatures(
             conn,
             chain,
-            size,
+            signed.size,
             [
                 (c.witness.key, c.signature, _at(cosignature_timestamp(c.signature)))
                 for c in gathered.cosignatures
             ],
         )
-        await self._outside(chain, size, await cosigned_note(conn, chain, size, note))
+        lines = "".join(sig.line for sig in signed.cosignatures.values())
+        await self._outside(chain, signed.size, signed.note + lines, COSIGNED)
 
     def _watch(self, chain: int, covered: bool) -> None:
         now = time.monotonic()

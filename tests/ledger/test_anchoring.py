@@ -362,3 +362,44 @@ async def test_a_quorum_of_two_of_three_witnesses_with_one_down_anchors(
         three = cli({**w.env(), "AUDIT_WITNESS_QUORUM": "3"}, "verify")
         assert three.returncode == 3, three.stdout + three.stderr
         assert "cosigned by 2 of the 3 witnesses" in three.stderr
+
+
+async def test_rows_inserted_in_the_checkpoint_tables_neither_stop_nor_steer_the_checkpoints(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """A huge checkpoint row with a forged cosignature row, INSERTed as any writer role could:
+    the checkpointer still signs each new size and the witness cosigns it, so a tail cut after
+    that is named against the newest witnessed checkpoint."""
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        await w.send(5)
+        await wait_stored(w.settings.database_url, w.org, 5)
+        await w.cosigned_size(5)
+        vkey = w.witness.identity.vkey
+        await w.conn.execute(
+            """INSERT INTO audit_checkpoints (chain, tree_size, root, seq, sealed_at, note)
+               SELECT 0, 1000000000000, decode(repeat('00', 32), 'hex'), 1, now(), note
+               FROM audit_checkpoints WHERE tree_size = 5"""
+        )
+        await w.conn.execute(
+            """INSERT INTO audit_checkpoint_cosignatures
+               (chain, tree_size, witness, line, cosigned_at)
+               VALUES (0, 1000000000000, $1, '', now())""",
+            vkey,
+        )
+        await w.send(9)
+        await wait_stored(w.settings.database_url, w.org, 14)
+        await w.cosigned_size(14)  # the witness has cosigned the new size: nothing was stopped
+        served = await w.svc.client.get("/log/0/checkpoint", headers=w.headers)
+        assert served.text.startswith(origin_of(w.settings.log_origin, 0) + "\n14\n")
+        await w.svc.app.state.resources.writers.stop()
+        await superuser(
+            w.conn,
+            """DELETE FROM audit_log WHERE batch_id IN
+               (SELECT batch_id FROM audit_ledger WHERE seq >= 2)""",
+            "DELETE FROM audit_ledger WHERE seq >= 2",
+            """UPDATE audit_log_tiles SET hashes = substring(hashes FROM 1 FOR 160)
+               WHERE level = 0 AND idx = 0""",
+        )
+        result = cli(w.env(), "verify")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert checks(result) == ["log_shorter_than_checkpoint"]

@@ -16,8 +16,8 @@ from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.db import driver_connection
 from app.core.errors import ApiError, NotFound
-from app.ledger.checkpoints import cosigned_note, newest_checkpoint
-from app.ledger.logstore import LogRangeError, consistency_between, tile_content
+from app.ledger.checkpoints import log_keys, newest_served
+from app.ledger.logstore import LogRangeError, consistency_between, newest_size, tile_content
 
 # Level 0 tiles and short proofs hold leaf hashes, which confirm a guessed event: no caching.
 router = APIRouter(tags=["log"], route_class=EventDataRoute)
@@ -89,9 +89,10 @@ async def checkpoint(request: Request, caller: LogReader, chain: ChainPath) -> R
     and `sealed` of the ledger entry at that size; signed with the Ed25519 ledger key (key named
     by the origin), followed by the cosignatures of the witnesses that have cosigned it so far.
     404 while the chain has no checkpoint."""
+    settings = resources(request).settings
+    keys = log_keys(settings.log_origin, chain, settings.ledger_public_key)
     async with driver_connection(resources(request).engine) as conn:
-        row = await newest_checkpoint(conn, chain)
-        if row is None:
-            raise NotFound(f"chain {chain} has no checkpoint yet")
-        note = await cosigned_note(conn, chain, row["tree_size"], row["note"])
-    return Response(note, media_type="text/plain; charset=utf-8")
+        found = await newest_served(conn, chain, await newest_size(conn, chain), keys)
+    if found is None:
+        raise NotFound(f"chain {chain} has no checkpoint yet")
+    return Response(found[1], media_type="text/plain; charset=utf-8")
