@@ -106,7 +106,9 @@ async def _verify(
             )
         anchors = await find_anchors(settings, conn, notes)
         chains = [chain] if chain is not None else await chain_ids(conn)
-        await anchor_report(conn, report, anchors, chains)
+        await anchor_report(
+            conn, report, anchors, chains, stale_after_s=settings.threshold_unwitnessed_s
+        )
     finally:
         await conn.close()
     for finding in report.findings:
@@ -132,8 +134,10 @@ def _say_anchoring(report: Report, refused: list[str]) -> None:
     if report.verdict == NOT_ANCHORED and report.entries:
         chains = ", ".join(map(str, report.unanchored)) or "any"
         print(
-            f"verify: NOT ANCHORED: no checkpoint cosigned by a quorum of witnesses for chain "
-            f"{chains}; the verdict rests on the database alone (exit {NOT_ANCHORED_EXIT})",
+            f"verify: NOT ANCHORED: no checkpoint cosigned by a quorum of witnesses covers chain "
+            f"{chains} (none at all, or leaves sealed past the newest one longer ago than "
+            f"AUDIT_THRESHOLD_UNWITNESSED_S); what is not covered rests on the database alone "
+            f"(exit {NOT_ANCHORED_EXIT})",
             file=sys.stderr,
         )
 
@@ -143,6 +147,8 @@ def _anchored(command: str, anchor: dict[str, Any]) -> str:
         f"{command}: chain {anchor['chain']} anchored to size {anchor['size']} (seq "
         f"{anchor['seq']}, sealed {anchor['sealed_at']}), cosigned by "
         f"{', '.join(anchor['witnesses'])} at {anchor['cosigned_at']}"
+        + (f"; {anchor['leaves_after']} leaves sealed since" if anchor.get("leaves_after") else "")
+        + ("; STALE" if anchor.get("stale") else "")
     )
 
 

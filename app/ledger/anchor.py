@@ -40,7 +40,7 @@ from app.ledger.notes import (
     parse_checkpoint,
     parse_note,
 )
-from app.ledger.sql import ENTRY_OF_SIZE
+from app.ledger.sql import ENTRY_AT, ENTRY_OF_SIZE
 from app.ledger.verify import Finding, Report
 from app.ledger.witnessing import parse_witnesses
 
@@ -229,20 +229,49 @@ async def check_anchor(conn: asyncpg.Connection, anchor: Anchor) -> list[Finding
 
 
 async def anchor_report(
-    conn: asyncpg.Connection, report: Report, anchors: Anchors, chains: Iterable[int]
+    conn: asyncpg.Connection,
+    report: Report,
+    anchors: Anchors,
+    chains: Iterable[int],
+    *,
+    stale_after_s: float | None = None,
 ) -> None:
     """Check the report's log against the anchors and say what it was anchored to:
-    `report.anchors` (each anchor, newest per chain) and `report.unanchored` (the chains among
-    `chains` that have entries and no anchor)."""
+    `report.anchors` (each anchor, newest per chain, with how many leaves the log holds past
+    it) and `report.unanchored` (the chains among `chains` that have entries and no anchor, or
+    whose anchor is stale: leaves past it sealed more than `stale_after_s` ago, which no quorum
+    has cosigned since)."""
     found = list(anchors.forks)
     for anchor in anchors.by_chain.values():
         found.extend(await check_anchor(conn, anchor))
     if report.scoped:  # sizes and roots tell every tenant's volume: named, not detailed
         found = [replace(f, detail="") for f in found]
     report.findings.extend(found)
-    report.anchors = [a.as_dict() for _, a in sorted(anchors.by_chain.items())]
+    shown = []
+    stale: set[int] = set()
+    for chain, anchor in sorted(anchors.by_chain.items()):
+        size = await newest_size(conn, chain)
+        after = max(0, size - anchor.checkpoint.size)
+        is_stale = False
+        if after and stale_after_s is not None:
+            since = await _first_sealed_after(conn, anchor)
+            waited = (datetime.now(UTC) - since).total_seconds() if since else 0.0
+            is_stale = waited > stale_after_s
+        if is_stale:
+            stale.add(chain)
+        shown.append({**anchor.as_dict(), "leaves_after": after, "stale": bool(is_stale)})
+    report.anchors = shown
     unanchored = []
     for chain in chains:
-        if chain not in anchors.by_chain and await newest_size(conn, chain) > 0:
+        if chain in stale or (chain not in anchors.by_chain and await newest_size(conn, chain) > 0):
             unanchored.append(chain)
-    report.unanchored = unanchored
+    report.unanchored = sorted(set(unanchored) | stale)
+
+
+async def _first_sealed_after(conn: asyncpg.Connection, anchor: Anchor) -> datetime | None:
+    """When the first entry past the anchor was sealed (None: not known)."""
+    facts = entry_facts(anchor.checkpoint)
+    if facts is None:
+        return None
+    entry = await conn.fetchrow(ENTRY_AT, anchor.chain, facts.seq + 1)
+    return None if entry is None else entry["sealed_at"]

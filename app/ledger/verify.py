@@ -199,7 +199,7 @@ class Report:
     def _anchor(self, anchor: dict[str, Any]) -> dict[str, Any]:
         if not self.scoped:
             return anchor
-        hidden = ("size", "root", "seq")  # every tenant's volume: not one tenant's figure
+        hidden = ("size", "root", "seq", "leaves_after")  # every tenant's volume
         return {k: v for k, v in anchor.items() if k not in hidden}
 
     def _pruned(self, pruned: PrunedRange) -> dict[str, Any]:

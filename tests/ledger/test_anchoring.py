@@ -23,6 +23,7 @@ import orjson
 
 from app.cli.migrate import migrate
 from app.core.config import Settings
+from app.core.metrics import Metrics
 from app.ledger.checkpoints import log_keys, origin_of
 from app.ledger.merkle import leaf_hash
 from app.ledger.notes import open_note, parse_checkpoint
@@ -30,6 +31,7 @@ from app.ledger.proofs import check_proof
 from app.ledger.signing import new_keypair
 from app.ledger.tlog import verify_inclusion
 from app.witness.config import load_identity
+from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.api.console_client import console_client
 from tests.conftest import (
     Service,
@@ -403,3 +405,34 @@ async def test_rows_inserted_in_the_checkpoint_tables_neither_stop_nor_steer_the
         result = cli(w.env(), "verify")
         assert result.returncode == 1, result.stdout + result.stderr
         assert checks(result) == ["log_shorter_than_checkpoint"]
+
+
+async def test_an_anchor_no_quorum_has_followed_for_too_long_is_not_anchored(
+    database_url: str, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """Leaves sealed past the newest cosigned checkpoint longer ago than
+    AUDIT_THRESHOLD_UNWITNESSED_S: the verdict is not anchored, never intact."""
+    async with witnessed(database_url, settings_factory, tmp_path) as w:
+        await w.send(3)
+        await wait_stored(w.settings.database_url, w.org, 3)
+        await w.cosigned_size(3)
+        await w.svc.app.state.resources.writers.stop()  # no more checkpoints from here
+        writer = BatchWriter(
+            w.settings,
+            w.svc.app.state.resources.stream,
+            Metrics.create(),
+            CircuitBreaker(3, Metrics.create()),
+            "late",
+        )
+        await w.send(4)
+        assert await writer.cycle(asyncio.Event()) == 1
+        await writer.close()
+        fresh = cli({**w.env(), "AUDIT_THRESHOLD_UNWITNESSED_S": "60"}, "verify")
+        assert fresh.returncode == 0, fresh.stdout + fresh.stderr  # 4 leaves past it, just now
+        [anchor] = summary(fresh)["anchored"]
+        assert (anchor["size"], anchor["leaves_after"], anchor["stale"]) == (3, 4, False)
+        stale = cli({**w.env(), "AUDIT_THRESHOLD_UNWITNESSED_S": "0.01"}, "verify")
+        assert stale.returncode == 3, stale.stdout + stale.stderr
+        final = summary(stale)
+        assert final["verdict"] == "not anchored" and final["unanchored_chains"] == [0]
+        assert final["anchored"][0]["stale"] is True and "STALE" in stale.stderr

@@ -194,7 +194,9 @@ async def _verify_lines(
                     )
                 anchors = await find_anchors(settings, conn)
                 chains = await chain_ids(conn) if seqs is None else [seqs[2] or 0]
-                await anchor_report(conn, report, anchors, chains)
+                await anchor_report(
+                    conn, report, anchors, chains, stale_after_s=settings.threshold_unwitnessed_s
+                )
             for finding in report.findings:
                 lines.put_nowait(_line("finding", finding.as_dict()))
             lines.put_nowait(_line("summary", {**report.summary(), "checked": verifier.checked}))
