@@ -16,9 +16,11 @@ depends_on: str | Sequence[str] | None = None
 
 # A checkpoint (C2SP tlog-checkpoint as a C2SP signed-note, signed with the Ed25519 ledger key) of
 # a chain's log at the tree size of one of its ledger entries, and each witness's cosignature of
-# it (C2SP tlog-cosignature). Rows are only ever added: a trigger refuses UPDATE and DELETE
-# whoever asks. They are a copy: a checkpoint proves something only by its signatures, and the
-# cosigned ones are kept outside the database too (AUDIT_CHECKPOINT_DIR, the witnesses' state).
+# it (C2SP tlog-cosignature). Rows are only ever added: triggers refuse UPDATE, DELETE and
+# TRUNCATE (of the log's tiles too) to every role; a superuser can turn triggers off, which is
+# what the witnesses are for. They are a copy: a checkpoint proves something only by its
+# signatures, and the cosigned ones are kept outside the database too (AUDIT_CHECKPOINT_DIR, the
+# witnesses' state).
 UPGRADE = [
     """
     CREATE TABLE audit_checkpoints (
@@ -55,11 +57,20 @@ UPGRADE = [
     """CREATE TRIGGER audit_checkpoint_cosignatures_append_only
        BEFORE UPDATE OR DELETE ON audit_checkpoint_cosignatures
        FOR EACH ROW EXECUTE FUNCTION audit_checkpoints_append_only()""",
+    """CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+       FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoints_append_only()""",
+    """CREATE TRIGGER audit_checkpoint_cosignatures_no_truncate
+       BEFORE TRUNCATE ON audit_checkpoint_cosignatures
+       FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoints_append_only()""",
+    # The log's tiles too (0012 covers UPDATE and DELETE).
+    """CREATE TRIGGER audit_log_tiles_no_truncate BEFORE TRUNCATE ON audit_log_tiles
+       FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoints_append_only()""",
     "GRANT SELECT, INSERT ON audit_checkpoints, audit_checkpoint_cosignatures TO audit_writer",
     "GRANT SELECT ON audit_checkpoints, audit_checkpoint_cosignatures TO audit_reader",
 ]
 
 DOWNGRADE = [
+    "DROP TRIGGER audit_log_tiles_no_truncate ON audit_log_tiles",
     "DROP TABLE audit_checkpoint_cosignatures",
     "DROP TABLE audit_checkpoints",
     "DROP FUNCTION audit_checkpoints_append_only()",

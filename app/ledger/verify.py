@@ -7,6 +7,8 @@ Checks, by the name a finding carries:
 - ledger_head_mismatch: an entry's head does not recompute from its own fields;
 - sealed_at_decreased: an entry whose head commits to its sealed_at (v3) was sealed before the
   entry it follows (sealing never lets sealed_at decrease: it was backdated);
+- head_version_decreased: an entry's head is of an older version than the one before it (what
+  a newer head commits to, such as sealed_at, would escape; writers of one version at a time);
 - ledger_signature_invalid / ledger_public_signature_invalid / unknown_signing_key;
 - retired_key_used: an event or entry signed with a key its chain's log had retired at an
   earlier position (a key retirement event, app.ledger.rotation; the detail names its seq and
@@ -272,6 +274,9 @@ class Verifier:
             found.append(Finding("ledger_head_mismatch", seq, None, str(exc)))
         if head is not None and head != bytes(entry["head"]):
             found.append(Finding("ledger_head_mismatch", seq, None, "head does not recompute"))
+        if prev is not None and _version_of(entry) < _version_of(prev):
+            detail = f"head v{_version_of(entry)} after v{_version_of(prev)} at seq {prev['seq']}"
+            found.append(Finding("head_version_decreased", seq, None, detail))
         if prev is not None and _sealed_before(entry, prev):
             detail = f"sealed at {format_timestamp(entry['sealed_at'])}, before seq " + (
                 f"{prev['seq']} ({format_timestamp(prev['sealed_at'])})"
@@ -453,6 +458,10 @@ class Verifier:
                     detail = retirement.describe()
                     found.append(self.event_finding("retired_key_used", row, seq, detail))
         return found
+
+
+def _version_of(entry: Mapping[str, Any]) -> int:
+    return int(entry.get("head_version") or 1)
 
 
 def _sealed_before(entry: Mapping[str, Any], prev: Mapping[str, Any]) -> bool:

@@ -12,6 +12,7 @@ once the check that found it due returns.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -29,6 +30,9 @@ from app.writer.batch import record_row
 log = logging.getLogger(__name__)
 
 RETIREMENT_CHECK_S = 60.0
+
+# How long what was seen recorded is believed without looking in the database again.
+RELOOK_S = 3600.0
 
 RETIREMENT_LOCK = 0x6B6579726574  # "keyret": apart from the chains' locks (app.ledger.seal)
 
@@ -48,6 +52,7 @@ class RetirementRecorder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._recorded: set[Recorded] = set()
+        self._looked_at = time.monotonic()
         self._public_signer = (
             PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
         )
@@ -58,6 +63,9 @@ class RetirementRecorder:
         moment = now or datetime.now(UTC)
         due = due_retirements(self.settings, moment)
         chains = range(self.settings.stream_shards)
+        if time.monotonic() - self._looked_at > RELOOK_S:  # a record cut out is sealed again
+            self._recorded.clear()
+            self._looked_at = time.monotonic()
         if {(c, ring, key.key_id) for c in chains for ring, key in due} <= self._recorded:
             return []
         conn = await connect_raw(self.settings)

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from app.cli.migrate import migrate
 from app.core.config import Settings
@@ -34,6 +35,7 @@ from app.witness.config import load_identity
 from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.api.console_client import console_client
 from tests.conftest import (
+    SealedFactory,
     Service,
     SettingsFactory,
     event,
@@ -436,3 +438,12 @@ async def test_an_anchor_no_quorum_has_followed_for_too_long_is_not_anchored(
         final = summary(stale)
         assert final["verdict"] == "not anchored" and final["unanchored_chains"] == [0]
         assert final["anchored"][0]["stale"] is True and "STALE" in stale.stderr
+
+
+async def test_the_checkpoint_tables_and_the_tiles_refuse_truncate(
+    sealed_factory: SealedFactory,
+) -> None:
+    sealed = await sealed_factory([2])
+    for table in ("audit_checkpoints", "audit_checkpoint_cosignatures", "audit_log_tiles"):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await sealed.conn.execute(f"TRUNCATE {table} CASCADE")
