@@ -14,6 +14,8 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -130,6 +132,81 @@ def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(details, str | bytes):
         record["details"] = orjson.loads(details)
     return record
+
+
+# A row's fields of the record without a key id, in canonical order, read in one call.
+_UNKEYED_VALUES = itemgetter(*UNKEYED_FIELDS)
+
+_ROW_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
+
+
+def stored_row_hash(row: Mapping[str, Any]) -> bytes:
+    """event_hash(record_from_row(row)), the same 32 bytes, for a row of audit_log as asyncpg
+    returns it (text columns as str, UUIDs, aware datetimes, `details` as JSON text), in about
+    half the time: the record is built in one go, and the times are left to orjson, which writes
+    an aware datetime in UTC with a non-zero fraction exactly as format_timestamp does
+    (OPT_UTC_Z; it would leave a zero fraction out, so those are formatted here). A row whose
+    `details` is no JSON text (a value made in Python) takes record_from_row's way."""
+    (
+        action,
+        break_glass,
+        correlation_id,
+        data_classification,
+        details,
+        event_id,
+        ip_address,
+        organization_id,
+        outcome_description,
+        patient_id,
+        principal_id,
+        principal_type,
+        priority,
+        purpose_of_use,
+        received_at,
+        session_id,
+        status,
+        target_resource_id,
+        target_resource_type,
+        timestamp,
+        user_agent,
+    ) = _UNKEYED_VALUES(row)
+    if details is not None:
+        if not isinstance(details, str | bytes):
+            return event_hash(record_from_row(row))
+        details = orjson.loads(details)
+    if not (type(timestamp) is datetime and timestamp.tzinfo is UTC and timestamp.microsecond):
+        timestamp = format_timestamp(timestamp)
+    if not (
+        type(received_at) is datetime and received_at.tzinfo is UTC and received_at.microsecond
+    ):
+        received_at = format_timestamp(received_at)
+    record = {
+        "action": action,
+        "break_glass": break_glass,
+        "correlation_id": correlation_id,
+        "data_classification": data_classification,
+        "details": details,
+        "event_id": str(event_id),
+        "ip_address": ip_address,
+        "organization_id": organization_id,
+        "outcome_description": outcome_description,
+        "patient_id": patient_id,
+        "principal_id": principal_id,
+        "principal_type": principal_type,
+        "priority": priority,
+        "purpose_of_use": purpose_of_use,
+        "received_at": received_at,
+        "session_id": session_id,
+        "status": status,
+        "target_resource_id": target_resource_id,
+        "target_resource_type": target_resource_type,
+        "timestamp": timestamp,
+        "user_agent": user_agent,
+    }
+    key_id = row.get(KEY_ID_FIELD)
+    if key_id is not None:
+        record[KEY_ID_FIELD] = str(key_id)
+    return hashlib.sha256(orjson.dumps(record, option=_ROW_OPTIONS)).digest()
 
 
 def content_digest(row: Mapping[str, Any]) -> bytes:

@@ -48,7 +48,13 @@ import asyncpg
 from app.core.config import OPERATIONS_ORG, SigningKey
 from app.core.timefmt import format_timestamp
 from app.ledger.chain import entry_head, genesis_head
-from app.ledger.hashing import UnknownSigningKeyError, event_hash, record_from_row, verify_signature
+from app.ledger.hashing import (
+    UnknownSigningKeyError,
+    event_hash,
+    record_from_row,
+    stored_row_hash,
+    verify_signature,
+)
 from app.ledger.logcheck import LogCheck, tile_extent_findings
 from app.ledger.merkle import leaf_hashes, root_of_leaves
 from app.ledger.prune import PrunedRange, pruned_leaves, pruned_ranges
@@ -402,7 +408,7 @@ class Verifier:
         itself carries (received_at) is its writer's to choose."""
         stored = bytes(row["hash"])
         found = []
-        if event_hash(record_from_row(row)) != stored:
+        if stored_row_hash(row) != stored:
             found.append(self.event_finding("event_hash_mismatch", row, seq, "fields changed"))
         if not self.check_hmac:
             return found

@@ -23,6 +23,7 @@ from app.ledger.hashing import (
     event_hash,
     record_from_row,
     sign_hash,
+    stored_row_hash,
 )
 from tests.strategies import (
     CARRIED_JSON,
@@ -121,10 +122,38 @@ def test_a_row_read_back_in_any_zone_hashes_as_it_was_written(
         "details": orjson.dumps(details).decode() if details_as_text else details,
     }
     assert event_hash(record_from_row(row)) == event_hash(record)
+    assert stored_row_hash(row) == event_hash(record)
     resent = {**row, "received_at": datetime(2030, 1, 1, tzinfo=UTC)}
     assert content_digest(resent) == content_digest(row)
     moved = {**row, "timestamp": row["timestamp"] + timedelta(microseconds=1)}
     assert content_digest(moved) != content_digest(row)
+
+
+@MODERATE
+@given(RECORDS, st.booleans(), st.sampled_from([1, 999, 1000, 1970, 2026, 9999]))
+def test_a_row_as_asyncpg_reads_it_hashes_as_its_record(
+    record: dict[str, Any], whole_second: bool, year: int
+) -> None:
+    """stored_row_hash, which leaves the times to orjson, against the record's own hash: times
+    in UTC with and without a fraction, in any year, details as JSON text or none, with and
+    without a key id."""
+    timestamp = parse_timestamp(record["timestamp"])
+    timestamp = timestamp.replace(year=year, day=min(timestamp.day, 28))
+    if whole_second:
+        timestamp = timestamp.replace(microsecond=0)
+    record = {**record, "timestamp": format_timestamp(timestamp)}
+    details = record["details"]
+    row = {
+        **record,
+        "event_id": uuid.UUID(record["event_id"]),
+        "api_key_id": None if record["api_key_id"] is None else uuid.UUID(record["api_key_id"]),
+        "timestamp": timestamp,
+        "received_at": parse_timestamp(record["received_at"]).astimezone(UTC),
+        "details": None if details is None else orjson.dumps(details).decode(),
+        "hash": b"\0" * 32,
+        "leaf_index": 3,
+    }
+    assert stored_row_hash(row) == event_hash(record) == event_hash(record_from_row(row))
 
 
 @given(secret=st.binary(min_size=1, max_size=200), message=st.binary(max_size=100))

@@ -4,6 +4,7 @@ openssl independently), so another implementation can test itself against them."
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +19,7 @@ from app.ledger.hashing import (
     canonical_bytes,
     event_hash,
     sign_hash,
+    stored_row_hash,
     verify_signature,
 )
 from app.ledger.merkle import audit_path, leaf_hash, merkle_root, node_hash
@@ -89,6 +91,39 @@ def test_hash_and_signature_match_golden_vectors() -> None:
     assert digest.hex() == GOLDEN_HASH
     assert sign_hash(digest, GOLDEN_KEY).hex() == GOLDEN_SIGNATURE
     assert verify_signature(digest, bytes.fromhex(GOLDEN_SIGNATURE), "k1", {"k1": GOLDEN_KEY})
+
+
+def golden_row(**changes: Any) -> dict[str, Any]:
+    """The golden event as asyncpg reads it back: a UUID, aware datetimes, details as the JSON
+    text that was stored (keys in another order, with spaces), a key id column."""
+    return {
+        **GOLDEN_RECORD,
+        "event_id": uuid.UUID(GOLDEN_RECORD["event_id"]),
+        "timestamp": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "received_at": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        "details": '{"z": [1, 2.5, "\\u00e9"], "reason": "treatment", "a": null}',
+        "api_key_id": None,
+        "hash": b"",
+        "leaf_index": 0,
+        **changes,
+    }
+
+
+def test_a_stored_row_hashes_to_the_golden_vectors() -> None:
+    assert stored_row_hash(golden_row()).hex() == GOLDEN_HASH
+    keyed = golden_row(api_key_id=uuid.UUID(GOLDEN_KEY_ID))
+    assert stored_row_hash(keyed).hex() == GOLDEN_KEYED_HASH
+    # Times read in another zone, details already decoded: the same hash.
+    plus_two = timezone(timedelta(hours=2))
+    elsewhere = golden_row(
+        timestamp=datetime(2026, 1, 2, 5, 4, 5, tzinfo=plus_two),
+        received_at=datetime(2026, 1, 2, 5, 4, 5, 678901, tzinfo=plus_two),
+        details=GOLDEN_RECORD["details"],
+    )
+    assert stored_row_hash(elsewhere).hex() == GOLDEN_HASH
+    assert stored_row_hash(golden_row(status="failure")).hex() != GOLDEN_HASH
+    with pytest.raises(ValueError):
+        stored_row_hash(golden_row(timestamp=datetime(2026, 1, 2, 3, 4, 5)))
 
 
 def test_every_field_changes_the_hash() -> None:
