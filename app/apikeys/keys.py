@@ -7,10 +7,10 @@ import secrets
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.apikeys.scopes import ALL_SCOPES as ALL_SCOPES
 from app.core.service_seal import ServiceSeal
 from app.core.timefmt import format_timestamp
 from app.store import keyrows
@@ -90,20 +90,3 @@ async def create_api_key(
     async with engine.begin() as conn:
         await keyrows.insert_api_key(conn, sealed_row(record, seal))
     return str(record.id), key
-
-
-# ingest: send events; priority: mark them priority high; read: query and export; verify: check
-# the organization's part of the ledger; admin: the organization's queue and dead letters;
-# operator: service-wide figures and the whole ledger (for the service's own operators); log: the
-# transparency log's consistency proofs and tiles (hashes only, but every tenant's volume).
-Scope = Literal["ingest", "read", "verify", "admin", "priority", "operator", "log"]
-
-ALL_SCOPES: tuple[Scope, ...] = (
-    "ingest",
-    "read",
-    "verify",
-    "admin",
-    "priority",
-    "operator",
-    "log",
-)

@@ -1,19 +1,15 @@
-"""`python -m app <command>`: the service, its writers, its database and keys, its ledger."""
+"""`python -m app <command>`: the service, its writers, its database and keys, its ledger.
+
+Each command's module is imported when that command runs: a command loads only what it uses
+(`verify` needs no SQLAlchemy, Alembic or web framework, which took most of a second to load).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from app.apikeys.keys import ALL_SCOPES
-from app.cli.dev import run_dev_command
-from app.cli.integrity import _integrity
-from app.cli.keys import _keys
-from app.cli.migrate import migrate
-from app.cli.partitions import _partitions
-from app.cli.serve import _worker, serve
-from app.cli.syslog import syslog_command
-from app.cli.witness import witness_command
+from app.apikeys.scopes import ALL_SCOPES
 from app.core.config import Settings
 from app.core.logs import setup_logging
 
@@ -160,23 +156,47 @@ def main(argv: list[str] | None = None) -> int:
     if offline is not None:
         return offline
     # Commands that need no database.
-    other = {"dev": run_dev_command, "witness": witness_command}.get(args.command)
-    if other is not None:
-        return other(settings, args)
+    if args.command == "dev":
+        from app.cli.dev import run_dev_command
+
+        return run_dev_command(settings, args)
+    if args.command == "witness":
+        from app.cli.witness import witness_command
+
+        return witness_command(settings, args)
     if args.command == "serve":
+        from app.cli.serve import serve
+
         serve(settings)
-    elif not settings.database_url:
+        return 0
+    if not settings.database_url:
         raise SystemExit("AUDIT_DATABASE_URL must be set")
-    elif args.command == "migrate":
+    return _database_command(settings, args)
+
+
+def _database_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "migrate":
+        from app.cli.migrate import migrate
+
         migrate(settings)
     elif args.command == "worker":
+        from app.cli.serve import _worker
+
         _worker(settings)
     elif args.command == "syslog":
+        from app.cli.syslog import syslog_command
+
         return syslog_command(settings)
     elif args.command == "partitions":
+        from app.cli.partitions import _partitions
+
         return _partitions(settings, args)
     elif args.command in {"verify", "checkpoint", "export-bundle"}:
+        from app.cli.integrity import _integrity
+
         return _integrity(settings, args)
     else:
+        from app.cli.keys import _keys
+
         return _keys(settings, args)
     return 0

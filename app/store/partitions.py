@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import asyncpg
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:  # verification imports this module and needs no SQLAlchemy
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 SUMMARIZE = "SELECT audit_summarize_batch_ranges()"
@@ -14,6 +16,8 @@ SUMMARIZE = "SELECT audit_summarize_batch_ranges()"
 
 async def ensure_partitions(engine: AsyncEngine, months_ahead: int) -> int:
     """Create the monthly partitions from this month through `months_ahead`; returns how many."""
+    from sqlalchemy import text
+
     async with engine.begin() as conn:
         created = await conn.scalar(
             text("SELECT audit_ensure_partitions(:ahead)"), {"ahead": months_ahead}
