@@ -24,6 +24,7 @@ from app.ledger.parallel_verify import verify_whole_chain
 from app.ledger.proofs import check_checkpoint, export_checkpoint
 from app.ledger.signing import PublicSigner, new_keypair
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
+from app.ledger.verify_conn import read_times_as_text
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.ledger.witnessing import parse_witnesses
 from app.store.partitions import summarize_batch_ranges
@@ -81,6 +82,7 @@ async def _verify(
 ) -> int:
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
+        await read_times_as_text(conn)
         start, end = _time(args.start), _time(args.end)
         times = (start, end) if start and end else None
         chain = args.chain

@@ -21,6 +21,7 @@ from app.ledger.verify import (
     chain_ids,
     verify_range,
 )
+from app.ledger.verify_conn import read_times_as_text
 
 MIN_ENTRIES_PER_JOB = 50
 
@@ -32,6 +33,7 @@ def _part(dsn: str, verifier: Verifier, chain: int, first: int, last: int) -> di
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
+            await read_times_as_text(conn)
             report = await verify_range(conn, verifier, first, last, chain=chain)
         finally:
             await conn.close()
