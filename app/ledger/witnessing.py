@@ -18,8 +18,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from app.core.config import parse_pairs
 from app.ledger.notes import (
@@ -38,6 +37,9 @@ from app.ledger.notes import (
     parse_verifier_key,
 )
 from app.ledger.tlog import HASH_SIZE
+
+if TYPE_CHECKING:  # imported where a witness is asked: verification reads notes, asks none
+    import httpx
 
 ADD_CHECKPOINT_PATH = "/add-checkpoint"
 TLOG_SIZE_TYPE = "text/x.tlog.size"
@@ -329,6 +331,8 @@ async def gather(
     size it last cosigned from `old_sizes`, else 0: a 409 tells). Never raises for a
     witness: each failure is named in `failures`. The caller decides what an unreached
     quorum means."""
+    import httpx
+
     if not 0 <= quorum <= len(witnesses):
         raise ValueError(f"quorum {quorum} of {len(witnesses)} witnesses")
     known = old_sizes or {}
