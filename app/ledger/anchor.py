@@ -177,12 +177,11 @@ def choose_anchors(policy: AnchorPolicy, candidates: Iterable[tuple[str, str]]) 
     return found
 
 
-async def check_anchor(conn: asyncpg.Connection, anchor: Anchor) -> list[Finding]:
-    """What the chain's log in the database says against its anchor (nothing: it holds it).
-    The log's root is read from its tiles; a full verification also checks that the tiles are
-    what the events give (tile_mismatch)."""
+async def check_anchor(conn: asyncpg.Connection, anchor: Anchor, size: int) -> list[Finding]:
+    """What the chain's log of `size` leaves in the database says against its anchor (nothing:
+    it holds it). The log's root is read from its tiles; a full verification also checks that
+    the tiles are what the events give (tile_mismatch)."""
     chain, checkpoint = anchor.chain, anchor.checkpoint
-    size = await newest_size(conn, chain)
     named = f"the checkpoint cosigned by {', '.join(anchor.witnesses)}"
     if size < checkpoint.size:
         return [
@@ -241,17 +240,17 @@ async def anchor_report(
     it) and `report.unanchored` (the chains among `chains` that have entries and no anchor, or
     whose anchor is stale: leaves past it sealed more than `stale_after_s` ago, which no quorum
     has cosigned since)."""
+    sizes = {c: await newest_size(conn, c) for c in {*chains, *anchors.by_chain}}
     found = list(anchors.forks)
-    for anchor in anchors.by_chain.values():
-        found.extend(await check_anchor(conn, anchor))
+    for chain, anchor in anchors.by_chain.items():
+        found.extend(await check_anchor(conn, anchor, sizes[chain]))
     if report.scoped:  # sizes and roots tell every tenant's volume: named, not detailed
         found = [replace(f, detail="") for f in found]
     report.findings.extend(found)
     shown = []
     stale: set[int] = set()
     for chain, anchor in sorted(anchors.by_chain.items()):
-        size = await newest_size(conn, chain)
-        after = max(0, size - anchor.checkpoint.size)
+        after = max(0, sizes[chain] - anchor.checkpoint.size)
         is_stale = False
         if after and stale_after_s is not None:
             since = await _first_sealed_after(conn, anchor)
@@ -261,11 +260,8 @@ async def anchor_report(
             stale.add(chain)
         shown.append({**anchor.as_dict(), "leaves_after": after, "stale": bool(is_stale)})
     report.anchors = shown
-    unanchored = []
-    for chain in chains:
-        if chain in stale or (chain not in anchors.by_chain and await newest_size(conn, chain) > 0):
-            unanchored.append(chain)
-    report.unanchored = sorted(set(unanchored) | stale)
+    bare = {c for c in chains if c not in anchors.by_chain and sizes[c] > 0}
+    report.unanchored = sorted(bare | stale)
 
 
 async def _first_sealed_after(conn: asyncpg.Connection, anchor: Anchor) -> datetime | None:

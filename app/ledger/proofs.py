@@ -39,7 +39,7 @@ from app.core.timefmt import format_timestamp, parse_timestamp
 from app.ledger.chain import entry_head
 from app.ledger.checkpoints import newest_served
 from app.ledger.hashing import UnknownSigningKeyError, verify_signature
-from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof, newest_size
+from app.ledger.logstore import MissingTile, leaf_position, log_inclusion_proof
 from app.ledger.merkle import audit_path, leaf_hash
 from app.ledger.notes import NoteError, parse_checkpoint, parse_note
 from app.ledger.prune import unpack_leaves
@@ -150,17 +150,17 @@ async def _log_proof(
         "tree_root": bytes(newest["tree_root"]).hex(),
         "inclusion_proof": [h.hex() for h in path],
         "ledger_entry": ledger_entry_json(newest),
-        "checkpoint": await _checkpoint_proof(conn, chain, position),
+        "checkpoint": await _checkpoint_proof(conn, chain, position, size),
     }
 
 
 async def _checkpoint_proof(
-    conn: asyncpg.Connection, chain: int, position: int
+    conn: asyncpg.Connection, chain: int, position: int, log_size: int
 ) -> dict[str, Any] | None:
     """The chain's newest checkpoint (the signed note with the witnesses' cosignatures so far)
     and the leaf's inclusion proof against it; None while no checkpoint covers the leaf yet.
     Whoever holds the log's key and the witnesses' keys can check it with nothing else."""
-    found = await newest_served(conn, chain, await newest_size(conn, chain), ())
+    found = await newest_served(conn, chain, log_size, ())
     if found is None or found[0] <= position:
         return None
     size, note = found

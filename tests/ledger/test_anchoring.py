@@ -32,6 +32,7 @@ from app.ledger.proofs import check_proof
 from app.ledger.signing import new_keypair
 from app.ledger.tlog import verify_inclusion
 from app.witness.config import load_identity
+from app.witness.state import origin_hash
 from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.api.console_client import console_client
 from tests.conftest import (
@@ -79,21 +80,19 @@ class Witnessed:
         """Wait until the witness has cosigned the chain 0 log at `size` leaves and the
         service has stored the cosignature."""
         origin = origin_of(self.settings.log_origin, 0)
-        deadline = asyncio.get_running_loop().time() + WITHIN_S
         stored = "SELECT count(*) FROM audit_checkpoint_cosignatures WHERE tree_size = $1"
-        while True:
+
+        async def cosigned() -> bool:
             state = self.witness_state(origin)
-            if state is not None and state["size"] >= size:
-                assert state["size"] == size
-                if await self.conn.fetchval(stored, size):
-                    return
-            assert asyncio.get_running_loop().time() < deadline, f"not cosigned: {state}"
-            await asyncio.sleep(0.05)
+            if state is None or state["size"] < size:
+                return False
+            assert state["size"] == size
+            return bool(await self.conn.fetchval(stored, size))
+
+        await eventually(cosigned, WITHIN_S)
 
     def witness_state(self, origin: str) -> dict[str, Any] | None:
-        import hashlib
-
-        path = self.witness.directory / (hashlib.sha256(origin.encode()).hexdigest() + ".json")
+        path = self.witness.directory / (origin_hash(origin) + ".json")
         return orjson.loads(path.read_bytes()) if path.exists() else None
 
 
@@ -293,10 +292,7 @@ async def test_wiped_tables_are_named_by_the_api_and_the_witness_refuses_the_new
             )
             return bool(value)
 
-        deadline = asyncio.get_running_loop().time() + WITHIN_S
-        while not await refused():
-            assert asyncio.get_running_loop().time() < deadline, "the witness never refused"
-            await asyncio.sleep(0.05)
+        await eventually(refused, WITHIN_S)  # the witness refused the fresh log
         answer = await w.svc.client.get("/integrity/verify", headers=w.headers)
         lines = [orjson.loads(line) for line in answer.content.splitlines()]
         final = lines[-1]["summary"]
@@ -352,10 +348,10 @@ async def test_a_quorum_of_two_of_three_witnesses_with_one_down_anchors(
         def sample(name: str, **labels: str) -> float:
             return metrics.registry.get_sample_value(name, labels) or 0.0
 
-        deadline = asyncio.get_running_loop().time() + WITHIN_S
-        while sample("audit_checkpoint_cosignatures", chain="0") < 2:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        async def two_cosigned() -> bool:
+            return sample("audit_checkpoint_cosignatures", chain="0") >= 2
+
+        await eventually(two_cosigned, WITHIN_S)
         assert sample("audit_witness_failures_total", witness="witness.test/down0") >= 1
         assert sample("audit_witness_quorum_missed_total", chain="0") == 0
         result = cli(w.env(), "verify")
