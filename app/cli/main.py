@@ -180,9 +180,9 @@ def _database_command(settings: Settings, args: argparse.Namespace) -> int:
 
         migrate(settings)
     elif args.command == "worker":
-        from app.cli.serve import _worker
+        from app.cli.serve import worker_command
 
-        _worker(settings)
+        return worker_command(settings)
     elif args.command == "syslog":
         from app.cli.syslog import syslog_command
 

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
+from app.cli.lifecycle import Stop, run_until_signalled
 from app.cli.migrate import require_urls
 from app.core.config import Settings
 
@@ -51,47 +52,38 @@ def serve(settings: Settings) -> None:
         uvicorn.run(app, **options)
 
 
-async def run_worker(settings: Settings) -> None:
-    """Writers only, for scale-out; SIGTERM or Ctrl-C drains in-flight batches, then exits."""
+@contextlib.asynccontextmanager
+async def worker_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
+    """Writers only, for scale-out: the process's resources, its metrics endpoint (when set),
+    the writers and the threshold monitor; on the way out the writers drain in-flight batches."""
     from app.core.metrics import Metrics
+    from app.core.metrics_server import MetricsServer
     from app.core.runtime import tune_gc
     from app.wiring import close_resources, open_resources
     from app.writer.group import WriterGroup
 
     res = await open_resources(settings, Metrics.create())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server = None
-    if settings.worker_metrics_port:
-        from app.writer.metrics_endpoint import serve_metrics
-
-        server = await serve_metrics(settings, res.metrics.registry)
-    res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
-    res.writers.start()
-    if settings.threshold_events:
-        from app.api.performance import worker_monitor
-
-        monitor = worker_monitor(res).run()
-        res.background.append(asyncio.create_task(monitor, name="thresholds"))
-    tune_gc()
-    log.info("worker running %d writers; stop with SIGTERM or Ctrl-C", settings.writers)
+    metrics = None
     try:
-        await stop.wait()
-        log.info("stopping: draining in-flight batches")
+        if settings.worker_metrics_port:
+            metrics = MetricsServer(settings, res.metrics.registry)
+            metrics.start()
+        res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+        res.writers.start()
+        if settings.threshold_events:
+            from app.api.performance import worker_monitor
+
+            monitor = worker_monitor(res).run()
+            res.background.append(asyncio.create_task(monitor, name="thresholds"))
+        tune_gc()
+        log.info("worker: %d writers", settings.writers)
+        yield
     finally:
-        if server is not None:
-            server.close()
-        await close_resources(res)
+        if metrics is not None:
+            await asyncio.to_thread(metrics.stop)
+        await close_resources(res)  # drains the writers' in-flight batches
 
 
-def _worker(settings: Settings) -> None:
+def worker_command(settings: Settings) -> int:
     require_urls(settings)
-    import uvloop  # the event loop `serve` runs on, here too
-
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-    ):
-        runner.run(run_worker(settings))
+    return run_until_signalled("worker", functools.partial(worker_parts, settings))

@@ -5,48 +5,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import signal
+from collections.abc import AsyncIterator
 
+from app.cli.lifecycle import Stop, run_until_signalled
 from app.core.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-async def run_syslog(settings: Settings) -> None:
+@contextlib.asynccontextmanager
+async def syslog_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
+    """The process's resources, the queue depth poll, the receiver and the metrics endpoint."""
     from app.api.syslog_intake import start_server
     from app.core.metrics import Metrics
+    from app.core.metrics_server import MetricsServer
     from app.wiring import close_resources, open_resources, poll_queue_depth
 
     res = await open_resources(settings, Metrics.create())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    res.background.append(asyncio.create_task(poll_queue_depth(res), name="depth"))
     metrics = None
     try:
+        res.background.append(asyncio.create_task(poll_queue_depth(res), name="depth"))
         server = await start_server(res)
         if settings.worker_metrics_port:
-            from app.writer.metrics_endpoint import serve_metrics
-
-            metrics = await serve_metrics(settings, res.metrics.registry)
+            metrics = MetricsServer(settings, res.metrics.registry)
+            metrics.start()
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
         log.info("syslog receiver on %s (%s)", where, "TLS" if settings.syslog_tls_cert else "TCP")
         async with server:
-            await stop.wait()
+            yield
     finally:
         if metrics is not None:
-            metrics.close()
+            await asyncio.to_thread(metrics.stop)
         await close_resources(res)
 
 
 def syslog_command(settings: Settings) -> int:
-    import uvloop
-
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-    ):
-        runner.run(run_syslog(settings))
-    return 0
+    return run_until_signalled("syslog", functools.partial(syslog_parts, settings))

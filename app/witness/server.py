@@ -8,7 +8,6 @@ state directory's lock keeps a second process off it.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import TypedDict
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from app.core.tokens import bearer_matches
 from app.ledger.witnessing import MAX_REQUEST_BYTES
 from app.witness.config import WitnessConfig
 from app.witness.cosigner import REFUSAL_REASONS, Cosigner, Refusal
@@ -122,10 +122,8 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_page(request: Request) -> Response:
-        given = request.headers.get("authorization", "")
-        if metrics_token and not hmac.compare_digest(
-            given.encode(), f"Bearer {metrics_token}".encode()
-        ):
+        given = request.headers.get("authorization")
+        if metrics_token and not bearer_matches(metrics_token, given):
             return Response("metrics need the metrics token\n", 401, media_type=TEXT)
         return Response(generate_latest(counters.registry), media_type=CONTENT_TYPE_LATEST)
 
