@@ -5,18 +5,23 @@ microsecond a value on the benchmark's host, two values an event, more than the 
 of a row together. PostgreSQL's ISO text of the same value in UTC, parsed by
 `datetime.fromisoformat`, is the same aware datetime (in UTC, to the microsecond) for about a
 third of that, and PostgreSQL writes the text for about what it costs to send the binary. The
-session is set to UTC and ISO dates so the text is always that form; a value the parse refuses
-(infinity, a year past 9999 or before 1) fails the read, as the binary decoder fails on the
-years it cannot hold.
+session is set to UTC and ISO dates so the text is always that form. A value that PostgreSQL
+holds and a datetime cannot (infinity, a year past 9999, a date BC: never one the service
+writes, so only a tampered row has one) reads as the latest or earliest datetime, as asyncpg's
+binary decoder reads infinity: the row's hash no longer matches and verification names it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
 from app.core.timefmt import format_timestamp
+
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 SESSION_FOR_TEXT_TIMES = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'"
 
@@ -30,6 +35,17 @@ async def read_times_as_text(conn: asyncpg.Connection) -> None:
         "timestamptz",
         schema="pg_catalog",
         encoder=format_timestamp,
-        decoder=datetime.fromisoformat,
+        decoder=parse_stored_time,
         format="text",
     )
+
+
+def parse_stored_time(text: str) -> datetime:
+    """A timestamptz as PostgreSQL writes it in the session above; past what a datetime holds:
+    LATEST (infinity, a year after 9999) or EARLIEST (-infinity, a date BC)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        if text.startswith("-") or text.endswith(" BC"):
+            return EARLIEST
+        return LATEST

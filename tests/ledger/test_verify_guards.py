@@ -146,3 +146,38 @@ async def test_naming_the_chain_still_finds_rows_outside_every_batch(
         result = _cli(env, "verify", *args)
         assert result.returncode == 1, (args, result.stdout[-500:])
         assert f'"event_unsealed","chain":0,"seq":null,"event_id":"{forged}"' in result.stdout
+
+
+@pytest.mark.parametrize("jobs", JOBS, ids=["default", "one", "two"])
+async def test_times_past_what_python_holds_are_findings(
+    sealed_factory: SealedFactory, jobs: list[str]
+) -> None:
+    """A time PostgreSQL holds and Python's datetime does not (infinity, a year past 9999, a
+    date BC), written over a sealed event's or ledger entry's, is a finding naming it; the
+    verification does not fail."""
+    sealed = await sealed_factory([3, 4])
+    first, second = await sealed.rows(1), await sealed.rows(2)
+    changes = [
+        ("timestamp", "infinity", first[0]),
+        ("received_at", "-infinity", first[2]),
+        ("timestamp", "12000-01-01 00:00:00+00", second[1]),
+        ("received_at", "0044-03-15 00:00:00+00 BC", second[3]),
+    ]
+    for column, value, row in changes:
+        await sealed.conn.execute(
+            f"UPDATE audit_log SET {column} = $2::text::timestamptz WHERE event_id = $1",
+            row["event_id"],
+            value,
+        )
+    await sealed.conn.execute("UPDATE audit_ledger SET sealed_at = 'infinity' WHERE seq = 2")
+    settings = sealed.res.settings
+    env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
+    result = _cli(env, "verify", *jobs)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    findings = {(x["check"], x["seq"], x["event_id"]) for x in lines if "check" in x}
+    assert findings == {
+        ("event_hash_mismatch", seq, str(row["event_id"]))
+        for seq, row in ((1, first[0]), (1, first[2]), (2, second[1]), (2, second[3]))
+    } | {("ledger_head_mismatch", 2, None)}, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
