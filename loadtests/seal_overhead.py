@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from app.api.schemas import EventIn
 from app.cli.migrate import migrate
 from app.core.config import Settings, SigningKey
+from app.events.model import EventIn
 from app.ledger.seal import seal_batch
 from app.ledger.verify import Verifier, verify_range
 from app.store.models import AUDIT_COLUMNS

@@ -24,13 +24,13 @@ import redis.asyncio as redis
 from fastapi import FastAPI
 
 from app.api.app import create_app
-from app.api.schemas import EVENT_LIST
 from app.apikeys.keys import ALL_SCOPES, create_api_key
 from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.metrics import Metrics
 from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.events.model import EVENT_LIST
 from app.ledger.verify import Report, Verifier, verify_range
 from app.wiring import Resources, close_resources, open_resources
 from app.writer.writer import BatchWriter, CircuitBreaker

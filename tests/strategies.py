@@ -11,14 +11,9 @@ from typing import Any, get_args
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from app.api.schemas import (
-    EVENT_LIST,
-    Classification,
-    EventIn,
-    Priority,
-    Status,
-)
 from app.core.timefmt import format_timestamp
+from app.events.fields import Classification, Priority, Status
+from app.events.model import EVENT_LIST, EventIn
 
 MODERATE = settings(max_examples=60, deadline=None)
 FEW = settings(max_examples=25, deadline=None)

@@ -42,8 +42,8 @@ from typing import Any
 import orjson
 
 from app.api.ingest_bodies import Limits, Problems, check_depth, parse_bulk, parsed_json
-from app.api.schemas import EventIn
 from app.core.errors import InvalidEvents, PayloadTooLarge
+from app.events.model import EventIn
 from app.read.fhir import (
     ACT_REASON,
     ACTION_SYSTEM,

@@ -23,9 +23,9 @@ from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import from_json, to_json
 
 from app.api.errors import describe_validation_errors
-from app.api.schemas import CLIENT, EventIn, SessionContext
 from app.core.config import Settings
 from app.core.errors import InvalidEvents, MalformedJson, NestedTooDeep, PayloadTooLarge
+from app.events.model import CLIENT, EventIn, SessionContext
 
 # A bulk body up to this size goes straight to the validating parse: an invalid one may make
 # one error per field of its first bad event (at most ~120,000: ~70 MB and ~0.2 s, freed when

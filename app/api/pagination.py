@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import TypeAdapter
 
-from app.api.schemas import Identifier
 from app.core.timefmt import format_timestamp, parse_timestamp
+from app.events.fields import Identifier
 
 
 class CursorError(ValueError):

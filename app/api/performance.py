@@ -18,11 +18,11 @@ from typing import Any
 from prometheus_client import Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from app.api.schemas import EventIn
 from app.core.config import Settings
 from app.core.metrics import Buckets, Metrics, bucket_delta, histogram_quantile
 from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
+from app.events.model import EventIn
 from app.wiring import Resources, queue_record
 
 log = logging.getLogger(__name__)

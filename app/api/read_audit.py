@@ -14,10 +14,10 @@ from fastapi import Request
 from redis.exceptions import RedisError
 
 from app.api.deps import resources
-from app.api.schemas import EventIn
 from app.apikeys.keys import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
+from app.events.model import EventIn
 from app.wiring import queue_record
 
 

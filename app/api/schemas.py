@@ -1,259 +1,35 @@
-"""Request and response models: the v1 event, bulk answers, queries, queue stats, errors."""
+"""HTTP request and response models: accepted events, event pages and their filters, queue
+stats, dead letters, errors (the event a client sends is app.events.model.EventIn)."""
 
 from __future__ import annotations
 
-import functools
-import math
-import os
-import re
-import time
 import uuid
-from datetime import UTC, datetime
-from ipaddress import IPv6Address, ip_address
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    TypeAdapter,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from app.core.timefmt import format_timestamp
-
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
-
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-
-LATEST = datetime(9999, 12, 30, tzinfo=UTC)
-
-
-def _in_range(value: datetime) -> datetime:
-    """Event and query times live between 1970 and 9999 (and so convert to UTC safely)."""
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        utc = None
-    if utc is None or not EARLIEST <= utc <= LATEST:
-        raise PydanticCustomError("timestamp_out_of_range", "time must be between 1970 and 9999")
-    return utc
-
-
-# A dotted quad already in normal form (no leading zeros): it is its own normal text. Parsing
-# with the ipaddress module is slow, and every event's address comes through here.
-_NORMAL_IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+from app.events.fields import (
+    Action,
+    ActionPrefix,
+    Classification,
+    EventTime,
+    Identifier,
+    Priority,
+    Status,
 )
-
-
-def _plain_address(value: Any) -> str:
-    """An IPv4 or IPv6 address in its normal text form (no zone id)."""
-    if not isinstance(value, str) or len(value) > 64:
-        raise PydanticCustomError("ip_address", "ip_address must be an IP address string")
-    if _NORMAL_IPV4.fullmatch(value):
-        return value
-    normal = _normal_address(value)
-    if normal is None:
-        raise PydanticCustomError("ip_address", "ip_address is not an IP address")
-    if normal == "":
-        raise PydanticCustomError("ip_address", "ip_address must not carry a zone id")
-    return normal
-
-
-@functools.lru_cache(maxsize=4096)
-def _normal_address(value: str) -> str | None:
-    """The normal text of an address; None: not one; "": an IPv6 address with a zone id."""
-    try:
-        address = ip_address(value)
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.scope_id is not None:
-        return ""
-    return str(address)
-
-
-EventTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
-
-Address = Annotated[str, BeforeValidator(_plain_address)]
-
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
-
-LongText = Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)]
-
-Action = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
-    ),
-]
-
-ActionPrefix = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-.]+$")
-]
 
 Order = Literal["asc", "desc"]
 
 MAX_FILTER_VALUES = 20
-
-Status = Literal["attempt", "success", "failure"]
-
-Classification = Literal["PUBLIC", "INTERNAL", "CONFIDENTIAL", "PHI"]
-
-Priority = Literal["normal", "high"]
-
-DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
-
-CLIENT = "client"  # validation context key: the body came from a client (see EventIn)
-
-
-def new_event_id() -> str:
-    """A UUIDv7 (RFC 9562) in its text form: 48-bit Unix milliseconds, version 7, random bits
-    with the RFC variant, so ids sort by time."""
-    return new_event_ids(1)[0]
-
-
-_VARIANT = {f"{n:x}": f"{0x8 | (n & 0x3):x}" for n in range(16)}  # 10xx: the RFC variant
-
-
-def new_event_ids(count: int) -> list[str]:
-    """`count` UUIDv7s of this millisecond, built as text from one read of the system's random
-    source (not a read per event: each read is a system call)."""
-    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
-    prefix = f"{millis[:8]}-{millis[8:]}-7"
-    rand = os.urandom(10 * count).hex()
-    return [
-        f"{prefix}{r[1:4]}-{_VARIANT[r[4]]}{r[5:8]}-{r[8:20]}"
-        for r in (rand[i : i + 20] for i in range(0, 20 * count, 20))
-    ]
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
-
-
-class SessionContext(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    session_id: Identifier | None = None
-    ip_address: Address | None = None
-    user_agent: LongText | None = None
-
-
-class EventIn(BaseModel):
-    """One audit event as a client sends it. Unknown fields are rejected, never dropped."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    action: Action
-    status: Status
-    principal_id: Identifier
-    event_id: uuid.UUID | None = None
-    timestamp: EventTime | None = None
-    principal_type: Identifier | None = None
-    target_resource_type: Identifier | None = None
-    target_resource_id: Identifier | None = None
-    patient_id: Identifier | None = None
-    data_classification: Classification = "INTERNAL"
-    purpose_of_use: Identifier | None = None
-    break_glass: bool = False
-    outcome_description: LongText | None = None
-    correlation_id: Identifier | None = None
-    session_context: SessionContext | None = None
-    details: dict[str, Any] | None = None
-    priority: Priority = "normal"
-
-    @field_validator("action")
-    @classmethod
-    def _not_reserved(cls, value: str, info: ValidationInfo) -> str:
-        """`audit.*` is the service's own record of who read the trail: a client's event there
-        could pass for one. Only events sent by clients (CLIENT in the context) are checked."""
-        if (info.context or {}).get(CLIENT) and value.split(".", 1)[0].lower() == "audit":
-            raise PydanticCustomError(
-                "reserved_action", "actions audit and audit.* are reserved for the service"
-            )
-        return value
-
-    @field_validator("details")
-    @classmethod
-    def _details_fit(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
-        if value is None:
-            return None
-        limit = (info.context or {}).get("max_details_bytes", DEFAULT_MAX_DETAILS_BYTES)
-        try:
-            encoded = orjson.dumps(value)
-        except TypeError as exc:
-            raise PydanticCustomError(
-                "details_unencodable",
-                "details holds a value JSON cannot carry: {reason}",
-                {"reason": str(exc)},
-            ) from exc
-        # orjson writes a non-finite float as null; only then is the walk worth its cost.
-        if b"null" in encoded and _has_non_finite(value):
-            raise PydanticCustomError(
-                "details_unencodable", "details holds a number out of the float range"
-            )
-        size = len(encoded)
-        if size > limit:
-            raise PydanticCustomError(
-                "details_too_large",
-                "details is {size} bytes encoded; the limit is {limit}",
-                {"size": size, "limit": limit},
-            )
-        return value
-
-    def to_record(
-        self,
-        organization_id: str,
-        received_at: str,
-        fresh_id: str | None = None,
-        api_key_id: str | None = None,
-    ) -> dict[str, Any]:
-        """The stored, canonical record (see app.ledger.hashing) with server-filled defaults;
-        `fresh_id` is the id to give an event sent without one (one is made when None),
-        `api_key_id` the id of the key that sent it."""
-        session = self.session_context
-        return {
-            "action": self.action,
-            "api_key_id": api_key_id,
-            "break_glass": self.break_glass,
-            "correlation_id": self.correlation_id,
-            "data_classification": self.data_classification,
-            "details": self.details,
-            "event_id": str(self.event_id) if self.event_id else fresh_id or new_event_id(),
-            "ip_address": session.ip_address if session else None,
-            "organization_id": organization_id,
-            "outcome_description": self.outcome_description,
-            "patient_id": self.patient_id,
-            "principal_id": self.principal_id,
-            "principal_type": self.principal_type,
-            "priority": self.priority,
-            "purpose_of_use": self.purpose_of_use,
-            "received_at": received_at,
-            "session_id": session.session_id if session else None,
-            "status": self.status,
-            "target_resource_id": self.target_resource_id,
-            "target_resource_type": self.target_resource_type,
-            "timestamp": format_timestamp(self.timestamp) if self.timestamp else received_at,
-            "user_agent": session.user_agent if session else None,
-        }
-
-
-EVENT_LIST = TypeAdapter(list[EventIn])
 
 
 class Accepted(BaseModel):

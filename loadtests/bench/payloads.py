@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from app.api.schemas import new_event_ids
+from app.events.ids import new_event_ids
 from loadtests.bench.population import PATIENTS, Event, Population
 
 TIME_MARK = b"@" * 19  # as long as "2026-12-04T10:15:30"

@@ -14,8 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from app.api.schemas import EVENT_LIST, new_event_ids
 from app.core.timefmt import format_timestamp
+from app.events.ids import new_event_ids
+from app.events.model import EVENT_LIST
 from app.ledger.seal import seal_batch
 from app.writer.batch import record_row
 from loadtests.bench import procstat

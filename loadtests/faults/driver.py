@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from app.api.schemas import new_event_id
+from app.events.ids import new_event_id
 from loadtests.faults.content import digest, sent_content
 
 POISON_PREFIX = "faults-poison-"

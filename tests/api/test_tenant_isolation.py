@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from app.api.schemas import EVENT_LIST
 from app.core.limits import TooManyVerifications
+from app.events.model import EVENT_LIST
 from app.ledger.verify import Report, verify_range
 from app.writer.writer import BatchWriter, CircuitBreaker
 from tests.conftest import (

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.api.schemas import EVENT_LIST, EventIn
+from app.events.model import EVENT_LIST, EventIn
 from loadtests.bench import driver, tools
 from loadtests.bench.driver import Target, open_loop
 from loadtests.bench.payloads import MAX_AGE_S, bulk_pool, describe, single_pool

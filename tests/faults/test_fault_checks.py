@@ -17,7 +17,7 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from app.api.schemas import EventIn, SessionContext
+from app.events.model import EventIn, SessionContext
 from loadtests.faults import scenarios
 from loadtests.faults.checks import Expectation, Outcome, account
 from loadtests.faults.content import digest, sent_content, stored_content

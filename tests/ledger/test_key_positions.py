@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from app.api.schemas import EventIn
 from app.core.config import Settings, SigningKey
 from app.core.timefmt import format_timestamp
+from app.events.model import EventIn
 from app.ledger.parallel_verify import split, verify_whole_chain
 from app.ledger.proofs import verify_event
 from app.ledger.rotation import RETIREMENT_ACTION

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from alembic import command
-from app.api.schemas import EventIn
 from app.cli.migrate import alembic_config, migrate
 from app.core.config import SigningKey
+from app.events.model import EventIn
 from app.ledger.chain import genesis_head, ledger_head, sign_head
 from app.ledger.logstore import (
     log_consistency_proof,

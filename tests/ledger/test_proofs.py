@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.schemas import EVENT_LIST
 from app.core.config import SigningKey, parse_signing_keys
+from app.events.model import EVENT_LIST
 from app.ledger.bundles import export_bundle, verify_bundle
 from app.ledger.proofs import event_proof, verify_event
 from app.ledger.signing import new_keypair, verify_public_signature

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.schemas import EVENT_LIST
 from app.cli.partitions import prune
 from app.core.config import parse_retention
+from app.events.model import EVENT_LIST
 from app.ledger.merkle import leaf_hash
 from app.ledger.proofs import event_proof
 from app.ledger.prune import PruneRefused, cutoff

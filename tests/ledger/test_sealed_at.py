@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from app.api.schemas import EventIn
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp
+from app.events.model import EventIn
 from app.ledger.chain import entry_head
 from app.ledger.seal import seal_batch
 from app.writer.batch import record_row

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from app.api.errors import PROTOCOL_ANSWERS
-from app.api.schemas import EVENT_LIST
+from app.events.model import EVENT_LIST
 from app.queue.dead_letters import DeadLetters
 from app.wiring import Resources
 from app.writer.batch import plan_batch

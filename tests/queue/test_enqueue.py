@@ -11,9 +11,9 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from app.api import fastpath
-from app.api.schemas import EventIn
 from app.core.config import Settings
 from app.core.service_seal import ServiceSeals
+from app.events.model import EventIn
 from app.queue.coalesce import EnqueueBatcher
 from app.queue.shards import ShardedStream
 from tests.conftest import Service, event, running, wait_stored

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.api.schemas import EVENT_LIST
+from app.events.model import EVENT_LIST
 from app.queue.dead_letters import DeadLetters
 from tests.conftest import event, stored_rows
 from tests.queue.test_dead_letter import Rig, accept, balanced, drain, rig

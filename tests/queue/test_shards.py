@@ -10,8 +10,9 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from app.api.schemas import EVENT_LIST, is_stream_id
+from app.api.schemas import is_stream_id
 from app.core.timefmt import parse_timestamp
+from app.events.model import EVENT_LIST
 from app.ledger.bundles import export_bundle, verify_bundle
 from app.ledger.chain import GENESIS_HEAD, genesis_head
 from app.ledger.proofs import check_checkpoint, event_proof, export_checkpoint

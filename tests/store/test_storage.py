@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alembic import command
-from app.api.schemas import EventIn
 from app.cli.migrate import alembic_config, migrate
 from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.metrics import Metrics
+from app.events.model import EventIn
 from app.ledger.rotation import RETIREMENT_ACTION
 from app.ledger.sql import RECORDED_RETIREMENTS, RETIREMENTS_BEFORE
 from app.read import queries

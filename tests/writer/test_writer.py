@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.schemas import EVENT_LIST, EventIn
 from app.core.config import Settings
 from app.core.metrics import Metrics
+from app.events.model import EVENT_LIST, EventIn
 from app.wiring import Resources, close_resources, open_resources
 from app.writer.batch import CONFLICT, plan_batch
 from app.writer.writer import BatchWriter, CircuitBreaker

@@ -25,10 +25,11 @@ from app.api.event_data import EVENT_DATA_HEADERS, EventDataRoute
 from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
-from app.api.schemas import EventFilters, EventOut, EventPage, Identifier
+from app.api.schemas import EventFilters, EventOut, EventPage
 from app.apikeys.keys import Caller, hash_api_key
 from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
+from app.events.fields import Identifier
 from app.ledger.proofs import NOT_SEALED
 
 MAX_FORM_BYTES = 4096

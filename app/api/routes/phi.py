@@ -23,10 +23,11 @@ from app.api.pagination import (
     encode_key_cursor,
 )
 from app.api.read_audit import record_access
-from app.api.schemas import EventOut, EventPage, EventTime, Identifier
+from app.api.schemas import EventOut, EventPage
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
 from app.core.errors import InvalidCursor
+from app.events.fields import EventTime, Identifier
 from app.read import queries
 
 router = APIRouter(prefix="/phi-access", tags=["phi access"], route_class=EventDataRoute)
