@@ -19,6 +19,7 @@ from app.core.limits import Slots
 from app.core.metrics import Metrics
 from app.core.service_seal import ServiceSeals
 from app.core.tasks import stop_tasks, wait_or_stop
+from app.events.record import EventRecord
 from app.queue.admission import Admission, admit_and_queue
 from app.queue.coalesce import EnqueueBatcher
 from app.queue.shards import ShardedStream
@@ -163,7 +164,7 @@ async def queue_record(
     key_id: str,
     scopes: frozenset[str],
     organization: str,
-    record: dict[str, Any],
+    record: EventRecord,
     *,
     rated: bool = True,
     quota: bool = True,

@@ -19,17 +19,19 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.config import Settings
 from app.core.db import connect_raw
 from app.core.timefmt import format_timestamp
+from app.events.fields import Classification, Status
+from app.events.record import EventRecord
 from app.ledger.seal import seal_batch
 from app.ledger.signing import PublicSigner
 from app.writer.batch import record_row
 
 # (action, share, target type, carries a patient, classification)
-ACTIONS: tuple[tuple[str, float, str | None, bool, str], ...] = (
+ACTIONS: tuple[tuple[str, float, str | None, bool, Classification], ...] = (
     ("fhir.patient.read", 0.22, "Patient", True, "PHI"),
     ("fhir.observation.read", 0.18, "Observation", True, "PHI"),
     ("ehr.chart.open", 0.14, "Chart", True, "PHI"),
@@ -55,7 +57,11 @@ PURPOSES = (
     ("HRESCH", 0.01),
 )
 
-STATUSES = (("success", 0.95), ("failure", 0.03), ("attempt", 0.02))
+STATUSES: tuple[tuple[Status, float], ...] = (
+    ("success", 0.95),
+    ("failure", 0.03),
+    ("attempt", 0.02),
+)
 
 USER_AGENTS = ("Epic Hyperspace/10.2", "Cerner PowerChart/2024", "Mozilla/5.0 portal", "ehr-sync/3")
 
@@ -105,7 +111,10 @@ def time_span(months: int, now: datetime | None = None) -> tuple[datetime, datet
     return datetime(year, month, 1, tzinfo=UTC), now
 
 
-def _pick(rng: random.Random, weighted: tuple[tuple[str, float], ...]) -> str:
+Choice = TypeVar("Choice", bound=str)
+
+
+def _pick(rng: random.Random, weighted: tuple[tuple[Choice, float], ...]) -> Choice:
     return rng.choices([v for v, _ in weighted], [w for _, w in weighted])[0]
 
 
@@ -126,7 +135,7 @@ class EventMaker:
         self.action_weights = [a[1] for a in ACTIONS]
         self.organizations = plan.organizations
 
-    def record(self, moment: datetime) -> dict[str, Any]:
+    def record(self, moment: datetime) -> EventRecord:
         rng, plan = self.rng, self.plan
         action, _, target_type, with_patient, classification = rng.choices(
             self.actions, self.action_weights
@@ -151,6 +160,7 @@ class EventMaker:
         received = moment + timedelta(milliseconds=rng.randrange(5, 400))
         return {
             "action": action,
+            "api_key_id": None,
             "break_glass": break_glass,
             "correlation_id": f"req-{rng.getrandbits(64):016x}",
             "data_classification": classification,

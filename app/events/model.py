@@ -23,6 +23,7 @@ from app.events.fields import (
     Status,
 )
 from app.events.ids import new_event_id
+from app.events.record import EventRecord
 
 DEFAULT_MAX_DETAILS_BYTES = 64 * 1024
 
@@ -115,7 +116,7 @@ class EventIn(BaseModel):
         received_at: str,
         fresh_id: str | None = None,
         api_key_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> EventRecord:
         """The stored, canonical record (see app.ledger.hashing) with server-filled defaults;
         `fresh_id` is the id to give an event sent without one (one is made when None),
         `api_key_id` the id of the key that sent it."""

@@ -22,32 +22,11 @@ import orjson
 
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp
+from app.events.record import EventRecord
 
-# Every stored column of `audit_log` except the integrity columns themselves.
-CANONICAL_FIELDS: tuple[str, ...] = (
-    "action",
-    "api_key_id",
-    "break_glass",
-    "correlation_id",
-    "data_classification",
-    "details",
-    "event_id",
-    "ip_address",
-    "organization_id",
-    "outcome_description",
-    "patient_id",
-    "principal_id",
-    "principal_type",
-    "priority",
-    "purpose_of_use",
-    "received_at",
-    "session_id",
-    "status",
-    "target_resource_id",
-    "target_resource_type",
-    "timestamp",
-    "user_agent",
-)
+# Every stored column of `audit_log` except the integrity columns themselves: the fields of the
+# record queued and stored (app.events.record.EventRecord), in sorted order.
+CANONICAL_FIELDS: tuple[str, ...] = tuple(sorted(EventRecord.__required_keys__))
 
 CANONICAL_FIELD_SET = frozenset(CANONICAL_FIELDS)
 

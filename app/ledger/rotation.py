@@ -22,6 +22,7 @@ import orjson
 
 from app.core.config import SigningKey
 from app.core.timefmt import format_timestamp
+from app.events.record import EventRecord
 
 RETIREMENT_ACTION = "audit.key.retired"
 
@@ -30,9 +31,7 @@ RINGS = ("events", "ledger")  # AUDIT_SIGNING_KEYS, AUDIT_LEDGER_KEYS
 PRINCIPAL = "key-rotation"
 
 
-def retirement_record(
-    ring: str, key: SigningKey, organization: str, now: datetime
-) -> dict[str, Any]:
+def retirement_record(ring: str, key: SigningKey, organization: str, now: datetime) -> EventRecord:
     """The canonical record (app.ledger.hashing) of the event retiring `key` of `ring`."""
     if ring not in RINGS or key.retired_at is None:
         raise ValueError(f"key {key.key_id!r} of ring {ring!r} is not a retired key")

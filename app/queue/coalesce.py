@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
+from app.events.record import EventRecord
 from app.queue.shards import ShardedStream
 
-Pending = tuple[Sequence[dict[str, Any]], asyncio.Future[None]]
+Pending = tuple[Sequence[EventRecord], asyncio.Future[None]]
 
 
 class EnqueueBatcher:
@@ -28,7 +28,7 @@ class EnqueueBatcher:
         self._pending: list[Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def enqueue(self, records: Sequence[dict[str, Any]]) -> None:
+    async def enqueue(self, records: Sequence[EventRecord]) -> None:
         """Queue the records (in one Lua call with others' records); returns once they are in
         the stream, raises what the write raised otherwise."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from app.core.service_seal import ServiceSeal
+from app.events.record import EventRecord
 from app.queue.stream import EventStream, StreamKeys
 
 ROSTER_TTL_MS = 15_000
@@ -76,7 +77,7 @@ class ShardedStream:
         for shard in self.shards:
             await shard.ensure_group()
 
-    async def enqueue(self, records: Sequence[dict[str, Any]], chunk: int) -> None:
+    async def enqueue(self, records: Sequence[EventRecord], chunk: int) -> None:
         await self.next_shard().enqueue(records, chunk)
 
     async def queued_events(self) -> int:

@@ -23,6 +23,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
 from app.core.service_seal import ServiceSeal
+from app.events.record import EventRecord
 
 Priority = Literal["high", "normal"]
 
@@ -296,7 +297,7 @@ class EventStream:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def enqueue(self, records: Sequence[dict[str, Any]], chunk: int) -> None:
+    async def enqueue(self, records: Sequence[EventRecord], chunk: int) -> None:
         """Append records in entries of at most `chunk`, each with its MAC; all of a request is
         queued, or none."""
         entries: list[Any] = []

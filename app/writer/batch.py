@@ -19,6 +19,7 @@ import orjson
 from app.core.config import SigningKey
 from app.core.service_seal import ServiceSeal, ServiceSeals
 from app.core.timefmt import format_timestamp, parse_timestamp
+from app.events.record import EventRecord
 from app.ledger.hashing import content_digest, event_hash, sign_hash
 from app.ledger.seal import BASE_COLUMNS, HASH_POS, EventKey, event_key
 from app.queue.stream import DeadItem, Entry, Settlement
@@ -65,13 +66,13 @@ def _canonical_time(text: str, moment: datetime) -> str:
     return text if CANONICAL_TIME.fullmatch(text) else format_timestamp(moment)
 
 
-def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
+def record_row(record: EventRecord, key: SigningKey) -> tuple[Any, ...]:
     """The audit_log row for a record (BASE_COLUMNS order), hashed and signed. Times and the id
     are brought to their canonical text first, so the hash is of exactly what is stored."""
     timestamp = parse_timestamp(record["timestamp"])
     received_at = parse_timestamp(record["received_at"])
     key_id = record.get("api_key_id")
-    canonical = dict(
+    canonical: dict[str, Any] = dict(
         record,
         event_id=_canonical_id(record["event_id"]),
         timestamp=_canonical_time(record["timestamp"], timestamp),
@@ -96,7 +97,7 @@ def record_row(record: dict[str, Any], key: SigningKey) -> tuple[Any, ...]:
 @dataclass(slots=True)
 class PendingRow:
     entry_index: int
-    record: dict[str, Any]
+    record: EventRecord
     row: tuple[Any, ...]
     dead: bool = False
 

@@ -17,6 +17,7 @@ import asyncpg
 from app.core.timefmt import format_timestamp
 from app.events.ids import new_event_ids
 from app.events.model import EVENT_LIST
+from app.events.record import EventRecord
 from app.ledger.seal import seal_batch
 from app.writer.batch import record_row
 from loadtests.bench import procstat
@@ -24,7 +25,7 @@ from loadtests.bench.payloads import BodyPool
 from loadtests.bench.progress import say
 from loadtests.seal_overhead import KEY
 
-Record = dict[str, Any]
+Record = EventRecord
 Row = tuple[Any, ...]
 
 

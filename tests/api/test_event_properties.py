@@ -9,6 +9,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, get_args
@@ -198,7 +199,8 @@ def with_text(field: str, value: str) -> bytes:
 
 
 def stored_text(event: EventIn, field: str) -> Any:
-    return event.to_record("org-1", RECEIVED_AT, api_key_id=KEY_ID)[field]
+    record: Mapping[str, Any] = event.to_record("org-1", RECEIVED_AT, api_key_id=KEY_ID)
+    return record[field]
 
 
 @MODERATE

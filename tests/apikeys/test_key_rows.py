@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -162,7 +163,7 @@ async def test_a_retired_service_key_vouches_for_nothing_until_sealed_again(
         assert (await svc.client.post("/events", json=event(), headers=headers)).status_code == 202
         # An entry vouched for by the retired key is no entry of this service's any more.
         stream = svc.app.state.resources.stream.shards[0]
-        records = [{"organization_id": org, "priority": "normal", "n": 1}]
+        records: list[Any] = [{"organization_id": org, "priority": "normal", "n": 1}]
         legacy = EventStream(stream.client, stream.keys, stream.group, _seal(old))
         await legacy.enqueue(records, 10)
         [entry] = [e for e in await stream.read("probe", 10, None) if e.mac_key == "service-old"]

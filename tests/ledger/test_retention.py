@@ -4,8 +4,8 @@ and names the pruned ranges; tampering is still found."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from app.cli.partitions import prune
 from app.core.config import parse_retention
 from app.events.model import EVENT_LIST
+from app.events.record import EventRecord
 from app.ledger.merkle import leaf_hash
 from app.ledger.proofs import event_proof
 from app.ledger.prune import PruneRefused, cutoff
@@ -28,7 +29,7 @@ def old(minute: int) -> str:
     return f"2011-03-10T08:{minute:02d}:00+00:00"
 
 
-async def seal_batches(sealed: Sealed, batches: list[list[str]]) -> list[list[dict[str, Any]]]:
+async def seal_batches(sealed: Sealed, batches: list[list[str]]) -> list[list[EventRecord]]:
     """One ledger entry per list of timestamps; returns the records sealed."""
     res = sealed.res
     writer = BatchWriter(res.settings, res.stream, res.metrics, CircuitBreaker(3, res.metrics), "t")
@@ -49,7 +50,7 @@ async def seal_batches(sealed: Sealed, batches: list[list[str]]) -> list[list[di
 
 async def with_old_month(
     sealed_factory: SealedFactory,
-) -> tuple[Sealed, list[list[dict[str, Any]]]]:
+) -> tuple[Sealed, list[list[EventRecord]]]:
     sealed = await sealed_factory([])
     await sealed.conn.execute(
         f"CREATE TABLE {OLD} PARTITION OF audit_log "
@@ -97,7 +98,7 @@ async def test_prune_drops_old_months_and_verification_reports_them(
 
     # An event kept from the batch that lost half its leaves is still provable.
     kept = next(r for r in records[1] if r["timestamp"].startswith("2026"))
-    proof = await event_proof(sealed.conn, sealed.org, kept["event_id"])
+    proof = await event_proof(sealed.conn, sealed.org, uuid.UUID(kept["event_id"]))
     assert proof is not None and proof["tree_size"] == 4
     root = root_from_inclusion_proof(
         proof["leaf_index"],

@@ -57,7 +57,7 @@ async def accept(rig: Rig, statuses: list[str], org: str | None = None, **fields
         for e in EVENT_LIST.validate_python(bodies)
     ]
     for record, status in zip(records, statuses, strict=True):
-        record["status"] = status
+        record["status"] = status  # type: ignore[typeddict-item]  # may be none of the three
     await rig.res.stream.enqueue(records, rig.res.settings.stream_entry_events)
     return [record["event_id"] for record in records]
 

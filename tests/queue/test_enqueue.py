@@ -14,12 +14,13 @@ from app.api import fastpath
 from app.core.config import Settings
 from app.core.service_seal import ServiceSeals
 from app.events.model import EventIn
+from app.events.record import EventRecord
 from app.queue.coalesce import EnqueueBatcher
 from app.queue.shards import ShardedStream
 from tests.conftest import Service, event, running, wait_stored
 
 
-def records(n: int, org: str) -> list[dict[str, object]]:
+def records(n: int, org: str) -> list[EventRecord]:
     return [
         EventIn.model_validate(event(principal_id=f"u{i}")).to_record(org, "2026-11-20T10:00:00Z")
         for i in range(n)

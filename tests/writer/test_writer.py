@@ -13,6 +13,7 @@ import pytest
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.events.model import EVENT_LIST, EventIn
+from app.events.record import EventRecord
 from app.wiring import Resources, close_resources, open_resources
 from app.writer.batch import CONFLICT, plan_batch
 from app.writer.writer import BatchWriter, CircuitBreaker
@@ -70,7 +71,7 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
 ) -> None:
     good = [EventIn.model_validate(event(principal_id=f"g{i}")) for i in range(3)]
     records = [e.to_record(org, "2026-11-20T10:00:00.000000Z") for e in good]
-    records[1]["status"] = "bogus"  # passes the writer, refused by the table's CHECK
+    records[1]["status"] = "bogus"  # type: ignore[typeddict-item]  # refused by the table's CHECK
     await parts.stream.enqueue(records, 10)
     # An entry the API vouched for that cannot be read (the service's own fault, if ever).
     client = parts.stream.client
@@ -125,8 +126,8 @@ async def test_resend_with_other_content_is_dead_lettered_not_dropped(
     fixed = {"event_id": str(uuid.uuid4()), "timestamp": "2026-11-20T10:00:00Z"}
     body = orjson.dumps({**event(), **fixed})
     first = EventIn.model_validate_json(body, strict=True).to_record(org, "2026-11-20T10:00:01Z")
-    same = dict(first)
-    other = dict(first, principal_id="someone-else")
+    same = first.copy()
+    other: EventRecord = {**first, "principal_id": "someone-else"}
     writer = new_writer(parts, "w")
     await parts.stream.enqueue([first], 10)
     await writer.cycle(asyncio.Event())

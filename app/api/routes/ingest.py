@@ -21,6 +21,7 @@ from app.core.limits import Slot, Slots, TooManyLargeRequests
 from app.core.timefmt import format_timestamp
 from app.events.ids import new_event_ids
 from app.events.model import EventIn
+from app.events.record import EventRecord
 from app.queue.admission import admit_and_queue
 
 router = APIRouter(tags=["ingest"])
@@ -92,7 +93,7 @@ async def accept(request: Request, caller: Caller, events: list[EventIn]) -> lis
     org, key_id = caller.organization_id, caller.key_id
     high = any(event.priority == "high" for event in events)
 
-    async def put() -> list[dict[str, Any]]:
+    async def put() -> list[EventRecord]:
         received_at = format_timestamp(datetime.now(UTC))
         fresh = iter(new_event_ids(sum(1 for event in events if event.event_id is None)))
         records = [
