@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from app.api.event_data import EVENT_DATA_HEADERS
 from app.api.schemas import ErrorResponse
 from app.core.errors import ApiError, Unavailable
+from app.intake.problems import describe_validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,6 @@ def error_response(
         media_type="application/json",
         headers={**EVENT_DATA_HEADERS, **(headers or {})},
     )
-
-
-def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic errors as `{index?, field, type, message}`; input values are left out (PHI)."""
-    described = []
-    for err in errors:
-        loc = list(err.get("loc", ()))
-        item: dict[str, Any] = {}
-        if loc and isinstance(loc[0], int):
-            item["index"] = loc.pop(0)
-        if loc and loc[0] in {"body", "query", "path", "header"}:
-            item["in"] = loc.pop(0)
-        item["field"] = ".".join(str(part) for part in loc) or None
-        item["type"] = err.get("type")
-        item["message"] = err.get("msg")
-        described.append(item)
-    return described
 
 
 def api_error_response(exc: ApiError) -> Response:

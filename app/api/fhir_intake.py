@@ -41,9 +41,11 @@ from typing import Any
 
 import orjson
 
-from app.api.ingest_bodies import Limits, Problems, check_depth, parse_bulk, parsed_json
 from app.core.errors import InvalidEvents, PayloadTooLarge
+from app.events.json_bounds import check_depth
 from app.events.model import EventIn
+from app.intake.bodies import Limits, parse_bulk, parsed_json
+from app.intake.problems import Problems
 from app.read.fhir import (
     ACT_REASON,
     ACTION_SYSTEM,

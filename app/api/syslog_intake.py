@@ -1,6 +1,6 @@
 """`python -m app syslog`: an IHE ATNA audit record repository's syslog side. RFC 5424 messages
 over TCP with octet counting (RFC 6587), TLS with client certificates optional (RFC 5425), each
-carrying one DICOM PS3.15 or RFC 3881 audit message (app.api.atna), stored as events with the
+carrying one DICOM PS3.15 or RFC 3881 audit message (app.intake.atna), stored as events with the
 same validation, admission (rates, quota, the queue's depth) and sealing as `POST /events`.
 
 Authentication is per source: AUDIT_SYSLOG_SOURCES maps a sender to the organization its events
@@ -41,13 +41,13 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from app.api.atna import NotAnAuditMessage, event_of, parse_xml
-from app.api.ingest_bodies import limits_of, parse_bulk
 from app.core.config import Network, Settings, parse_networks, parse_syslog_sources
 from app.core.errors import ApiError, Backpressure, Unavailable
 from app.core.limits import TooManyRequests
 from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
+from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
+from app.intake.bodies import limits_of, parse_bulk
 from app.queue.dead_letters import DeadLetters
 from app.wiring import Resources, queue_record
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 
-from app.api.ingest_bodies import json_depth, json_values
 from app.core.timefmt import format_timestamp
 from app.events.fields import EARLIEST, LATEST, Classification, Priority, Status, _plain_address
+from app.events.json_bounds import json_depth, json_values
 from app.events.model import EventIn
 from app.ledger.hashing import (
     canonical_bytes,

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from app.api.atna import NotAnAuditMessage, event_of, parse_xml
 from app.api.syslog_intake import BadMessage, rfc5424_body, start_server
+from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
 from app.writer.writer import BatchWriter, CircuitBreaker
 from loadtests.faults.servers import free_port
 from tests.conftest import SettingsFactory, running, stored_rows, wait_stored
@@ -102,6 +102,24 @@ def test_unusable_messages_name_what_is_wrong(text: str, field: str) -> None:
     with pytest.raises(NotAnAuditMessage) as raised:
         event_of(parse_xml(text))
     assert raised.value.field.startswith(field)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<!DOCTYPE x [<!ENTITY a "aaaa">]><AuditMessage>&a;</AuditMessage>',
+        '<!DOCTYPE AuditMessage SYSTEM "http://example.org/a.dtd"><AuditMessage/>',
+        '<?xml version="1.0"?>\n<!DOCTYPE AuditMessage><AuditMessage/>',
+    ],
+)
+def test_document_type_declarations_are_refused_before_anything_is_expanded(text: str) -> None:
+    with pytest.raises(NotAnAuditMessage, match="document type declarations are not accepted"):
+        parse_xml(text)
+
+
+def test_markup_inside_character_data_is_text_not_a_declaration() -> None:
+    root = parse_xml("<AuditMessage><![CDATA[<!DOCTYPE x>]]></AuditMessage>")
+    assert root.text == "<!DOCTYPE x>"
 
 
 def test_rfc5424_messages_give_their_body() -> None:

@@ -12,7 +12,6 @@ from redis.exceptions import RedisError
 
 from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.ingest_bodies import SMALL_BODY, Limits, limits_of, parse_bulk, parse_event
 from app.api.schemas import Accepted, BulkAccepted
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
@@ -22,6 +21,7 @@ from app.core.timefmt import format_timestamp
 from app.events.ids import new_event_ids
 from app.events.model import EventIn
 from app.events.record import EventRecord
+from app.intake.bodies import SMALL_BODY, Limits, limits_of, parse_bulk, parse_event
 from app.queue.admission import admit_and_queue
 
 router = APIRouter(tags=["ingest"])
