@@ -1,1 +1,1 @@
-"""Reading the audit log: queries, PHI access reports, exports, FHIR."""
+"""Reading the audit log: queries, PHI access reports, exports."""

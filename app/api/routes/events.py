@@ -23,7 +23,8 @@ from app.api.slow_clients import Ending, GuardedStream
 from app.apikeys.keys import Caller
 from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import TooManyExports
-from app.read import exports, fhir, queries
+from app.fhir import export as fhir
+from app.read import exports, queries
 
 router = APIRouter(tags=["events"], route_class=EventDataRoute)
 

@@ -1,5 +1,5 @@
 """POST /fhir/AuditEvent: standard intake of FHIR R4 AuditEvent resources (one, or a Bundle),
-mapped to events (app.api.fhir_intake) and then handled as POST /events/bulk handles its own:
+mapped to events (app.fhir.intake) and then handled as POST /events/bulk handles its own:
 the same key scope, limits, validation, admission and sealing."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.errors import error_responses
-from app.api.fhir_intake import parse_audit_events
 from app.api.routes.ingest import ingest_events, request_body
 from app.api.schemas import BulkAccepted
 from app.api.security import require_scope
 from app.apikeys.keys import Caller
+from app.intake.fhir_bodies import parse_audit_events
 
 router = APIRouter(tags=["ingest"])
 Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from app.api.fhir_intake import event_of
+from app.fhir.intake import event_of
 from loadtests.faults.content import CLIENT_COLUMNS, SESSION_COLUMNS
 from tests.conftest import Service, SettingsFactory, event, running, stored_rows, wait_stored
 

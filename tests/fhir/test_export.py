@@ -10,7 +10,7 @@ import orjson
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
-from app.read import fhir
+from app.fhir import codes
 from tests.conftest import Service, event, wait_stored
 
 
@@ -73,19 +73,19 @@ async def test_fhir_export_is_a_valid_r4_bundle_with_the_mapping(
 
     read = by_action["fhir.patient.read"]
     assert read["type"]["code"] == "rest" and read["action"] == "R" and read["outcome"] == "0"
-    assert {"system": fhir.RESTFUL, "code": "read"} in read["subtype"]
+    assert {"system": codes.RESTFUL, "code": "read"} in read["subtype"]
     assert read["agent"][0]["who"]["identifier"]["value"] == sent[0]["principal_id"]
     assert read["agent"][0]["network"] == {"address": "10.0.0.7", "type": "2"}
     patient = next(e for e in read["entity"] if e.get("role", {}).get("code") == "1")
     assert patient["what"]["identifier"]["value"] == "pat-1"
-    assert read["purposeOfEvent"] == [{"coding": [{"system": fhir.ACT_REASON, "code": "TREAT"}]}]
-    request_id = next(e for e in read["entity"] if e["type"]["code"] == fhir.REQUEST_ID)
+    assert read["purposeOfEvent"] == [{"coding": [{"system": codes.ACT_REASON, "code": "TREAT"}]}]
+    request_id = next(e for e in read["entity"] if e["type"]["code"] == codes.REQUEST_ID)
     assert request_id == {
         "what": {"identifier": {"value": "req-1"}},
         "type": {
             "system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
             "code": "XrequestId",
-            "display": fhir.REQUEST_ID_DISPLAY,
+            "display": codes.REQUEST_ID_DISPLAY,
         },
     }
     record = read["entity"][-1]
@@ -96,8 +96,8 @@ async def test_fhir_export_is_a_valid_r4_bundle_with_the_mapping(
     assert login["outcome"] == "8" and login["type"]["code"] == "110114" and login["action"] == "E"
     chart = by_action["ehr.chart.open"]
     assert chart["outcome"] == "4" and chart["outcomeDesc"] == "emergency access"
-    codes = {c["code"] for p in chart["purposeOfEvent"] for c in p["coding"]}
-    assert codes == {"ETREAT", "BTG"}
+    purposes = {c["code"] for p in chart["purposeOfEvent"] for c in p["coding"]}
+    assert purposes == {"ETREAT", "BTG"}
     assert by_action["report.export"]["type"]["code"] == "110106"
 
 

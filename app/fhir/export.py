@@ -32,40 +32,25 @@ from typing import Any
 import orjson
 
 from app.core.timefmt import format_timestamp
-
-ACTION_SYSTEM = "urn:audit-ingest:action"
-
-PRINCIPAL_SYSTEM = "urn:audit-ingest:principal"
-
-PATIENT_SYSTEM = "urn:audit-ingest:patient"
-
-ORGANIZATION_SYSTEM = "urn:audit-ingest:organization"
-
-EVENT_SYSTEM = "urn:audit-ingest:event"
-
-SESSION_EXTENSION = "urn:audit-ingest:fhir:session-id"
-
-USER_AGENT_EXTENSION = "urn:audit-ingest:fhir:user-agent"
-
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-
-EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
-
-RESTFUL = "http://hl7.org/fhir/restful-interaction"
-
-ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
-
-ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-
-OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-
-BALP_ENTITY_TYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType"
-
-REQUEST_ID = "XrequestId"  # BALP's entity type of a transaction's X-Request-Id
-
-REQUEST_ID_DISPLAY = "transport specific unique identifier where http X-Request-Id is used"
-
-SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+from app.fhir.codes import (
+    ACT_REASON,
+    ACTION_SYSTEM,
+    BALP_ENTITY_TYPE,
+    DCM,
+    ENTITY_TYPE,
+    EVENT_SYSTEM,
+    EVENT_TYPE,
+    OBJECT_ROLE,
+    ORGANIZATION_SYSTEM,
+    PATIENT_SYSTEM,
+    PRINCIPAL_SYSTEM,
+    REQUEST_ID,
+    REQUEST_ID_DISPLAY,
+    RESTFUL,
+    SESSION_EXTENSION,
+    SOURCE_TYPE,
+    USER_AGENT_EXTENSION,
+)
 
 OUTCOMES = {"success": "0", "attempt": "4", "failure": "8"}
 

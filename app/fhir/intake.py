@@ -1,7 +1,7 @@
 """FHIR R4 AuditEvent resources into events (v1): `POST /fhir/AuditEvent` takes one resource or
 a Bundle of them, as FHIR servers emit under the IHE Basic Audit Log Patterns, and this module
 maps each to the JSON event `POST /events` takes. It is the inverse of the export's mapping
-(app.read.fhir): an exported Bundle imported again keeps every field a client sent.
+(app.fhir.export): an exported Bundle imported again keeps every field a client sent.
 
 Field by field, what a resource gives:
 - `event_id` its `id` when that is a UUID, else one derived from the id (a resource sent
@@ -41,12 +41,8 @@ from typing import Any
 
 import orjson
 
-from app.core.errors import InvalidEvents, PayloadTooLarge
 from app.events.json_bounds import check_depth
-from app.events.model import EventIn
-from app.intake.bodies import Limits, parse_bulk, parsed_json
-from app.intake.problems import Problems
-from app.read.fhir import (
+from app.fhir.codes import (
     ACT_REASON,
     ACTION_SYSTEM,
     BALP_ENTITY_TYPE,
@@ -361,28 +357,3 @@ def _event_of(resource: Any) -> dict[str, Any]:
     if "data_classification" not in event:
         event["data_classification"] = "PHI" if event.get("patient_id") else "INTERNAL"
     return event
-
-
-def parse_audit_events(body: bytes, limits: Limits) -> list[EventIn]:
-    """The events of a FHIR body (an AuditEvent or a Bundle of them), all valid, or an ApiError
-    listing what is wrong (by entry index and FHIR path, then as the event's fields)."""
-    try:
-        found = resources_of(parsed_json(body, limits))
-    except NotAnAuditEvent as exc:
-        raise InvalidEvents(str(exc), details=[_problem(exc)]) from exc
-    if len(found) > limits.max_events:
-        raise PayloadTooLarge(f"at most {limits.max_events} AuditEvents per request")
-    problems = Problems(bulk=True)
-    events = []
-    for index, resource in enumerate(found):
-        try:
-            events.append(event_of(resource))
-        except NotAnAuditEvent as exc:
-            problems.add(index, [_problem(exc)])
-    if problems.total:
-        problems.raise_all()
-    return parse_bulk(orjson.dumps(events), limits)
-
-
-def _problem(exc: NotAnAuditEvent) -> dict[str, Any]:
-    return {"field": exc.field, "type": "fhir_audit_event", "message": str(exc)}
