@@ -1,4 +1,4 @@
-"""`python -m app syslog`: the IHE ATNA syslog receiver (app.api.syslog_intake) until SIGTERM
+"""`python -m app syslog`: the IHE ATNA syslog receiver (app.syslog) until SIGTERM
 or Ctrl-C; its writers run elsewhere (`serve` or `worker`)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def syslog_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
     """The process's resources, the queue depth poll, the receiver and the metrics endpoint."""
-    from app.api.syslog_intake import start_server
     from app.core.metrics import Metrics
     from app.core.metrics_server import MetricsServer
+    from app.syslog.receiver import start_server
     from app.wiring import close_resources, open_resources, poll_queue_depth
 
     res = await open_resources(settings, Metrics.create())

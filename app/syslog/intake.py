@@ -1,7 +1,8 @@
-"""`python -m app syslog`: an IHE ATNA audit record repository's syslog side. RFC 5424 messages
+"""An IHE ATNA audit record repository's syslog side (`python -m app syslog`). RFC 5424 messages
 over TCP with octet counting (RFC 6587), TLS with client certificates optional (RFC 5425), each
 carrying one DICOM PS3.15 or RFC 3881 audit message (app.intake.atna), stored as events with the
-same validation, admission (rates, quota, the queue's depth) and sealing as `POST /events`.
+same validation, admission (rates, quota, the queue's depth) and sealing as `POST /events`. This
+module takes each connection in and each message on; app.syslog.receiver holds the sockets.
 
 Authentication is per source: AUDIT_SYSLOG_SOURCES maps a sender to the organization its events
 belong to, `address=organization` or, with TLS, `CN=<certificate common name>=organization`.
@@ -24,14 +25,12 @@ its organization and the audit message's bytes, so a message sent twice is store
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import ipaddress
 import logging
 import socket
 import ssl
-import time
 import uuid
 from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from app.core.config import Network, Settings, parse_networks, parse_syslog_sources
+from app.core.config import Network, Settings
 from app.core.errors import ApiError, Backpressure, Unavailable
 from app.core.limits import TooManyRequests
 from app.core.tasks import wait_or_stop
@@ -49,226 +48,14 @@ from app.core.timefmt import format_timestamp
 from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
 from app.intake.bodies import limits_of, parse_bulk
 from app.queue.dead_letters import DeadLetters
+from app.syslog.connections import Budget, LogLimiter, Slot, source_key
+from app.syslog.frames import BadFrame, BadMessage, Frame, kept_message, read_frame, rfc5424_body
 from app.wiring import Resources, queue_record
 
 log = logging.getLogger(__name__)
-MAX_LENGTH_DIGITS = 7
 READ_BUFFER = 64 * 1024  # also the most read while looking for a frame's length
-SKIP_CHUNK = 64 * 1024  # what is read at a time of a frame over the limit, and dropped
-LOG_EVERY_S = 10.0  # one line per kind of refused connection in this long
-BACKLOG = 128
 CLOSE_S = 5.0  # after the grace: for what is held back to be set aside, then for cancellation
 NAMESPACE = uuid.UUID("6f1c2d57-3a0e-4c55-9a3e-2f8b1d0c7e41")  # event ids of syslog messages
-BOM = "\ufeff"
-
-
-class BadFrame(ValueError):
-    """The stream is not octet-counted syslog: the connection cannot be read on."""
-
-
-class BadMessage(ValueError):
-    """One message that cannot be used; the next one is read."""
-
-
-def rfc5424_body(frame: bytes) -> str:
-    """The MSG part of an RFC 5424 message (after the header and the structured data)."""
-    try:
-        text = frame.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadMessage("the message is not UTF-8") from exc
-    if not text.startswith("<") or ">" not in text[:5]:
-        raise BadMessage("no <PRI> at the start: not an RFC 5424 message")
-    rest = text[text.index(">") + 1 :]
-    parts = rest.split(" ", 6)  # VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD+MSG
-    if len(parts) < 7 or parts[0] != "1":
-        raise BadMessage("not an RFC 5424 message (version 1 with six header fields)")
-    return _after_structured_data(parts[6]).removeprefix(BOM).strip()
-
-
-def _after_structured_data(text: str) -> str:
-    if text.startswith("-"):
-        return text[1:].lstrip(" ")
-    depth, quoted, escaped = 0, False, False
-    for i, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == '"' and depth:
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-            if depth == 0 and (i + 1 == len(text) or text[i + 1] != "["):
-                return text[i + 1 :].lstrip(" ")
-    raise BadMessage("unterminated structured data")
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One octet-counted frame: the message, or its first `max_bytes` when it declared more
-    (the rest was read and discarded)."""
-
-    data: bytes
-    length: int
-
-    @property
-    def oversize(self) -> bool:
-        return self.length > len(self.data)
-
-
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int, first: bytes = b"") -> Frame:
-    """One octet-counted frame whose first byte (`first`) may have been read already. A frame
-    over `max_bytes` is still a frame: its first `max_bytes` are kept and the rest is read in
-    chunks and dropped, so the stream stays framed and nothing large is held."""
-    try:
-        head = first if first == b" " else first + await reader.readuntil(b" ")
-    except asyncio.IncompleteReadError as exc:
-        raise BadFrame("the stream ended inside a frame's length") from exc
-    except asyncio.LimitOverrunError as exc:
-        raise BadFrame("no octet count before the message") from exc
-    digits = head[:-1].strip(b"\r\n")
-    if not digits.isdigit() or len(digits) > MAX_LENGTH_DIGITS or digits.startswith(b"0"):
-        raise BadFrame("no octet count before the message (RFC 6587 octet counting)")
-    length = int(digits)
-    try:
-        data = await reader.readexactly(min(length, max_bytes))
-    except asyncio.IncompleteReadError as exc:
-        raise BadFrame("the stream ended inside a message") from exc
-    left = length - len(data)
-    while left:
-        chunk = await reader.read(min(left, SKIP_CHUNK))
-        if not chunk:
-            raise BadFrame("the stream ended inside a message")
-        left -= len(chunk)
-    return Frame(data, length)
-
-
-def kept_message(source: str, frame: Frame, received_at: str) -> bytes:
-    """What a rejected message's dead letter holds: the message as read (at most the maximum
-    message size), where and when it came from. The message is kept as text when it is UTF-8
-    and its JSON string is no longer than its base64 would be, else as base64, so a dead letter
-    is at most about 4/3 of what was read (JSON writes a control byte as six)."""
-    kept: dict[str, Any] = {
-        "source": source,
-        "received_at": received_at,
-        "length": frame.length,
-        "truncated": frame.oversize,
-    }
-    encoded = base64.b64encode(frame.data)
-    try:
-        text = frame.data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and len(orjson.dumps(text)) <= len(encoded) + 2:
-        kept["message"] = text
-    else:
-        kept["message_base64"] = encoded.decode()
-    return orjson.dumps(kept)
-
-
-class LogLimiter:
-    """At most one warning per kind every LOG_EVERY_S, saying how many more there were: a
-    flood of connections, or of bad messages, must not become a flood of log lines."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, float] = {}
-        self.unlogged: dict[str, int] = {}
-
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.last.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
-            self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
-            return
-        more = self.unlogged.pop(kind, 0)
-        self.last[kind] = now
-        since = f" ({more} more since the last line)" if more else ""
-        log.warning(message + "%s", *args, since)
-
-    def refused(self, kind: str, address: str, why: str) -> None:
-        """A connection refused (`kind` its outcome)."""
-        self.warning(kind, "syslog connection from %s refused: %s", address, why)
-
-
-def peer_address(address: str) -> str:
-    """A peer's address as sources name it: an IPv4-mapped IPv6 address as IPv4, IPv6 in its
-    short form."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def source_key(address: str) -> str:
-    """What the per-source caps count by: the address, or for IPv6 its /64 (one host is
-    usually given a whole /64, so its addresses are one source)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((ip.packed[:8] + bytes(8), 64)))
-    return str(ip)
-
-
-@dataclass
-class Budget:
-    """Connections open at once, in all and per source (`source_key`), within two settings."""
-
-    total: int
-    per_source: int
-    settings: tuple[str, str]  # their names, for the refusal's reason
-    open: int = 0
-    by_source: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def full(self) -> bool:
-        return self.open >= self.total
-
-    def over_source(self, key: str) -> bool:
-        return self.by_source.get(key, 0) >= self.per_source
-
-    def refusal(self, key: str) -> str | None:
-        """Why one more connection from the source is refused, or None."""
-        if self.full:
-            return f"{self.total} open ({self.settings[0]})"
-        if self.over_source(key):
-            return f"{self.per_source} open from it ({self.settings[1]})"
-        return None
-
-    def take(self, key: str) -> None:
-        self.open += 1
-        self.by_source[key] = self.by_source.get(key, 0) + 1
-
-    def give_back(self, key: str) -> None:
-        self.open -= 1
-        left = self.by_source.pop(key, 1) - 1
-        if left:
-            self.by_source[key] = left
-
-
-@dataclass(eq=False)
-class Slot:
-    """The budget one connection counts against, if any."""
-
-    key: str
-    budget: Budget | None = None
-
-    def hold(self, budget: Budget) -> None:
-        self.release()
-        budget.take(self.key)
-        self.budget = budget
-
-    def release(self) -> None:
-        if self.budget is not None:
-            self.budget.give_back(self.key)
-            self.budget = None
 
 
 @dataclass
@@ -597,109 +384,3 @@ class SyslogIntake:
         if pending:
             log.warning("syslog receiver stopped: %d connections cut", len(pending))
             await asyncio.wait(pending, timeout=CLOSE_S)
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """Server TLS (RFC 5425) when a certificate is set; client certificates required when a CA
-    is set."""
-    if not settings.syslog_tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.syslog_tls_cert, settings.syslog_tls_key or None)
-    if settings.syslog_tls_ca:
-        context.load_verify_locations(settings.syslog_tls_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-@dataclass
-class SyslogReceiver:
-    """The listening sockets and their connections. Connections are accepted as plain TCP:
-    the peer's address is checked and the caps applied before anything is read or any TLS
-    handshake begins. Closing (or leaving `async with`) stops accepting and drains the open
-    connections (`SyslogIntake.drain`, AUDIT_SHUTDOWN_GRACE_S)."""
-
-    listening: list[socket.socket]
-    intake: SyslogIntake
-    acceptors: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self.listening)
-
-    def start(self) -> None:
-        self.acceptors = [
-            asyncio.create_task(self._accept(sock), name="syslog-accept") for sock in self.listening
-        ]
-
-    async def _accept(self, listening: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                connection, peer = await loop.sock_accept(listening)
-            except OSError as exc:  # out of file descriptors, or the like: back off, carry on
-                self.intake.count("accept_error")
-                log.error("syslog receiver cannot accept: %s", type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            connection.setblocking(False)
-            self.intake.admit(connection, peer_address(str(peer[0])))
-
-    async def close(self) -> None:
-        for task in self.acceptors:
-            task.cancel()
-        await asyncio.gather(*self.acceptors, return_exceptions=True)
-        for sock in self.listening:
-            sock.close()
-        await self.intake.drain(self.intake.settings.shutdown_grace_s)
-
-    async def __aenter__(self) -> SyslogReceiver:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-def listen(host: str, port: int) -> list[socket.socket]:
-    """Listening TCP sockets on every address of `host` (as asyncio.start_server binds); an
-    empty host is every interface, IPv4 and IPv6."""
-    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(found):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-async def start_server(res: Resources) -> SyslogReceiver:
-    settings = res.settings
-    sources = parse_syslog_sources(settings.syslog_sources)
-    intake = SyslogIntake(
-        res,
-        {name if name.startswith("CN=") else peer_address(name): o for name, o in sources.items()},
-        tls=tls_context(settings),
-        networks=parse_networks(settings.syslog_allowed_networks),
-    )
-    if not intake.sources:
-        raise RuntimeError("AUDIT_SYSLOG_SOURCES is empty: no sender would be accepted")
-    if intake.tls and not intake.networks and any(s.startswith("CN=") for s in intake.sources):
-        log.warning(
-            "syslog: CN= sources and no AUDIT_SYSLOG_ALLOWED_NETWORKS: any address may open a"
-            " connection and try a TLS handshake (within AUDIT_SYSLOG_MAX_HANDSHAKES); name the"
-            " senders' networks to refuse everyone else before it"
-        )
-    receiver = SyslogReceiver(listen(settings.syslog_host, settings.syslog_port), intake)
-    receiver.start()
-    return receiver
