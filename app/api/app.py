@@ -16,11 +16,11 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
-from app.api.performance import api_monitor
 from app.api.routes import console, events, fhir, health, ingest, integrity, log, phi, queue
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.runtime import tune_gc
+from app.monitor.thresholds import api_monitor
 from app.wiring import close_resources, open_resources, poll_queue_depth
 from app.writer.group import WriterGroup
 

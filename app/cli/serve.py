@@ -71,7 +71,7 @@ async def worker_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
         res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
         res.writers.start()
         if settings.threshold_events:
-            from app.api.performance import worker_monitor
+            from app.monitor.thresholds import worker_monitor
 
             monitor = worker_monitor(res).run()
             res.background.append(asyncio.create_task(monitor, name="thresholds"))

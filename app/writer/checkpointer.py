@@ -7,7 +7,7 @@ connection (another takes over when that connection goes). A witness that refuse
 answer is counted (audit_witness_failures_total) and asked again next round; a checkpoint short
 of a quorum is counted (audit_witness_quorum_missed_total), and audit_log_unwitnessed_seconds
 says how long the log has held leaves no cosigned checkpoint covers (a threshold violation past
-AUDIT_THRESHOLD_UNWITNESSED_S, app.api.performance).
+AUDIT_THRESHOLD_UNWITNESSED_S, app.monitor.thresholds).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from app.api.performance import Measures, ThresholdMonitor, api_monitor
 from app.apikeys.keys import create_api_key
 from app.core.metrics import histogram_quantile
+from app.monitor.thresholds import Measures, ThresholdMonitor, api_monitor
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 
 

@@ -1,0 +1,1 @@
+"""The service watching itself: each process's threshold monitor (app.monitor.thresholds)."""
