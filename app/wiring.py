@@ -17,7 +17,7 @@ from app.core import db
 from app.core.config import Settings
 from app.core.limits import Slots
 from app.core.metrics import Metrics
-from app.core.service_seal import ServiceSeals
+from app.core.service_macs import ServiceMacs
 from app.core.tasks import stop_tasks, wait_or_stop
 from app.events.record import EventRecord
 from app.queue.admission import Admission, admit_and_queue
@@ -47,7 +47,7 @@ class Resources:
     verifications: Slots
     large_bodies: Slots
     admission: Admission
-    seals: ServiceSeals
+    macs: ServiceMacs
     writers: WriterGroup | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -100,12 +100,12 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, block_ms=max(settings.read_block_ms, settings.batch_max_wait_ms)
     )
     await check_redis_policy(client, settings)
-    seals = ServiceSeals.of(settings.service_key_ring)
+    macs = ServiceMacs.of(settings.service_key_ring)
     stream = ShardedStream(
         client,
         settings.stream_prefix,
         settings.consumer_group,
-        seals.entries,
+        macs.entries,
         settings.stream_shards,
     )
     await stream.ensure_group()
@@ -128,7 +128,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         metrics=metrics,
         key_cache=KeyCache(
             settings.auth_cache_seconds,
-            key_lookup(auth_engine, seals.api_keys, metrics.api_key_rows_refused),
+            key_lookup(auth_engine, macs.api_keys, metrics.api_key_rows_refused),
             outage_grace=settings.auth_outage_grace_s,
             negative_ttl=settings.auth_negative_cache_s,
         ),
@@ -145,7 +145,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
             retry_after_s=1,
         ),
         admission=Admission(settings),
-        seals=seals,
+        macs=macs,
     )
 
 

@@ -29,7 +29,7 @@ from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.metrics import Metrics
-from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.core.service_macs import ServiceMac, ServiceMacs
 from app.events.model import EVENT_LIST
 from app.ledger.verify import Report, Verifier, verify_range
 from app.wiring import Resources, close_resources, open_resources
@@ -159,9 +159,9 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
 SettingsFactory = Callable[..., Settings]
 
 
-def key_seal(settings: Settings) -> ServiceSeal:
-    """The seal `keys create` gives API key rows, for tests that make keys themselves."""
-    return ServiceSeals.of(settings.service_key_ring).api_keys
+def key_row_mac(settings: Settings) -> ServiceMac:
+    """The MAC `keys create` gives API key rows, for tests that make keys themselves."""
+    return ServiceMacs.of(settings.service_key_ring).api_keys
 
 
 @pytest.fixture
@@ -204,8 +204,8 @@ class Service:
 
     async def key(self, org: str, scopes: tuple[str, ...] = ALL_SCOPES) -> dict[str, str]:
         engine = self.app.state.resources.engine
-        seal = self.app.state.resources.seals.api_keys
-        _, key = await create_api_key(engine, org, list(scopes), "test", seal)
+        row_mac = self.app.state.resources.macs.api_keys
+        _, key = await create_api_key(engine, org, list(scopes), "test", row_mac)
         return {"Authorization": f"Bearer {key}"}
 
 

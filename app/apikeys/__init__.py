@@ -1,1 +1,1 @@
-"""API keys: creation, scopes, sealed rows and the lookup cache."""
+"""API keys: creation, scopes, rows the service vouches for with a MAC, and the lookup cache."""

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.keys import Caller, row_vouched
 from app.core.errors import Unavailable
-from app.core.service_seal import ServiceSeal
+from app.core.service_macs import ServiceMac
 from app.store import keyrows
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def is_outage(exc: BaseException) -> bool:
     return False
 
 
-def key_lookup(engine: AsyncEngine, seal: ServiceSeal, refused: Counter | None = None) -> Lookup:
+def key_lookup(engine: AsyncEngine, row_mac: ServiceMac, refused: Counter | None = None) -> Lookup:
     """The lookup of active keys in `engine`'s database, for a KeyCache. A row whose MAC does
     not check is no key: it is logged (by id, never the key) and counted in `refused`."""
 
@@ -168,7 +168,7 @@ def key_lookup(engine: AsyncEngine, seal: ServiceSeal, refused: Counter | None =
                 raise
         if record is None:
             return None
-        if not row_vouched(record, seal):
+        if not row_vouched(record, row_mac):
             log.warning("api key row %s refused: its MAC does not check", record.id)
             if refused is not None:
                 refused.inc()

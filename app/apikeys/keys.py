@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.scopes import ALL_SCOPES as ALL_SCOPES
-from app.core.service_seal import ServiceSeal
+from app.core.service_macs import ServiceMac
 from app.core.timefmt import format_timestamp
 from app.store import keyrows
 
@@ -56,22 +56,24 @@ def key_row_parts(record: keyrows.ApiKeyRecord) -> tuple[bytes, ...]:
 
 
 def row_vouched(
-    record: keyrows.ApiKeyRecord, seal: ServiceSeal, *, retired_ok: bool = False
+    record: keyrows.ApiKeyRecord, row_mac: ServiceMac, *, retired_ok: bool = False
 ) -> bool:
     """`keys create` (or `keys seal`) made this row as it is: its MAC checks, with a key not
     retired (or, `retired_ok`, with any key of the ring)."""
     if record.mac is None or record.mac_key_id is None:
         return False
-    return seal.check(record.mac_key_id, record.mac, *key_row_parts(record), retired_ok=retired_ok)
+    return row_mac.check(
+        record.mac_key_id, record.mac, *key_row_parts(record), retired_ok=retired_ok
+    )
 
 
-def sealed_row(record: keyrows.ApiKeyRecord, seal: ServiceSeal) -> keyrows.ApiKeyRecord:
-    key_id, mac = seal.sign(*key_row_parts(record))
+def vouched_row(record: keyrows.ApiKeyRecord, row_mac: ServiceMac) -> keyrows.ApiKeyRecord:
+    key_id, mac = row_mac.sign(*key_row_parts(record))
     return replace(record, mac=mac, mac_key_id=key_id)
 
 
 async def create_api_key(
-    engine: AsyncEngine, organization_id: str, scopes: list[str], name: str, seal: ServiceSeal
+    engine: AsyncEngine, organization_id: str, scopes: list[str], name: str, row_mac: ServiceMac
 ) -> tuple[str, str]:
     """Store a new key's hash, with the row's MAC; returns (key id, the key, shown once)."""
     if not organization_id.strip():
@@ -88,5 +90,5 @@ async def create_api_key(
         key_hash=hash_api_key(key),
     )
     async with engine.begin() as conn:
-        await keyrows.insert_api_key(conn, sealed_row(record, seal))
+        await keyrows.insert_api_key(conn, vouched_row(record, row_mac))
     return str(record.id), key

@@ -202,18 +202,18 @@ def start_dev_witness(stop: ExitStack, settings: Settings) -> str:
 async def ensure_dev_key(settings: Settings) -> str:
     from app.apikeys.keys import ALL_SCOPES, create_api_key, hash_api_key, row_vouched
     from app.core.db import engine_scope
-    from app.core.service_seal import ServiceSeals
+    from app.core.service_macs import ServiceMacs
 
-    seal = ServiceSeals.of(settings.service_key_ring).api_keys
+    row_mac = ServiceMacs.of(settings.service_key_ring).api_keys
     path = DATA / "dev-api-key"
     key = path.read_text().strip() if path.exists() else ""
     async with engine_scope(settings) as engine:
         if key:
             async with engine.connect() as conn:
                 record = await keyrows.active_key_by_hash(conn, hash_api_key(key))
-            if record is not None and row_vouched(record, seal):
+            if record is not None and row_vouched(record, row_mac):
                 return key
-        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev", seal)
+        _, key = await create_api_key(engine, DEV_ORG, list(ALL_SCOPES), "dev", row_mac)
     path.write_text(key + "\n")
     path.chmod(0o600)
     log.info("dev mode: created an API key for organization %r in %s", DEV_ORG, path)

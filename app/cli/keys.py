@@ -9,14 +9,14 @@ import uuid
 
 from app.core.config import Settings
 from app.core.db import engine_scope
-from app.core.service_seal import NoServiceKey, ServiceSeal, ServiceSeals
+from app.core.service_macs import NoServiceKey, ServiceMac, ServiceMacs
 from app.store import keyrows
 
 
-def key_row_seal(settings: Settings) -> ServiceSeal:
-    """The seal of API key rows: the service keys are needed to make or vouch for a key."""
+def key_row_mac(settings: Settings) -> ServiceMac:
+    """The MAC of API key rows: the service keys are needed to make or vouch for a key."""
     try:
-        return ServiceSeals.of(settings.service_key_ring).api_keys
+        return ServiceMacs.of(settings.service_key_ring).api_keys
     except NoServiceKey as exc:
         raise SystemExit(str(exc)) from exc
 
@@ -24,9 +24,9 @@ def key_row_seal(settings: Settings) -> ServiceSeal:
 async def keys_create(settings: Settings, org: str, scopes: str, name: str) -> str:
     from app.apikeys.keys import create_api_key, parse_scopes
 
-    seal = key_row_seal(settings)
+    row_mac = key_row_mac(settings)
     async with engine_scope(settings) as engine:
-        key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name, seal)
+        key_id, key = await create_api_key(engine, org, parse_scopes(scopes), name, row_mac)
     print(f"created key {key_id} for organization {org!r} with scopes {scopes}", file=sys.stderr)
     return key
 
@@ -35,12 +35,12 @@ async def keys_list(settings: Settings, org: str | None) -> None:
     """Every key row (never a key), and whether its MAC checks (`NOT SEALED`: refused)."""
     from app.apikeys.keys import row_vouched
 
-    seal = key_row_seal(settings)
+    row_mac = key_row_mac(settings)
     async with engine_scope(settings) as engine, engine.connect() as conn:
         records = await keyrows.list_api_keys(conn, org)
     print("id\torganization\tname\tscopes\tprefix\tcreated\trevoked\tsealed")
     for r in records:
-        sealed = "yes" if row_vouched(r, seal) else "NOT SEALED"
+        sealed = "yes" if row_vouched(r, row_mac) else "NOT SEALED"
         print(
             f"{r.id}\t{r.organization_id}\t{r.name}\t{','.join(r.scopes)}\t{r.key_prefix}…\t"
             f"{r.created_at:%Y-%m-%dT%H:%M:%SZ}\t{r.revoked_at or '-'}\t{sealed}"
@@ -51,17 +51,17 @@ async def keys_seal(settings: Settings, org: str | None) -> int:
     """Vouch, with the active service key, for the active rows that have no MAC yet (made
     before rows carried one; review them first with `keys list`) and for those vouched for by
     a key since retired; each is printed. Rows whose MAC fails are left refused."""
-    from app.apikeys.keys import row_vouched, sealed_row
+    from app.apikeys.keys import row_vouched, vouched_row
 
-    seal = key_row_seal(settings)
+    row_mac = key_row_mac(settings)
     sealed = 0
     async with engine_scope(settings) as engine, engine.begin() as conn:
         for record in await keyrows.list_api_keys(conn, org):
-            if record.revoked_at is not None or row_vouched(record, seal):
+            if record.revoked_at is not None or row_vouched(record, row_mac):
                 continue
-            if record.mac is not None and not row_vouched(record, seal, retired_ok=True):
+            if record.mac is not None and not row_vouched(record, row_mac, retired_ok=True):
                 continue  # changed since it was vouched for: stays refused
-            if await keyrows.seal_api_key(conn, sealed_row(record, seal), record.mac):
+            if await keyrows.vouch_api_key(conn, vouched_row(record, row_mac), record.mac):
                 sealed += 1
                 print(f"sealed {record.id}\t{record.organization_id}\t{record.name}")
     print(f"sealed {sealed} key rows", file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.core.service_macs import ServiceMac, ServiceMacs
 from app.queue.shards import ShardedStream
 from app.queue.stream import EventStream, Priority
 
@@ -67,7 +67,7 @@ end
 # KEYS: dead, index, high, normal, depth, dead-events, queued-by-org, dead-bytes. ARGV:
 # organization, then
 # per item: id, SHA-1 of its payload and its events (as fetched and checked), the entry's
-# payload (always an array), organizations and MAC key id and MAC (app.core.service_seal). Returns
+# payload (always an array), organizations and MAC key id and MAC (app.core.service_macs). Returns
 # {events, remaining, {ids}}. An item that changed since it was checked stays where it is.
 _REPLAY_LUA = (
     _TAKE_LUA
@@ -188,10 +188,10 @@ class DeadLetter:
     mac_key: str = ""
     mac: bytes = b""
 
-    def vouched(self, seal: ServiceSeal, organization: str) -> bool:
+    def vouched(self, dead_letter_mac: ServiceMac, organization: str) -> bool:
         """A writer set this item aside from an entry the API queued (its MAC checks)."""
         parts = (organization.encode(), str(self.events).encode(), self.payload)
-        return seal.check(self.mac_key, self.mac, *parts)
+        return dead_letter_mac.check(self.mac_key, self.mac, *parts)
 
     @property
     def failed_at(self) -> datetime:
@@ -216,8 +216,8 @@ class Outcome:
 class DeadLetters:
     """One organization's view of the dead letters of every shard."""
 
-    def __init__(self, stream: ShardedStream, organization: str, seals: ServiceSeals) -> None:
-        self.parts = [ShardDeadLetters(shard, organization, seals) for shard in stream.shards]
+    def __init__(self, stream: ShardedStream, organization: str, macs: ServiceMacs) -> None:
+        self.parts = [ShardDeadLetters(shard, organization, macs) for shard in stream.shards]
 
     async def page(self, after: str | None, limit: int) -> tuple[list[DeadLetter], str | None]:
         """Up to `limit` items after the id `after`, shard by shard, oldest first within each,
@@ -325,11 +325,11 @@ class DeadLetters:
 class ShardDeadLetters:
     """One organization's view of one shard's dead-letter stream."""
 
-    def __init__(self, stream: EventStream, organization: str, seals: ServiceSeals) -> None:
+    def __init__(self, stream: EventStream, organization: str, macs: ServiceMacs) -> None:
         self.client = stream.client
         self.keys = stream.keys
         self.organization = organization
-        self.seals = seals
+        self.macs = macs
         self.index = stream.keys.dead_index(organization)
         self._replay = self.client.register_script(_REPLAY_LUA)
         self._delete = self.client.register_script(_DELETE_LUA)
@@ -349,7 +349,7 @@ class ShardDeadLetters:
         items held in other shards and the most bytes set aside. None when over a cap."""
         key_id, mac = "", b""
         if vouched:
-            key_id, mac = self.seals.dead_letters.sign(self.organization.encode(), b"1", payload)
+            key_id, mac = self.macs.dead_letters.sign(self.organization.encode(), b"1", payload)
         keys = [self.keys.dead, self.index, self.keys.dead_events, self.keys.accepted]
         keys.append(self.keys.dead_bytes)
         max_items, elsewhere, max_bytes = caps
@@ -417,7 +417,7 @@ class ShardDeadLetters:
         args: list[Any] = [self.organization]
         refused = []
         for letter in letters:
-            if not letter.vouched(self.seals.dead_letters, self.organization):
+            if not letter.vouched(self.macs.dead_letters, self.organization):
                 refused.append(letter.id)
                 continue
             args += [letter.id, hashlib.sha1(letter.payload).hexdigest(), str(letter.events)]
@@ -434,7 +434,7 @@ class ShardDeadLetters:
         if not payload.startswith(b"["):
             payload = b"[" + payload + b"]"
         organizations = orjson.dumps({self.organization: letter.events})
-        key_id, mac = self.seals.entries.sign(
+        key_id, mac = self.macs.entries.sign(
             letter.source.encode(), str(letter.events).encode(), organizations, payload
         )
         return [payload, organizations, key_id, mac]

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from app.core.service_seal import ServiceSeal
+from app.core.service_macs import ServiceMac
 from app.events.record import EventRecord
 from app.queue.stream import EventStream, StreamKeys
 
@@ -56,13 +56,13 @@ class ShardedStream:
     """The N shards as one queue: enqueue spreads requests, reads of state sum over shards."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, group: str, seal: ServiceSeal, shards: int = 1
+        self, client: redis.Redis, prefix: str, group: str, entry_mac: ServiceMac, shards: int = 1
     ) -> None:
         if shards < 1:
             raise ValueError("a stream has at least one shard")
         self.client = client
         self.shards = [
-            EventStream(client, StreamKeys.for_shard(prefix, i, shards), group, seal, shard=i)
+            EventStream(client, StreamKeys.for_shard(prefix, i, shards), group, entry_mac, shard=i)
             for i in range(shards)
         ]
         self.roster_key = self.shards[0].keys.roster

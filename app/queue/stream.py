@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
-from app.core.service_seal import ServiceSeal
+from app.core.service_macs import ServiceMac
 from app.events.record import EventRecord
 
 Priority = Literal["high", "normal"]
@@ -36,7 +36,7 @@ HEARTBEAT_TTL_MS = 30_000
 # ARGV: group, n_entries, then per entry: stream index (1|2), id, events, n_orgs, then per
 #       organization: name, events; then n_dead, then per dead item: error, payload,
 #       deliveries, events, organization, index key (0: none), replays, first failure (a
-#       dead-letter id, or '' when this is the first), service key id, MAC (app.core.service_seal).
+#       dead-letter id, or '' when this is the first), service key id, MAC (app.core.service_macs).
 # An entry another writer already settled (XACK returns 0) is skipped with its dead items, so a
 # redelivered entry is counted once. Afterwards, for every accepted event:
 #   accepted-total = persisted-total + dead-events + queued-events + discarded-events,
@@ -200,7 +200,7 @@ class Entry:
     """One stream entry as a writer received it. A replayed dead letter carries its history:
     deliveries before this entry, replays so far and the id of its first dead letter. The API
     vouched for it with `mac` (key `mac_key`) over its stream, events, `organizations` (raw JSON,
-    as queued) and payload; `sealed()` checks that, and `forged` marks one that failed."""
+    as queued) and payload; `vouched()` checks that, and `forged` marks one that failed."""
 
     priority: Priority
     entry_id: str
@@ -215,11 +215,11 @@ class Entry:
     mac: bytes = b""
     forged: bool = False
 
-    def sealed(self, seal: ServiceSeal) -> bool:
+    def vouched(self, entry_mac: ServiceMac) -> bool:
         """The API queued exactly this entry (its MAC checks)."""
         count = str(self.events).encode()
         parts = (self.priority.encode(), count, self.organizations, self.payload)
-        return seal.check(self.mac_key, self.mac, *parts)
+        return entry_mac.check(self.mac_key, self.mac, *parts)
 
     def organization_counts(self) -> dict[str, int]:
         """Its events per organization, as the API counted them (or as a forged entry claims:
@@ -239,7 +239,7 @@ class Entry:
 class DeadItem:
     """Events the database refused. `organization` is the owner of `payload` ('' when it cannot
     be read): only that organization's admins list, replay or delete the item. `mac` is the
-    writer's MAC of it (app.core.service_seal; none for an entry the API did not queue): only an
+    writer's MAC of it (app.core.service_macs; none for an entry the API did not queue): only an
     item whose MAC checks is replayed."""
 
     error: str
@@ -278,12 +278,17 @@ class EventStream:
     """One shard's streams and counters. `shard` is also the ledger chain its writers seal to."""
 
     def __init__(
-        self, client: redis.Redis, keys: StreamKeys, group: str, seal: ServiceSeal, shard: int = 0
+        self,
+        client: redis.Redis,
+        keys: StreamKeys,
+        group: str,
+        entry_mac: ServiceMac,
+        shard: int = 0,
     ) -> None:
         self.client = client
         self.keys = keys
         self.group = group
-        self.seal = seal
+        self.entry_mac = entry_mac
         self.shard = shard
         self._settle = client.register_script(_SETTLE_LUA)
         self._enqueue = client.register_script(_ENQUEUE_LUA)
@@ -311,7 +316,7 @@ class EventStream:
                     totals[organization] = totals.get(organization, 0) + events
                 payload = orjson.dumps(part)
                 organizations = orjson.dumps(counts, option=orjson.OPT_SORT_KEYS)
-                key_id, mac = self.seal.sign(
+                key_id, mac = self.entry_mac.sign(
                     priority.encode(), str(len(part)).encode(), organizations, payload
                 )
                 entries += [index, len(part), payload, organizations, key_id, mac]

@@ -1,4 +1,5 @@
-"""API key rows: insert, seal, look up, list and revoke. Keys are stored only as hashes."""
+"""API key rows: insert, vouch for (store a new MAC), look up, list and revoke. Keys are stored
+only as hashes."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ async def insert_api_key(conn: AsyncConnection, record: ApiKeyRecord) -> None:
     )
 
 
-async def seal_api_key(
+async def vouch_api_key(
     conn: AsyncConnection, vouched: ApiKeyRecord, previous_mac: bytes | None
 ) -> bool:
     """Store a row's new MAC, if its MAC is still `previous_mac` (as the table's owner: the

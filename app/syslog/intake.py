@@ -174,7 +174,7 @@ class SyslogIntake:
         syslog_max_dead_letter_bytes of them (an event read, `vouched`, is always kept). Redis
         unreachable: the sender is held back and it is tried each second; while closing,
         logged and counted as lost, the one way a message read is not kept unnoticed."""
-        dead = DeadLetters(self.res.stream, organization, self.res.seals)
+        dead = DeadLetters(self.res.stream, organization, self.res.macs)
         max_items = None if vouched else self.settings.syslog_max_dead_letters
         max_bytes = None if vouched else self.settings.syslog_max_dead_letter_bytes
         while True:

@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from app.core.config import SigningKey
-from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.core.service_macs import ServiceMac, ServiceMacs
 from app.core.timefmt import format_timestamp, parse_timestamp
 from app.events.record import EventRecord
 from app.ledger.hashing import content_digest, event_hash, sign_hash
@@ -123,7 +123,7 @@ class BatchPlan:
     (the stream shard the entries came from) it is sealed into."""
 
     entries: Sequence[Entry]
-    dead_seal: ServiceSeal
+    dead_letter_mac: ServiceMac
     rows: list[PendingRow] = field(default_factory=list)
     chain: int = 0
     dead: dict[int, list[DeadItem]] = field(default_factory=dict)
@@ -142,7 +142,9 @@ class BatchPlan:
         so the item gets the writers' MAC and can be replayed."""
         key_id, mac = "", b""
         if vouched:
-            key_id, mac = self.dead_seal.sign(organization.encode(), str(events).encode(), payload)
+            key_id, mac = self.dead_letter_mac.sign(
+                organization.encode(), str(events).encode(), payload
+            )
         item = DeadItem(error, payload, events, organization, key_id, mac)
         self.dead.setdefault(entry_index, []).append(item)
 
@@ -172,13 +174,13 @@ FORGED = "forged entry: its MAC does not check, the API did not queue it; nothin
 
 
 def plan_batch(
-    entries: Sequence[Entry], key: SigningKey, seals: ServiceSeals, chain: int = 0
+    entries: Sequence[Entry], key: SigningKey, macs: ServiceMacs, chain: int = 0
 ) -> BatchPlan:
     """The rows of the entries the API vouched for; entries whose MAC fails (written to Redis
     by someone else) go to the dead-letter stream owned by no organization, never signed."""
-    plan = BatchPlan(entries, seals.dead_letters, chain=chain)
+    plan = BatchPlan(entries, macs.dead_letters, chain=chain)
     for index, entry in enumerate(entries):
-        if not entry.sealed(seals.entries):
+        if not entry.vouched(macs.entries):
             entry.forged = True
             plan.kill(index, FORGED, entry.payload, entry.events, vouched=False)
             continue

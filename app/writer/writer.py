@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from app.core.config import Settings
 from app.core.db import connect_raw
 from app.core.metrics import Metrics
-from app.core.service_seal import ServiceSeals
+from app.core.service_macs import ServiceMacs
 from app.core.timefmt import parse_timestamp
 from app.ledger.seal import seal_batch, stored_contents
 from app.ledger.signing import PublicSigner
@@ -101,7 +101,7 @@ def consumer_name(index: int) -> str:
 
 class BatchWriter:
     """One consumer of the group. It serves the shards the roster gives it (app.queue.shards), one
-    read-and-write round per shard in turn, and seals each shard's batches into that shard's
+    read-and-write round per shard in turn, and macs each shard's batches into that shard's
     chain."""
 
     def __init__(
@@ -127,7 +127,7 @@ class BatchWriter:
         self._public_signer = (
             PublicSigner(settings.ledger_private_key) if settings.ledger_private_key else None
         )
-        self.seals = ServiceSeals.of(settings.service_key_ring)
+        self.macs = ServiceMacs.of(settings.service_key_ring)
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -246,9 +246,7 @@ class BatchWriter:
         """Persist what the entries carry into the shard's chain, then settle them in Redis.
         Returns rows inserted."""
         started = time.perf_counter()
-        plan = plan_batch(
-            entries, self.settings.signing_key_ring[0], self.seals, chain=stream.shard
-        )
+        plan = plan_batch(entries, self.settings.signing_key_ring[0], self.macs, chain=stream.shard)
         inserted = await self._store_isolating(plan, plan.rows, stopping)
         await stream.settle(plan.settlements())
         self._observe(plan, inserted, time.perf_counter() - started)

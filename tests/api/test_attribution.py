@@ -37,9 +37,9 @@ async def test_every_event_records_the_key_that_sent_it(
     service: Service, org: str, database_url: str
 ) -> None:
     engine = service.app.state.resources.engine
-    seal = service.app.state.resources.seals.api_keys
-    id_a, key_a = await create_api_key(engine, org, ["ingest", "read"], "a", seal)
-    id_b, key_b = await create_api_key(engine, org, ["ingest"], "b", seal)
+    row_mac = service.app.state.resources.macs.api_keys
+    id_a, key_a = await create_api_key(engine, org, ["ingest", "read"], "a", row_mac)
+    id_b, key_b = await create_api_key(engine, org, ["ingest"], "b", row_mac)
     sent = {}
     for key_id, key in ((id_a, key_a), (id_b, key_b)):
         resp = await service.client.post(

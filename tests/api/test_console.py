@@ -121,7 +121,7 @@ async def test_a_compliance_officer_uses_the_console_in_a_browser(
         from app.apikeys.keys import create_api_key
 
         key_id, key = await create_api_key(
-            res.engine, org, ["read", "verify"], "privacy-office", res.seals.api_keys
+            res.engine, org, ["read", "verify"], "privacy-office", res.macs.api_keys
         )
 
         base = local(server.url)
@@ -193,7 +193,7 @@ async def test_a_revoked_key_is_signed_out_and_forms_need_their_token(
         res = svc.app.state.resources
         from app.apikeys.keys import create_api_key
 
-        key_id, key = await create_api_key(res.engine, org, ["read"], "officer", res.seals.api_keys)
+        key_id, key = await create_api_key(res.engine, org, ["read"], "officer", res.macs.api_keys)
         await asyncio.to_thread(sign_in, browser, server.url, key)
         engine = create_engine(settings)
         try:

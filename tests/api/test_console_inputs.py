@@ -12,7 +12,7 @@ import pytest
 
 from app.apikeys.keys import create_api_key
 from tests.api.console_client import CSRF_FIELD, console_client
-from tests.conftest import Service, event, key_seal, wait_stored
+from tests.conftest import Service, event, key_row_mac, wait_stored
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -84,7 +84,9 @@ async def test_odd_console_parameters_get_a_page_not_a_500(
     assert posted.status_code == 202
     await wait_stored(database_url, org, 3)
     res = service.app.state.resources
-    _, key = await create_api_key(res.engine, org, ["read"], "officer", key_seal(service.settings))
+    _, key = await create_api_key(
+        res.engine, org, ["read"], "officer", key_row_mac(service.settings)
+    )
     failed = []
     async with console_client(service.app, key) as console:
         for path in PROBES:
@@ -125,7 +127,9 @@ async def test_sign_out_with_an_odd_csrf_value_is_refused_not_a_500(
     service: Service, org: str
 ) -> None:
     res = service.app.state.resources
-    _, key = await create_api_key(res.engine, org, ["read"], "officer", key_seal(service.settings))
+    _, key = await create_api_key(
+        res.engine, org, ["read"], "officer", key_row_mac(service.settings)
+    )
     async with console_client(service.app, key) as console:
         answer = await console.post("/console/logout", content="csrf=%C3%A9", headers=FORM)
         assert answer.status_code == 403, answer.text

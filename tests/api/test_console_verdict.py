@@ -17,7 +17,7 @@ from app.core.timefmt import format_timestamp
 from app.ledger.hashing import canonical_bytes, record_from_row
 from app.ledger.signing import new_keypair
 from tests.api.console_client import console_client
-from tests.conftest import SealedFactory, Service, key_seal, running
+from tests.conftest import SealedFactory, Service, key_row_mac, running
 from tests.ledger.test_verify import insert_forged
 
 
@@ -47,7 +47,7 @@ async def test_the_badge_and_the_proof_say_what_verify_says(
     async with running(settings) as svc:
         engine = svc.app.state.resources.engine
         _, key = await create_api_key(
-            engine, sealed.org, ["read", "verify"], "officer", key_seal(settings)
+            engine, sealed.org, ["read", "verify"], "officer", key_row_mac(settings)
         )
         bearer = {"Authorization": f"Bearer {key}"}
         verified = await svc.client.get("/integrity/verify", headers=bearer)
@@ -127,7 +127,7 @@ async def test_an_entry_without_a_valid_public_signature_is_not_verified(
     async with running(sealed.res.settings) as svc:
         engine = svc.app.state.resources.engine
         _, key = await create_api_key(
-            engine, sealed.org, ["read", "verify"], "officer", key_seal(sealed.res.settings)
+            engine, sealed.org, ["read", "verify"], "officer", key_row_mac(sealed.res.settings)
         )
         verified = await svc.client.get(
             "/integrity/verify", headers={"Authorization": f"Bearer {key}"}
@@ -161,7 +161,7 @@ async def test_an_entry_signed_with_a_retired_ledger_key_is_not_verified(
     async with running(rotated) as svc:
         engine = svc.app.state.resources.engine
         _, key = await create_api_key(
-            engine, sealed.org, ["read", "verify"], "officer", key_seal(settings)
+            engine, sealed.org, ["read", "verify"], "officer", key_row_mac(settings)
         )
         verified = await svc.client.get(
             "/integrity/verify", headers={"Authorization": f"Bearer {key}"}
@@ -186,7 +186,9 @@ async def test_without_verification_keys_the_proof_goes_out_unchecked(
     row = (await sealed.rows(1))[1]
     async with running(keyless) as svc:
         engine = svc.app.state.resources.engine
-        _, key = await create_api_key(engine, sealed.org, ["read"], "officer", key_seal(settings))
+        _, key = await create_api_key(
+            engine, sealed.org, ["read"], "officer", key_row_mac(settings)
+        )
         answer = await svc.client.get(
             f"/events/{row['event_id']}/proof", headers={"Authorization": f"Bearer {key}"}
         )

@@ -17,7 +17,7 @@ import pytest
 
 from app.apikeys.keys import create_api_key
 from app.core.db import engine_scope
-from tests.conftest import SettingsFactory, event, key_seal, wait_stored
+from tests.conftest import SettingsFactory, event, key_row_mac, wait_stored
 from tests.served import Served, served
 
 EVENTS = 20_000  # about 9 MB of CSV: more than the socket buffers hold
@@ -49,7 +49,7 @@ async def tenants(settings_factory: SettingsFactory, org: str) -> AsyncIterator[
             ("b-ingest", f"{org}-b", ["ingest"]),
         ):
             keys[name] = await create_api_key(
-                engine, organization, scopes, name, key_seal(settings)
+                engine, organization, scopes, name, key_row_mac(settings)
             )
     limits = {
         "export_per_key": 2,

@@ -35,7 +35,7 @@ from app.core.config import Settings
 from app.core.db import engine_scope
 from loadtests.faults.servers import free_port
 from tests.api.test_fuzz import OPERATIONS
-from tests.conftest import event, key_seal, make_settings, wait_stored, with_database
+from tests.conftest import event, key_row_mac, make_settings, wait_stored, with_database
 from tests.served import serving
 
 PHASES = ("examples", "coverage")
@@ -101,7 +101,7 @@ def own_database(server_url: str) -> Iterator[str]:
 async def _new_key(settings: Settings, org: str) -> str:
     async with engine_scope(settings) as engine:
         _, key = await create_api_key(
-            engine, org, list(ALL_SCOPES), "schemathesis", key_seal(settings)
+            engine, org, list(ALL_SCOPES), "schemathesis", key_row_mac(settings)
         )
     return key
 

@@ -31,7 +31,7 @@ from app.core.config import Settings
 from app.core.db import create_engine
 from loadtests.faults.servers import free_port
 from tests.api.test_http_protocol import served
-from tests.conftest import key_seal, make_settings
+from tests.conftest import key_row_mac, make_settings
 from tests.served import serving
 
 HEADER_TIMEOUT_S = 1.0
@@ -46,7 +46,7 @@ async def ingest_key(settings: Settings) -> str:
     engine = create_engine(settings)
     try:
         _, key = await create_api_key(
-            engine, "org-http-limits", ["ingest"], "http-limits", key_seal(settings)
+            engine, "org-http-limits", ["ingest"], "http-limits", key_row_mac(settings)
         )
     finally:
         await engine.dispose()

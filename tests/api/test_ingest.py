@@ -289,5 +289,5 @@ async def test_high_priority_events_are_written_first(
         )
         stream = svc.app.state.resources.stream.shards[0]
         entries = await stream.read("probe", 2, None)
-        plan = plan_batch(entries, settings.signing_key_ring[0], svc.app.state.resources.seals)
+        plan = plan_batch(entries, settings.signing_key_ring[0], svc.app.state.resources.macs)
         assert [r.record["priority"] for r in plan.rows] == ["high"] * 3 + ["normal"]

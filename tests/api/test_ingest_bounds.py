@@ -15,7 +15,7 @@ import pytest
 
 from app.apikeys.keys import create_api_key
 from app.core.db import engine_scope
-from tests.conftest import SettingsFactory, event, key_seal
+from tests.conftest import SettingsFactory, event, key_row_mac
 from tests.served import Served, served
 
 MIB = 1024 * 1024
@@ -27,7 +27,7 @@ ANSWER_WITHIN_S = 2.0
 async def bounded(settings_factory: SettingsFactory, org: str) -> AsyncIterator[Ingest]:
     settings = settings_factory()
     async with engine_scope(settings) as engine:
-        _, key = await create_api_key(engine, org, ["ingest"], "bounds", key_seal(settings))
+        _, key = await create_api_key(engine, org, ["ingest"], "bounds", key_row_mac(settings))
     async with served(settings, run_writers="false") as process:
         yield Ingest(process, {"Authorization": f"Bearer {key}"})
 

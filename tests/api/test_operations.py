@@ -32,7 +32,7 @@ async def test_every_request_is_logged_by_its_route_template_never_its_values(
     async with running(settings_factory(run_writers=False)) as svc:
         res = svc.app.state.resources
         key_id, key = await create_api_key(
-            res.engine, org, ["ingest", "read"], "ops", res.seals.api_keys
+            res.engine, org, ["ingest", "read"], "ops", res.macs.api_keys
         )
         headers = {"Authorization": f"Bearer {key}"}
         body = event(patient_id="p-secret-1")

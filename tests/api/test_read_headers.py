@@ -17,7 +17,7 @@ from app.core.metrics import Metrics
 from app.ledger.signing import new_keypair
 from app.writer.checkpointer import Checkpointer
 from tests.api.console_client import console_client
-from tests.conftest import Service, event, key_seal, stored_rows, wait_stored
+from tests.conftest import Service, event, key_row_mac, stored_rows, wait_stored
 
 REQUIRED = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 
@@ -83,7 +83,7 @@ async def test_every_read_route_says_no_store_and_nosniff(
     await checkpointer.close()
     res = service.app.state.resources
     _, key = await create_api_key(
-        res.engine, org, list(ALL_SCOPES), "officer", key_seal(service.settings)
+        res.engine, org, list(ALL_SCOPES), "officer", key_row_mac(service.settings)
     )
     bearer = {"Authorization": f"Bearer {key}"}
     paths = [p for p in get_routes(service.app.routes) if p not in NO_EVENT_DATA]

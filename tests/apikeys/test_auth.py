@@ -14,7 +14,7 @@ from app.apikeys.cache import KeyCache, is_outage, key_lookup
 from app.apikeys.keys import Caller
 from app.core.config import Settings
 from app.core.db import create_engine
-from app.core.service_seal import ServiceSeals
+from app.core.service_macs import ServiceMacs
 
 KEY = b"k" * 32
 CALLER = Caller("key-1", "org-1", frozenset({"ingest"}))
@@ -140,7 +140,7 @@ async def test_without_caching_every_request_asks() -> None:
 async def test_a_lookup_that_times_out_is_no_outage(settings: Settings, database_url: str) -> None:
     """A database that answers slowly (locks, load) must not let a revoked key live on."""
     engine = create_engine(settings, pool_size=1, overflow=0, command_timeout_s=0.5)
-    lookup = key_lookup(engine, ServiceSeals.of(settings.service_key_ring).api_keys)
+    lookup = key_lookup(engine, ServiceMacs.of(settings.service_key_ring).api_keys)
     locker = await asyncpg.connect(database_url)
     try:
         async with locker.transaction():

@@ -18,7 +18,7 @@ import pytest
 
 from app.apikeys.keys import hash_api_key, new_api_key
 from app.core.config import parse_signing_keys
-from app.core.service_seal import ServiceSeal, ServiceSeals
+from app.core.service_macs import ServiceMac, ServiceMacs
 from app.queue.stream import EventStream
 from tests.conftest import Service, SettingsFactory, event, running
 
@@ -164,11 +164,11 @@ async def test_a_retired_service_key_vouches_for_nothing_until_sealed_again(
         # An entry vouched for by the retired key is no entry of this service's any more.
         stream = svc.app.state.resources.stream.shards[0]
         records: list[Any] = [{"organization_id": org, "priority": "normal", "n": 1}]
-        legacy = EventStream(stream.client, stream.keys, stream.group, _seal(old))
+        legacy = EventStream(stream.client, stream.keys, stream.group, _entry_mac(old))
         await legacy.enqueue(records, 10)
         [entry] = [e for e in await stream.read("probe", 10, None) if e.mac_key == "service-old"]
-        assert not entry.sealed(svc.app.state.resources.seals.entries)
+        assert not entry.vouched(svc.app.state.resources.macs.entries)
 
 
-def _seal(ring: str) -> ServiceSeal:
-    return ServiceSeals.of(parse_signing_keys(ring)).entries
+def _entry_mac(ring: str) -> ServiceMac:
+    return ServiceMacs.of(parse_signing_keys(ring)).entries

@@ -168,7 +168,7 @@ async def test_replay_after_the_fault_is_fixed_stores_the_event_once(
     # writer does it, through the plan and settle.
     [event_id] = await accept(rig, ["success"], priority="high")
     entries = await rig.res.stream.shards[0].read("outage", 10, None)
-    plan = plan_batch(entries, rig.res.settings.signing_key_ring[0], rig.res.seals)
+    plan = plan_batch(entries, rig.res.settings.signing_key_ring[0], rig.res.macs)
     plan.kill_row(plan.rows[0], "CheckViolationError, sqlstate 23514, constraint ck_since_fixed")
     await rig.res.stream.shards[0].settle(plan.settlements())
     assert (await balanced(rig))["dead_lettered_events"] == 1
@@ -321,7 +321,7 @@ async def test_set_aside_caps_hold_under_concurrent_senders_and_bytes_come_back(
     """The caps are checked and the item added in one step: 40 set-asides at once under a cap
     of 10 items keep exactly 10, and under a cap of bytes never more; deleting gives the bytes
     back, and a vouched item replayed gives its bytes back too."""
-    dead = DeadLetters(rig.res.stream, rig.org, rig.res.seals)
+    dead = DeadLetters(rig.res.stream, rig.org, rig.res.macs)
     keys = rig.res.stream.shards[0].keys
     payload = orjson.dumps({"message": "x" * 100})
     kept = await asyncio.gather(

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 
 from app.api import fastpath
 from app.core.config import Settings
-from app.core.service_seal import ServiceSeals
+from app.core.service_macs import ServiceMacs
 from app.events.model import EventIn
 from app.events.record import EventRecord
 from app.queue.coalesce import EnqueueBatcher
@@ -29,8 +29,8 @@ def records(n: int, org: str) -> list[EventRecord]:
 
 async def stream_for(settings: Settings) -> tuple[redis.Redis, ShardedStream]:
     client = redis.Redis.from_url(settings.redis_url)
-    seal = ServiceSeals.of(settings.service_key_ring).entries
-    stream = ShardedStream(client, settings.stream_prefix, "writers", seal)
+    entry_mac = ServiceMacs.of(settings.service_key_ring).entries
+    stream = ShardedStream(client, settings.stream_prefix, "writers", entry_mac)
     await stream.ensure_group()
     return client, stream
 

@@ -101,7 +101,7 @@ async def test_a_dead_letter_no_writer_vouched_for_is_never_replayed(
     queued = await client.xrange(shard.keys.normal)
     records = [r for _, fields in queued for r in orjson.loads(fields[b"e"])]
     assert records and FORGED_ID not in {r["event_id"] for r in records}
-    letters = DeadLetters(rig.res.stream, rig.org, rig.res.seals)
+    letters = DeadLetters(rig.res.stream, rig.org, rig.res.macs)
     assert [letter.id for letter in (await letters.page(None, 10))[0]] == [dead_id.decode()]
     await drain_all(rig)
     stored = {str(r["event_id"]) for r in await stored_rows(database_url, rig.org)}

@@ -167,10 +167,10 @@ async def test_dead_letters_of_every_shard_are_listed_and_replayed(sharded: Seal
     await shard.enqueue(records, 10)
     entries = await shard.read("probe", 10, None)
     payload = entries[0].payload
-    key_id, mac = res.seals.dead_letters.sign(sharded.org.encode(), b"1", payload)
+    key_id, mac = res.macs.dead_letters.sign(sharded.org.encode(), b"1", payload)
     item = DeadItem("refused", payload, 1, sharded.org, key_id, mac)
     await shard.settle([Settlement(entries[0], (item,))])
-    dead = DeadLetters(res.stream, sharded.org, res.seals)
+    dead = DeadLetters(res.stream, sharded.org, res.macs)
     letters, cursor = await dead.page(None, 10)
     assert cursor is None
     assert len(letters) == 1 and letters[0].id.startswith("1:")

@@ -13,7 +13,7 @@ import orjson
 
 from app.apikeys.keys import create_api_key
 from app.core.db import engine_scope
-from tests.conftest import SettingsFactory, event, eventually, key_seal, wait_stored
+from tests.conftest import SettingsFactory, event, eventually, key_row_mac, wait_stored
 from tests.served import served
 
 EVENTS = 20_000  # megabytes of CSV: far more than the socket buffers hold
@@ -54,8 +54,10 @@ async def test_an_export_cut_short_by_its_client_records_what_was_sent(
 ) -> None:
     settings = settings_factory()
     async with engine_scope(settings) as engine:
-        _, writer = await create_api_key(engine, org, ["ingest"], "writer", key_seal(settings))
-        key_id, reader = await create_api_key(engine, org, ["read"], "reader", key_seal(settings))
+        _, writer = await create_api_key(engine, org, ["ingest"], "writer", key_row_mac(settings))
+        key_id, reader = await create_api_key(
+            engine, org, ["read"], "reader", key_row_mac(settings)
+        )
     async with served(settings) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             for _ in range(EVENTS // 10_000):

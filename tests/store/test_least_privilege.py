@@ -26,7 +26,7 @@ from loadtests.faults.servers import free_port
 from tests.conftest import (
     SettingsFactory,
     eventually,
-    key_seal,
+    key_row_mac,
     stored_rows,
     wait_stored,
     with_database,
@@ -78,7 +78,7 @@ async def test_the_service_runs_as_its_least_privileged_roles(
     owner = settings_factory(database_url=deployed)
     async with engine_scope(owner) as engine:  # `keys create`, as the owner runs it
         _, key = await create_api_key(
-            engine, org, ["ingest", "read", "verify"], "ehr", key_seal(owner)
+            engine, org, ["ingest", "read", "verify"], "ehr", key_row_mac(owner)
         )
     headers = {"Authorization": f"Bearer {key}"}
     api = owner.model_copy(update={"database_url": as_role(deployed, "audit_api")})

@@ -50,7 +50,7 @@ async def test_writer_killed_after_commit_before_ack_loses_and_duplicates_nothin
     crashed = new_writer(parts, "crashed")
     stop = asyncio.Event()
     entries = await crashed.collect(parts.stream.shards[0], stop)
-    plan = plan_batch(entries, parts.settings.signing_key_ring[0], parts.seals)
+    plan = plan_batch(entries, parts.settings.signing_key_ring[0], parts.macs)
     assert await crashed._store_isolating(plan, plan.rows, stop) == 40
     await crashed.close()  # gone without acking: its entries stay pending
     assert (await parts.stream.stats())["pending"] == 1
@@ -76,7 +76,7 @@ async def test_poison_goes_to_dead_letter_and_batch_mates_are_stored(
     # An entry the API vouched for that cannot be read (the service's own fault, if ever).
     client = parts.stream.client
     keys = parts.stream.shards[0].keys
-    key_id, mac = parts.seals.entries.sign(b"normal", b"1", b"", b"{not json")
+    key_id, mac = parts.macs.entries.sign(b"normal", b"1", b"", b"{not json")
     await client.xadd(keys.normal, {"n": 1, "e": b"{not json", "o": b"", "k": key_id, "m": mac})
     await client.incrby(keys.depth, 1)
     await client.incrby(keys.accepted, 1)

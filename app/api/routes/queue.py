@@ -63,7 +63,7 @@ async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
         organization=org,
         queued_events=queued,
         queue_quota=res.admission.org_quota,
-        dead_letter=await DeadLetters(res.stream, org, res.seals).count(),
+        dead_letter=await DeadLetters(res.stream, org, res.macs).count(),
         rate_limit_key_events=settings.rate_limit_key_events,
         rate_limit_org_events=settings.rate_limit_org_events,
     )
@@ -91,7 +91,7 @@ async def list_dead_letters(
     if query.cursor is not None and not is_stream_id(query.cursor):
         raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
     res = resources(request)
-    dead = DeadLetters(res.stream, caller.organization_id, res.seals)
+    dead = DeadLetters(res.stream, caller.organization_id, res.macs)
     letters, next_cursor = await dead.page(query.cursor, query.limit)
     await record_access(request, caller, "dead_letter_list", query.model_dump(), len(letters))
     items = [_out(letter, query.include_payload) for letter in letters]
@@ -128,7 +128,7 @@ async def replay_dead_letters(
 ) -> DeadLetterReplayed:
     res = resources(request)
     org = caller.organization_id
-    dead = DeadLetters(res.stream, org, res.seals)
+    dead = DeadLetters(res.stream, org, res.macs)
     wanted, letters = await _select(dead, selection.ids, selection.all)
     events = sum(letter.events for letter in letters)
 
@@ -163,7 +163,7 @@ async def delete_dead_letters(
     if query.confirm != "delete":
         raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
     res = resources(request)
-    dead = DeadLetters(res.stream, caller.organization_id, res.seals)
+    dead = DeadLetters(res.stream, caller.organization_id, res.macs)
     wanted, letters = await _select(dead, query.ids, query.all)
     details = _details(query.all, wanted, letters)
     await record_access(request, caller, "dead_letter_delete", details, len(letters))

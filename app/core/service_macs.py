@@ -44,7 +44,7 @@ def _message(parts: Sequence[bytes]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceSeal:
+class ServiceMac:
     """MACs of one purpose with the service key ring: the first key signs, all check."""
 
     ring: tuple[SigningKey, ...]
@@ -74,17 +74,17 @@ class ServiceSeal:
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceSeals:
-    """The service's seals, one per purpose."""
+class ServiceMacs:
+    """The service's MACs, one per purpose."""
 
-    entries: ServiceSeal
-    dead_letters: ServiceSeal
-    api_keys: ServiceSeal
+    entries: ServiceMac
+    dead_letters: ServiceMac
+    api_keys: ServiceMac
 
     @classmethod
-    def of(cls, ring: tuple[SigningKey, ...]) -> ServiceSeals:
+    def of(cls, ring: tuple[SigningKey, ...]) -> ServiceMacs:
         return cls(
-            ServiceSeal(ring, QUEUE_ENTRY),
-            ServiceSeal(ring, DEAD_LETTER),
-            ServiceSeal(ring, API_KEY_ROW),
+            ServiceMac(ring, QUEUE_ENTRY),
+            ServiceMac(ring, DEAD_LETTER),
+            ServiceMac(ring, API_KEY_ROW),
         )
