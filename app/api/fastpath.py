@@ -30,7 +30,7 @@ from app.api.errors import (
 )
 from app.api.routes import ingest
 from app.api.security import authorize
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import ApiError
 
 Handler = Callable[[Request, Caller], Awaitable[Response]]

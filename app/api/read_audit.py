@@ -14,7 +14,7 @@ from fastapi import Request
 from redis.exceptions import RedisError
 
 from app.api.deps import resources
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
 from app.events.model import EventIn

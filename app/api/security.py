@@ -9,7 +9,8 @@ from fastapi import Request
 
 from app.api.deps import resources
 from app.apikeys.cache import is_outage
-from app.apikeys.keys import Caller, hash_api_key
+from app.apikeys.keys import hash_api_key
+from app.core.caller import Caller
 from app.core.errors import Forbidden, Unauthenticated
 
 

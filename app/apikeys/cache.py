@@ -16,7 +16,8 @@ import sqlalchemy.exc
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.apikeys.keys import Caller, row_vouched
+from app.apikeys.keys import row_vouched
+from app.core.caller import Caller
 from app.core.errors import Unavailable
 from app.core.service_macs import ServiceMac
 from app.store import keyrows

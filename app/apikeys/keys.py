@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,13 +16,6 @@ from app.core.timefmt import format_timestamp
 from app.store import keyrows
 
 KEY_PREFIX = "aik_"
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    key_id: str
-    organization_id: str
-    scopes: frozenset[str]
 
 
 def new_api_key() -> str:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy.exc
 
 from app.apikeys.cache import KeyCache, is_outage, key_lookup
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.service_macs import ServiceMacs

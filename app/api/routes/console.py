@@ -26,7 +26,8 @@ from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
 from app.api.schemas import EventFilters, EventOut, EventPage
-from app.apikeys.keys import Caller, hash_api_key
+from app.apikeys.keys import hash_api_key
+from app.core.caller import Caller
 from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
 from app.events.fields import Identifier

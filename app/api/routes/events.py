@@ -20,7 +20,7 @@ from app.api.read_audit import record_access
 from app.api.schemas import EventFilters, EventOut, EventPage, EventSelection
 from app.api.security import require_scope
 from app.api.slow_clients import Ending, GuardedStream
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import TooManyExports
 from app.fhir import export as fhir

@@ -13,7 +13,7 @@ from app.api.errors import error_responses
 from app.api.routes.ingest import ingest_events, request_body
 from app.api.schemas import BulkAccepted
 from app.api.security import require_scope
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.intake.fhir_bodies import parse_audit_events
 
 router = APIRouter(tags=["ingest"])

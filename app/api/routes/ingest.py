@@ -14,7 +14,7 @@ from app.api.deps import resources
 from app.api.errors import error_responses
 from app.api.schemas import Accepted, BulkAccepted
 from app.api.security import require_scope
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from app.core.limits import Slot, Slots, TooManyLargeRequests
 from app.core.timefmt import format_timestamp

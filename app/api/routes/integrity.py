@@ -19,7 +19,7 @@ from app.api.event_data import EventDataRoute
 from app.api.read_audit import record_access
 from app.api.security import require_scope
 from app.api.slow_clients import GuardedStream
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.errors import ApiError, Conflict, InvalidEvents, NotFound

@@ -13,7 +13,7 @@ from app.api.deps import resources
 from app.api.errors import error_responses
 from app.api.event_data import EventDataRoute
 from app.api.security import require_scope
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.db import driver_connection
 from app.core.errors import ApiError, NotFound
 from app.ledger.checkpoints import log_keys, newest_served

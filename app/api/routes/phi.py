@@ -25,7 +25,7 @@ from app.api.pagination import (
 from app.api.read_audit import record_access
 from app.api.schemas import EventOut, EventPage
 from app.api.security import require_scope
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import InvalidCursor
 from app.events.fields import EventTime, Identifier
 from app.read import queries

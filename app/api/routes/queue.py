@@ -31,7 +31,7 @@ from app.api.schemas import (
     is_stream_id,
 )
 from app.api.security import require_scope
-from app.apikeys.keys import Caller
+from app.core.caller import Caller
 from app.core.errors import ApiError, InvalidCursor
 from app.queue.admission import admit_and_queue
 from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
