@@ -14,14 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache, key_lookup
 from app.core import db
+from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.limits import Slots
 from app.core.metrics import Metrics
 from app.core.service_macs import ServiceMacs
 from app.core.tasks import stop_tasks, wait_or_stop
 from app.events.record import EventRecord
-from app.queue.admission import Admission, admit_and_queue
+from app.queue.admission import Admission
 from app.queue.coalesce import EnqueueBatcher
+from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
 from app.queue.stream import eviction_policy
 from app.read.exports import EXPORT_CONNECTIONS
@@ -47,6 +49,7 @@ class Resources:
     verifications: Slots
     large_bodies: Slots
     admission: Admission
+    recorder: Recorder
     macs: ServiceMacs
     writers: WriterGroup | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,6 +116,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, pool_size=2, overflow=4, command_timeout_s=settings.auth_lookup_timeout_s
     )
     s = settings
+    admission = Admission(settings)
     return Resources(
         settings=settings,
         engine=db.create_engine(settings),
@@ -144,7 +148,8 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
             2 * s.large_bodies_per_key,
             retry_after_s=1,
         ),
-        admission=Admission(settings),
+        admission=admission,
+        recorder=Recorder(stream, admission, s.stream_entry_events, metrics.accepted),
         macs=macs,
     )
 
@@ -169,13 +174,7 @@ async def queue_record(
     rated: bool = True,
     quota: bool = True,
 ) -> None:
-    """One record the service made itself (a read's trace, a threshold violation, a syslog
-    message) into the queue through the one admission, counted as accepted."""
-
-    async def put() -> None:
-        await res.stream.enqueue([record], res.settings.stream_entry_events)
-
-    await admit_and_queue(
-        res.admission, key_id, scopes, organization, 1, put, rated=rated, quota=quota
-    )
-    res.metrics.accepted.inc()
+    """One record the service made itself into the queue (app.queue.recorder), admitted as
+    `key_id`'s with `scopes` (a syslog source, the threshold monitor)."""
+    caller = Caller(key_id, organization, scopes)
+    await res.recorder.record(caller, record, rated=rated, quota=quota)

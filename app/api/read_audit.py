@@ -18,7 +18,6 @@ from app.core.caller import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
 from app.events.model import EventIn
-from app.wiring import queue_record
 
 
 def _plain(value: Any) -> Any:
@@ -54,15 +53,7 @@ async def record_access(
     try:
         # Not rated and not held to the organization's quota: a read is refused only when the
         # whole queue is full (503), so an organization's flood does not lock out its auditors.
-        await queue_record(
-            res,
-            caller.key_id,
-            caller.scopes,
-            caller.organization_id,
-            record,
-            rated=False,
-            quota=False,
-        )
+        await res.recorder.record(caller, record, rated=False, quota=False)
     except RedisError as exc:
         raise Unavailable(
             "this read could not be recorded in the audit trail; retry later",
