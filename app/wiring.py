@@ -38,7 +38,7 @@ SAFE_EVICTION_POLICY = "noeviction"
 class Resources:
     settings: Settings
     engine: AsyncEngine  # queries and upkeep
-    long_reads: AsyncEngine  # exports and verifications, apart (app.api.slow_clients)
+    long_reads: AsyncEngine  # exports and verifications, apart (app.http.guarded_stream)
     auth_engine: AsyncEngine  # key lookups, never waiting behind anything else
     redis: redis.Redis
     stream: ShardedStream

@@ -6,19 +6,17 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 import orjson
-import redis.exceptions
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.api.event_data import EVENT_DATA_HEADERS
 from app.api.schemas import ErrorResponse
-from app.core.errors import ApiError, Unavailable
+from app.core.errors import ApiError
+from app.http.errors import DEPENDENCY_ERRORS, dependency_unavailable
+from app.http.event_data import EVENT_DATA_HEADERS
 from app.intake.problems import describe_validation_errors
 
 log = logging.getLogger(__name__)
@@ -68,34 +66,12 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
-def dependency_unavailable(exc: BaseException) -> Unavailable:
-    """What a caller is told of a backing service that cannot answer (one of
-    DEPENDENCY_ERRORS): 503 with Retry-After, whoever answers it (the API, the console)."""
-    log.warning("dependency unavailable: %s", type(exc).__name__)
-    message = "a backing service is unavailable; retry later"
-    return Unavailable(message, headers={"Retry-After": "1"})
-
-
 def dependency_down(exc: BaseException) -> Response:
     return api_error_response(dependency_unavailable(exc))
 
 
 async def _dependency_down(_: Request, exc: Exception) -> Response:
     return dependency_down(exc)
-
-
-# PostgreSQL or Redis down or timing out: 503 with Retry-After, not 500.
-DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 def client_gone() -> Response:

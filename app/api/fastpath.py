@@ -20,18 +20,13 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api import access_log
-from app.api.deps import resources
-from app.api.errors import (
-    DEPENDENCY_ERRORS,
-    api_error_response,
-    client_gone,
-    dependency_down,
-    internal_error,
-)
+from app.api.errors import api_error_response, client_gone, dependency_down, internal_error
 from app.api.routes import ingest
-from app.api.security import authorize
 from app.core.caller import Caller
 from app.core.errors import ApiError
+from app.http.auth import authorize
+from app.http.deps import resources
+from app.http.errors import DEPENDENCY_ERRORS
 
 Handler = Callable[[Request, Caller], Awaitable[Response]]
 

@@ -13,11 +13,11 @@ from typing import Any
 from fastapi import Request
 from redis.exceptions import RedisError
 
-from app.api.deps import resources
 from app.core.caller import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
 from app.events.model import EventIn
+from app.http.deps import resources
 
 
 def _plain(value: Any) -> Any:

@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.api import console_session
 from app.api.console_html import STYLE, error, field, h, link, page, table
-from app.api.deps import resources
-from app.api.errors import DEPENDENCY_ERRORS, dependency_unavailable
-from app.api.event_data import EVENT_DATA_HEADERS, EventDataRoute
 from app.api.routes import events as event_routes
 from app.api.routes import integrity as integrity_routes
 from app.api.routes import phi as phi_routes
@@ -31,6 +28,9 @@ from app.core.caller import Caller
 from app.core.errors import ApiError, NotFound
 from app.core.tokens import token_matches
 from app.events.fields import Identifier
+from app.http.deps import resources
+from app.http.errors import DEPENDENCY_ERRORS, dependency_unavailable
+from app.http.event_data import EVENT_DATA_HEADERS, EventDataRoute
 from app.ledger.proofs import NOT_SEALED
 
 MAX_FORM_BYTES = 4096

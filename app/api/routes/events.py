@@ -12,18 +12,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import model_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.event_data import EventDataRoute
 from app.api.pagination import CursorError, decode_cursor, encode_cursor
 from app.api.read_audit import record_access
 from app.api.schemas import EventFilters, EventOut, EventPage, EventSelection
-from app.api.security import require_scope
-from app.api.slow_clients import Ending, GuardedStream
 from app.core.caller import Caller
 from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import TooManyExports
 from app.fhir import export as fhir
+from app.http.auth import require_scope
+from app.http.deps import resources
+from app.http.event_data import EventDataRoute
+from app.http.guarded_stream import Ending, GuardedStream
 from app.read import exports, queries
 
 router = APIRouter(tags=["events"], route_class=EventDataRoute)

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from app.api.errors import error_responses
 from app.api.routes.ingest import ingest_events, request_body
 from app.api.schemas import BulkAccepted
-from app.api.security import require_scope
 from app.core.caller import Caller
+from app.http.auth import require_scope
 from app.intake.fhir_bodies import parse_audit_events
 
 router = APIRouter(tags=["ingest"])

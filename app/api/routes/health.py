@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.api.deps import resources
 from app.api.errors import error_response, error_responses
 from app.api.schemas import Readiness
 from app.core.tokens import token_matches
+from app.http.deps import resources
 
 router = APIRouter(tags=["operations"])
 

@@ -10,10 +10,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from redis.exceptions import RedisError
 
-from app.api.deps import resources
 from app.api.errors import error_responses
 from app.api.schemas import Accepted, BulkAccepted
-from app.api.security import require_scope
 from app.core.caller import Caller
 from app.core.errors import ApiError, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from app.core.limits import Slot, Slots, TooManyLargeRequests
@@ -21,6 +19,8 @@ from app.core.timefmt import format_timestamp
 from app.events.ids import new_event_ids
 from app.events.model import EventIn
 from app.events.record import EventRecord
+from app.http.auth import require_scope
+from app.http.deps import resources
 from app.intake.bodies import SMALL_BODY, Limits, limits_of, parse_bulk, parse_event
 from app.queue.admission import admit_and_queue
 

@@ -13,18 +13,18 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.event_data import EventDataRoute
 from app.api.read_audit import record_access
-from app.api.security import require_scope
-from app.api.slow_clients import GuardedStream
 from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.errors import ApiError, Conflict, InvalidEvents, NotFound
 from app.core.limits import TooManyVerifications
 from app.events.fields import EventTime
+from app.http.auth import require_scope
+from app.http.deps import resources
+from app.http.event_data import EventDataRoute
+from app.http.guarded_stream import GuardedStream
 from app.ledger.anchor import anchor_report
 from app.ledger.proofs import DamagedBatch, EventVerdict, verify_event
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.event_data import EventDataRoute
-from app.api.security import require_scope
 from app.core.caller import Caller
 from app.core.db import driver_connection
 from app.core.errors import ApiError, NotFound
+from app.http.auth import require_scope
+from app.http.deps import resources
+from app.http.event_data import EventDataRoute
 from app.ledger.checkpoints import log_keys, newest_served
 from app.ledger.logstore import LogRangeError, consistency_between, newest_size, tile_content
 

@@ -12,9 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.event_data import EventDataRoute
 from app.api.pagination import (
     CursorError,
     decode_cursor,
@@ -24,10 +22,12 @@ from app.api.pagination import (
 )
 from app.api.read_audit import record_access
 from app.api.schemas import EventOut, EventPage
-from app.api.security import require_scope
 from app.core.caller import Caller
 from app.core.errors import InvalidCursor
 from app.events.fields import EventTime, Identifier
+from app.http.auth import require_scope
+from app.http.deps import resources
+from app.http.event_data import EventDataRoute
 from app.read import queries
 
 router = APIRouter(prefix="/phi-access", tags=["phi access"], route_class=EventDataRoute)

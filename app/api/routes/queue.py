@@ -13,9 +13,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import resources
 from app.api.errors import error_responses
-from app.api.event_data import EventDataRoute
 from app.api.read_audit import record_access
 from app.api.schemas import (
     MAX_DEAD_LETTER_SELECTION,
@@ -30,9 +28,11 @@ from app.api.schemas import (
     QueueStats,
     is_stream_id,
 )
-from app.api.security import require_scope
 from app.core.caller import Caller
 from app.core.errors import ApiError, InvalidCursor
+from app.http.auth import require_scope
+from app.http.deps import resources
+from app.http.event_data import EventDataRoute
 from app.queue.admission import admit_and_queue
 from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
 

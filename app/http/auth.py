@@ -1,17 +1,17 @@
-"""Request authentication: the bearer key of a request, its organization and its scopes."""
+"""Bearer authentication: the API key of a request, its organization and its scopes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
-from app.api.deps import resources
-from app.apikeys.cache import is_outage
+from app.apikeys.cache import KeyCache, is_outage
 from app.apikeys.keys import hash_api_key
 from app.core.caller import Caller
 from app.core.errors import Forbidden, Unauthenticated
+from app.http.deps import key_cache
 
 
 def _bearer(request: Request) -> str:
@@ -24,14 +24,14 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: Request) -> Caller:
-    token = _bearer(request)
-    key_hash = hash_api_key(token)
-    state = resources(request)
+async def authenticate(request: Request, keys: KeyCache) -> Caller:
+    """The caller whose key the request bears; while the key store cannot answer, a key
+    verified shortly before still is (app.apikeys.cache)."""
+    key_hash = hash_api_key(_bearer(request))
     try:
-        caller = await state.key_cache.verify(key_hash)
+        caller = await keys.verify(key_hash)
     except Exception as exc:
-        fallback = state.key_cache.usable_while_down(key_hash) if is_outage(exc) else None
+        fallback = keys.usable_while_down(key_hash) if is_outage(exc) else None
         if fallback is None:
             raise
         return fallback
@@ -42,7 +42,7 @@ async def authenticate(request: Request) -> Caller:
 
 async def authorize(request: Request, scope: str) -> Caller:
     """The caller of this request, who must hold `scope`."""
-    caller = await authenticate(request)
+    caller = await authenticate(request, key_cache(request))
     request.state.key_id = caller.key_id  # for the access log
     if scope not in caller.scopes:
         raise Forbidden(f"this API key lacks the '{scope}' scope")
@@ -55,3 +55,11 @@ def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]
 
     dependency.__name__ = f"require_{scope}"
     return dependency
+
+
+IngestorDep = Annotated[Caller, Depends(require_scope("ingest"))]
+ReaderDep = Annotated[Caller, Depends(require_scope("read"))]
+AuditorDep = Annotated[Caller, Depends(require_scope("verify"))]
+AdminDep = Annotated[Caller, Depends(require_scope("admin"))]
+OperatorDep = Annotated[Caller, Depends(require_scope("operator"))]
+LogReaderDep = Annotated[Caller, Depends(require_scope("log"))]

@@ -1,0 +1,43 @@
+"""Typed dependencies: what a route or a console page is given, by its type, from the resources
+the lifespan opened (`Annotated` aliases, so a signature says what it takes)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.apikeys.cache import KeyCache
+from app.core.config import Settings
+from app.queue.shards import ShardedStream
+from app.wiring import Resources
+
+
+def resources(request: Request) -> Resources:
+    """The lifespan's resources. The console, a mounted app, shares its parent's state."""
+    res: Resources = request.app.state.resources
+    return res
+
+
+def settings(request: Request) -> Settings:
+    return resources(request).settings
+
+
+def engine(request: Request) -> AsyncEngine:
+    return resources(request).engine
+
+
+def stream(request: Request) -> ShardedStream:
+    return resources(request).stream
+
+
+def key_cache(request: Request) -> KeyCache:
+    return resources(request).key_cache
+
+
+ResourcesDep = Annotated[Resources, Depends(resources)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+EngineDep = Annotated[AsyncEngine, Depends(engine)]
+StreamDep = Annotated[ShardedStream, Depends(stream)]
+KeyCacheDep = Annotated[KeyCache, Depends(key_cache)]
