@@ -26,7 +26,11 @@ from app.queue.coalesce import EnqueueBatcher
 from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
 from app.queue.stream import eviction_policy
+from app.read.events import EventReads
 from app.read.exports import EXPORT_CONNECTIONS
+from app.read.integrity import Integrity
+from app.read.reports import PhiReports
+from app.witness.anchors import find_anchors
 from app.writer.group import WriterGroup
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ class Resources:
     admission: Admission
     recorder: Recorder
     macs: ServiceMacs
+    # The services the HTTP API and the console call, built once.
+    event_reads: EventReads
+    phi_reports: PhiReports
+    integrity: Integrity
     writers: WriterGroup | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -116,16 +124,23 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         settings, pool_size=2, overflow=4, command_timeout_s=settings.auth_lookup_timeout_s
     )
     s = settings
+    engine = db.create_engine(settings)
+    # An NDJSON export reads with up to EXPORT_CONNECTIONS connections at once.
+    long_reads = db.create_engine(
+        settings,
+        pool_size=s.export_concurrency * EXPORT_CONNECTIONS + s.verify_concurrency,
+        overflow=0,
+    )
+    exports = Slots("exports", s.export_concurrency, s.export_per_key, s.export_per_org)
+    verifications = Slots(
+        "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
+    )
     admission = Admission(settings)
+    recorder = Recorder(stream, admission, s.stream_entry_events, metrics.accepted)
     return Resources(
         settings=settings,
-        engine=db.create_engine(settings),
-        # An NDJSON export reads with up to EXPORT_CONNECTIONS connections at once.
-        long_reads=db.create_engine(
-            settings,
-            pool_size=s.export_concurrency * EXPORT_CONNECTIONS + s.verify_concurrency,
-            overflow=0,
-        ),
+        engine=engine,
+        long_reads=long_reads,
         auth_engine=auth_engine,
         redis=client,
         stream=stream,
@@ -137,10 +152,8 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
             negative_ttl=settings.auth_negative_cache_s,
         ),
         enqueuer=EnqueueBatcher(stream, settings.stream_entry_events),
-        exports=Slots("exports", s.export_concurrency, s.export_per_key, s.export_per_org),
-        verifications=Slots(
-            "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
-        ),
+        exports=exports,
+        verifications=verifications,
         large_bodies=Slots(
             "large requests",
             s.large_bodies_at_once,
@@ -149,8 +162,11 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
             retry_after_s=1,
         ),
         admission=admission,
-        recorder=Recorder(stream, admission, s.stream_entry_events, metrics.accepted),
+        recorder=recorder,
         macs=macs,
+        event_reads=EventReads(engine, long_reads, recorder, exports, s.export_send_timeout_s),
+        phi_reports=PhiReports(engine, recorder),
+        integrity=Integrity(engine, long_reads, settings, recorder, verifications, find_anchors),
     )
 
 

@@ -1,5 +1,6 @@
-"""HTTP request and response models: accepted events, event pages and their filters, queue
-stats, dead letters, errors (the event a client sends is app.events.model.EventIn)."""
+"""HTTP request and response models: accepted events, queue stats, dead letters, errors (the
+event a client sends is app.events.model.EventIn; what a read takes and answers, events and
+their filters, pages and reports, is app.read.models)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.events.fields import (
-    Action,
-    ActionPrefix,
-    Classification,
-    EventTime,
-    Identifier,
-    Priority,
-    Status,
-)
-
-Order = Literal["asc", "desc"]
-
-MAX_FILTER_VALUES = 20
+from app.events.fields import Priority
 
 
 class Accepted(BaseModel):
@@ -39,76 +28,6 @@ class Accepted(BaseModel):
 class BulkAccepted(BaseModel):
     accepted: int
     event_ids: list[uuid.UUID]
-
-
-class SessionContextOut(BaseModel):
-    session_id: str | None
-    ip_address: str | None
-    user_agent: str | None
-
-
-class EventOut(BaseModel):
-    event_id: uuid.UUID
-    timestamp: datetime
-    received_at: datetime
-    organization_id: str
-    action: str
-    status: str
-    principal_id: str
-    principal_type: str | None
-    target_resource_type: str | None
-    target_resource_id: str | None
-    patient_id: str | None
-    data_classification: str
-    purpose_of_use: str | None
-    break_glass: bool
-    outcome_description: str | None
-    correlation_id: str | None
-    session_context: SessionContextOut | None
-    details: dict[str, Any] | None
-    priority: str
-    api_key_id: uuid.UUID | None = Field(
-        description="the API key that sent the event (none for events stored before keys were"
-        " recorded)"
-    )
-    hash: str = Field(description="SHA-256 of the canonical form, hex")
-    signature: str = Field(description="HMAC-SHA256 of the raw hash, hex")
-    key_id: str
-
-
-class EventPage(BaseModel):
-    items: list[EventOut]
-    next_cursor: str | None
-
-
-class EventSelection(BaseModel):
-    """Which events, as GET /events and its export take them; unknown parameters are rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    start: EventTime | None = None
-    end: EventTime | None = None
-    principal_id: Identifier | None = None
-    action: list[Action] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
-    action_prefix: ActionPrefix | None = None
-    status: list[Status] | None = Field(default=None, max_length=MAX_FILTER_VALUES)
-    data_classification: list[Classification] | None = Field(
-        default=None, max_length=MAX_FILTER_VALUES
-    )
-    target_resource_type: Identifier | None = None
-    target_resource_id: Identifier | None = None
-    patient_id: Identifier | None = None
-    correlation_id: Identifier | None = None
-    purpose_of_use: Identifier | None = None
-    break_glass: bool | None = None
-    order: Order = "desc"
-
-
-class EventFilters(EventSelection):
-    """Query parameters of GET /events: the selection, a page at a time."""
-
-    limit: int = Field(default=100, ge=1, le=1000)
-    cursor: Annotated[str, StringConstraints(max_length=512)] | None = None
 
 
 class OrgQueueStats(BaseModel):

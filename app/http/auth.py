@@ -12,6 +12,7 @@ from app.apikeys.keys import hash_api_key
 from app.core.caller import Caller
 from app.core.errors import Forbidden, Unauthenticated
 from app.http.deps import key_cache
+from app.read.trail import Reader
 
 
 def _bearer(request: Request) -> str:
@@ -57,9 +58,23 @@ def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]
     return dependency
 
 
+def reader_with(scope: str) -> Callable[[Request], Coroutine[Any, Any, Reader]]:
+    """A caller holding `scope` who reads the audit log, with the path they read it by (each
+    read is recorded with both, app.read.trail)."""
+
+    async def dependency(request: Request) -> Reader:
+        return Reader(await authorize(request, scope), request.url.path)
+
+    dependency.__name__ = f"reader_with_{scope}"
+    return dependency
+
+
+# Callers by the scope they must hold: those who send events or read the log's tiles, and
+# (as readers: what they are given is recorded) those who read events, verify, or administer
+# their dead letters and the whole queue.
 IngestorDep = Annotated[Caller, Depends(require_scope("ingest"))]
-ReaderDep = Annotated[Caller, Depends(require_scope("read"))]
-AuditorDep = Annotated[Caller, Depends(require_scope("verify"))]
-AdminDep = Annotated[Caller, Depends(require_scope("admin"))]
-OperatorDep = Annotated[Caller, Depends(require_scope("operator"))]
 LogReaderDep = Annotated[Caller, Depends(require_scope("log"))]
+ReaderDep = Annotated[Reader, Depends(reader_with("read"))]
+AuditorDep = Annotated[Reader, Depends(reader_with("verify"))]
+AdminDep = Annotated[Reader, Depends(reader_with("admin"))]
+OperatorDep = Annotated[Reader, Depends(reader_with("operator"))]

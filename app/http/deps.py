@@ -10,7 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache
 from app.core.config import Settings
+from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
+from app.read.events import EventReads
+from app.read.integrity import Integrity
+from app.read.reports import PhiReports
 from app.wiring import Resources
 
 
@@ -36,8 +40,28 @@ def key_cache(request: Request) -> KeyCache:
     return resources(request).key_cache
 
 
+def recorder(request: Request) -> Recorder:
+    return resources(request).recorder
+
+
+def event_reads(request: Request) -> EventReads:
+    return resources(request).event_reads
+
+
+def phi_reports(request: Request) -> PhiReports:
+    return resources(request).phi_reports
+
+
+def integrity(request: Request) -> Integrity:
+    return resources(request).integrity
+
+
 ResourcesDep = Annotated[Resources, Depends(resources)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 EngineDep = Annotated[AsyncEngine, Depends(engine)]
 StreamDep = Annotated[ShardedStream, Depends(stream)]
 KeyCacheDep = Annotated[KeyCache, Depends(key_cache)]
+RecorderDep = Annotated[Recorder, Depends(recorder)]
+EventReadsDep = Annotated[EventReads, Depends(event_reads)]
+PhiReportsDep = Annotated[PhiReports, Depends(phi_reports)]
+IntegrityDep = Annotated[Integrity, Depends(integrity)]

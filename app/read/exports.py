@@ -24,10 +24,15 @@ import orjson
 from sqlalchemy import Text, and_, case, cast, func, literal
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.fhir import export as fhir
 from app.read import queries
 from app.store.models import audit_log
 
 PAGE = 1000
+
+MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv", "fhir": "application/fhir+json"}
+
+EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "fhir": "json"}
 
 CSV_COLUMNS = (
     "event_id",
@@ -239,3 +244,38 @@ def _csv_line(cells: list[str]) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow(cells)
     return out.getvalue().encode()
+
+
+async def export_chunks(
+    engine: AsyncEngine, query: queries.EventQuery, fmt: str, sent: list[int]
+) -> AsyncIterator[bytes]:
+    """The export's bytes in `fmt` (a key of MEDIA_TYPES), in pieces of about SEND_PIECE (a
+    CSV row or a FHIR entry alone would be a send each); `sent[0]` counts the rows of the
+    pieces taken so far (a piece is taken when the next one is asked for: its send returned)."""
+    made = [0]  # rows in the chunks made so far, the one being sent included
+    if fmt == "fhir":
+        chunks = fhir.bundle(export_rows(engine, query, made))
+    elif fmt == "csv":
+        chunks = _csv(export_rows(engine, query, made))
+    else:
+        chunks = ndjson_pages(engine, query, made)
+    piece: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        piece.append(chunk)
+        size += len(chunk)
+        if size >= SEND_PIECE:
+            rows = made[0]
+            yield b"".join(piece)
+            sent[0] = rows
+            piece, size = [], 0
+    if piece:
+        rows = made[0]
+        yield b"".join(piece)
+        sent[0] = rows
+
+
+async def _csv(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    yield csv_header()
+    async for event in events:
+        yield csv_row(event)

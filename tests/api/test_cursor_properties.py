@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.api.pagination import (
+from app.read.cursors import (
     CursorError,
     decode_cursor,
     decode_key_cursor,

@@ -38,9 +38,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app.api.schemas import EventOut
 from app.core.config import Settings
 from app.read.exports import CSV_COLUMNS
+from app.read.models import EventOut
 from tests.conftest import Service, SettingsFactory, event, running, wait_stored
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.api.pagination import CursorError, decode_cursor, encode_cursor
 from app.events.ids import new_event_id
+from app.read.cursors import CursorError, decode_cursor, encode_cursor
 
 
 def test_event_ids_are_uuid7_and_sort_by_time() -> None:

@@ -5,9 +5,10 @@ every page view goes through the same functions as the API's reads, so each is r
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,10 +20,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.api import console_session
 from app.api.console_html import STYLE, error, field, h, link, page, table
-from app.api.routes import events as event_routes
-from app.api.routes import integrity as integrity_routes
-from app.api.routes import phi as phi_routes
-from app.api.schemas import EventFilters, EventOut, EventPage
 from app.apikeys.keys import hash_api_key
 from app.core.caller import Caller
 from app.core.errors import ApiError, NotFound
@@ -31,7 +28,12 @@ from app.events.fields import Identifier
 from app.http.deps import resources
 from app.http.errors import DEPENDENCY_ERRORS, dependency_unavailable
 from app.http.event_data import EVENT_DATA_HEADERS, EventDataRoute
+from app.http.exports import export_answer
+from app.http.guarded_stream import GuardedStream
 from app.ledger.proofs import NOT_SEALED
+from app.read.integrity import Ranges, ReportLine
+from app.read.models import EventFilters, EventOut, ExportFilters, PhiFilters, Subject
+from app.read.trail import Reader
 
 MAX_FORM_BYTES = 4096
 SECURITY_HEADERS = {
@@ -275,7 +277,7 @@ async def _home(request: Request, caller: Caller, session: console_session.Sessi
     return html(page("Compliance console", body, who=_who(caller), csrf=session.csrf))
 
 
-class Subject(BaseModel):
+class ReportSubject(BaseModel):
     """Whom a report is about, held to what the API's report paths take."""
 
     model_config = ConfigDict(extra="forbid")
@@ -285,7 +287,7 @@ class Subject(BaseModel):
 
 
 async def _report(
-    request: Request, caller: Caller, session: console_session.Session, subject: str
+    request: Request, caller: Caller, session: console_session.Session, subject: Subject
 ) -> Response:
     label = "Patient" if subject == "patient_id" else "Principal"
     path = "/console/patient" if subject == "patient_id" else "/console/principal"
@@ -300,28 +302,24 @@ async def _report(
     title = f"{label} access report"
     if not value:
         return html(page(title, form, who=_who(caller), csrf=session.csrf))
-    Subject.model_validate({subject: value})
+    ReportSubject.model_validate({subject: value})
     window = {k: v for k, v in asked.items() if k in ("start", "end")}
-    summary = await phi_routes._report(
-        request,
-        caller,
-        subject,  # type: ignore[arg-type]
+    reports = resources(request).phi_reports
+    reader = Reader(caller, request.url.path)
+    summary = await reports.summary(
+        reader,
+        subject,
         value,
-        phi_routes.PhiFilters.model_validate(
+        PhiFilters.model_validate(
             {**window, "summary": True, "limit": 50, "cursor": asked.get("summary_cursor")}
         ),
     )
-    listing = await phi_routes._report(
-        request,
-        caller,
-        subject,  # type: ignore[arg-type]
+    listing = await reports.events(
+        reader,
+        subject,
         value,
-        phi_routes.PhiFilters.model_validate(
-            {**window, "limit": 25, "cursor": asked.get("cursor")}
-        ),
+        PhiFilters.model_validate({**window, "limit": 25, "cursor": asked.get("cursor")}),
     )
-    if not isinstance(summary, phi_routes.AccessSummary) or not isinstance(listing, EventPage):
-        raise TypeError("a report answered in an unexpected shape")
     counterpart = "Person" if subject == "patient_id" else "Patient"
     summary_rows = [
         [h(value) for value in (c.counterpart, c.accesses, c.break_glass_accesses)]
@@ -370,7 +368,8 @@ async def _search(
 ) -> Response:
     asked = _asked(request)
     filters = EventFilters.model_validate({"limit": 50, **asked, **fixed})
-    result = await event_routes.list_events(request, caller, filters)
+    reader = Reader(caller, request.url.path)
+    result = await resources(request).event_reads.search(reader, filters)
     rows, css = _event_rows(result.items)
     shown = {k: v for k, v in asked.items() if k != "cursor"}
     form = (
@@ -422,8 +421,10 @@ async def _detail(request: Request, caller: Caller, session: console_session.Ses
         event_id = uuid.UUID(request.path_params["event_id"])
     except ValueError as exc:
         raise NotFound("no such event in your organization") from exc
-    item = await event_routes.get_event(request, caller, event_id)
-    verdict = await integrity_routes.event_verdict(request, caller, event_id)
+    res = resources(request)
+    reader = Reader(caller, request.url.path)
+    item = await res.event_reads.event(reader, event_id)
+    verdict = await res.integrity.verdict(reader, event_id)
     found = verdict.proof if verdict is not None else None
     problems = list(verdict.problems) if verdict is not None else [NOT_SEALED]
     if found is not None and found["event_hash"] != item.hash:
@@ -484,17 +485,18 @@ async def _verify(request: Request, caller: Caller, session: console_session.Ses
             '<p><a class="button" id="run-verify" href="/console/verify?run=1">Verify now</a></p>'
         )
         return html(page("Verify the ledger", body, who=_who(caller), csrf=session.csrf))
-    stream = await integrity_routes.verify(
-        request, caller, integrity_routes.Ranges(None, None, None, None, None)
-    )
+    reader = Reader(caller, request.url.path)
+    verification = await resources(request).integrity.verification(reader, Ranges())
     head, tail = page(
         "Verify the ledger", '<ol id="progress">@@@</ol>', who=_who(caller), csrf=session.csrf
     ).split("@@@")
-    stream.body_iterator = _html_lines(head, stream.body_iterator, tail)
-    stream.headers["content-type"] = "text/html; charset=utf-8"
-    for name, value in SECURITY_HEADERS.items():
-        stream.headers[name] = value
-    return stream
+    return GuardedStream(
+        _html_lines(head, verification.lines, tail),
+        slot=verification.slot,
+        send_timeout_s=verification.send_timeout_s,
+        media_type="text/html; charset=utf-8",
+        headers=SECURITY_HEADERS,
+    )
 
 
 VERDICT_CSS = {"intact": "ok", "not anchored": "warn"}
@@ -521,26 +523,30 @@ def _anchoring(summary: dict[str, Any]) -> str:
     return "Anchored to the witnessed checkpoints of " + "; ".join(parts) + "."
 
 
-async def _html_lines(head: str, lines: AsyncIterable[Any], tail: str) -> AsyncIterator[bytes]:
+async def _html_lines(
+    head: str, lines: AsyncGenerator[ReportLine, None], tail: str
+) -> AsyncIterator[bytes]:
     yield head.encode()
-    async for line in lines:
-        data = orjson.loads(line)
-        kind, value = next(iter(data.items()))
-        if kind == "summary":
-            verdict = value.get("verdict", "broken")
-            css = VERDICT_CSS.get(verdict, "bad")
-            shown = VERDICT_SHOWN.get(verdict, "NOT intact")
-            badge = f'<span class="badge {css}" id="verdict">{h(shown)}</span>'
-            text = f"<li>{badge} {h(_anchoring(value))} {h(orjson.dumps(value).decode())}</li>"
-        else:
-            text = f"<li>{h(kind)}: {h(orjson.dumps(value).decode())}</li>"
-        yield text.encode()
+    async with contextlib.aclosing(lines):
+        async for kind, value in lines:
+            yield _html_line(kind, value).encode()
     yield tail.encode()
 
 
+def _html_line(kind: str, value: Any) -> str:
+    if kind == "summary":
+        verdict = value.get("verdict", "broken")
+        css = VERDICT_CSS.get(verdict, "bad")
+        shown = VERDICT_SHOWN.get(verdict, "NOT intact")
+        badge = f'<span class="badge {css}" id="verdict">{h(shown)}</span>'
+        return f"<li>{badge} {h(_anchoring(value))} {h(orjson.dumps(value).decode())}</li>"
+    return f"<li>{h(kind)}: {h(orjson.dumps(value).decode())}</li>"
+
+
 async def _export(request: Request, caller: Caller, session: console_session.Session) -> Response:
-    filters = event_routes.ExportFilters.model_validate(_asked(request))
-    return await event_routes.export_events(request, caller, filters)
+    filters = ExportFilters.model_validate(_asked(request))
+    reader = Reader(caller, request.url.path)
+    return export_answer(await resources(request).event_reads.export(reader, filters))
 
 
 for route, handler in (

@@ -9,11 +9,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.errors import error_response, error_responses
 from app.api.schemas import Readiness
 from app.core.tokens import token_matches
-from app.http.deps import resources
+from app.http.deps import ResourcesDep
 
 router = APIRouter(tags=["operations"])
 
@@ -33,18 +34,17 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     return name, "ok" if ok else "failing"
 
 
-async def _database_ok(request: Request) -> bool:
-    async with resources(request).engine.connect() as conn:
+async def _database_ok(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
         return bool(await conn.scalar(text("SELECT 1")))
 
 
 @router.get("/readyz", response_model=Readiness, responses=error_responses(503))
-async def readyz(request: Request) -> Response:
-    res = resources(request)
+async def readyz(res: ResourcesDep) -> Response:
     checks = dict(
         await asyncio.gather(
             _check("redis", res.redis.ping()),
-            _check("postgres", _database_ok(request)),
+            _check("postgres", _database_ok(res.engine)),
             _check("writer_heartbeat", res.stream.writer_alive()),
         )
     )
@@ -57,8 +57,7 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    res = resources(request)
+async def metrics(request: Request, res: ResourcesDep) -> Response:
     token = res.settings.metrics_token
     if token:
         header = request.headers.get("authorization", "")

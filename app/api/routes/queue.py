@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
 from app.api.errors import error_responses
-from app.api.read_audit import record_access
 from app.api.schemas import (
     MAX_DEAD_LETTER_SELECTION,
     DeadLetterDeleted,
@@ -28,19 +27,15 @@ from app.api.schemas import (
     QueueStats,
     is_stream_id,
 )
-from app.core.caller import Caller
 from app.core.errors import ApiError, InvalidCursor
-from app.http.auth import require_scope
-from app.http.deps import resources
+from app.http.auth import AdminDep, OperatorDep
+from app.http.deps import ResourcesDep, StreamDep
 from app.http.event_data import EventDataRoute
 from app.queue.admission import admit_and_queue
 from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
+from app.read.trail import record_read
 
 router = APIRouter(tags=["operations"], route_class=EventDataRoute)  # dead letters
-
-Admin = Annotated[Caller, Depends(require_scope("admin"))]
-
-Operator = Annotated[Caller, Depends(require_scope("operator"))]
 
 
 class ConfirmationRequired(ApiError):
@@ -54,9 +49,8 @@ class ConfirmationRequired(ApiError):
     responses=error_responses(401, 403, 503),
     summary="Your organization's part of the queue",
 )
-async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
-    res = resources(request)
-    org = caller.organization_id
+async def queue_stats(admin: AdminDep, res: ResourcesDep) -> OrgQueueStats:
+    org = admin.caller.organization_id
     queued = (await res.stream.queued_by_organization()).get(org, 0)
     settings = res.settings
     return OrgQueueStats(
@@ -75,8 +69,8 @@ async def queue_stats(request: Request, caller: Admin) -> OrgQueueStats:
     responses=error_responses(401, 403, 503),
     summary="The whole queue, every tenant together (operator scope)",
 )
-async def service_queue_stats(request: Request, caller: Operator) -> QueueStats:
-    return QueueStats.model_validate(await resources(request).stream.stats())
+async def service_queue_stats(operator: OperatorDep, stream: StreamDep) -> QueueStats:
+    return QueueStats.model_validate(await stream.stats())
 
 
 @router.get(
@@ -86,14 +80,14 @@ async def service_queue_stats(request: Request, caller: Operator) -> QueueStats:
     summary="Your organization's dead letters, oldest first",
 )
 async def list_dead_letters(
-    request: Request, caller: Admin, query: Annotated[DeadLetterQuery, Query()]
+    admin: AdminDep, res: ResourcesDep, query: Annotated[DeadLetterQuery, Query()]
 ) -> DeadLetterPage:
     if query.cursor is not None and not is_stream_id(query.cursor):
         raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
-    res = resources(request)
-    dead = DeadLetters(res.stream, caller.organization_id, res.macs)
+    dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
     letters, next_cursor = await dead.page(query.cursor, query.limit)
-    await record_access(request, caller, "dead_letter_list", query.model_dump(), len(letters))
+    listed = query.model_dump()
+    await record_read(res.recorder, admin, "dead_letter_list", listed, len(letters))
     items = [_out(letter, query.include_payload) for letter in letters]
     return DeadLetterPage(items=items, next_cursor=next_cursor)
 
@@ -124,9 +118,9 @@ def _out(letter: DeadLetter, include_payload: bool) -> DeadLetterOut:
     summary="Send your organization's dead letters back to the writers",
 )
 async def replay_dead_letters(
-    request: Request, caller: Admin, selection: DeadLetterSelection
+    admin: AdminDep, res: ResourcesDep, selection: DeadLetterSelection
 ) -> DeadLetterReplayed:
-    res = resources(request)
+    caller = admin.caller
     org = caller.organization_id
     dead = DeadLetters(res.stream, org, res.macs)
     wanted, letters = await _select(dead, selection.ids, selection.all)
@@ -134,7 +128,7 @@ async def replay_dead_letters(
 
     async def put() -> Outcome:
         details = _details(selection.all, wanted, letters)
-        await record_access(request, caller, "dead_letter_replay", details, len(letters))
+        await record_read(res.recorder, admin, "dead_letter_replay", details, len(letters))
         return await dead.replay(letters)
 
     # What moved is counted by the next poll of the queue (recount).
@@ -158,15 +152,14 @@ async def replay_dead_letters(
     summary="Delete your organization's dead letters (confirm=delete); their events are discarded",
 )
 async def delete_dead_letters(
-    request: Request, caller: Admin, query: Annotated[DeadLetterDeleteQuery, Query()]
+    admin: AdminDep, res: ResourcesDep, query: Annotated[DeadLetterDeleteQuery, Query()]
 ) -> DeadLetterDeleted:
     if query.confirm != "delete":
         raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
-    res = resources(request)
-    dead = DeadLetters(res.stream, caller.organization_id, res.macs)
+    dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
     wanted, letters = await _select(dead, query.ids, query.all)
     details = _details(query.all, wanted, letters)
-    await record_access(request, caller, "dead_letter_delete", details, len(letters))
+    await record_read(res.recorder, admin, "dead_letter_delete", details, len(letters))
     done = await dead.delete([letter.id for letter in letters])
     return DeadLetterDeleted(
         deleted_entries=len(done.ids),

@@ -7,17 +7,27 @@ no one reads the audit trail without leaving a trace in it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
 from redis.exceptions import RedisError
 
 from app.core.caller import Caller
 from app.core.errors import Unavailable
 from app.core.timefmt import format_timestamp
 from app.events.model import EventIn
-from app.http.deps import resources
+from app.queue.recorder import Recorder
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Who reads the audit log, and the path they asked it by (the API's or the console's):
+    the read's own audit record names both."""
+
+    caller: Caller
+    path: str
 
 
 def _plain(value: Any) -> Any:
@@ -28,14 +38,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-async def record_access(
-    request: Request, caller: Caller, action: str, query: dict[str, Any], rows: int
+async def record_read(
+    recorder: Recorder, reader: Reader, action: str, query: Mapping[str, Any], rows: int
 ) -> None:
-    """Queue `audit.<action>` for the caller's organization: who asked, what, how many rows."""
+    """Queue `audit.<action>` for the reader's organization: who asked, what, how many rows."""
+    caller = reader.caller
     details = {
         "query": {k: _plain(v) for k, v in query.items() if v is not None},
         "rows": rows,
-        "path": request.url.path,
+        "path": reader.path,
     }
     event = EventIn(
         action=f"audit.{action}",
@@ -46,14 +57,12 @@ async def record_access(
         data_classification="CONFIDENTIAL",
         details=details,
     )
-    res = resources(request)
     received_at = format_timestamp(datetime.now(UTC))
     record = event.to_record(caller.organization_id, received_at, api_key_id=caller.key_id)
-
     try:
         # Not rated and not held to the organization's quota: a read is refused only when the
         # whole queue is full (503), so an organization's flood does not lock out its auditors.
-        await res.recorder.record(caller, record, rated=False, quota=False)
+        await recorder.record(caller, record, rated=False, quota=False)
     except RedisError as exc:
         raise Unavailable(
             "this read could not be recorded in the audit trail; retry later",

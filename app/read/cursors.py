@@ -1,4 +1,6 @@
-"""Opaque keyset cursors: base64url of the JSON [timestamp, event_id, order] of the last row."""
+"""Opaque keyset cursors: base64url of the JSON [timestamp, event_id, order] of the last row. A read
+service takes the cursor a reader gives back and answers with the next one; a bad one is
+InvalidCursor (400)."""
 
 from __future__ import annotations
 
