@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.routing import Mount
 from starlette.types import Scope
 
 from app.core.metrics import Metrics
@@ -15,9 +16,17 @@ UNMATCHED = "unmatched"  # no route: its path is the client's text, not ours to 
 
 
 def route_template(scope: Scope) -> str:
+    """The template of the route that answered, whole: a route of a mounted app (the console)
+    has the mount's path before its own."""
     route = scope.get("route")
+    if isinstance(route, Mount):  # an opaque app is its own template; a mounted router that
+        return UNMATCHED if route.routes else route.path  # matched none of its routes, none
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    if not isinstance(path, str):
+        return UNMATCHED
+    root: str = scope.get("root_path", "")
+    mounted_at = root[len(scope.get("app_root_path", root)) :]
+    return mounted_at + path
 
 
 def key_id(scope: Scope) -> str | None:

@@ -16,7 +16,8 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
-from app.api.routes import console, events, fhir, health, ingest, integrity, log, phi, queue
+from app.api.routes import events, fhir, health, ingest, integrity, log, phi, queue
+from app.console.app import console_mount
 from app.core.config import Settings
 from app.core.metrics import Metrics
 from app.core.runtime import tune_gc
@@ -56,8 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics.create()
     install_error_handlers(app)
-    for module in (ingest, fhir, events, phi, integrity, log, queue, health, console):
+    for module in (ingest, fhir, events, phi, integrity, log, queue, health):
         app.include_router(module.router)
+    app.router.routes.append(console_mount(app.state))
     Instrumentator(
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=app.state.metrics.registry,

@@ -1,5 +1,5 @@
 """The errors a caller can be told of, each with its HTTP status and code; how they
-are answered is app.api.errors'."""
+are answered is app.api.errors' (the API's JSON) and app.console.errors' (the console's pages)."""
 
 from __future__ import annotations
 

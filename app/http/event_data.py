@@ -1,9 +1,9 @@
 """Answers that can carry audit events (and so PHI) are for the caller alone: no cache may keep
-them and no browser may guess their type. The routers whose routes answer with events (lists,
-details, proofs, PHI reports, verifications, dead letters, exports, the console's pages) build
-their routes with `EventDataRoute`, so a route added to one of them has the headers without
-asking for them, a streamed export too: they go out with the status line, before the first
-chunk."""
+them and no browser may guess their type. The API's routers whose routes answer with events
+(lists, details, proofs, PHI reports, verifications, dead letters, exports) build their routes
+with `EventDataRoute`, so a route added to one of them has the headers without asking for them,
+a streamed export too: they go out with the status line, before the first chunk. The console
+says them on every answer (app.console.headers)."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ import logging
 import uuid
 
 import pytest
+from prometheus_client import generate_latest
 
 from app.apikeys.keys import create_api_key
 from app.core.metrics import histogram_quantile
 from app.monitor.thresholds import Measures, ThresholdMonitor, api_monitor
+from tests.api.console_client import console_client
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 
 
@@ -44,6 +46,10 @@ async def test_every_request_is_logged_by_its_route_template_never_its_values(
         assert report.status_code == 200
         missing = await svc.client.get("/no/such/p-secret-3")
         assert missing.status_code == 404
+        async with console_client(svc.app, key) as console:  # a mounted app of its own
+            assert (await console.get("/console")).status_code == 200
+            assert (await console.get(f"/console/events/{uuid.uuid4()}")).status_code == 404
+            assert (await console.get("/console/no/such/p-secret-4")).status_code == 404
         lines = _access_lines(caplog)
         routes = [
             (r.method, r.route, r.status, r.key_id)  # type: ignore[attr-defined]
@@ -52,12 +58,20 @@ async def test_every_request_is_logged_by_its_route_template_never_its_values(
         assert ("POST", "/events", 202, key_id) in routes
         assert ("GET", "/phi-access/patients/{patient_id}", 200, key_id) in routes
         assert ("GET", "unmatched", 404, None) in routes
+        assert ("GET", "/console/login", 200, None) in routes
+        assert ("GET", "/console", 200, key_id) in routes
+        assert ("GET", "/console/events/{event_id}", 404, key_id) in routes
+        assert routes.count(("GET", "unmatched", 404, None)) == 2
         assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
         text = json.dumps([r.__dict__ for r in lines], default=str)
         assert "p-secret" not in text and "2026-01-01" not in text
         metrics = svc.app.state.metrics
         assert _responses(metrics, "/phi-access/patients/{patient_id}", "200") == 1
-        assert _responses(metrics, "unmatched", "404") == 1
+        assert _responses(metrics, "unmatched", "404") == 2
+        assert _responses(metrics, "/console/events/{event_id}", "404") == 1
+        exposed = generate_latest(metrics.registry).decode()
+        assert 'handler="/console/events/{event_id}"' in exposed  # the instrumentator's too
+        assert 'handler="/console"' in exposed
 
 
 async def test_the_access_log_can_be_turned_off_and_requests_still_count(

@@ -21,7 +21,8 @@ from tests.conftest import Service, event, key_row_mac, stored_rows, wait_stored
 
 REQUIRED = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 
-# GET routes that never carry event data: health, metrics, the API's docs, the stylesheet.
+# GET routes that never carry event data: health, metrics, the API's docs, the stylesheet, the
+# console's redirect from /console/ to its home.
 NO_EVENT_DATA = {
     "/healthz",
     "/readyz",
@@ -29,6 +30,7 @@ NO_EVENT_DATA = {
     "/docs",
     "/openapi.json",
     "/console/static/console.css",
+    "/console/",
 }
 
 # Routes asked more than one way: each export format; verification run, not just offered.
@@ -45,14 +47,18 @@ VARIANTS = {
 }
 
 
-def get_routes(routes: list[BaseRoute]) -> list[str]:
-    """The path of every GET route of the app, those of included routers too."""
+def get_routes(routes: list[BaseRoute], mounted_at: str = "") -> list[str]:
+    """The path of every GET route of the app, those of included routers and of the console
+    (an app of its own, mounted) too."""
     paths = []
     for route in iter_route_contexts(routes):
         if isinstance(route.original_route, Mount):
+            if route.path == "/console":
+                paths += get_routes(route.original_route.routes, route.path)
+                continue
             assert route.path == "/docs-assets", f"a new mount: check what {route.path} serves"
         elif route.path is not None and "GET" in (route.methods or ()):
-            paths.append(route.path)
+            paths.append(mounted_at + route.path)
     return paths
 
 

@@ -10,7 +10,7 @@ import asyncio
 import asyncpg
 import httpx
 
-from app.api import console_session
+from app.console import session as console_session
 from tests.conftest import SettingsFactory, event, running
 
 LOOKUP_TIMEOUT_S = 0.3
