@@ -21,6 +21,7 @@ from app.core.metrics import Metrics
 from app.core.service_macs import ServiceMacs
 from app.core.tasks import stop_tasks, wait_or_stop
 from app.events.record import EventRecord
+from app.intake.service import Ingest
 from app.queue.admission import Admission
 from app.queue.coalesce import EnqueueBatcher
 from app.queue.recorder import Recorder
@@ -56,6 +57,7 @@ class Resources:
     recorder: Recorder
     macs: ServiceMacs
     # The services the HTTP API and the console call, built once.
+    ingest: Ingest
     event_reads: EventReads
     phi_reports: PhiReports
     integrity: Integrity
@@ -135,6 +137,14 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
     verifications = Slots(
         "verifications", s.verify_concurrency, s.verify_concurrency, s.verify_per_org
     )
+    large_bodies = Slots(
+        "large requests",
+        s.large_bodies_at_once,
+        s.large_bodies_per_key,
+        2 * s.large_bodies_per_key,
+        retry_after_s=1,
+    )
+    enqueuer = EnqueueBatcher(stream, settings.stream_entry_events)
     admission = Admission(settings)
     recorder = Recorder(stream, admission, s.stream_entry_events, metrics.accepted)
     return Resources(
@@ -151,19 +161,16 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
             outage_grace=settings.auth_outage_grace_s,
             negative_ttl=settings.auth_negative_cache_s,
         ),
-        enqueuer=EnqueueBatcher(stream, settings.stream_entry_events),
+        enqueuer=enqueuer,
         exports=exports,
         verifications=verifications,
-        large_bodies=Slots(
-            "large requests",
-            s.large_bodies_at_once,
-            s.large_bodies_per_key,
-            2 * s.large_bodies_per_key,
-            retry_after_s=1,
-        ),
+        large_bodies=large_bodies,
         admission=admission,
         recorder=recorder,
         macs=macs,
+        ingest=Ingest(
+            settings, stream, enqueuer, admission, large_bodies, metrics.accepted, metrics.rejected
+        ),
         event_reads=EventReads(engine, long_reads, recorder, exports, s.export_send_timeout_s),
         phi_reports=PhiReports(engine, recorder),
         integrity=Integrity(engine, long_reads, settings, recorder, verifications, find_anchors),

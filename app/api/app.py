@@ -16,6 +16,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
+from app.api.ingest_answers import event_component_schemas
 from app.api.routes import events, fhir, health, ingest, integrity, log, phi, queue
 from app.console.app import console_mount
 from app.core.config import Settings
@@ -88,7 +89,7 @@ def _describe_event_bodies(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = build()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                ingest.event_component_schemas()
+                event_component_schemas()
             )
         return app.openapi_schema or build()
 

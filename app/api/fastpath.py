@@ -3,7 +3,7 @@
 Routing, dependency injection, the generic HTTP-metrics middleware and the framework's own
 middleware layers (error pages, telemetry, body limits) are a large part of what a single-event
 request costs. `AuditApp` takes the two ingest routes before all of that and calls the very same
-handlers (app.api.routes.ingest) with the same authentication, limits, answers and error shapes
+answers (app.api.ingest_answers) with the same authentication, limits, answers and error shapes
 (an unexpected error is the same 500 the framework's handler gives); the routes stay registered,
 so the OpenAPI document still describes them. The requests are measured by their own histogram
 (`audit_ingest_request_seconds`) instead of the generic `http_*` metrics.
@@ -21,16 +21,16 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.api import access_log
 from app.api.errors import api_error_response, client_gone, dependency_down, internal_error
-from app.api.routes import ingest
+from app.api.ingest_answers import bulk_answer, event_answer
 from app.core.caller import Caller
 from app.core.errors import ApiError
 from app.http.auth import authorize
-from app.http.deps import resources
 from app.http.errors import DEPENDENCY_ERRORS
+from app.intake.service import Ingest
 
-Handler = Callable[[Request, Caller], Awaitable[Response]]
+Handler = Callable[[Ingest, Request, Caller], Awaitable[Response]]
 
-ROUTES: dict[str, Handler] = {"/events": ingest.post_event, "/events/bulk": ingest.post_bulk}
+ROUTES: dict[str, Handler] = {"/events": event_answer, "/events/bulk": bulk_answer}
 
 
 class AuditApp(FastAPI):
@@ -58,10 +58,10 @@ class AuditApp(FastAPI):
                 route = access_log.route_template(scope)
                 return
             scope["app"] = self
-            request = Request(scope, receive)
-            response = await _answer(request, handler)
+            res = self.state.resources
+            response = await _answer(res.ingest, Request(scope, receive), handler)
             await response(scope, receive, sending)
-            resources(request).metrics.ingest_request_seconds.labels(route=route).observe(
+            res.metrics.ingest_request_seconds.labels(route=route).observe(
                 time.perf_counter() - started
             )
         finally:
@@ -73,9 +73,9 @@ class AuditApp(FastAPI):
             access_log.record(scope, route, status, seconds, res.metrics, res.settings.access_log)
 
 
-async def _answer(request: Request, handler: Handler) -> Response:
+async def _answer(ingest: Ingest, request: Request, handler: Handler) -> Response:
     try:
-        return await handler(request, await authorize(request, "ingest"))
+        return await handler(ingest, request, await authorize(request, "ingest"))
     except ApiError as exc:
         return api_error_response(exc)
     except DEPENDENCY_ERRORS as exc:

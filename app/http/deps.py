@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache
 from app.core.config import Settings
+from app.intake.service import Ingest
 from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
 from app.read.events import EventReads
@@ -40,6 +41,10 @@ def key_cache(request: Request) -> KeyCache:
     return resources(request).key_cache
 
 
+def ingest(request: Request) -> Ingest:
+    return resources(request).ingest
+
+
 def recorder(request: Request) -> Recorder:
     return resources(request).recorder
 
@@ -61,6 +66,7 @@ SettingsDep = Annotated[Settings, Depends(settings)]
 EngineDep = Annotated[AsyncEngine, Depends(engine)]
 StreamDep = Annotated[ShardedStream, Depends(stream)]
 KeyCacheDep = Annotated[KeyCache, Depends(key_cache)]
+IngestDep = Annotated[Ingest, Depends(ingest)]
 RecorderDep = Annotated[Recorder, Depends(recorder)]
 EventReadsDep = Annotated[EventReads, Depends(event_reads)]
 PhiReportsDep = Annotated[PhiReports, Depends(phi_reports)]

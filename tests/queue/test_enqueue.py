@@ -96,7 +96,7 @@ async def test_fast_path_answers_like_the_routes_and_is_measured(
 async def test_fast_path_turns_an_unexpected_error_into_the_usual_500(
     service: Service, org: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(request: Any, caller: Any) -> Any:
+    async def broken(ingest: Any, request: Any, caller: Any) -> Any:
         raise RuntimeError("a bug in a handler")
 
     monkeypatch.setitem(fastpath.ROUTES, "/events", broken)

@@ -1,24 +1,18 @@
 """POST /fhir/AuditEvent: standard intake of FHIR R4 AuditEvent resources (one, or a Bundle),
 mapped to events (app.fhir.intake) and then handled as POST /events/bulk handles its own:
-the same key scope, limits, validation, admission and sealing."""
+the same key scope, limits, validation, admission and sealing (app.intake.service)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.errors import error_responses
-from app.api.routes.ingest import ingest_events, request_body
+from app.api.ingest_answers import FHIR_JSON, fhir_answer, request_body
 from app.api.schemas import BulkAccepted
-from app.core.caller import Caller
-from app.http.auth import require_scope
-from app.intake.fhir_bodies import parse_audit_events
+from app.http.auth import IngestorDep
+from app.http.deps import IngestDep
 
 router = APIRouter(tags=["ingest"])
-Ingestor = Annotated[Caller, Depends(require_scope("ingest"))]
-FHIR_JSON = ("application/fhir+json", "application/json")
 
 
 @router.post(
@@ -37,9 +31,7 @@ FHIR_JSON = ("application/fhir+json", "application/json")
     ),
     summary="Record FHIR R4 AuditEvents (one, or a Bundle of them), all or nothing",
 )
-async def post_audit_events(request: Request, caller: Ingestor) -> Response:
+async def post_audit_events(request: Request, caller: IngestorDep, ingest: IngestDep) -> Response:
     """Each AuditEvent becomes one event, mapped as docs/api.md describes; the answer is the
     same as POST /events/bulk's, in the order of the resources."""
-    ids = await ingest_events(request, caller, parse_audit_events, FHIR_JSON)
-    body = orjson.dumps({"accepted": len(ids), "event_ids": ids})
-    return Response(body, 202, media_type="application/json")
+    return await fhir_answer(ingest, request, caller)
