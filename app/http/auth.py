@@ -11,6 +11,7 @@ from app.apikeys.cache import KeyCache, is_outage
 from app.apikeys.keys import hash_api_key
 from app.core.caller import Caller
 from app.core.errors import Forbidden, Unauthenticated
+from app.core.tokens import bearer_token
 from app.http.deps import key_cache
 from app.read.trail import Reader
 
@@ -19,10 +20,10 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
         raise Unauthenticated("missing Authorization: Bearer <api key>")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         raise Unauthenticated("Authorization must be 'Bearer <api key>'")
-    return token.strip()
+    return token
 
 
 async def authenticate(request: Request, keys: KeyCache) -> Caller:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.errors import error_response, error_responses
 from app.api.schemas import Readiness
-from app.core.tokens import token_matches
+from app.core.tokens import bearer_matches
 from app.http.deps import ResourcesDep
 
 router = APIRouter(tags=["operations"])
@@ -59,9 +59,6 @@ async def readyz(res: ResourcesDep) -> Response:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, res: ResourcesDep) -> Response:
     token = res.settings.metrics_token
-    if token:
-        header = request.headers.get("authorization", "")
-        presented = header[7:] if header.lower().startswith("bearer ") else None
-        if not token_matches(token, presented):
-            return error_response(401, "unauthenticated", "metrics token required")
+    if token and not bearer_matches(token, request.headers.get("authorization")):
+        return error_response(401, "unauthenticated", "metrics token required")
     return Response(generate_latest(res.metrics.registry), media_type=CONTENT_TYPE_LATEST)
