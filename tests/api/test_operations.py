@@ -14,8 +14,8 @@ from prometheus_client import generate_latest
 from app.apikeys.keys import create_api_key
 from app.core.metrics import histogram_quantile
 from app.monitor.thresholds import Measures, ThresholdMonitor, api_monitor
-from tests.api.console_client import console_client
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
+from tests.console.console_client import console_client
 
 
 def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -16,8 +16,8 @@ from app.apikeys.keys import ALL_SCOPES, create_api_key
 from app.core.metrics import Metrics
 from app.ledger.signing import new_keypair
 from app.writer.checkpointer import Checkpointer
-from tests.api.console_client import console_client
 from tests.conftest import Service, event, key_row_mac, stored_rows, wait_stored
+from tests.console.console_client import console_client
 
 REQUIRED = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
 

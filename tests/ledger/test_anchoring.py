@@ -34,7 +34,6 @@ from app.ledger.tlog import verify_inclusion
 from app.witness.config import load_identity
 from app.witness.state import origin_hash
 from app.writer.writer import BatchWriter, CircuitBreaker
-from tests.api.console_client import console_client
 from tests.conftest import (
     SealedFactory,
     Service,
@@ -45,6 +44,7 @@ from tests.conftest import (
     wait_stored,
     with_database,
 )
+from tests.console.console_client import console_client
 from tests.witness.conftest import RunningWitness, running_witness, unused_url
 
 WITHIN_S = 20.0

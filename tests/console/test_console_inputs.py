@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from app.apikeys.keys import create_api_key
-from tests.api.console_client import CSRF_FIELD, console_client
 from tests.conftest import Service, event, key_row_mac, wait_stored
+from tests.console.console_client import CSRF_FIELD, console_client
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

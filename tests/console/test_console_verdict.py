@@ -16,8 +16,8 @@ from app.apikeys.keys import create_api_key
 from app.core.timefmt import format_timestamp
 from app.ledger.hashing import canonical_bytes, record_from_row
 from app.ledger.signing import new_keypair
-from tests.api.console_client import console_client
 from tests.conftest import SealedFactory, Service, key_row_mac, running
+from tests.console.console_client import console_client
 from tests.ledger.test_verify import insert_forged
 
 
