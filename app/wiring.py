@@ -1,5 +1,6 @@
 """The resources one API or worker process runs on (engines, Redis, stream, caches,
-limits), opened and closed in one place."""
+limits), opened and closed in one place, and the services the API and the console call (ingest,
+reads), built on them once."""
 
 from __future__ import annotations
 
