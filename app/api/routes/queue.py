@@ -29,7 +29,7 @@ from app.api.schemas import (
 )
 from app.core.errors import ApiError, InvalidCursor
 from app.http.auth import AdminDep, OperatorDep
-from app.http.deps import ResourcesDep, StreamDep
+from app.http.deps import RecorderDep, ResourcesDep, StreamDep
 from app.http.event_data import EventDataRoute
 from app.queue.admission import admit_and_queue
 from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
@@ -80,14 +80,17 @@ async def service_queue_stats(operator: OperatorDep, stream: StreamDep) -> Queue
     summary="Your organization's dead letters, oldest first",
 )
 async def list_dead_letters(
-    admin: AdminDep, res: ResourcesDep, query: Annotated[DeadLetterQuery, Query()]
+    admin: AdminDep,
+    res: ResourcesDep,
+    recorder: RecorderDep,
+    query: Annotated[DeadLetterQuery, Query()],
 ) -> DeadLetterPage:
     if query.cursor is not None and not is_stream_id(query.cursor):
         raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
     dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
     letters, next_cursor = await dead.page(query.cursor, query.limit)
     listed = query.model_dump()
-    await record_read(res.recorder, admin, "dead_letter_list", listed, len(letters))
+    await record_read(recorder, admin, "dead_letter_list", listed, len(letters))
     items = [_out(letter, query.include_payload) for letter in letters]
     return DeadLetterPage(items=items, next_cursor=next_cursor)
 
@@ -118,7 +121,7 @@ def _out(letter: DeadLetter, include_payload: bool) -> DeadLetterOut:
     summary="Send your organization's dead letters back to the writers",
 )
 async def replay_dead_letters(
-    admin: AdminDep, res: ResourcesDep, selection: DeadLetterSelection
+    admin: AdminDep, res: ResourcesDep, recorder: RecorderDep, selection: DeadLetterSelection
 ) -> DeadLetterReplayed:
     caller = admin.caller
     org = caller.organization_id
@@ -128,7 +131,7 @@ async def replay_dead_letters(
 
     async def put() -> Outcome:
         details = _details(selection.all, wanted, letters)
-        await record_read(res.recorder, admin, "dead_letter_replay", details, len(letters))
+        await record_read(recorder, admin, "dead_letter_replay", details, len(letters))
         return await dead.replay(letters)
 
     # What moved is counted by the next poll of the queue (recount).
@@ -152,14 +155,17 @@ async def replay_dead_letters(
     summary="Delete your organization's dead letters (confirm=delete); their events are discarded",
 )
 async def delete_dead_letters(
-    admin: AdminDep, res: ResourcesDep, query: Annotated[DeadLetterDeleteQuery, Query()]
+    admin: AdminDep,
+    res: ResourcesDep,
+    recorder: RecorderDep,
+    query: Annotated[DeadLetterDeleteQuery, Query()],
 ) -> DeadLetterDeleted:
     if query.confirm != "delete":
         raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
     dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
     wanted, letters = await _select(dead, query.ids, query.all)
     details = _details(query.all, wanted, letters)
-    await record_read(res.recorder, admin, "dead_letter_delete", details, len(letters))
+    await record_read(recorder, admin, "dead_letter_delete", details, len(letters))
     done = await dead.delete([letter.id for letter in letters])
     return DeadLetterDeleted(
         deleted_entries=len(done.ids),
