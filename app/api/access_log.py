@@ -1,4 +1,4 @@
-"""One line and one count per HTTP request: method, route template, status, duration and the
+"""One line per HTTP request: method, route template, status, duration and the
 API key that asked. Only the route's template is kept (`/phi-access/patients/{patient_id}`),
 never the path's values, the query or a body, which may hold PHI."""
 
@@ -8,8 +8,6 @@ import logging
 
 from starlette.routing import Mount
 from starlette.types import Scope
-
-from app.core.metrics import Metrics
 
 log = logging.getLogger("app.access")
 UNMATCHED = "unmatched"  # no route: its path is the client's text, not ours to log or count
@@ -36,11 +34,8 @@ def key_id(scope: Scope) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def record(
-    scope: Scope, route: str, status: int, seconds: float, metrics: Metrics, to_log: bool
-) -> None:
-    metrics.http_responses.labels(route=route, status=str(status)).inc()
-    if to_log and log.isEnabledFor(logging.INFO):  # no line built for a level that drops it
+def record(scope: Scope, route: str, status: int, seconds: float) -> None:
+    if log.isEnabledFor(logging.INFO):  # no line built for a level that drops it
         log.info(
             "request",
             extra={

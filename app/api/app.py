@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+from prometheus_fastapi_instrumentator.metrics import Info
 from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers, protocol_responses
@@ -20,7 +23,7 @@ from app.api.ingest_answers import event_component_schemas
 from app.api.routes import events, fhir, health, ingest, integrity, log, phi, queue
 from app.console.app import console_mount
 from app.core.config import Settings
-from app.core.metrics import Metrics
+from app.core.metrics import SECONDS_BUCKETS, Metrics
 from app.core.runtime import tune_gc
 from app.monitor.thresholds import api_monitor
 from app.wiring import close_resources, open_resources, poll_queue_depth
@@ -61,13 +64,33 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (ingest, fhir, events, phi, integrity, log, queue, health):
         app.include_router(module.router)
     app.router.routes.append(console_mount(app.state))
-    Instrumentator(
-        excluded_handlers=["/metrics", "/healthz", "/readyz"],
-        registry=app.state.metrics.registry,
-    ).instrument(app)
+    app.request_metrics = _instrument(app, app.state.metrics.registry)
     _describe_event_bodies(app)
     _serve_docs(app)
     return app
+
+
+def _instrument(app: FastAPI, registry: CollectorRegistry) -> tuple[Callable[[Info], None], ...]:
+    """The service's HTTP metrics, one family each: requests by handler (the route's template),
+    method and exact status, `http_requests_total`; their duration by handler and method,
+    `http_request_duration_seconds`. prometheus-fastapi-instrumentator's middleware measures
+    the framework's routes; the fast ingest path (AuditApp) feeds the same two functions."""
+    measured = [
+        http_metrics.requests(registry=registry),
+        http_metrics.latency(
+            buckets=SECONDS_BUCKETS, should_include_status=False, registry=registry
+        ),
+    ]
+    instrumentator = Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        registry=registry,
+    )
+    for measure in measured:
+        if measure is not None:
+            instrumentator.add(measure)
+    instrumentator.instrument(app)
+    return tuple(instrumentator.instrumentations)
 
 
 def create_app_from_env() -> FastAPI:

@@ -5,8 +5,9 @@ middleware layers (error pages, telemetry, body limits) are a large part of what
 request costs. `AuditApp` takes the two ingest routes before all of that and calls the very same
 answers (app.api.ingest_answers) with the same authentication, limits, answers and error shapes
 (an unexpected error is the same 500 the framework's handler gives); the routes stay registered,
-so the OpenAPI document still describes them. The requests are measured by their own histogram
-(`audit_ingest_request_seconds`) instead of the generic `http_*` metrics.
+so the OpenAPI document still describes them. They are counted and timed in the same metric
+families as every other route (`http_requests_total`, `http_request_duration_seconds`): the
+instrumentator's measuring functions are called here as its middleware calls them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
+from prometheus_fastapi_instrumentator.metrics import Info
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -35,7 +37,10 @@ ROUTES: dict[str, Handler] = {"/events": event_answer, "/events/bulk": bulk_answ
 
 class AuditApp(FastAPI):
     """The service's ASGI app: the ingest POSTs go straight to their handlers, the rest through
-    the framework; every request is counted and logged (app.api.access_log)."""
+    the framework; every request is logged (app.api.access_log) and measured."""
+
+    # The instrumentator's measuring functions (app.api.app), for the requests served here.
+    request_metrics: tuple[Callable[[Info], None], ...] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,19 +63,20 @@ class AuditApp(FastAPI):
                 route = access_log.route_template(scope)
                 return
             scope["app"] = self
-            res = self.state.resources
-            response = await _answer(res.ingest, Request(scope, receive), handler)
+            request = Request(scope, receive)
+            response = await _answer(self.state.resources.ingest, request, handler)
             await response(scope, receive, sending)
-            res.metrics.ingest_request_seconds.labels(route=route).observe(
-                time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            measured = Info(request, response, "POST", route, str(status), seconds, seconds)
+            for measure in self.request_metrics:
+                measure(measured)
         finally:
             self._recorded(scope, route, status, time.perf_counter() - started)
 
     def _recorded(self, scope: Scope, route: str, status: int, seconds: float) -> None:
         res = getattr(self.state, "resources", None)
-        if res is not None:  # the lifespan is running
-            access_log.record(scope, route, status, seconds, res.metrics, res.settings.access_log)
+        if res is not None and res.settings.access_log:  # the lifespan is running
+            access_log.record(scope, route, status, seconds)
 
 
 async def _answer(ingest: Ingest, request: Request, handler: Handler) -> Response:

@@ -29,10 +29,8 @@ class Metrics:
     queue_depth: Gauge
     circuit_open: Gauge
     writer_errors: Counter
-    ingest_request_seconds: Histogram
     ledger_head_seq: Gauge
     api_key_rows_refused: Counter
-    http_responses: Counter
     writers: Gauge
     threshold_violations: Counter
     syslog_messages: Counter
@@ -94,13 +92,6 @@ class Metrics:
             writer_errors=Counter(
                 "audit_writer_errors", "Errors caught by writer loops", ["stage"], registry=reg
             ),
-            ingest_request_seconds=Histogram(
-                "audit_ingest_request_seconds",
-                "Time to answer an ingest request (POST /events, /events/bulk), any status",
-                ["route"],
-                buckets=SECONDS_BUCKETS,
-                registry=reg,
-            ),
             ledger_head_seq=Gauge(
                 "audit_ledger_head_seq",
                 "Seq of the newest ledger entry this process sealed, per chain (stream shard)",
@@ -111,12 +102,6 @@ class Metrics:
                 "audit_api_key_rows_refused",
                 "Keys presented whose api_keys row's MAC does not check (made or changed around"
                 " `keys create`, or not sealed yet)",
-                registry=reg,
-            ),
-            http_responses=Counter(
-                "audit_http_responses",
-                "HTTP answers by route template and status (every route, the fast ingest path too)",
-                ["route", "status"],
                 registry=reg,
             ),
             writers=Gauge("audit_writers", "Writer tasks running in this process", registry=reg),

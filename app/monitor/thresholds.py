@@ -58,14 +58,18 @@ def histogram_buckets(histogram: Histogram) -> Buckets:
     }
 
 
+HTTP_REQUESTS = "http_requests_total"  # the instrumentator's family (app.api.app)
+
+
 def responses(metrics: Metrics) -> tuple[float, float]:
-    """All HTTP answers and the 5xx among them, so far."""
+    """All HTTP answers and the 5xx among them, so far (none in a process without the API)."""
     total = errors = 0.0
-    for sample in _samples(metrics.http_responses):
-        if sample.name.endswith("_total"):
-            total += sample.value
-            if sample.labels.get("status", "").startswith("5"):
-                errors += sample.value
+    for family in metrics.registry.restricted_registry([HTTP_REQUESTS]).collect():
+        for sample in family.samples:
+            if sample.name == HTTP_REQUESTS:
+                total += sample.value
+                if sample.labels.get("status", "").startswith("5"):
+                    errors += sample.value
     return total, errors
 
 

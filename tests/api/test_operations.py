@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from app.apikeys.keys import create_api_key
-from app.core.metrics import histogram_quantile
+from app.core.metrics import Metrics, histogram_quantile
 from app.monitor.thresholds import Measures, ThresholdMonitor, api_monitor
 from tests.conftest import SettingsFactory, event, running, stored_rows, wait_stored
 from tests.console.console_client import console_client
@@ -22,9 +22,10 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "app.access"]
 
 
-def _responses(svc_metrics: object, route: str, status: str) -> float:
-    counter = svc_metrics.http_responses  # type: ignore[attr-defined]
-    return float(counter.labels(route=route, status=status)._value.get())
+def _responses(svc_metrics: Metrics, handler: str, status: str, method: str = "GET") -> float:
+    """Requests counted in the one family of HTTP requests (the instrumentator's)."""
+    labels = {"handler": handler, "method": method, "status": status}
+    return svc_metrics.registry.get_sample_value("http_requests_total", labels) or 0.0
 
 
 async def test_every_request_is_logged_by_its_route_template_never_its_values(
@@ -66,12 +67,16 @@ async def test_every_request_is_logged_by_its_route_template_never_its_values(
         text = json.dumps([r.__dict__ for r in lines], default=str)
         assert "p-secret" not in text and "2026-01-01" not in text
         metrics = svc.app.state.metrics
+        assert _responses(metrics, "/events", "202", "POST") == 1  # the fast path's too
         assert _responses(metrics, "/phi-access/patients/{patient_id}", "200") == 1
-        assert _responses(metrics, "unmatched", "404") == 2
+        assert _responses(metrics, "none", "404") == 2  # no route: no path of the client's
         assert _responses(metrics, "/console/events/{event_id}", "404") == 1
+        assert _responses(metrics, "/console", "200") == 1
         exposed = generate_latest(metrics.registry).decode()
-        assert 'handler="/console/events/{event_id}"' in exposed  # the instrumentator's too
-        assert 'handler="/console"' in exposed
+        assert "audit_http_responses" not in exposed  # requests are counted once
+        assert "p-secret" not in exposed
+        duration = 'http_request_duration_seconds_count{handler="/events",method="POST"} 1.0'
+        assert duration in exposed
 
 
 async def test_the_access_log_can_be_turned_off_and_requests_still_count(
@@ -82,7 +87,7 @@ async def test_the_access_log_can_be_turned_off_and_requests_still_count(
         headers = await svc.key(org)
         assert (await svc.client.post("/events", json=event(), headers=headers)).status_code == 202
         assert _access_lines(caplog) == []
-        assert _responses(svc.app.state.metrics, "/events", "202") == 1
+        assert _responses(svc.app.state.metrics, "/events", "202", "POST") == 1
 
 
 def test_quantiles_interpolate_within_buckets_as_prometheus_does() -> None:
@@ -136,8 +141,9 @@ async def test_the_monitor_watches_memory_and_errors_of_its_process(
         res = svc.app.state.resources
         monitor = api_monitor(res)
         assert await monitor.check() == 1  # any process is over 1 MiB
-        res.metrics.http_responses.labels(route="/events", status="202").inc(9)
-        res.metrics.http_responses.labels(route="/events", status="503").inc(1)
+        requests = res.metrics.registry._names_to_collectors["http_requests_total"]
+        requests.labels(handler="/events", method="POST", status="202").inc(9)
+        requests.labels(handler="/events", method="POST", status="503").inc(1)
         assert await monitor.check() == 2  # 10% of this window's answers were 5xx
         await wait_stored(database_url, operations, 3)
         metrics = sorted(

@@ -115,8 +115,12 @@ async def test_fast_path_turns_an_unexpected_error_into_the_usual_500(
 
 async def assert_measured(service: Service) -> None:
     text = (await service.client.get("/metrics")).text
-    lines = [x for x in text.splitlines() if x.startswith("audit_ingest_request_seconds_count")]
-    counts = {line.split('route="')[1].split('"')[0]: float(line.split()[-1]) for line in lines}
+    lines = [
+        x
+        for x in text.splitlines()
+        if x.startswith("http_request_duration_seconds_count") and 'method="POST"' in x
+    ]
+    counts = {line.split('handler="')[1].split('"')[0]: float(line.split()[-1]) for line in lines}
     assert counts["/events"] >= 3 and counts["/events/bulk"] >= 1
 
 
