@@ -15,13 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache, key_lookup
 from app.core import db
-from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.limits import Slots
 from app.core.metrics import Metrics
 from app.core.service_macs import ServiceMacs
 from app.core.tasks import stop_tasks, wait_or_stop
-from app.events.record import EventRecord
 from app.intake.service import Ingest
 from app.queue.admission import Admission
 from app.queue.coalesce import EnqueueBatcher
@@ -186,19 +184,3 @@ async def close_resources(res: Resources) -> None:
     await res.redis.aclose()
     for engine in (res.engine, res.long_reads, res.auth_engine):
         await engine.dispose()
-
-
-async def queue_record(
-    res: Resources,
-    key_id: str,
-    scopes: frozenset[str],
-    organization: str,
-    record: EventRecord,
-    *,
-    rated: bool = True,
-    quota: bool = True,
-) -> None:
-    """One record the service made itself into the queue (app.queue.recorder), admitted as
-    `key_id`'s with `scopes` (a syslog source, the threshold monitor)."""
-    caller = Caller(key_id, organization, scopes)
-    await res.recorder.record(caller, record, rated=rated, quota=quota)

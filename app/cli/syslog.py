@@ -1,4 +1,4 @@
-"""`python -m app syslog`: the IHE ATNA syslog receiver (app.syslog) until SIGTERM
+"""`python -m app syslog`: the IHE ATNA syslog receiver (app.intake.syslog) until SIGTERM
 or Ctrl-C; its writers run elsewhere (`serve` or `worker`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ async def syslog_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
     """The process's resources, the queue depth poll, the receiver and the metrics endpoint."""
     from app.core.metrics import Metrics
     from app.core.metrics_server import MetricsServer
-    from app.syslog.receiver import start_server
+    from app.intake.syslog.receiver import start_server
     from app.wiring import close_resources, open_resources, poll_queue_depth
 
     res = await open_resources(settings, Metrics.create())

@@ -7,23 +7,26 @@ next (`details.suppressed`) and in `audit_threshold_violations_total`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from app.core.caller import Caller
 from app.core.config import Settings
 from app.core.metrics import Buckets, Metrics, bucket_delta, histogram_quantile
 from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
 from app.events.model import EventIn
-from app.wiring import Resources, queue_record
+from app.queue.admission import Admission
+from app.queue.recorder import Recorder
 
 log = logging.getLogger(__name__)
 MONITOR = "performance-monitor"
@@ -111,9 +114,19 @@ class Measures:
         return found
 
 
+class Watched(Protocol):
+    """What the monitor runs on: a process's resources (app.wiring.Resources has them)."""
+
+    settings: Settings
+    metrics: Metrics
+    recorder: Recorder
+    admission: Admission
+    stopping: asyncio.Event
+
+
 @dataclass
 class ThresholdMonitor:
-    res: Resources
+    res: Watched
     process: str  # "api" or "worker"
     measures: Measures
     _last_event: dict[str, float] = field(default_factory=dict)
@@ -136,7 +149,7 @@ class ThresholdMonitor:
         return queued
 
     async def _record(self, violation: Violation) -> bool:
-        settings, res = self.res.settings, self.res
+        settings = self.res.settings
         suppressed = self._suppressed.get(violation.metric, 0)
         event = EventIn(
             action="performance.threshold.violation",
@@ -165,15 +178,8 @@ class ThresholdMonitor:
         record = event.to_record(settings.operations_org, format_timestamp(datetime.now(UTC)))
 
         try:
-            await queue_record(
-                res,
-                MONITOR,
-                frozenset(),
-                settings.operations_org,
-                record,
-                rated=False,
-                quota=False,
-            )
+            monitor = Caller(MONITOR, settings.operations_org, frozenset())
+            await self.res.recorder.record(monitor, record, rated=False, quota=False)
         except Exception as exc:  # the queue full or Redis down: the metric still counts it
             log.warning("threshold violation not recorded: %s", type(exc).__name__)
             return False
@@ -192,11 +198,11 @@ class ThresholdMonitor:
                 log.warning("threshold check failed: %s", type(exc).__name__)
 
 
-def api_monitor(res: Resources) -> ThresholdMonitor:
+def api_monitor(res: Watched) -> ThresholdMonitor:
     """For an API process: the queue depth its admission knows (polled from Redis)."""
     return ThresholdMonitor(res, "api", Measures(res.metrics, lambda: res.admission.queued_events))
 
 
-def worker_monitor(res: Resources) -> ThresholdMonitor:
+def worker_monitor(res: Watched) -> ThresholdMonitor:
     """For a worker process: it has no depth poll of its own; the API processes watch that."""
     return ThresholdMonitor(res, "worker", Measures(res.metrics, lambda: 0))

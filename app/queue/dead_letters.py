@@ -123,7 +123,7 @@ return {events, remaining(), removed}
 # KEYS: dead, index, dead-events, accepted, dead-bytes. ARGV: source stream, organization,
 # error, payload, events, MAC key id, MAC, then the caps (-1: none): the most items the
 # organization may hold, how many it holds in other shards, the most bytes of items set aside
-# it may hold. An item set aside before it reached the stream (app.syslog.intake) is taken
+# it may hold. An item set aside before it reached the stream (app.intake.syslog.intake) is taken
 # into custody and dead-lettered in one step, so the counts stay balanced; over a cap nothing
 # is added and the answer is nil. The check and the add are one step: senders on many
 # connections, or in many processes, cannot together go past a cap.
@@ -273,7 +273,7 @@ class DeadLetters:
         max_items: int | None = None,
         max_bytes: int | None = None,
     ) -> str | None:
-        """Dead-letter one item that never reached the stream (app.syslog.intake): a
+        """Dead-letter one item that never reached the stream (app.intake.syslog.intake): a
         message that could not be used, or an event read when the receiver stopped. Only a
         `vouched` item (the payload is a record the service validated) is MAC'd and so can be
         replayed. Returns its id; None when it would make the organization hold `max_items`

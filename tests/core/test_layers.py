@@ -40,7 +40,12 @@ def test_the_tree_keeps_the_layers() -> None:
     [
         ("events/record.py", "app.api.schemas", "app.events is not allowed to import app.api"),
         ("fhir/codes.py", "app.queue.stream", "app.fhir is not allowed to import app.queue"),
-        ("intake/atna.py", "app.syslog.frames", "app.intake is not allowed to import app.syslog"),
+        ("intake/atna.py", "app.wiring", "app.intake is not allowed to import app.wiring"),
+        (
+            "monitor/thresholds.py",
+            "app.read.trail",
+            "app.monitor is not allowed to import app.read",
+        ),
         ("core/timefmt.py", "app.events.ids", "app.core is not allowed to import app.events"),
     ],
 )

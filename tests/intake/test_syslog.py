@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
-from app.syslog.frames import BadMessage, rfc5424_body
-from app.syslog.receiver import start_server
+from app.intake.syslog.frames import BadMessage, rfc5424_body
+from app.intake.syslog.receiver import start_server
 from app.writer.writer import BatchWriter, CircuitBreaker
 from loadtests.faults.servers import free_port
 from tests.conftest import SettingsFactory, running, stored_rows, wait_stored
@@ -686,7 +686,7 @@ async def test_rejected_messages_are_logged_at_most_once_each_10_s(
 ) -> None:
     """One line per source every 10 s (with the number left out on the next): a device
     sending garbage cannot flood the log."""
-    caplog.set_level(logging.WARNING, logger="app.syslog")
+    caplog.set_level(logging.WARNING, logger="app.intake.syslog")
     port = free_port()
     settings = settings_factory(syslog_port=port, syslog_sources=f"127.0.0.1={org}")
     async with running(settings) as svc:
@@ -763,7 +763,7 @@ async def test_idle_handshakes_cannot_lock_a_certified_sender_out(
 
 
 def test_per_source_caps_key_ipv6_by_its_64_and_unmap_ipv4() -> None:
-    from app.syslog.connections import peer_address, source_key
+    from app.intake.syslog.connections import peer_address, source_key
 
     assert peer_address("::ffff:10.0.0.7") == "10.0.0.7"
     assert peer_address("2001:db8:0:0::1") == "2001:db8::1"
@@ -777,7 +777,7 @@ async def test_certificate_names_without_networks_warn_at_start(
     settings_factory: SettingsFactory, org: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_pki(tmp_path)
-    caplog.set_level(logging.WARNING, logger="app.syslog")
+    caplog.set_level(logging.WARNING, logger="app.intake.syslog")
     settings = _tls_settings(
         settings_factory, tmp_path, syslog_port=free_port(), syslog_sources=f"CN=pacs-1={org}"
     )
@@ -790,7 +790,7 @@ async def test_certificate_names_without_networks_warn_at_start(
 async def test_a_message_cut_at_shutdown_is_counted_lost(
     settings_factory: SettingsFactory, org: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="app.syslog")
+    caplog.set_level(logging.ERROR, logger="app.intake.syslog")
     port = free_port()
     settings = settings_factory(
         shutdown_grace_s=0.2, syslog_port=port, syslog_sources=f"127.0.0.1={org}"

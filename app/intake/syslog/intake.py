@@ -2,7 +2,7 @@
 over TCP with octet counting (RFC 6587), TLS with client certificates optional (RFC 5425), each
 carrying one DICOM PS3.15 or RFC 3881 audit message (app.intake.atna), stored as events with the
 same validation, admission (rates, quota, the queue's depth) and sealing as `POST /events`. This
-module takes each connection in and each message on; app.syslog.receiver holds the sockets.
+module takes each connection in and each message on; app.intake.syslog.receiver holds the sockets.
 
 Authentication is per source: AUDIT_SYSLOG_SOURCES maps a sender to the organization its events
 belong to, `address=organization` or, with TLS, `CN=<certificate common name>=organization`.
@@ -35,22 +35,33 @@ import uuid
 from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import RedisError
 
+from app.core.caller import Caller
 from app.core.config import Network, Settings
 from app.core.errors import ApiError, Backpressure, Unavailable
 from app.core.limits import TooManyRequests
+from app.core.metrics import Metrics
+from app.core.service_macs import ServiceMacs
 from app.core.tasks import wait_or_stop
 from app.core.timefmt import format_timestamp
 from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
 from app.intake.bodies import limits_of, parse_bulk
+from app.intake.syslog.connections import Budget, LogLimiter, Slot, source_key
+from app.intake.syslog.frames import (
+    BadFrame,
+    BadMessage,
+    Frame,
+    kept_message,
+    read_frame,
+    rfc5424_body,
+)
 from app.queue.dead_letters import DeadLetters
-from app.syslog.connections import Budget, LogLimiter, Slot, source_key
-from app.syslog.frames import BadFrame, BadMessage, Frame, kept_message, read_frame, rfc5424_body
-from app.wiring import Resources, queue_record
+from app.queue.recorder import Recorder
+from app.queue.shards import ShardedStream
 
 log = logging.getLogger(__name__)
 READ_BUFFER = 64 * 1024  # also the most read while looking for a frame's length
@@ -58,9 +69,20 @@ CLOSE_S = 5.0  # after the grace: for what is held back to be set aside, then fo
 NAMESPACE = uuid.UUID("6f1c2d57-3a0e-4c55-9a3e-2f8b1d0c7e41")  # event ids of syslog messages
 
 
+class Pipeline(Protocol):
+    """What the receiver runs on: a process's resources (app.wiring.Resources has them)."""
+
+    settings: Settings
+    stream: ShardedStream
+    macs: ServiceMacs
+    metrics: Metrics
+    recorder: Recorder
+    stopping: asyncio.Event
+
+
 @dataclass
 class SyslogIntake:
-    res: Resources
+    res: Pipeline
     sources: dict[str, str]
     tls: ssl.SSLContext | None = None
     networks: tuple[Network, ...] = ()
@@ -149,7 +171,8 @@ class SyslogIntake:
         record = event.to_record(organization, format_timestamp(datetime.now(UTC)))
         while True:
             try:
-                await queue_record(self.res, f"syslog:{source}", frozenset(), organization, record)
+                sender = Caller(f"syslog:{source}", organization, frozenset())
+                await self.res.recorder.record(sender, record)
                 return True
             except (Backpressure, TooManyRequests, Unavailable) as exc:
                 log.info("syslog from %s held back: %s", source, exc.code)

@@ -1,6 +1,7 @@
 """The syslog receiver's sockets: listening on every address of the host, TLS (RFC 5425) when
-configured, connections accepted as plain TCP and handed to the intake (app.syslog.intake), which
-checks them before anything is read or any handshake begins."""
+configured, connections accepted as plain TCP and handed to the intake
+(app.intake.syslog.intake), which checks them before anything is read or any handshake
+begins."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import ssl
 from dataclasses import dataclass, field
 
 from app.core.config import Settings, parse_networks, parse_syslog_sources
-from app.syslog.connections import peer_address
-from app.syslog.intake import SyslogIntake
-from app.wiring import Resources
+from app.intake.syslog.connections import peer_address
+from app.intake.syslog.intake import Pipeline, SyslogIntake
 
 log = logging.getLogger(__name__)
 BACKLOG = 128
@@ -103,7 +103,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-async def start_server(res: Resources) -> SyslogReceiver:
+async def start_server(res: Pipeline) -> SyslogReceiver:
     settings = res.settings
     sources = parse_syslog_sources(settings.syslog_sources)
     intake = SyslogIntake(
