@@ -20,6 +20,7 @@ from app.core.limits import Slots
 from app.core.metrics import Metrics
 from app.core.service_macs import ServiceMacs
 from app.core.tasks import stop_tasks, wait_or_stop
+from app.intake.dead_letters import DeadLetterDesk
 from app.intake.service import Ingest
 from app.queue.admission import Admission
 from app.queue.coalesce import EnqueueBatcher
@@ -60,6 +61,7 @@ class Resources:
     event_reads: EventReads
     phi_reports: PhiReports
     integrity: Integrity
+    dead_letters: DeadLetterDesk
     writers: WriterGroup | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -173,6 +175,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         event_reads=EventReads(engine, long_reads, recorder, exports, s.export_send_timeout_s),
         phi_reports=PhiReports(engine, recorder),
         integrity=Integrity(engine, long_reads, settings, recorder, verifications, find_anchors),
+        dead_letters=DeadLetterDesk(stream, macs, admission, recorder),
     )
 
 

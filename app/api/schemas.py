@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.events.fields import Priority
+from app.queue.dead_letters import MOST_SELECTED
 
 
 class Accepted(BaseModel):
@@ -83,7 +84,7 @@ MAX_DEAD_LETTER_PAGE = 1000
 
 MAX_DEAD_LETTER_PAYLOAD_PAGE = 100
 
-MAX_DEAD_LETTER_SELECTION = 500  # the audit record of a replay or delete names each item
+MAX_DEAD_LETTER_SELECTION = MOST_SELECTED  # the audit record of a replay or delete names each
 
 _MAX_STREAM_ID_PART = 2**64 - 1
 

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from app.console import session as sessions
 from app.core.caller import Caller
 from app.http.deps import ResourcesDep
-from app.read.trail import Reader
+from app.queue.trail import Reader
 
 
 class SignInRequired(Exception):

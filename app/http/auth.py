@@ -13,7 +13,7 @@ from app.core.caller import Caller
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.tokens import bearer_token
 from app.http.deps import key_cache
-from app.read.trail import Reader
+from app.queue.trail import Reader
 
 
 def _bearer(request: Request) -> str:
@@ -61,7 +61,7 @@ def require_scope(scope: str) -> Callable[[Request], Coroutine[Any, Any, Caller]
 
 def reader_with(scope: str) -> Callable[[Request], Coroutine[Any, Any, Reader]]:
     """A caller holding `scope` who reads the audit log, with the path they read it by (each
-    read is recorded with both, app.read.trail)."""
+    read is recorded with both, app.queue.trail)."""
 
     async def dependency(request: Request) -> Reader:
         return Reader(await authorize(request, scope), request.url.path)

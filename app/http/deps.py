@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache
 from app.core.config import Settings
+from app.intake.dead_letters import DeadLetterDesk
 from app.intake.service import Ingest
 from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
@@ -61,6 +62,10 @@ def integrity(request: Request) -> Integrity:
     return resources(request).integrity
 
 
+def dead_letters(request: Request) -> DeadLetterDesk:
+    return resources(request).dead_letters
+
+
 ResourcesDep = Annotated[Resources, Depends(resources)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 EngineDep = Annotated[AsyncEngine, Depends(engine)]
@@ -70,3 +75,4 @@ RecorderDep = Annotated[Recorder, Depends(recorder)]
 EventReadsDep = Annotated[EventReads, Depends(event_reads)]
 PhiReportsDep = Annotated[PhiReports, Depends(phi_reports)]
 IntegrityDep = Annotated[Integrity, Depends(integrity)]
+DeadLettersDep = Annotated[DeadLetterDesk, Depends(dead_letters)]

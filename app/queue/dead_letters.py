@@ -119,6 +119,9 @@ return {events, remaining(), removed}
 """
 )
 
+# At most this many items in one replay or delete: its audit record names each of them.
+MOST_SELECTED = 500
+
 
 # KEYS: dead, index, dead-events, accepted, dead-bytes. ARGV: source stream, organization,
 # error, payload, events, MAC key id, MAC, then the caps (-1: none): the most items the

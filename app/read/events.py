@@ -1,5 +1,5 @@
 """Reading events: a page of a search, one event, an export of a whole selection. Each read is
-scoped to the reader's organization and recorded in its audit trail (app.read.trail)."""
+scoped to the reader's organization and recorded in its audit trail (app.queue.trail)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.errors import InvalidCursor, NotFound
 from app.core.limits import Slot, Slots, TooManyExports
 from app.queue.recorder import Recorder
+from app.queue.trail import Reader, record_read
 from app.read import exports, queries
 from app.read.cursors import CursorError, decode_cursor, encode_cursor
 from app.read.models import EventFilters, EventOut, EventPage, ExportFilters
-from app.read.trail import Reader, record_read
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from app.ledger.proofs import DamagedBatch, EventVerdict, verify_event
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.queue.recorder import Recorder
-from app.read.trail import Reader, record_read
+from app.queue.trail import Reader, record_read
 from app.store.partitions import summarize_batch_ranges
 
 FindAnchors = Callable[[Settings, asyncpg.Connection], Awaitable[Anchors]]

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidCursor
 from app.queue.recorder import Recorder
+from app.queue.trail import Reader, record_read
 from app.read import queries
 from app.read.cursors import (
     CursorError,
@@ -19,7 +20,6 @@ from app.read.cursors import (
     encode_key_cursor,
 )
 from app.read.models import AccessCount, AccessSummary, EventOut, EventPage, PhiFilters, Subject
-from app.read.trail import Reader, record_read
 
 
 class PhiReports:

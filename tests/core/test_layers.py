@@ -43,7 +43,7 @@ def test_the_tree_keeps_the_layers() -> None:
         ("intake/atna.py", "app.wiring", "app.intake is not allowed to import app.wiring"),
         (
             "monitor/thresholds.py",
-            "app.read.trail",
+            "app.read.events",
             "app.monitor is not allowed to import app.read",
         ),
         ("core/timefmt.py", "app.events.ids", "app.core is not allowed to import app.events"),

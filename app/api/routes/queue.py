@@ -1,21 +1,18 @@
 """GET /queue/stats: the caller's organization's part of the queue; /operator/queue/stats: the
 whole queue, for the service's operators. /queue/dead-letter: the caller's organization's dead
-letters, listed, replayed or deleted (app.queue.dead_letters).
-
-Dead letters hold the organization's audit events, so each of these calls is recorded in its
-audit trail before it answers or acts; when it cannot be recorded, nothing happens (503).
+letters, listed, replayed or deleted (app.intake.dead_letters, which records each in the
+organization's audit trail before it answers or acts).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query
 
 from app.api.errors import error_responses
 from app.api.schemas import (
-    MAX_DEAD_LETTER_SELECTION,
     DeadLetterDeleted,
     DeadLetterDeleteQuery,
     DeadLetterOut,
@@ -29,11 +26,9 @@ from app.api.schemas import (
 )
 from app.core.errors import ApiError, InvalidCursor
 from app.http.auth import AdminDep, OperatorDep
-from app.http.deps import RecorderDep, ResourcesDep, StreamDep
+from app.http.deps import DeadLettersDep, ResourcesDep, StreamDep
 from app.http.event_data import EventDataRoute
-from app.queue.admission import admit_and_queue
-from app.queue.dead_letters import DeadLetter, DeadLetters, Outcome
-from app.read.trail import record_read
+from app.queue.dead_letters import DeadLetter
 
 router = APIRouter(tags=["operations"], route_class=EventDataRoute)  # dead letters
 
@@ -57,7 +52,7 @@ async def queue_stats(admin: AdminDep, res: ResourcesDep) -> OrgQueueStats:
         organization=org,
         queued_events=queued,
         queue_quota=res.admission.org_quota,
-        dead_letter=await DeadLetters(res.stream, org, res.macs).count(),
+        dead_letter=await res.dead_letters.of(org).count(),
         rate_limit_key_events=settings.rate_limit_key_events,
         rate_limit_org_events=settings.rate_limit_org_events,
     )
@@ -80,17 +75,11 @@ async def service_queue_stats(operator: OperatorDep, stream: StreamDep) -> Queue
     summary="Your organization's dead letters, oldest first",
 )
 async def list_dead_letters(
-    admin: AdminDep,
-    res: ResourcesDep,
-    recorder: RecorderDep,
-    query: Annotated[DeadLetterQuery, Query()],
+    admin: AdminDep, desk: DeadLettersDep, query: Annotated[DeadLetterQuery, Query()]
 ) -> DeadLetterPage:
     if query.cursor is not None and not is_stream_id(query.cursor):
         raise InvalidCursor("cursor must be a dead-letter id, as next_cursor gives it")
-    dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
-    letters, next_cursor = await dead.page(query.cursor, query.limit)
-    listed = query.model_dump()
-    await record_read(recorder, admin, "dead_letter_list", listed, len(letters))
+    letters, next_cursor = await desk.page(admin, query.cursor, query.limit, query.model_dump())
     items = [_out(letter, query.include_payload) for letter in letters]
     return DeadLetterPage(items=items, next_cursor=next_cursor)
 
@@ -121,30 +110,16 @@ def _out(letter: DeadLetter, include_payload: bool) -> DeadLetterOut:
     summary="Send your organization's dead letters back to the writers",
 )
 async def replay_dead_letters(
-    admin: AdminDep, res: ResourcesDep, recorder: RecorderDep, selection: DeadLetterSelection
+    admin: AdminDep, desk: DeadLettersDep, selection: DeadLetterSelection
 ) -> DeadLetterReplayed:
-    caller = admin.caller
-    org = caller.organization_id
-    dead = DeadLetters(res.stream, org, res.macs)
-    wanted, letters = await _select(dead, selection.ids, selection.all)
-    events = sum(letter.events for letter in letters)
-
-    async def put() -> Outcome:
-        details = _details(selection.all, wanted, letters)
-        await record_read(recorder, admin, "dead_letter_replay", details, len(letters))
-        return await dead.replay(letters)
-
-    # What moved is counted by the next poll of the queue (recount).
-    done = await admit_and_queue(
-        res.admission, caller.key_id, caller.scopes, org, events, put, rated=False, recount=True
-    )
+    done = await desk.replay(admin, selection.ids, selection.all)
     return DeadLetterReplayed(
-        requeued_entries=len(done.ids),
-        requeued_events=done.events,
-        requeued_ids=done.ids,
-        not_found=_missing(wanted, [*done.ids, *done.refused]),
-        refused=done.refused,
-        remaining=done.remaining,
+        requeued_entries=len(done.outcome.ids),
+        requeued_events=done.outcome.events,
+        requeued_ids=done.outcome.ids,
+        not_found=done.not_found,
+        refused=done.outcome.refused,
+        remaining=done.outcome.remaining,
     )
 
 
@@ -155,52 +130,15 @@ async def replay_dead_letters(
     summary="Delete your organization's dead letters (confirm=delete); their events are discarded",
 )
 async def delete_dead_letters(
-    admin: AdminDep,
-    res: ResourcesDep,
-    recorder: RecorderDep,
-    query: Annotated[DeadLetterDeleteQuery, Query()],
+    admin: AdminDep, desk: DeadLettersDep, query: Annotated[DeadLetterDeleteQuery, Query()]
 ) -> DeadLetterDeleted:
     if query.confirm != "delete":
         raise ConfirmationRequired("deleting discards the events for good: add confirm=delete")
-    dead = DeadLetters(res.stream, admin.caller.organization_id, res.macs)
-    wanted, letters = await _select(dead, query.ids, query.all)
-    details = _details(query.all, wanted, letters)
-    await record_read(recorder, admin, "dead_letter_delete", details, len(letters))
-    done = await dead.delete([letter.id for letter in letters])
+    done = await desk.delete(admin, query.ids, query.all)
     return DeadLetterDeleted(
-        deleted_entries=len(done.ids),
-        deleted_events=done.events,
-        deleted_ids=done.ids,
-        not_found=_missing(wanted, done.ids),
-        remaining=done.remaining,
+        deleted_entries=len(done.outcome.ids),
+        deleted_events=done.outcome.events,
+        deleted_ids=done.outcome.ids,
+        not_found=done.not_found,
+        remaining=done.outcome.remaining,
     )
-
-
-async def _select(
-    dead: DeadLetters, ids: list[str] | None, everything: bool
-) -> tuple[list[str], list[DeadLetter]]:
-    """The ids asked for (all: the oldest MAX_DEAD_LETTER_SELECTION), and the caller's items
-    among them."""
-    if everything:
-        wanted = await dead.first_ids(MAX_DEAD_LETTER_SELECTION)
-    else:
-        wanted = list(dict.fromkeys(ids or ()))
-    return wanted, await dead.fetch(wanted)
-
-
-def _details(everything: bool, wanted: list[str], letters: list[DeadLetter]) -> dict[str, Any]:
-    """What the audit record of a replay or delete names: the items, their events, and the ids
-    asked for that the organization does not have."""
-    event_ids = [event_id for letter in letters for event_id in letter.event_ids]
-    return {
-        "all": everything,
-        "ids": [letter.id for letter in letters],
-        "events": sum(letter.events for letter in letters),
-        "event_ids": event_ids[:MAX_DEAD_LETTER_SELECTION],
-        "not_found": _missing(wanted, [letter.id for letter in letters]),
-    }
-
-
-def _missing(wanted: list[str], found: list[str]) -> list[str]:
-    present = set(found)
-    return [dead_id for dead_id in wanted if dead_id not in present]
