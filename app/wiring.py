@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.apikeys.cache import KeyCache, key_lookup
@@ -30,6 +32,7 @@ from app.queue.stream import eviction_policy
 from app.read.events import EventReads
 from app.read.exports import EXPORT_CONNECTIONS
 from app.read.integrity import Integrity
+from app.read.log import LogReads
 from app.read.reports import PhiReports
 from app.witness.anchors import find_anchors
 from app.writer.group import WriterGroup
@@ -62,6 +65,7 @@ class Resources:
     phi_reports: PhiReports
     integrity: Integrity
     dead_letters: DeadLetterDesk
+    log_reads: LogReads
     writers: WriterGroup | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -176,6 +180,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
         phi_reports=PhiReports(engine, recorder),
         integrity=Integrity(engine, long_reads, settings, recorder, verifications, find_anchors),
         dead_letters=DeadLetterDesk(stream, macs, admission, recorder),
+        log_reads=LogReads(engine, settings.log_origin, settings.ledger_public_key),
     )
 
 
@@ -187,3 +192,30 @@ async def close_resources(res: Resources) -> None:
     await res.redis.aclose()
     for engine in (res.engine, res.long_reads, res.auth_engine):
         await engine.dispose()
+
+
+CHECK_TIMEOUT_S = 2.0
+
+
+async def readiness(res: Resources) -> dict[str, str]:
+    """Whether what the process needs answers (each "ok" or "failing: <why>"): Redis,
+    PostgreSQL, and a writer's heartbeat in the stream, each within CHECK_TIMEOUT_S."""
+    checks = await asyncio.gather(
+        _check("redis", res.redis.ping()),
+        _check("postgres", _database_ok(res.engine)),
+        _check("writer_heartbeat", res.stream.writer_alive()),
+    )
+    return dict(checks)
+
+
+async def _check(name: str, probe: Awaitable[Any]) -> tuple[str, str]:
+    try:
+        ok = await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+    except Exception as exc:
+        return name, f"failing: {type(exc).__name__}"
+    return name, "ok" if ok else "failing"
+
+
+async def _database_ok(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return bool(await conn.scalar(text("SELECT 1")))

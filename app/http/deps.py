@@ -16,6 +16,7 @@ from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
 from app.read.events import EventReads
 from app.read.integrity import Integrity
+from app.read.log import LogReads
 from app.read.reports import PhiReports
 from app.wiring import Resources
 
@@ -66,6 +67,10 @@ def dead_letters(request: Request) -> DeadLetterDesk:
     return resources(request).dead_letters
 
 
+def log_reads(request: Request) -> LogReads:
+    return resources(request).log_reads
+
+
 ResourcesDep = Annotated[Resources, Depends(resources)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 EngineDep = Annotated[AsyncEngine, Depends(engine)]
@@ -76,3 +81,4 @@ EventReadsDep = Annotated[EventReads, Depends(event_reads)]
 PhiReportsDep = Annotated[PhiReports, Depends(phi_reports)]
 IntegrityDep = Annotated[Integrity, Depends(integrity)]
 DeadLettersDep = Annotated[DeadLetterDesk, Depends(dead_letters)]
+LogReadsDep = Annotated[LogReads, Depends(log_reads)]

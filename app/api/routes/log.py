@@ -10,13 +10,11 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from app.api.errors import error_responses
-from app.core.db import driver_connection
 from app.core.errors import ApiError, NotFound
 from app.http.auth import LogReaderDep
-from app.http.deps import EngineDep, SettingsDep
+from app.http.deps import LogReadsDep
 from app.http.event_data import EventDataRoute
-from app.ledger.checkpoints import log_keys, newest_served
-from app.ledger.logstore import LogRangeError, consistency_between, newest_size, tile_content
+from app.ledger.logstore import LogRangeError
 
 # Level 0 tiles and short proofs hold leaf hashes, which confirm a guessed event: no caching.
 router = APIRouter(tags=["log"], route_class=EventDataRoute)
@@ -37,17 +35,16 @@ class InvalidLogRange(ApiError):
     summary="RFC 9162 consistency proof between two sizes of a chain's log (log scope)",
 )
 async def consistency(
-    caller: LogReaderDep, engine: EngineDep, chain: ChainPath, old: SizeParam, new: SizeParam
+    caller: LogReaderDep, log: LogReadsDep, chain: ChainPath, old: SizeParam, new: SizeParam
 ) -> dict[str, Any]:
     """The proof that the chain's tree of `old` leaves is a prefix of its tree of `new` leaves
     (RFC 9162 section 2.1.4; empty when they are equal), with both roots; hashes in lowercase
     hex. 0 < old <= new <= the tree size of the chain's newest ledger entry, else 422
     `invalid_range` naming the size."""
-    async with driver_connection(engine) as conn:
-        try:
-            return await consistency_between(conn, chain, old, new)
-        except LogRangeError as exc:
-            raise InvalidLogRange(str(exc), details={"size": exc.size}) from exc
+    try:
+        return await log.consistency(chain, old, new)
+    except LogRangeError as exc:
+        raise InvalidLogRange(str(exc), details={"size": exc.size}) from exc
 
 
 @router.get(
@@ -60,16 +57,15 @@ async def consistency(
     summary="A tile of a chain's log, C2SP tlog-tiles (log scope)",
 )
 async def tile(
-    caller: LogReaderDep, engine: EngineDep, chain: ChainPath, tile_path: str
+    caller: LogReaderDep, log: LogReadsDep, chain: ChainPath, tile_path: str
 ) -> Response:
     """tile/<L>/<N>[.p/<W>] as C2SP tlog-tiles spells it: the hashes of tree level 8L, 32
     bytes each, concatenated. A full tile once the log has its 256 hashes; a partial width W
     once it has W of them; 404 for anything else."""
-    async with driver_connection(engine) as conn:
-        try:
-            content = await tile_content(conn, chain, f"tile/{tile_path}")
-        except LogRangeError as exc:
-            raise NotFound(str(exc)) from exc
+    try:
+        content = await log.tile(chain, f"tile/{tile_path}")
+    except LogRangeError as exc:
+        raise NotFound(str(exc)) from exc
     return Response(content, media_type="application/octet-stream")
 
 
@@ -82,17 +78,13 @@ async def tile(
     },
     summary="The chain's newest signed checkpoint, C2SP tlog-checkpoint (log scope)",
 )
-async def checkpoint(
-    caller: LogReaderDep, engine: EngineDep, settings: SettingsDep, chain: ChainPath
-) -> Response:
+async def checkpoint(caller: LogReaderDep, log: LogReadsDep, chain: ChainPath) -> Response:
     """The newest checkpoint of the chain's log as a C2SP signed-note: origin
     `<AUDIT_LOG_ORIGIN>/chain/<chain>`, tree size, base64 root, then the lines `seq`, `head`
     and `sealed` of the ledger entry at that size; signed with the Ed25519 ledger key (key named
     by the origin), followed by the cosignatures of the witnesses that have cosigned it so far.
     404 while the chain has no checkpoint."""
-    keys = log_keys(settings.log_origin, chain, settings.ledger_public_key)
-    async with driver_connection(engine) as conn:
-        found = await newest_served(conn, chain, await newest_size(conn, chain), keys)
+    found = await log.checkpoint(chain)
     if found is None:
         raise NotFound(f"chain {chain} has no checkpoint yet")
-    return Response(found[1], media_type="text/plain; charset=utf-8")
+    return Response(found, media_type="text/plain; charset=utf-8")
