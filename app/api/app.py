@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,17 +13,16 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator import metrics as http_metrics
-from prometheus_fastapi_instrumentator.metrics import Info
 from swagger_ui_bundle import swagger_ui_path
 
 from app.api.errors import install_error_handlers, protocol_responses
 from app.api.fastpath import AuditApp
 from app.api.ingest_answers import event_component_schemas
+from app.api.request_metrics import RequestMetrics
 from app.api.routes import events, fhir, health, ingest, integrity, log, phi, queue
 from app.console.app import console_mount
 from app.core.config import Settings
-from app.core.metrics import SECONDS_BUCKETS, Metrics
+from app.core.metrics import Metrics
 from app.core.runtime import tune_gc
 from app.monitor.thresholds import api_monitor
 from app.wiring import close_resources, open_resources, poll_queue_depth
@@ -70,27 +69,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _instrument(app: FastAPI, registry: CollectorRegistry) -> tuple[Callable[[Info], None], ...]:
-    """The service's HTTP metrics, one family each: requests by handler (the route's template),
-    method and exact status, `http_requests_total`; their duration by handler and method,
-    `http_request_duration_seconds`. prometheus-fastapi-instrumentator's middleware measures
-    the framework's routes; the fast ingest path (AuditApp) feeds the same two functions."""
-    measured = [
-        http_metrics.requests(registry=registry),
-        http_metrics.latency(
-            buckets=SECONDS_BUCKETS, should_include_status=False, registry=registry
-        ),
-    ]
+def _instrument(app: FastAPI, registry: CollectorRegistry) -> RequestMetrics:
+    """The HTTP metrics (app.api.request_metrics), fed by prometheus-fastapi-instrumentator's
+    middleware for the framework's routes and by the fast ingest path for its own."""
+    measured = RequestMetrics(registry)
     instrumentator = Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
         registry=registry,
     )
-    for measure in measured:
-        if measure is not None:
-            instrumentator.add(measure)
-    instrumentator.instrument(app)
-    return tuple(instrumentator.instrumentations)
+    instrumentator.add(measured.instrumentation).instrument(app)
+    return measured
 
 
 def create_app_from_env() -> FastAPI:

@@ -6,8 +6,8 @@ request costs. `AuditApp` takes the two ingest routes before all of that and cal
 answers (app.api.ingest_answers) with the same authentication, limits, answers and error shapes
 (an unexpected error is the same 500 the framework's handler gives); the routes stay registered,
 so the OpenAPI document still describes them. They are counted and timed in the same metric
-families as every other route (`http_requests_total`, `http_request_duration_seconds`): the
-instrumentator's measuring functions are called here as its middleware calls them.
+families as every other route (`http_requests_total`, `http_request_duration_seconds`,
+app.api.request_metrics).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from prometheus_fastapi_instrumentator.metrics import Info
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -24,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.api import access_log
 from app.api.errors import api_error_response, client_gone, dependency_down, internal_error
 from app.api.ingest_answers import bulk_answer, event_answer
+from app.api.request_metrics import RequestMetrics
 from app.core.caller import Caller
 from app.core.errors import ApiError
 from app.http.auth import authorize
@@ -39,8 +39,8 @@ class AuditApp(FastAPI):
     """The service's ASGI app: the ingest POSTs go straight to their handlers, the rest through
     the framework; every request is logged (app.api.access_log) and measured."""
 
-    # The instrumentator's measuring functions (app.api.app), for the requests served here.
-    request_metrics: tuple[Callable[[Info], None], ...] = ()
+    # The HTTP metrics (app.api.request_metrics), set by create_app.
+    request_metrics: RequestMetrics | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,10 +66,9 @@ class AuditApp(FastAPI):
             request = Request(scope, receive)
             response = await _answer(self.state.resources.ingest, request, handler)
             await response(scope, receive, sending)
-            seconds = time.perf_counter() - started
-            measured = Info(request, response, "POST", route, str(status), seconds, seconds)
-            for measure in self.request_metrics:
-                measure(measured)
+            if self.request_metrics is not None:
+                seconds = time.perf_counter() - started
+                self.request_metrics.observe(route, "POST", str(status), seconds)
         finally:
             self._recorded(scope, route, status, time.perf_counter() - started)
 

@@ -33,6 +33,8 @@ def serve(settings: Settings) -> None:
         # httptools, head and body in one send, within the limits (a partial pickles, so
         # worker processes get it too)
         "http": functools.partial(HttpProtocol, limits=limits),
+        # Nothing reads a client's address, so X-Forwarded-* headers are not looked for.
+        "proxy_headers": False,
         "timeout_keep_alive": settings.keep_alive_s,
         "access_log": False,
         "server_header": False,

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from prometheus_client import generate_latest
 
+from app.api.fastpath import AuditApp
 from app.apikeys.keys import create_api_key
 from app.core.metrics import Metrics, histogram_quantile
 from app.monitor.thresholds import Measures, ThresholdMonitor, api_monitor
@@ -141,9 +142,11 @@ async def test_the_monitor_watches_memory_and_errors_of_its_process(
         res = svc.app.state.resources
         monitor = api_monitor(res)
         assert await monitor.check() == 1  # any process is over 1 MiB
-        requests = res.metrics.registry._names_to_collectors["http_requests_total"]
-        requests.labels(handler="/events", method="POST", status="202").inc(9)
-        requests.labels(handler="/events", method="POST", status="503").inc(1)
+        assert isinstance(svc.app, AuditApp) and svc.app.request_metrics is not None
+        measured = svc.app.request_metrics
+        for _ in range(9):
+            measured.observe("/events", "POST", "202", 0.001)
+        measured.observe("/events", "POST", "503", 0.001)
         assert await monitor.check() == 2  # 10% of this window's answers were 5xx
         await wait_stored(database_url, operations, 3)
         metrics = sorted(
