@@ -13,6 +13,8 @@ binary decoder reads infinity: the row's hash no longer matches and verification
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -49,3 +51,15 @@ def parse_stored_time(text: str) -> datetime:
         if text.startswith("-") or text.endswith(" BC"):
             return EARLIEST
         return LATEST
+
+
+@contextlib.asynccontextmanager
+async def times_as_text(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """`read_times_as_text` for as long as the block runs, on a pooled connection: its codec
+    and session settings are put back after, for whoever takes it next."""
+    await read_times_as_text(conn)
+    try:
+        yield conn
+    finally:
+        await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+        await conn.execute("RESET TimeZone; RESET DateStyle")

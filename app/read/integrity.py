@@ -21,6 +21,7 @@ from app.core.limits import Slot, Slots, TooManyVerifications
 from app.ledger.anchor import Anchors, anchor_report
 from app.ledger.proofs import DamagedBatch, EventVerdict, verify_event
 from app.ledger.verify import Report, Verifier, chain_ids, verify_chains, verify_range
+from app.ledger.verify_conn import times_as_text
 from app.ledger.verify_guard import NoVerificationKey, RangeError, resolve_range, verifier_for
 from app.queue.recorder import Recorder
 from app.queue.trail import Reader, record_read
@@ -99,7 +100,7 @@ class Integrity:
             verifier: Verifier | None = self._verifier(organization)
         except NoVerificationKey:  # the proof still goes out, for whoever holds the keys to check
             verifier = None
-        async with driver_connection(self._engine) as conn:
+        async with driver_connection(self._engine) as conn, times_as_text(conn):
             try:
                 verdict = await verify_event(conn, verifier, organization, event_id)
             except DamagedBatch as exc:
@@ -163,7 +164,7 @@ class Integrity:
 
         async def run() -> None:
             try:
-                async with driver_connection(self._long_reads) as conn:
+                async with driver_connection(self._long_reads) as conn, times_as_text(conn):
                     await summarize_batch_ranges(conn)
                     if seqs is None:
                         times = (start, end) if start is not None and end is not None else None

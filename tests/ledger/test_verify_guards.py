@@ -9,7 +9,16 @@ import base64
 import orjson
 import pytest
 
-from tests.conftest import SealedFactory, SettingsFactory, event, running, wait_stored
+from app.apikeys.keys import create_api_key
+from tests.conftest import (
+    Sealed,
+    SealedFactory,
+    SettingsFactory,
+    event,
+    key_row_mac,
+    running,
+    wait_stored,
+)
 from tests.ledger.test_proofs import _cli
 
 # The default is one process per CPU (two here: the parallel path).
@@ -148,36 +157,69 @@ async def test_naming_the_chain_still_finds_rows_outside_every_batch(
         assert f'"event_unsealed","chain":0,"seq":null,"event_id":"{forged}"' in result.stdout
 
 
-@pytest.mark.parametrize("jobs", JOBS, ids=["default", "one", "two"])
-async def test_times_past_what_python_holds_are_findings(
-    sealed_factory: SealedFactory, jobs: list[str]
-) -> None:
-    """A time PostgreSQL holds and Python's datetime does not (infinity, a year past 9999, a
-    date BC), written over a sealed event's or ledger entry's, is a finding naming it; the
-    verification does not fail."""
-    sealed = await sealed_factory([3, 4])
+async def _times_past_python(sealed: Sealed) -> set[tuple[str, int, str | None]]:
+    """Times PostgreSQL holds and Python's datetime does not (infinity, a year past 9999, a date
+    BC), written over four sealed events' and a ledger entry's; the findings that names."""
     first, second = await sealed.rows(1), await sealed.rows(2)
     changes = [
-        ("timestamp", "infinity", first[0]),
-        ("received_at", "-infinity", first[2]),
-        ("timestamp", "12000-01-01 00:00:00+00", second[1]),
-        ("received_at", "0044-03-15 00:00:00+00 BC", second[3]),
+        ("timestamp", "infinity", 1, first[0]),
+        ("received_at", "-infinity", 1, first[2]),
+        ("timestamp", "12000-01-01 00:00:00+00", 2, second[1]),
+        ("received_at", "0044-03-15 00:00:00+00 BC", 2, second[3]),
     ]
-    for column, value, row in changes:
+    for column, value, _, row in changes:
         await sealed.conn.execute(
             f"UPDATE audit_log SET {column} = $2::text::timestamptz WHERE event_id = $1",
             row["event_id"],
             value,
         )
     await sealed.conn.execute("UPDATE audit_ledger SET sealed_at = 'infinity' WHERE seq = 2")
+    named = {("event_hash_mismatch", seq, str(row["event_id"])) for _, _, seq, row in changes}
+    return named | {("ledger_head_mismatch", 2, None)}
+
+
+@pytest.mark.parametrize("jobs", JOBS, ids=["default", "one", "two"])
+async def test_times_past_what_python_holds_are_findings(
+    sealed_factory: SealedFactory, jobs: list[str]
+) -> None:
+    """Such a time is a finding naming its row; the verification does not fail."""
+    sealed = await sealed_factory([3, 4])
+    expected = await _times_past_python(sealed)
     settings = sealed.res.settings
     env = _env(settings.database_url, settings.signing_keys, settings.ledger_keys)
     result = _cli(env, "verify", *jobs)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     findings = {(x["check"], x["seq"], x["event_id"]) for x in lines if "check" in x}
-    assert findings == {
-        ("event_hash_mismatch", seq, str(row["event_id"]))
-        for seq, row in ((1, first[0]), (1, first[2]), (2, second[1]), (2, second[3]))
-    } | {("ledger_head_mismatch", 2, None)}, result.stdout + result.stderr
+    assert findings == expected, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_times_past_what_python_holds_are_findings_over_http(
+    sealed_factory: SealedFactory,
+) -> None:
+    """The same over the API: a verification of the whole ledger names them, and so does the
+    proof of one of those events."""
+    sealed = await sealed_factory([3, 4])
+    expected = await _times_past_python(sealed)
+    settings = sealed.res.settings
+    async with running(settings) as svc:
+        engine = svc.app.state.resources.engine
+        _, key = await create_api_key(
+            engine,
+            settings.operations_org,
+            ["read", "verify", "operator"],
+            "ops",
+            key_row_mac(settings),
+        )
+        bearer = {"Authorization": f"Bearer {key}"}
+        verified = await svc.client.get("/operator/integrity/verify", headers=bearer)
+        assert verified.status_code == 200
+        lines = [orjson.loads(line) for line in verified.content.splitlines()]
+        assert [x for x in lines if "error" in x] == []
+        findings = {
+            (x["finding"]["check"], x["finding"]["seq"], x["finding"]["event_id"])
+            for x in lines
+            if "finding" in x
+        }
+        assert findings == expected
