@@ -121,7 +121,7 @@ def _row(
     seconds = last.t - first.t
     inside = [sampler.samples[i] for i in group]
     lag = histogram_quantile(bucket_delta(sampler.lags[group[-1]], sampler.lags[start]), 0.99)
-    p99 = percentile(latencies, 0.99)
+    p99 = percentile(latencies, 99)
 
     def rate(after: int, before: int) -> float:
         return round((after - before) / seconds, 1) if seconds > 0 else 0.0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import psutil
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
@@ -136,12 +137,12 @@ class ServiceProcess:
         self.send(signal.SIGCONT)
 
     def _stopped(self) -> bool:
-        """Whether the kernel says the process is stopped (state T in /proc/<pid>/stat)."""
+        """Whether the kernel says the process is stopped (or gone)."""
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
+            state = psutil.Process(self.pid).status()
+        except psutil.Error:
             return True  # gone
-        return stat.rpartition(")")[2].split()[0] in ("T", "t")
+        return state in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
     async def kill(self) -> None:
         self.send(signal.SIGKILL)

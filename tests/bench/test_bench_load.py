@@ -9,6 +9,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import random
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from loadtests.bench import driver, tools
 from loadtests.bench.driver import Target, open_loop
 from loadtests.bench.payloads import MAX_AGE_S, bulk_pool, describe, single_pool
 from loadtests.bench.population import PATIENTS, Population
-from loadtests.bench.stats import percentile
+from loadtests.bench.stats import latency_summary, percentile, slope
 
 STALL_S = 0.5
 
@@ -114,8 +115,8 @@ async def test_latency_from_the_schedule_shows_a_stall_the_send_hides(
 
     assert result.sent == 400  # every due request is sent, late when it must wait
     assert result.waited >= 80
-    from_send = percentile(result.latencies_ms, 0.99)
-    from_schedule = percentile(result.scheduled_ms, 0.99)
+    from_send = percentile(result.latencies_ms, 99)
+    from_schedule = percentile(result.scheduled_ms, 99)
     assert from_send is not None and from_send < 100
     assert from_schedule is not None and from_schedule > 300
     assert len(result.scheduled_ms) == len(result.latencies_ms) == result.ok == 400
@@ -135,6 +136,27 @@ async def test_requests_never_sent_count_with_the_time_they_waited(
     assert result.sent + result.unsent == 80
     assert len(result.scheduled_ms) == result.ok + result.unsent
     assert "not sent by the end" in result.problem()
+
+
+def test_percentiles_interpolate_between_the_closest_ranks() -> None:
+    """The definition behind every latency figure in BENCHMARKS.md (numpy's default, R's type
+    7): position p x (n - 1) in the sorted values, linear between its neighbours."""
+    shuffled = [float(v) for v in random.Random(3).sample(range(1, 101), 100)]
+    assert percentile(shuffled, 99) == pytest.approx(99.01)
+    assert percentile(shuffled, 50) == pytest.approx(50.5)
+    four = [40.0, 10.0, 30.0, 20.0]
+    assert percentile(four, 95) == pytest.approx(38.5)
+    assert latency_summary(four) == {"p50": 25.0, "p95": 38.5, "p99": 39.7, "max": 40.0}
+    assert latency_summary([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "max": 7.0}
+    assert latency_summary([]) == {"p50": None, "p95": None, "p99": None, "max": None}
+    assert percentile([], 99) is None
+
+
+def test_the_backlog_trend_is_a_least_squares_slope() -> None:
+    assert slope([(0.0, 100.0), (1.0, 300.0), (2.0, 500.0)]) == pytest.approx(200.0)
+    assert slope([(0.0, 0.0), (1.0, 10.0), (2.0, 0.0), (3.0, 10.0)]) == pytest.approx(2.0)
+    assert slope([(5.0, 1.0), (5.0, 9.0)]) == 0.0  # one instant: no trend
+    assert slope([(1.0, 1.0)]) == slope([]) == 0.0
 
 
 def test_wrk_histograms_become_latencies() -> None:
@@ -208,8 +230,8 @@ async def test_wrk_times_each_request_from_its_slot(tmp_path: Path) -> None:
 
     assert result.ok > 300 and not result.failed and result.unsent == 0
     assert len(result.latencies_ms) == len(result.scheduled_ms) - result.unsent == result.ok
-    from_send = percentile(result.latencies_ms, 0.99)
-    from_schedule = percentile(result.scheduled_ms, 0.99)
+    from_send = percentile(result.latencies_ms, 99)
+    from_schedule = percentile(result.scheduled_ms, 99)
     assert from_send is not None and from_send < 100
     assert from_schedule is not None and from_schedule > 300
     assert result.tool_latency_ms is not None
