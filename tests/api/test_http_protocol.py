@@ -13,7 +13,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.http_protocol import HeadJoiningTransport, HttpProtocol
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.conftest import eventually
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from app.cli.seed import DEMO_PRINCIPALS, EventMaker, SeedPlan
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -59,13 +59,13 @@ def test_loss_is_allowed_only_inside_the_window() -> None:
 
 class FakeRedisServer:
     def __init__(self, appendfsync: str) -> None:
-        self.appendfsync = appendfsync
+        self.config = {"appendfsync": appendfsync}
         self.crashes = 0
 
-    async def crash(self) -> None:
+    def crash(self) -> None:
         self.crashes += 1
 
-    async def start(self) -> None:
+    def start(self) -> None:
         pass
 
 
@@ -98,6 +98,7 @@ class FakeProcess:
         self.name, self.pid, self.port = name, pid, port
         self.signals: list[str] = []
         self.process = SimpleNamespace(returncode=0)
+        self.returncode = 0
 
     @property
     def url(self) -> str:
@@ -112,7 +113,7 @@ class FakeProcess:
     def thaw(self) -> None:
         self.send(signal.SIGCONT)
 
-    async def kill(self) -> None:
+    async def killed(self) -> None:
         self.send(signal.SIGKILL)
 
 

@@ -23,8 +23,8 @@ import pytest
 from app.intake.atna import NotAnAuditMessage, event_of, parse_xml
 from app.intake.syslog.frames import BadMessage, rfc5424_body
 from app.intake.syslog.receiver import start_server
+from app.local.servers import free_port
 from app.writer.writer import BatchWriter, CircuitBreaker
-from loadtests.faults.servers import free_port
 from tests.conftest import SettingsFactory, running, stored_rows, wait_stored
 from tests.served import environment
 

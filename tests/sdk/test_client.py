@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from audit_ingest_client import (
     Spool,
 )
 
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.conftest import SettingsFactory, running, wait_stored
 from tests.served import served
 
@@ -219,8 +218,7 @@ async def test_a_batcher_survives_the_service_killed_and_restarted(
         spooled = 0
         async with served(settings, port=port, claim_idle_ms=1000) as server:
             await produce(300)
-            server.process.send_signal(signal.SIGKILL)  # mid-stream: requests in flight
-            await server.process.wait()
+            await server.process.killed()  # mid-stream: requests in flight
             await produce(300)  # nobody answers: retried, then spooled to disk
             for _ in range(200):
                 spooled = len(Spool(spool).batches())

@@ -29,7 +29,7 @@ from audit_ingest_client import (
     Spool,
 )
 
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.conftest import SettingsFactory, running, wait_stored
 from tests.sdk.test_client import event, stored_ids
 from tests.served import served

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from audit_ingest_client import AsyncAuditClient, AuditClient, Retry, Spool
 
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.conftest import SettingsFactory, running, wait_stored
 from tests.sdk.test_client import event, stored_ids
 from tests.sdk.test_refusals import set_aside

@@ -22,7 +22,7 @@ from app.apikeys.keys import create_api_key
 from app.cli.migrate import migrate
 from app.core.config import Settings
 from app.core.db import engine_scope
-from loadtests.faults.servers import free_port
+from app.local.servers import free_port
 from tests.conftest import (
     SettingsFactory,
     eventually,

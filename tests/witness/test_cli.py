@@ -13,9 +13,9 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.ledger.notes import format_signer_key
+from app.local.processes import clean_environment
+from app.local.servers import free_port
 from app.witness.config import KEY_FILE, WitnessIdentity
-from loadtests.faults.processes import clean_environment
-from loadtests.faults.servers import free_port
 from tests.witness.conftest import Log
 
 NAME = "witness.test/cli"
