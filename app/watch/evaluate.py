@@ -1,0 +1,459 @@
+"""The rules applied to accesses, in the order they were sealed. No I/O: the detector
+(app.watch.detector) reads the accesses, each organization's rules and what the windowed rules
+need from before (a principal's recent past, its baseline), and stores what this finds.
+
+Each case has a key (app.watch.cases.CaseKey) whose window is fixed by the rule, not by when an
+access happened to be examined: the day (in the organization's time zone) for the restricted
+list, relationships, break-glass and after-hours access; the window of `window_s` seconds since
+the epoch that the access completing a count falls in for volume and failed sign-ins; the
+access itself for a bulk export. Found again, by another detector or after a restart, a case is
+the same case.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
+
+from app.watch.cases import Access, CaseKey, Draft, micros
+from app.watch.rules import (
+    AFTER_HOURS,
+    BREAK_GLASS,
+    BULK_EXPORT,
+    FAILED_SIGN_INS,
+    RELATIONSHIP,
+    RESTRICTED,
+    RULES,
+    VOLUME,
+    AfterHoursParams,
+    BulkExportParams,
+    FailedSignInsParams,
+    RestrictedParams,
+    RuleSetting,
+    VolumeParams,
+    default_setting,
+)
+from app.watch.schedule import Schedule
+from app.watch.windows import DistinctPatients, Evidence, RecentFailures
+
+DAY_S = 86_400
+P = TypeVar("P")
+
+# Cases committed lately, not drafted again while their window lasts; past this many, those of
+# windows that ended are let go.
+REMEMBERED_CASES = 100_000
+
+
+def action_matcher(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regular expression for action patterns (`*` any characters, the rest literal)."""
+    alternatives = ("".join(".*" if c == "*" else re.escape(c) for c in p) for p in patterns)
+    return re.compile("(?:" + "|".join(alternatives) + r")\Z")
+
+
+def like_pattern(pattern: str) -> str:
+    """An action pattern as a SQL LIKE pattern (`\\` escapes `_` and `%`)."""
+    return pattern.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%").replace("*", "%")
+
+
+def record_count(details: Mapping[str, Any], keys: Iterable[str]) -> int | None:
+    """The largest count the details give under `keys`: a number, or a list's length."""
+    found = None
+    for key in keys:
+        value = details.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            count = value
+        elif isinstance(value, list):
+            count = len(value)
+        else:
+            continue
+        found = count if found is None else max(found, count)
+    return found
+
+
+@dataclass(slots=True)
+class OrgRules:
+    """One organization's rules, ready for evaluation."""
+
+    organization_id: str
+    settings: dict[str, RuleSetting]
+    restricted: dict[str, str]  # patient -> category
+    relations: dict[str, dict[str, str]]  # principal -> patient -> relation
+    schedule: Schedule = field(init=False)
+    hours: AfterHoursParams = field(init=False)
+    volume: VolumeParams | None = field(init=False)
+    failures: FailedSignInsParams | None = field(init=False)
+    export: BulkExportParams | None = field(init=False)
+    _exports: dict[str, bool] = field(init=False, default_factory=dict)
+    _export_pattern: re.Pattern[str] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        for name in RULES:
+            self.settings.setdefault(name, default_setting(name))
+        hours = self.settings[AFTER_HOURS].params
+        assert isinstance(hours, AfterHoursParams)
+        self.hours = hours
+        self.schedule = hours.schedule()  # days are local days for every rule
+        self.volume = self._params(VOLUME, VolumeParams)
+        self.failures = self._params(FAILED_SIGN_INS, FailedSignInsParams)
+        self.export = self._params(BULK_EXPORT, BulkExportParams)
+        if self.export is not None:
+            self._export_pattern = action_matcher(self.export.actions)
+
+    @classmethod
+    def defaults(cls, organization_id: str) -> OrgRules:
+        return cls(organization_id, {}, {}, {})
+
+    def _params(self, rule: str, kind: type[P]) -> P | None:
+        setting = self.settings[rule]
+        params = setting.params
+        assert isinstance(params, kind)
+        return params if setting.enabled else None
+
+    def on(self, rule: str) -> bool:
+        return self.settings[rule].enabled
+
+    def severity(self, rule: str) -> str:
+        return self.settings[rule].severity
+
+    def exported(self, action: str) -> bool:
+        """Whether the bulk export rule reads this action's details."""
+        known = self._exports.get(action)
+        if known is None:
+            pattern = self._export_pattern
+            known = self._exports[action] = bool(pattern and pattern.match(action))
+        return known
+
+
+class Candidate(NamedTuple):
+    """A principal's distinct patients over the baseline's floor in a window, whose baseline is
+    not known yet: it becomes a volume case if the count is above the multiple of it."""
+
+    rules: OrgRules
+    access: Access
+    patients: int
+    evidence: Evidence
+
+
+BaselineKey = tuple[str, str, int]  # organization, principal, UTC day (days since the epoch)
+
+
+@dataclass(slots=True)
+class Examination:
+    """What one examination found: cases, and volume counts waiting for their baselines."""
+
+    drafts: dict[CaseKey, Draft] = field(default_factory=dict)
+    candidates: dict[CaseKey, Candidate] = field(default_factory=dict)
+
+    def baselines_wanted(self) -> dict[str, set[tuple[str, int]]]:
+        """(principal, day) whose baseline the candidates need, by organization."""
+        wanted: dict[str, set[tuple[str, int]]] = {}
+        for key, candidate in self.candidates.items():
+            day = int(candidate.access.at // DAY_S)
+            wanted.setdefault(key.organization_id, set()).add((candidate.access.principal_id, day))
+        return wanted
+
+
+def _day(rules: OrgRules, at: float) -> tuple[int, int]:
+    _, start, end = rules.schedule.place(at)
+    return micros(start), micros(end)
+
+
+class Examiner:
+    """Applies the rules to accesses; holds the windowed rules' state since `started_at`
+    (seconds since the epoch: before it, a principal's recent past is read back from audit_log
+    when it is first seen, see `unprimed`)."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.windows: dict[tuple[str, str], DistinctPatients] = {}
+        self.failures: dict[tuple[str, str, str], RecentFailures] = {}
+        self.primed: set[tuple[str, str]] = set()
+        self.baselines: dict[tuple[str, str], tuple[int, float | None]] = {}
+        self.committed: dict[CaseKey, int] = {}  # -> window end
+        self.newest = float("-inf")
+
+    # -- one pass over accesses
+
+    def examine(
+        self, accesses: Iterable[Access], rules_of: Callable[[str], OrgRules]
+    ) -> Examination:
+        found = Examination()
+        rules: OrgRules | None = None
+        for access in accesses:
+            if rules is None or rules.organization_id != access.organization_id:
+                rules = rules_of(access.organization_id)
+            self._access(found, rules, access)
+        return found
+
+    # The hot loop: one function, in which a rule that does not apply costs a test or two.
+    def _access(self, found: Examination, rules: OrgRules, a: Access) -> None:  # noqa: C901
+        if a.at > self.newest:
+            self.newest = a.at
+        patient = a.patient_id
+        if patient is not None:
+            category = rules.restricted.get(patient) if rules.restricted else None
+            if category is not None and rules.on(RESTRICTED):
+                params = rules.settings[RESTRICTED].params
+                assert isinstance(params, RestrictedParams)
+                if a.principal_type not in params.exempt_principal_types:
+                    self._case(found, rules, RESTRICTED, a, patient, {"category": category})
+            related = rules.relations.get(a.principal_id) if rules.relations else None
+            relation = related.get(patient) if related else None
+            if relation is not None and rules.on(RELATIONSHIP):
+                self._case(found, rules, RELATIONSHIP, a, patient, {"relation": relation})
+            volume = rules.volume
+            if volume is not None and a.principal_type not in volume.exempt_principal_types:
+                self._volume(found, rules, volume, a, patient)
+        if a.break_glass and rules.on(BREAK_GLASS):
+            self._case(found, rules, BREAK_GLASS, a, patient, {})
+        hours = rules.hours
+        if (
+            a.classification in hours.classifications
+            and a.principal_type not in hours.exempt_principal_types
+            and rules.on(AFTER_HOURS)
+        ):
+            within, start, end = rules.schedule.place(a.at)
+            if not within:
+                local = datetime.fromtimestamp(start, rules.schedule.zone).date().isoformat()
+                facts = {"time_zone": hours.time_zone, "local_date": local}
+                key = CaseKey(
+                    a.organization_id, AFTER_HOURS, a.principal_id, None, None,
+                    micros(start), micros(end),
+                )  # fmt: skip
+                self._add(found, rules, key, a, facts)
+        failures = rules.failures
+        if failures is not None and a.status == "failure":
+            if a.action.startswith(failures.action_prefix):
+                self._failure(found, rules, failures, a)
+        export = rules.export
+        if export is not None and a.details is not None and rules.exported(a.action):
+            self._export(found, rules, export, a)
+
+    def _case(
+        self,
+        found: Examination,
+        rules: OrgRules,
+        rule: str,
+        a: Access,
+        patient: str | None,
+        facts: dict[str, Any],
+    ) -> None:
+        """A case of a principal and patient for the day."""
+        start, end = _day(rules, a.at)
+        key = CaseKey(a.organization_id, rule, a.principal_id, patient, None, start, end)
+        self._add(found, rules, key, a, facts)
+
+    def _add(
+        self, found: Examination, rules: OrgRules, key: CaseKey, a: Access, facts: dict[str, Any]
+    ) -> None:
+        if key in self.committed:
+            return
+        draft = found.drafts.get(key)
+        if draft is None:
+            draft = found.drafts[key] = Draft(key, rules.severity(key.rule), facts)
+        draft.add(a)
+
+    def _volume(
+        self, found: Examination, rules: OrgRules, params: VolumeParams, a: Access, patient: str
+    ) -> None:
+        org, principal = a.organization_id, a.principal_id
+        window = self.windows.get((org, principal))
+        if window is None:
+            window = self.windows[(org, principal)] = DistinctPatients(
+                params.window_s, params.limit + 1
+            )
+        count = window.add(a.at, patient, a.event_id)
+        if count <= params.limit and count < params.baseline_min_patients:
+            return
+        start = math.floor(a.at / params.window_s) * params.window_s
+        key = CaseKey(
+            org, VOLUME, principal, None, None,
+            micros(start), micros(start + params.window_s),
+        )  # fmt: skip
+        if key in self.committed or key in found.drafts:
+            return
+        if count > params.limit:
+            found.candidates.pop(key, None)
+            self._volume_case(found, rules, key, a, count, window.evidence(), "limit", None)
+            return
+        baseline = self.baselines.get((org, principal))
+        day = int(a.at // DAY_S)
+        if baseline is not None and baseline[0] == day:
+            median = baseline[1]
+            if median is not None and count > params.multiple * median:
+                self._volume_case(
+                    found, rules, key, a, count, window.evidence(), "baseline", median
+                )
+            return
+        known = found.candidates.get(key)
+        if known is None or count > known.patients:
+            found.candidates[key] = Candidate(rules, a, count, window.evidence())
+
+    def _volume_case(
+        self,
+        found: Examination,
+        rules: OrgRules,
+        key: CaseKey,
+        a: Access,
+        count: int,
+        evidence: Evidence,
+        crossed: str,
+        median: float | None,
+    ) -> None:
+        params = rules.volume
+        assert params is not None
+        facts: dict[str, Any] = {
+            "distinct_patients": count,
+            "window_s": params.window_s,
+            "limit": params.limit,
+            "crossed": crossed,
+        }
+        if crossed == "baseline":
+            facts |= {"baseline_median": median, "multiple": params.multiple}
+        draft = found.drafts[key] = Draft(key, rules.severity(VOLUME), facts)
+        draft.add_evidence(evidence, a.received)
+
+    def _failure(
+        self, found: Examination, rules: OrgRules, params: FailedSignInsParams, a: Access
+    ) -> None:
+        subjects: list[tuple[str, str | None, str | None]] = []
+        if "principal" in params.by:
+            subjects.append(("principal", a.principal_id, None))
+        if "ip_address" in params.by and a.ip_address:
+            subjects.append(("ip_address", None, a.ip_address))
+        for by, principal, address in subjects:
+            tracked = (a.organization_id, by, principal or address or "")
+            recent = self.failures.get(tracked)
+            if recent is None:
+                recent = self.failures[tracked] = RecentFailures(params.window_s, params.threshold)
+            run = recent.add(a.at, a.event_id)
+            if run is None:
+                continue
+            start = math.floor(run[-1][0] / params.window_s) * params.window_s
+            key = CaseKey(
+                a.organization_id, FAILED_SIGN_INS, principal, None, address,
+                micros(start), micros(start + params.window_s),
+            )  # fmt: skip
+            if key in self.committed or key in found.drafts:
+                continue
+            facts = {"by": by, "failures": len(run), "window_s": params.window_s}
+            draft = found.drafts[key] = Draft(key, rules.severity(FAILED_SIGN_INS), facts)
+            draft.add_evidence(run, a.received)
+
+    def _export(
+        self, found: Examination, rules: OrgRules, params: BulkExportParams, a: Access
+    ) -> None:
+        try:
+            details = orjson.loads(a.details or "null")
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(details, dict):
+            return
+        count = record_count(details, params.count_keys)
+        if count is None or count <= params.threshold:
+            return
+        at = micros(a.at)
+        key = CaseKey(a.organization_id, BULK_EXPORT, a.principal_id, a.patient_id, None, at, at)
+        facts = {"action": a.action, "records": count, "threshold": params.threshold}
+        self._add(found, rules, key, a, facts)
+
+    # -- baselines
+
+    def settle(self, found: Examination, baselines: Mapping[BaselineKey, float | None]) -> None:
+        """Decide the volume candidates with their baselines (median distinct patients per
+        window, None: too few windows to tell), and remember those baselines for the day."""
+        for (org, principal, day), median in baselines.items():
+            self.baselines[(org, principal)] = (day, median)
+        for key, candidate in found.candidates.items():
+            a = candidate.access
+            median = baselines.get((key.organization_id, a.principal_id, int(a.at // DAY_S)))
+            params = candidate.rules.volume
+            if params is None or median is None or key in found.drafts:
+                continue
+            if candidate.patients > params.multiple * median:
+                self._volume_case(
+                    found, candidate.rules, key, a, candidate.patients, candidate.evidence,
+                    "baseline", median,
+                )  # fmt: skip
+        found.candidates.clear()
+
+    # -- what was stored, and what came before
+
+    def remember(self, keys: Iterable[CaseKey]) -> None:
+        """Cases now stored: not drafted again while their window lasts."""
+        for key in keys:
+            self.committed[key] = key.window_end
+        if len(self.committed) > REMEMBERED_CASES:
+            now = micros(self.newest)
+            self.committed = {k: end for k, end in self.committed.items() if end >= now}
+
+    def unprimed(
+        self, accesses: Iterable[Access], rules_of: Callable[[str], OrgRules]
+    ) -> dict[str, tuple[set[str], float, float]]:
+        """Principals first seen whose windows reach back before `started_at`: by organization,
+        the principals and the span of their accesses' times."""
+        wanted: dict[str, tuple[set[str], float, float]] = {}
+        for a in accesses:
+            if a.patient_id is None and a.status != "failure":
+                continue
+            if (a.organization_id, a.principal_id) in self.primed:
+                continue
+            rules = rules_of(a.organization_id)
+            reach = max(
+                rules.volume.window_s if rules.volume else 0,
+                rules.failures.window_s if rules.failures else 0,
+            )
+            if not reach or a.at - reach >= self.started_at:
+                continue
+            principals, first, last = wanted.get(a.organization_id, (set(), a.at, a.at))
+            principals.add(a.principal_id)
+            wanted[a.organization_id] = (principals, min(first, a.at), max(last, a.at))
+        return wanted
+
+    def prime(
+        self,
+        organization_id: str,
+        principals: Iterable[str],
+        rules: OrgRules,
+        patients: Iterable[tuple[str, float, str, Any]],
+        failures: Iterable[tuple[str, float, Any, str | None]],
+    ) -> None:
+        """Add a principal's recent past, read back from audit_log: (principal, time, patient,
+        event id) of its accesses to patients, (principal, time, event id, address) of its
+        failures. Added again, an access changes nothing."""
+        volume, params = rules.volume, rules.failures
+        for principal in principals:
+            self.primed.add((organization_id, principal))
+        if volume is not None:
+            for principal, at, patient, event_id in patients:
+                key = (organization_id, principal)
+                window = self.windows.get(key)
+                if window is None:
+                    window = self.windows[key] = DistinctPatients(volume.window_s, volume.limit + 1)
+                window.add(at, patient, event_id)
+        if params is not None and "principal" in params.by:
+            for principal, at, event_id, _ in failures:
+                tracked = (organization_id, "principal", principal)
+                recent = self.failures.get(tracked)
+                if recent is None:
+                    recent = self.failures[tracked] = RecentFailures(
+                        params.window_s, params.threshold
+                    )
+                recent.add(at, event_id)
+
+    def sweep(self) -> None:
+        """Let go of the windows of principals and addresses idle for longer than their
+        window: nothing they hold counts any more."""
+        newest = self.newest
+        self.windows = {k: w for k, w in self.windows.items() if w.newest >= newest - w.window}
+        self.failures = {k: f for k, f in self.failures.items() if f.newest >= newest - f.window}
+        kept = {k for k in self.windows} | {(org, who) for org, _, who in self.failures}
+        self.primed &= kept
