@@ -39,6 +39,11 @@ class Metrics:
     witness_failures: Counter
     quorum_missed: Counter
     unwitnessed_seconds: Gauge
+    watch_alerts: Counter
+    watch_examined: Counter
+    watch_recorded: Counter
+    watch_lag: Gauge
+    watch_alert_latency: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -153,6 +158,35 @@ class Metrics:
                 "How long the chain's log has held leaves that no checkpoint cosigned by a"
                 " quorum covers (0: all covered)",
                 ["chain"],
+                registry=reg,
+            ),
+            watch_alerts=Counter(
+                "audit_watch_alerts",
+                "Cases of possibly inappropriate access stored by the watch, by rule (each case"
+                " once, however often it is found)",
+                ["rule"],
+                registry=reg,
+            ),
+            watch_examined=Counter(
+                "audit_watch_examined_events", "Sealed events the watch examined", registry=reg
+            ),
+            watch_recorded=Counter(
+                "audit_watch_alerts_recorded",
+                "Alerts queued as audit.alert.raised events (a repeat after a restart is stored"
+                " once)",
+                registry=reg,
+            ),
+            watch_lag=Gauge(
+                "audit_watch_lag_entries",
+                "Ledger entries of the chain sealed and not yet examined by the watch (newest"
+                " sealed seq minus the newest examined), as the process watching last saw it",
+                ["chain"],
+                registry=reg,
+            ),
+            watch_alert_latency=Histogram(
+                "audit_watch_alert_latency_seconds",
+                "From the receipt of the first event of a case to the case's alert stored",
+                buckets=LAG_BUCKETS,
                 registry=reg,
             ),
         )

@@ -62,14 +62,15 @@ class RecentFailures:
         return self.failures[-1][0] if self.failures else float("-inf")
 
     def add(self, at: float, event_id: uuid.UUID) -> Evidence | None:
-        """Add one failure; the run of `threshold` failures within the window it completes, if
-        any."""
+        """Add one failure; the run of `threshold` failures within the window it is part of,
+        if any (added again, the same run: an examination retried finds its case again)."""
         failures = self.failures
-        if any(known == event_id for _, known in failures):
+        if not any(known == event_id for _, known in failures):
+            bisect.insort(failures, (at, event_id))
+            if len(failures) > self.threshold:
+                del failures[0]
+        if len(failures) < self.threshold or failures[-1][0] - failures[0][0] > self.window:
             return None
-        bisect.insort(failures, (at, event_id))
-        if len(failures) > self.threshold:
-            del failures[0]
-        if len(failures) == self.threshold and failures[-1][0] - failures[0][0] <= self.window:
-            return list(failures)
-        return None
+        if not any(known == event_id for _, known in failures):
+            return None  # older than the newest run
+        return list(failures)

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from app.cli.seed import DEMO_PRINCIPALS, EventMaker, SeedPlan
 from app.core.config import parse_signing_keys
 from app.core.timefmt import format_timestamp
 from app.events.record import EventRecord
@@ -77,3 +78,23 @@ async def seal_records(
         return sealed
     finally:
         await conn.close()
+
+
+def demo_traffic(
+    org: str, start: datetime, span: timedelta, events: int, seed: int = 1
+) -> list[EventRecord]:
+    """The ordinary traffic of the demo set (`make run DEMO=1`: dr.smith, nurse.lee and the
+    others, patients p-100 to p-149, break-glass on 0.2% of accesses), `events` of them in time
+    order between `start` and `start + span`."""
+    plan = SeedPlan(
+        events=events,
+        org_names=(org,),
+        principals_per_org=len(DEMO_PRINCIPALS),
+        demo_people=True,
+    )
+    maker = EventMaker(plan, seed)
+    seconds = span.total_seconds()
+    moments = sorted(
+        start + timedelta(seconds=maker.rng.uniform(0, seconds)) for _ in range(events)
+    )
+    return [maker.record(moment) for moment in moments]

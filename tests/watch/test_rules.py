@@ -427,6 +427,8 @@ def test_the_windows_hold_what_counts_and_no_more() -> None:
     assert failures.add(61, ids[2]) is None  # 0..61: not within a minute
     run = failures.add(62, ids[3])
     assert run is not None and [at for at, _ in run] == [30, 61, 62]
+    assert failures.add(61, ids[2]) == run  # examined again: the same run
+    assert failures.add(0, ids[0]) is None  # no longer in it
 
 
 def test_a_draft_is_the_row_stored() -> None:
