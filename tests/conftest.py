@@ -155,8 +155,10 @@ def make_settings(database_url: str, redis_url: str, **overrides: Any) -> Settin
         "retry_max_ms": 200,
         "depth_poll_ms": 20,
         "read_block_ms": 100,
-        # A test that counts what was queued or stored sees only its own events.
+        # A test that counts what was queued or stored sees only its own events (the watch
+        # would record alerts about other tests' events of the session's database too).
         "threshold_events": False,
+        "watch_enabled": False,
         # Never the checkout's .data: a test that makes checkpoints or reads a witness's state
         # names its own directories.
         "checkpoint_dir": os.path.join(TEST_DATA, "checkpoints"),

@@ -51,6 +51,7 @@ def environment(settings: Settings, **extra: Any) -> dict[str, str]:
         "AUDIT_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
         "AUDIT_LOG_LEVEL": "WARNING",
         "AUDIT_THRESHOLD_EVENTS": str(settings.threshold_events).lower(),
+        "AUDIT_WATCH_ENABLED": str(settings.watch_enabled).lower(),
     }
     values.update({f"AUDIT_{name.upper()}": str(value) for name, value in extra.items()})
     return values

@@ -37,7 +37,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         res.background.append(asyncio.create_task(poll_queue_depth(res), name="depth"))
         if settings.run_writers and settings.writers > 0:
-            res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+            res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics, res.recorder)
             res.writers.start()
         if settings.threshold_events:
             monitor = api_monitor(res).run()

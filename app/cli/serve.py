@@ -70,7 +70,7 @@ async def worker_parts(settings: Settings, stop: Stop) -> AsyncIterator[None]:
         if settings.worker_metrics_port:
             metrics = MetricsServer(settings, res.metrics.registry)
             metrics.start()
-        res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics)
+        res.writers = WriterGroup(settings, res.engine, res.stream, res.metrics, res.recorder)
         res.writers.start()
         if settings.threshold_events:
             from app.monitor.thresholds import worker_monitor

@@ -265,6 +265,12 @@ class Settings(BaseSettings):
     checkpoint_dir: str = ".data/checkpoints"
     threshold_unwitnessed_s: float = Field(default=120.0, gt=0)
 
+    # The watch (app.watch): the writer process holding its lock examines every sealed batch
+    # for cases of inappropriate access, stores each case once and records it as a sealed
+    # audit.alert.raised event; every watch_interval_s, and at once while it is behind.
+    watch_enabled: bool = True
+    watch_interval_s: float = Field(default=0.25, ge=0.01, le=60)
+
     @field_validator("signing_keys", "ledger_keys", "service_keys")
     @classmethod
     def _check_key_ring(cls, value: str) -> str:

@@ -1,5 +1,5 @@
-"""The writer task group: N batch writers plus partition and batch-index upkeep and the recording
-of key retirements in the log, with a graceful stop."""
+"""The writer task group: N batch writers plus partition and batch-index upkeep, the recording
+of key retirements in the log, checkpoints and the watch, with a graceful stop."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from app.core.config import Settings
 from app.core.db import driver_connection
 from app.core.metrics import Metrics
 from app.core.tasks import stop_tasks, wait_or_stop
+from app.queue.recorder import Recorder
 from app.queue.shards import ShardedStream
 from app.store import partitions
+from app.watch.watcher import Watch
 from app.writer.checkpointer import Checkpointer
 from app.writer.retirements import RETIREMENT_CHECK_S, RetirementRecorder
 from app.writer.writer import BatchWriter, CircuitBreaker, backoff_seconds, consumer_name
@@ -27,9 +29,17 @@ SUMMARIZE_INTERVAL_S = 60.0
 
 class WriterGroup:
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, stream: ShardedStream, metrics: Metrics
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        stream: ShardedStream,
+        metrics: Metrics,
+        recorder: Recorder | None = None,
     ) -> None:
+        """`recorder` queues the watch's audit.alert.raised events, as the process's other
+        records of its own; without it, alerts are stored and not recorded."""
         self.settings = settings
+        self.recorder = recorder
         self.engine = engine
         self.stream = stream
         self.metrics = metrics
@@ -69,6 +79,9 @@ class WriterGroup:
                 "cosigns the log and verification cannot be anchored"
             )
         self._tasks.append(asyncio.create_task(self._retirement_upkeep(), name="key-retirements"))
+        if self.settings.watch_enabled:
+            watch = Watch(self.settings, self.metrics, self.recorder)
+            self._tasks.append(asyncio.create_task(watch.run(self.stopping), name="watch"))
         log.info("started %d writers", len(self.writers))
 
     async def _partition_upkeep(self) -> None:

@@ -34,8 +34,9 @@ class Context:
         return result, window(before, after, self.sampler.between(before.at, after.at))
 
     async def drain(self, within_s: float) -> tuple[bool, dict[str, Any]]:
-        """Wait until nothing is queued and every accepted event is settled (at most `within_s`
-        seconds): whether it happened, and the last queue stats."""
+        """Wait until nothing is queued, every accepted event is settled and the watch has
+        examined and recorded everything (at most `within_s` seconds): whether it happened, and
+        the last queue stats."""
         deadline = time.monotonic() + within_s
         self.sampler.phase = "drain"
         while True:
@@ -44,7 +45,8 @@ class Context:
                 stats["persisted_total"] + stats["dead_lettered_events"] + stats["discarded_events"]
             )
             if stats["queued_events"] == 0 and settled == stats["accepted_total"]:
-                return True, stats
+                if await self.probe.watch_settled():
+                    return True, stats
             if time.monotonic() > deadline:
                 return False, stats
             await asyncio.sleep(0.1)

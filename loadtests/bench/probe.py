@@ -23,6 +23,12 @@ from loadtests.bench.stats import add_buckets, buckets_from_text
 
 LAG_METRIC = "audit_ingest_to_persist_seconds"
 BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+WATCH_SETTLED = """
+SELECT NOT EXISTS (SELECT 1 FROM watch_alerts WHERE recorded_at IS NULL)
+   AND NOT EXISTS (
+       SELECT 1 FROM (SELECT chain, max(seq) AS head FROM audit_ledger GROUP BY chain) AS l
+       LEFT JOIN watch_progress p USING (chain) WHERE coalesce(p.seq, 0) < l.head)
+"""
 # Processes whose resident memory means little (shared buffers count in each backend's RSS).
 NO_RSS = frozenset({"postgres"})
 # Processes whose sockets are not the service's: the bench's own, and the backends (counted
@@ -73,6 +79,13 @@ class Probe:
             await self.db.close()
         if self.redis_conn is not None:
             await self.redis_conn.aclose()
+
+    async def watch_settled(self) -> bool:
+        """The watch has examined every sealed entry and recorded every alert it stored (its
+        audit.alert.raised events are accepted after the load's, so the accounting waits)."""
+        assert self.db is not None
+        async with self.db_lock:
+            return bool(await self.db.fetchval(WATCH_SETTLED))
 
     async def stats(self) -> dict[str, Any]:
         response = await self.http.get(f"{self.service.api_urls[0]}/operator/queue/stats")

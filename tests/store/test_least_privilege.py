@@ -1,7 +1,8 @@
 """The service as compose runs it: login roles made by deploy/postgres-roles.sh, migrations as
 the owner, the API as audit_api (SELECT only) and a worker as audit_worker (INSERT, no UPDATE or
-DELETE). Events are accepted, sealed and verified; neither role can change an audit row or make
-an API key. The worker's metrics listen on loopback and want the metrics token."""
+DELETE). Events are accepted, sealed and verified, and the worker's watch records a case among
+them; neither role can change an audit row or make an API key. The worker's metrics listen on
+loopback and want the metrics token."""
 
 from __future__ import annotations
 
@@ -84,24 +85,41 @@ async def test_the_service_runs_as_its_least_privileged_roles(
     api = owner.model_copy(update={"database_url": as_role(deployed, "audit_api")})
     worker = owner.model_copy(update={"database_url": as_role(deployed, "audit_worker")})
     port = free_port()
-    env = {**os.environ, **environment(worker, writers=1, worker_metrics_port=port)}
+    env = {
+        **os.environ,
+        **environment(
+            worker,
+            writers=1,
+            worker_metrics_port=port,
+            watch_enabled="true",
+            watch_interval_s=0.05,
+        ),
+    }
     env["AUDIT_METRICS_TOKEN"] = TOKEN
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "worker", env=env)
     try:
         async with served(api, run_writers="false") as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=10) as client:
-                sent = [{"action": "fhir.patient.read", "status": "success", "principal_id": "p"}]
+                read: dict[str, object] = {
+                    "action": "fhir.patient.read",
+                    "status": "success",
+                    "principal_id": "p",
+                }
+                sent = [read, {**read, "patient_id": "p-1", "break_glass": True}]
                 resp = await client.post("/events/bulk", json=sent * 20, headers=headers)
                 assert resp.status_code == 202, resp.text
-                await wait_stored(deployed, org, 20, within_s=30)
+                # The worker's watch stores the break-glass case and records it: 41 events.
+                await wait_stored(deployed, org, 41, within_s=30)
                 verified = await client.get("/integrity/verify", headers=headers)
                 summary = orjson.loads(verified.text.splitlines()[-1])["summary"]
-                assert summary["intact"] and summary["events"] >= 20
+                assert summary["intact"] and summary["events"] >= 41
         await _worker_metrics(port)
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 20)
-    assert len(await stored_rows(deployed, org)) >= 20
+    actions = [r["action"] for r in await stored_rows(deployed, org)]
+    assert len([a for a in actions if not a.startswith("audit.")]) == 40
+    assert actions.count("audit.alert.raised") == 1
     for role, sql in (
         ("audit_worker", "UPDATE audit_log SET principal_id = 'x'"),
         ("audit_worker", "DELETE FROM audit_ledger"),
