@@ -11,7 +11,14 @@ import asyncpg
 import orjson
 
 from app.watch.evaluate import OrgRules, like_pattern
-from app.watch.rules import RULES, BulkExportParams, RuleSetting, WatchConfigError, rule_setting
+from app.watch.rules import (
+    RULES,
+    AfterHoursParams,
+    BulkExportParams,
+    RuleSetting,
+    WatchConfigError,
+    rule_setting,
+)
 from app.watch.sql import (
     CONFIG_VERSION,
     CONFIG_VERSIONS,
@@ -71,6 +78,21 @@ class RuleBook:
             version, rules = await load_rules(conn, org)
             self.rules[org], self.versions[org] = rules, version
         return len(changed)
+
+    def reach(self) -> int:
+        """How far back any organization's windowed rules look, in seconds."""
+        default = OrgRules.defaults("").reach
+        return max([default, *(rules.reach for rules in self.rules.values())])
+
+    def classifications(self) -> list[str]:
+        """The classifications any organization's after-hours rule reads."""
+        default = RULES["after_hours"].params()
+        assert isinstance(default, AfterHoursParams)
+        found: set[str] = set(default.classifications)
+        for rules in self.rules.values():
+            if rules.after_hours:
+                found.update(rules.after_hours_classes)
+        return sorted(found)
 
     def export_patterns(self) -> list[str]:
         """LIKE patterns of every action a bulk export rule reads the details of: the defaults'

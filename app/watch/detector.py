@@ -3,8 +3,9 @@ and stores the cases it finds.
 
 It starts where the chains' stored progress (watch_progress) says, and from then on follows a
 cursor of its own per chain. One step of a chain reads the next ledger entries (up to
-EXAMINED_EVENTS events), the accesses of their batches, what the windowed rules need from before
-(app.watch.evaluate.Examiner.unprimed, baselines), applies the rules, and then, in one
+EXAMINED_EVENTS events), the accesses of their batches that some rule reads, what the windowed
+rules need from before (app.watch.evaluate.Examiner.unprimed, baselines), applies the rules in
+the accesses' time order, and then, in one
 transaction, inserts the alerts (a case found again is the same row: ON CONFLICT DO NOTHING)
 and moves the chain's stored progress forward (never back). Either both happen or neither:
 every entry's cases are stored once, across restarts and however many detectors run
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ import asyncpg
 import orjson
 
 from app.core.metrics import Metrics
-from app.watch.cases import Access, CaseKey
+from app.store.partitions import summarize_batch_ranges
+from app.watch.cases import CaseKey
 from app.watch.configuration import RuleBook
 from app.watch.evaluate import DAY_S, BaselineKey, Examination, Examiner
 from app.watch.sql import (
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 EXAMINED_EVENTS = 5_000
 EXAMINED_ENTRIES = 200
 EXAMINED_INLINE = 500  # more accesses are examined in a thread
+EVENT_TIME = operator.itemgetter(2)  # of a row of ACCESSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +59,24 @@ class Step:
 
     chain: int
     entries: int
-    events: int
+    events: int  # in the entries examined (those no rule reads are not read)
     alerts: int  # newly stored
     behind: int  # entries still to examine after it
 
 
 def _at(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def month_of(moment: datetime) -> datetime:
+    """The start of the month (UTC) `moment` falls in: audit_log's partitions are months."""
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
+
+
+def next_month(moment: datetime) -> datetime:
+    start = month_of(moment)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
 
 
 class Detector:
@@ -83,33 +98,38 @@ class Detector:
         if newest <= cursor:
             return Step(chain, 0, 0, 0, 0)
         entries = _within(await conn.fetch(ENTRIES_AFTER, chain, cursor, EXAMINED_ENTRIES))
+        first = min(e["first_timestamp"] for e in entries)
+        await summarize_batch_ranges(conn)
         rows = await conn.fetch(
             ACCESSES,
             [e["batch_id"] for e in entries],
-            min(e["first_timestamp"] for e in entries),
-            max(e["last_timestamp"] for e in entries),
+            month_of(first),
+            next_month(max(e["last_timestamp"] for e in entries)),
             self.book.export_patterns(),
+            self.book.classifications(),
         )
-        accesses = [Access._make(row) for row in rows]
-        await self._prime(conn, accesses)
-        if len(accesses) > EXAMINED_INLINE:  # off the event loop: it serves requests too
-            found = await asyncio.to_thread(self.examiner.examine, accesses, self.book)
+        rows.sort(key=EVENT_TIME)  # windows slide in event time; nearly sorted already
+        if first.timestamp() - self.book.reach() < self.examiner.started_at:
+            await self._prime(conn, rows)
+        if len(rows) > EXAMINED_INLINE:  # off the event loop: it serves requests too
+            found = await asyncio.to_thread(self.examiner.examine, rows, self.book)
         else:
-            found = self.examiner.examine(accesses, self.book)
+            found = self.examiner.examine(rows, self.book)
         if found.candidates:
             await self._settle(conn, found)
         to_seq = entries[-1]["seq"]
         inserted = await self._store(conn, chain, to_seq, found)
         self.cursors[chain] = to_seq
         self.examiner.remember(found.drafts.keys())
-        self.metrics.watch_examined.inc(len(accesses))
+        events = sum(e["event_count"] for e in entries)
+        self.metrics.watch_examined.inc(events)
         self.metrics.watch_lag.labels(chain=str(chain)).set(max(0, newest - to_seq))
         now = time.time()
         for key in inserted:
             draft = found.drafts[key]
             self.metrics.watch_alerts.labels(rule=key.rule).inc()
             self.metrics.watch_alert_latency.observe(max(0.0, now - draft.first_received))
-        return Step(chain, len(entries), len(accesses), len(inserted), newest - to_seq)
+        return Step(chain, len(entries), events, len(inserted), newest - to_seq)
 
     async def _store(
         self, conn: asyncpg.Connection, chain: int, to_seq: int, found: Examination
@@ -125,7 +145,7 @@ class Detector:
             await conn.execute(ADVANCE, chain, to_seq)
         return [by_id[row["alert_id"]] for row in inserted]
 
-    async def _prime(self, conn: asyncpg.Connection, accesses: Sequence[Access]) -> None:
+    async def _prime(self, conn: asyncpg.Connection, accesses: Sequence[asyncpg.Record]) -> None:
         """Read back the recent past of principals first seen since this detector started:
         what was examined before it, by another detector or before a restart, still counts."""
         examiner = self.examiner

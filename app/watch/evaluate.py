@@ -1,4 +1,5 @@
-"""The rules applied to accesses, in the order they were sealed. No I/O: the detector
+"""The rules applied to accesses, entry after entry and, within the entries of one step, in
+event time order (the windows slide in event time). No I/O: the detector
 (app.watch.detector) reads the accesses, each organization's rules and what the windowed rules
 need from before (a principal's recent past, its baseline), and stores what this finds.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -80,7 +81,8 @@ def record_count(details: Mapping[str, Any], keys: Iterable[str]) -> int | None:
 
 @dataclass(slots=True)
 class OrgRules:
-    """One organization's rules, ready for evaluation."""
+    """One organization's rules, ready for evaluation: what each rule needs per access is a
+    plain attribute (None or empty when the rule is off)."""
 
     organization_id: str
     settings: dict[str, RuleSetting]
@@ -88,7 +90,13 @@ class OrgRules:
     relations: dict[str, dict[str, str]]  # principal -> patient -> relation
     schedule: Schedule = field(init=False)
     hours: AfterHoursParams = field(init=False)
+    after_hours: bool = field(init=False)
+    after_hours_classes: frozenset[str] = field(init=False)
+    after_hours_exempt: frozenset[str | None] = field(init=False)
+    restricted_exempt: frozenset[str | None] = field(init=False)
+    break_glass: bool = field(init=False)
     volume: VolumeParams | None = field(init=False)
+    volume_exempt: frozenset[str | None] = field(init=False)
     failures: FailedSignInsParams | None = field(init=False)
     export: BulkExportParams | None = field(init=False)
     _exports: dict[str, bool] = field(init=False, default_factory=dict)
@@ -101,11 +109,30 @@ class OrgRules:
         assert isinstance(hours, AfterHoursParams)
         self.hours = hours
         self.schedule = hours.schedule()  # days are local days for every rule
+        self.after_hours = self.on(AFTER_HOURS)
+        self.after_hours_classes = frozenset(hours.classifications)
+        self.after_hours_exempt = frozenset(hours.exempt_principal_types)
+        restricted = self._params(RESTRICTED, RestrictedParams)
+        if restricted is None:
+            self.restricted = {}
+        self.restricted_exempt = frozenset(restricted.exempt_principal_types if restricted else ())
+        if not self.on(RELATIONSHIP):
+            self.relations = {}
+        self.break_glass = self.on(BREAK_GLASS)
         self.volume = self._params(VOLUME, VolumeParams)
+        self.volume_exempt = frozenset(self.volume.exempt_principal_types if self.volume else ())
         self.failures = self._params(FAILED_SIGN_INS, FailedSignInsParams)
         self.export = self._params(BULK_EXPORT, BulkExportParams)
         if self.export is not None:
             self._export_pattern = action_matcher(self.export.actions)
+
+    @property
+    def reach(self) -> int:
+        """How far back the windowed rules look, in seconds (0: neither runs)."""
+        return max(
+            self.volume.window_s if self.volume else 0,
+            self.failures.window_s if self.failures else 0,
+        )
 
     @classmethod
     def defaults(cls, organization_id: str) -> OrgRules:
@@ -139,7 +166,7 @@ class Candidate(NamedTuple):
     rules: OrgRules
     access: Access
     patients: int
-    evidence: Evidence
+    window: DistinctPatients  # its evidence is taken when the case is raised
 
 
 BaselineKey = tuple[str, str, int]  # organization, principal, UTC day (days since the epoch)
@@ -182,60 +209,88 @@ class Examiner:
 
     # -- one pass over accesses
 
-    def examine(
-        self, accesses: Iterable[Access], rules_of: Callable[[str], OrgRules]
+    # The hot loop: one function over the rows as they were read (an Access, or the database's
+    # record of one: unpacked, not looked up by name), in which a rule that does not apply costs
+    # a test or two. What a rule found is handled apart, with the row made an Access.
+    def examine(  # noqa: C901
+        self, accesses: Iterable[Sequence[Any]], rules_of: Callable[[str], OrgRules]
     ) -> Examination:
         found = Examination()
         rules: OrgRules | None = None
-        for access in accesses:
-            if rules is None or rules.organization_id != access.organization_id:
-                rules = rules_of(access.organization_id)
-            self._access(found, rules, access)
+        windows, baselines = self.windows, self.baselines
+        newest = self.newest
+        for row in accesses:
+            (
+                event_id, org, at, _, action, status, principal, kind, patient, classification,
+                glass, _, details,
+            ) = row  # fmt: skip
+            if rules is None or rules.organization_id != org:
+                rules = rules_of(org)
+            if at > newest:
+                newest = self.newest = at
+            if patient is not None:
+                if rules.restricted:
+                    category = rules.restricted.get(patient)
+                    if category is not None and kind not in rules.restricted_exempt:
+                        facts = {"category": category}
+                        self._case(found, rules, RESTRICTED, Access._make(row), patient, facts)
+                if rules.relations:
+                    related = rules.relations.get(principal)
+                    relation = related.get(patient) if related else None
+                    if relation is not None:
+                        facts = {"relation": relation}
+                        self._case(found, rules, RELATIONSHIP, Access._make(row), patient, facts)
+                volume = rules.volume
+                if volume is not None and kind not in rules.volume_exempt:
+                    window = windows.get((org, principal))
+                    if window is None:
+                        window = windows[(org, principal)] = DistinctPatients(
+                            volume.window_s, volume.limit + 1
+                        )
+                    count = window.add(at, patient, event_id)
+                    if count > volume.limit:
+                        self._volume(found, rules, volume, Access._make(row), window, count)
+                    elif count >= volume.baseline_min_patients:
+                        baseline = baselines.get((org, principal))
+                        usual = (
+                            baseline is not None
+                            and baseline[0] == int(at // DAY_S)
+                            and (baseline[1] is None or count <= volume.multiple * baseline[1])
+                        )
+                        if not usual:
+                            self._volume(found, rules, volume, Access._make(row), window, count)
+            if glass and rules.break_glass:
+                self._case(found, rules, BREAK_GLASS, Access._make(row), patient, {})
+            if (
+                rules.after_hours
+                and classification in rules.after_hours_classes
+                and kind not in rules.after_hours_exempt
+            ):
+                within, start, end = rules.schedule.place(at)
+                if not within:
+                    self._after_hours(found, rules, Access._make(row), start, end)
+            failures = rules.failures
+            if failures is not None and status == "failure":
+                if action.startswith(failures.action_prefix):
+                    self._failure(found, rules, failures, Access._make(row))
+            if rules.export is not None and details is not None and rules.exported(action):
+                self._export(found, rules, rules.export, Access._make(row))
         return found
 
-    # The hot loop: one function, in which a rule that does not apply costs a test or two.
-    def _access(self, found: Examination, rules: OrgRules, a: Access) -> None:  # noqa: C901
-        if a.at > self.newest:
-            self.newest = a.at
-        patient = a.patient_id
-        if patient is not None:
-            category = rules.restricted.get(patient) if rules.restricted else None
-            if category is not None and rules.on(RESTRICTED):
-                params = rules.settings[RESTRICTED].params
-                assert isinstance(params, RestrictedParams)
-                if a.principal_type not in params.exempt_principal_types:
-                    self._case(found, rules, RESTRICTED, a, patient, {"category": category})
-            related = rules.relations.get(a.principal_id) if rules.relations else None
-            relation = related.get(patient) if related else None
-            if relation is not None and rules.on(RELATIONSHIP):
-                self._case(found, rules, RELATIONSHIP, a, patient, {"relation": relation})
-            volume = rules.volume
-            if volume is not None and a.principal_type not in volume.exempt_principal_types:
-                self._volume(found, rules, volume, a, patient)
-        if a.break_glass and rules.on(BREAK_GLASS):
-            self._case(found, rules, BREAK_GLASS, a, patient, {})
-        hours = rules.hours
-        if (
-            a.classification in hours.classifications
-            and a.principal_type not in hours.exempt_principal_types
-            and rules.on(AFTER_HOURS)
-        ):
-            within, start, end = rules.schedule.place(a.at)
-            if not within:
-                local = datetime.fromtimestamp(start, rules.schedule.zone).date().isoformat()
-                facts = {"time_zone": hours.time_zone, "local_date": local}
-                key = CaseKey(
-                    a.organization_id, AFTER_HOURS, a.principal_id, None, None,
-                    micros(start), micros(end),
-                )  # fmt: skip
-                self._add(found, rules, key, a, facts)
-        failures = rules.failures
-        if failures is not None and a.status == "failure":
-            if a.action.startswith(failures.action_prefix):
-                self._failure(found, rules, failures, a)
-        export = rules.export
-        if export is not None and a.details is not None and rules.exported(a.action):
-            self._export(found, rules, export, a)
+    def _after_hours(
+        self, found: Examination, rules: OrgRules, a: Access, start: float, end: float
+    ) -> None:
+        key = CaseKey(
+            a.organization_id, AFTER_HOURS, a.principal_id, None, None, micros(start), micros(end)
+        )
+        if key in self.committed:
+            return
+        draft = found.drafts.get(key)
+        if draft is None:
+            local = datetime.fromtimestamp(start, rules.schedule.zone).date().isoformat()
+            facts = {"time_zone": rules.hours.time_zone, "local_date": local}
+            draft = found.drafts[key] = Draft(key, rules.severity(AFTER_HOURS), facts)
+        draft.add(a)
 
     def _case(
         self,
@@ -262,17 +317,23 @@ class Examiner:
         draft.add(a)
 
     def _volume(
-        self, found: Examination, rules: OrgRules, params: VolumeParams, a: Access, patient: str
+        self,
+        found: Examination,
+        rules: OrgRules,
+        params: VolumeParams,
+        a: Access,
+        window: DistinctPatients,
+        count: int,
     ) -> None:
+        """A count at the baseline's floor or above the limit."""
         org, principal = a.organization_id, a.principal_id
-        window = self.windows.get((org, principal))
-        if window is None:
-            window = self.windows[(org, principal)] = DistinctPatients(
-                params.window_s, params.limit + 1
-            )
-        count = window.add(a.at, patient, a.event_id)
-        if count <= params.limit and count < params.baseline_min_patients:
-            return
+        median, known = None, False
+        if count <= params.limit:
+            baseline = self.baselines.get((org, principal))
+            known = baseline is not None and baseline[0] == int(a.at // DAY_S)
+            median = baseline[1] if baseline is not None else None
+            if known and (median is None or count <= params.multiple * median):
+                return  # the usual for this principal
         start = math.floor(a.at / params.window_s) * params.window_s
         key = CaseKey(
             org, VOLUME, principal, None, None,
@@ -283,19 +344,12 @@ class Examiner:
         if count > params.limit:
             found.candidates.pop(key, None)
             self._volume_case(found, rules, key, a, count, window.evidence(), "limit", None)
-            return
-        baseline = self.baselines.get((org, principal))
-        day = int(a.at // DAY_S)
-        if baseline is not None and baseline[0] == day:
-            median = baseline[1]
-            if median is not None and count > params.multiple * median:
-                self._volume_case(
-                    found, rules, key, a, count, window.evidence(), "baseline", median
-                )
-            return
-        known = found.candidates.get(key)
-        if known is None or count > known.patients:
-            found.candidates[key] = Candidate(rules, a, count, window.evidence())
+        elif known:  # above the multiple of its baseline
+            self._volume_case(found, rules, key, a, count, window.evidence(), "baseline", median)
+        else:
+            candidate = found.candidates.get(key)
+            if candidate is None or count > candidate.patients:
+                found.candidates[key] = Candidate(rules, a, count, window)
 
     def _volume_case(
         self,
@@ -380,8 +434,8 @@ class Examiner:
                 continue
             if candidate.patients > params.multiple * median:
                 self._volume_case(
-                    found, candidate.rules, key, a, candidate.patients, candidate.evidence,
-                    "baseline", median,
+                    found, candidate.rules, key, a, candidate.patients,
+                    candidate.window.evidence(), "baseline", median,
                 )  # fmt: skip
         found.candidates.clear()
 
@@ -396,22 +450,18 @@ class Examiner:
             self.committed = {k: end for k, end in self.committed.items() if end >= now}
 
     def unprimed(
-        self, accesses: Iterable[Access], rules_of: Callable[[str], OrgRules]
+        self, accesses: Iterable[Sequence[Any]], rules_of: Callable[[str], OrgRules]
     ) -> dict[str, tuple[set[str], float, float]]:
         """Principals first seen whose windows reach back before `started_at`: by organization,
         the principals and the span of their accesses' times."""
         wanted: dict[str, tuple[set[str], float, float]] = {}
-        for a in accesses:
+        for row in accesses:
+            a = Access._make(row)
             if a.patient_id is None and a.status != "failure":
                 continue
             if (a.organization_id, a.principal_id) in self.primed:
                 continue
-            rules = rules_of(a.organization_id)
-            reach = max(
-                rules.volume.window_s if rules.volume else 0,
-                rules.failures.window_s if rules.failures else 0,
-            )
-            if not reach or a.at - reach >= self.started_at:
+            if a.at - rules_of(a.organization_id).reach >= self.started_at:
                 continue
             principals, first, last = wanted.get(a.organization_id, (set(), a.at, a.at))
             principals.add(a.principal_id)

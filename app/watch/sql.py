@@ -29,11 +29,16 @@ INSERT INTO watch_progress AS p (chain, seq) VALUES ($1, $2)
 ON CONFLICT (chain) DO UPDATE SET seq = greatest(p.seq, EXCLUDED.seq), updated_at = now()
 """
 
-# -- the accesses of sealed batches: the columns app.watch.cases.Access holds, in its order, in
-# sealed order. Times as seconds since the epoch (double precision: microseconds exact for
-# centuries); the address of failures only; details as JSON text only of actions that some
-# organization's bulk export rule reads ($4, LIKE patterns), the others' never leave the server.
-# The time bounds are the entries' own, so only their partitions are read.
+# -- the accesses of sealed batches: the columns app.watch.cases.Access holds, in its order, of
+# the events some rule reads (about a patient, break-glass, failures, the classifications an
+# after-hours rule reads ($5), actions a bulk export rule reads the details of ($4, LIKE
+# patterns)). Times as seconds since the epoch (double precision: microseconds exact for
+# centuries); the address of failures only; details only of those actions, the others' never
+# leave the server. Found through the batch index (BRIN, its new ranges summarized first): the
+# time bounds are the whole months of the entries' times, so that only their partitions are
+# read, and never an index by time (an entry's times can span minutes, a range that would read
+# every event of those minutes). In no order: the detector puts them in event time order
+# (cheaper than a sort of wide rows here).
 ACCESSES = """
 SELECT event_id, organization_id, date_part('epoch', "timestamp") AS at,
        date_part('epoch', received_at) AS received, action, status, principal_id,
@@ -42,8 +47,10 @@ SELECT event_id, organization_id, date_part('epoch', "timestamp") AS at,
        CASE WHEN details IS NOT NULL AND action LIKE ANY($4::text[]) THEN details::text END
            AS details
 FROM audit_log
-WHERE batch_id = ANY($1::bigint[]) AND "timestamp" >= $2 AND "timestamp" <= $3
-ORDER BY batch_id, leaf_index
+WHERE batch_id = ANY($1::bigint[]) AND "timestamp" >= $2 AND "timestamp" < $3
+  AND (patient_id IS NOT NULL OR break_glass OR status = 'failure'
+       OR data_classification = ANY($5::text[])
+       OR (details IS NOT NULL AND action LIKE ANY($4::text[])))
 """
 
 # -- what came before: principals first seen after a detector started, read back through the

@@ -16,30 +16,46 @@ class DistinctPatients:
     each with its latest access; at most `cap` of them (the rule only needs to know a count
     reached its limit), the oldest let go first. An access older than the window is ignored."""
 
-    __slots__ = ("cap", "latest", "newest", "window")
+    __slots__ = ("cap", "expires", "latest", "newest", "window")
 
     def __init__(self, window: float, cap: int) -> None:
         self.window = window
         self.cap = cap
         self.latest: OrderedDict[str, tuple[float, uuid.UUID]] = OrderedDict()
         self.newest = float("-inf")
+        # No entry is older than the window until the newest access passes this time (the
+        # oldest entry's time plus the window, or earlier).
+        self.expires = float("inf")
 
     def add(self, at: float, patient: str, event_id: uuid.UUID) -> int:
         """Add one access; the count of distinct patients in the window after it."""
         if at > self.newest:
             self.newest = at
-        cutoff = self.newest - self.window
         latest = self.latest
-        if at >= cutoff:
+        if at + self.window >= self.newest:
             seen = latest.get(patient)
-            if seen is None or at > seen[0]:
+            if seen is None:
+                if not latest:
+                    self.expires = at + self.window
+                latest[patient] = (at, event_id)
+                if len(latest) > self.cap:
+                    latest.popitem(last=False)
+            elif at > seen[0]:
                 latest[patient] = (at, event_id)
                 latest.move_to_end(patient)
-        while latest and next(iter(latest.values()))[0] < cutoff:
-            latest.popitem(last=False)
-        while len(latest) > self.cap:
-            latest.popitem(last=False)
+        if self.newest > self.expires:
+            self._expire()
         return len(latest)
+
+    def _expire(self) -> None:
+        latest, cutoff = self.latest, self.newest - self.window
+        while latest:
+            oldest = next(iter(latest.values()))[0]
+            if oldest >= cutoff:
+                self.expires = oldest + self.window
+                return
+            latest.popitem(last=False)
+        self.expires = float("inf")
 
     def evidence(self) -> Evidence:
         """Each distinct patient's latest access in the window, oldest first."""
