@@ -99,13 +99,17 @@ class Draft:
     last_at: float = float("-inf")
     first_received: float = float("inf")  # of the events that raised it: the alert's latency
 
-    def add(self, access: Access) -> None:
+    def add(self, event_id: uuid.UUID, at: float, received: float) -> None:
+        """One more access that raised it."""
         self.events += 1
         if len(self.event_ids) < MAX_EVENT_IDS:
-            self.event_ids.append(access.event_id)
-        self.first_at = min(self.first_at, access.at)
-        self.last_at = max(self.last_at, access.at)
-        self.first_received = min(self.first_received, access.received)
+            self.event_ids.append(event_id)
+        if at < self.first_at:
+            self.first_at = at
+        if at > self.last_at:
+            self.last_at = at
+        if received < self.first_received:
+            self.first_received = received
 
     def add_evidence(self, evidence: list[tuple[float, uuid.UUID]], received: float) -> None:
         """Events named as a whole (a window's distinct patients, a run of failures)."""

@@ -120,7 +120,7 @@ class Detector:
         to_seq = entries[-1]["seq"]
         inserted = await self._store(conn, chain, to_seq, found)
         self.cursors[chain] = to_seq
-        self.examiner.remember(found.drafts.keys())
+        self.examiner.remember(found)
         events = sum(e["event_count"] for e in entries)
         self.metrics.watch_examined.inc(events)
         self.metrics.watch_lag.labels(chain=str(chain)).set(max(0, newest - to_seq))

@@ -178,6 +178,8 @@ class Examination:
 
     drafts: dict[CaseKey, Draft] = field(default_factory=dict)
     candidates: dict[CaseKey, Candidate] = field(default_factory=dict)
+    # (organization, principal, local day's start) -> its after-hours case (None: stored)
+    nights: dict[tuple[str, str, float], Draft | None] = field(default_factory=dict)
 
     def baselines_wanted(self) -> dict[str, set[tuple[str, int]]]:
         """(principal, day) whose baseline the candidates need, by organization."""
@@ -200,11 +202,13 @@ class Examiner:
 
     def __init__(self, started_at: float) -> None:
         self.started_at = started_at
-        self.windows: dict[tuple[str, str], DistinctPatients] = {}
+        self.windows: dict[str, dict[str, DistinctPatients]] = {}  # organization -> principal
         self.failures: dict[tuple[str, str, str], RecentFailures] = {}
         self.primed: set[tuple[str, str]] = set()
-        self.baselines: dict[tuple[str, str], tuple[int, float | None]] = {}
         self.committed: dict[CaseKey, int] = {}  # -> window end
+        # (organization, principal, local day's start) of after-hours cases stored: the rule
+        # looks every access outside working hours up here, by the day's start as placed.
+        self.nights: set[tuple[str, str, float]] = set()
         self.newest = float("-inf")
 
     # -- one pass over accesses
@@ -217,7 +221,7 @@ class Examiner:
     ) -> Examination:
         found = Examination()
         rules: OrgRules | None = None
-        windows, baselines = self.windows, self.baselines
+        windows_org, org_windows = "", self.windows.setdefault("", {})
         newest = self.newest
         for row in accesses:
             (
@@ -242,22 +246,18 @@ class Examiner:
                         self._case(found, rules, RELATIONSHIP, Access._make(row), patient, facts)
                 volume = rules.volume
                 if volume is not None and kind not in rules.volume_exempt:
-                    window = windows.get((org, principal))
+                    if org != windows_org:
+                        windows_org = org
+                        org_windows = self.windows.setdefault(org, {})
+                    window = org_windows.get(principal)
                     if window is None:
-                        window = windows[(org, principal)] = DistinctPatients(
+                        window = org_windows[principal] = DistinctPatients(
                             volume.window_s, volume.limit + 1
                         )
                     count = window.add(at, patient, event_id)
-                    if count > volume.limit:
-                        self._volume(found, rules, volume, Access._make(row), window, count)
-                    elif count >= volume.baseline_min_patients:
-                        baseline = baselines.get((org, principal))
-                        usual = (
-                            baseline is not None
-                            and baseline[0] == int(at // DAY_S)
-                            and (baseline[1] is None or count <= volume.multiple * baseline[1])
-                        )
-                        if not usual:
+                    if count >= volume.baseline_min_patients or count > volume.limit:
+                        usual_from, usual_until, usual = window.usual
+                        if not (usual_from <= at < usual_until and count <= usual):
                             self._volume(found, rules, volume, Access._make(row), window, count)
             if glass and rules.break_glass:
                 self._case(found, rules, BREAK_GLASS, Access._make(row), patient, {})
@@ -268,7 +268,15 @@ class Examiner:
             ):
                 within, start, end = rules.schedule.place(at)
                 if not within:
-                    self._after_hours(found, rules, Access._make(row), start, end)
+                    night_key = (org, principal, start)
+                    if night_key in found.nights:
+                        night = found.nights[night_key]
+                    elif night_key in self.nights:  # its case is stored
+                        night = found.nights[night_key] = None
+                    else:
+                        night = self._after_hours(found, rules, Access._make(row), start, end)
+                    if night is not None:
+                        night.add(event_id, at, row[3])
             failures = rules.failures
             if failures is not None and status == "failure":
                 if action.startswith(failures.action_prefix):
@@ -279,18 +287,21 @@ class Examiner:
 
     def _after_hours(
         self, found: Examination, rules: OrgRules, a: Access, start: float, end: float
-    ) -> None:
+    ) -> Draft | None:
+        """The case of a principal's access outside working hours on a local day: its draft,
+        or None when it is stored already (remembered for the examination either way)."""
         key = CaseKey(
             a.organization_id, AFTER_HOURS, a.principal_id, None, None, micros(start), micros(end)
         )
-        if key in self.committed:
-            return
-        draft = found.drafts.get(key)
-        if draft is None:
+        draft = None
+        if key not in self.committed:
             local = datetime.fromtimestamp(start, rules.schedule.zone).date().isoformat()
             facts = {"time_zone": rules.hours.time_zone, "local_date": local}
             draft = found.drafts[key] = Draft(key, rules.severity(AFTER_HOURS), facts)
-        draft.add(a)
+        found.nights[(a.organization_id, a.principal_id, start)] = draft
+        if draft is None:
+            self.nights.add((a.organization_id, a.principal_id, start))
+        return draft
 
     def _case(
         self,
@@ -314,7 +325,7 @@ class Examiner:
         draft = found.drafts.get(key)
         if draft is None:
             draft = found.drafts[key] = Draft(key, rules.severity(key.rule), facts)
-        draft.add(a)
+        draft.add(a.event_id, a.at, a.received)
 
     def _volume(
         self,
@@ -327,13 +338,13 @@ class Examiner:
     ) -> None:
         """A count at the baseline's floor or above the limit."""
         org, principal = a.organization_id, a.principal_id
-        median, known = None, False
-        if count <= params.limit:
-            baseline = self.baselines.get((org, principal))
-            known = baseline is not None and baseline[0] == int(a.at // DAY_S)
-            median = baseline[1] if baseline is not None else None
-            if known and (median is None or count <= params.multiple * median):
-                return  # the usual for this principal
+        known, median = window.knows(a.at), window.median
+        if (
+            count <= params.limit
+            and known
+            and (median is None or count <= params.multiple * median)
+        ):
+            return  # the usual for this principal
         start = math.floor(a.at / params.window_s) * params.window_s
         key = CaseKey(
             org, VOLUME, principal, None, None,
@@ -424,8 +435,17 @@ class Examiner:
     def settle(self, found: Examination, baselines: Mapping[BaselineKey, float | None]) -> None:
         """Decide the volume candidates with their baselines (median distinct patients per
         window, None: too few windows to tell), and remember those baselines for the day."""
-        for (org, principal, day), median in baselines.items():
-            self.baselines[(org, principal)] = (day, median)
+        for key, candidate in found.candidates.items():
+            params = candidate.rules.volume
+            median = baselines.get((key.organization_id, candidate.access.principal_id,
+                                    int(candidate.access.at // DAY_S)))  # fmt: skip
+            if params is not None:
+                day = int(candidate.access.at // DAY_S) * DAY_S
+                usual = (
+                    params.limit if median is None else min(params.limit, params.multiple * median)
+                )
+                candidate.window.median = median
+                candidate.window.usual = (day, day + DAY_S, usual)
         for key, candidate in found.candidates.items():
             a = candidate.access
             median = baselines.get((key.organization_id, a.principal_id, int(a.at // DAY_S)))
@@ -441,13 +461,16 @@ class Examiner:
 
     # -- what was stored, and what came before
 
-    def remember(self, keys: Iterable[CaseKey]) -> None:
-        """Cases now stored: not drafted again while their window lasts."""
-        for key in keys:
+    def remember(self, found: Examination) -> None:
+        """The examination's cases are stored: not drafted again while their window lasts."""
+        for key in found.drafts:
             self.committed[key] = key.window_end
+        self.nights.update(found.nights)
         if len(self.committed) > REMEMBERED_CASES:
             now = micros(self.newest)
             self.committed = {k: end for k, end in self.committed.items() if end >= now}
+        if len(self.nights) > REMEMBERED_CASES:
+            self.nights = {k for k in self.nights if k[2] + DAY_S + 3600 >= self.newest}
 
     def unprimed(
         self, accesses: Iterable[Sequence[Any]], rules_of: Callable[[str], OrgRules]
@@ -483,11 +506,13 @@ class Examiner:
         for principal in principals:
             self.primed.add((organization_id, principal))
         if volume is not None:
+            windows = self.windows.setdefault(organization_id, {})
             for principal, at, patient, event_id in patients:
-                key = (organization_id, principal)
-                window = self.windows.get(key)
+                window = windows.get(principal)
                 if window is None:
-                    window = self.windows[key] = DistinctPatients(volume.window_s, volume.limit + 1)
+                    window = windows[principal] = DistinctPatients(
+                        volume.window_s, volume.limit + 1
+                    )
                 window.add(at, patient, event_id)
         if params is not None and "principal" in params.by:
             for principal, at, event_id, _ in failures:
@@ -503,7 +528,10 @@ class Examiner:
         """Let go of the windows of principals and addresses idle for longer than their
         window: nothing they hold counts any more."""
         newest = self.newest
-        self.windows = {k: w for k, w in self.windows.items() if w.newest >= newest - w.window}
+        self.windows = {
+            org: {who: w for who, w in windows.items() if w.newest >= newest - w.window}
+            for org, windows in self.windows.items()
+        }
         self.failures = {k: f for k, f in self.failures.items() if f.newest >= newest - f.window}
-        kept = {k for k in self.windows} | {(org, who) for org, _, who in self.failures}
-        self.primed &= kept
+        kept = {(org, who) for org, windows in self.windows.items() for who in windows}
+        self.primed &= kept | {(org, who) for org, _, who in self.failures}

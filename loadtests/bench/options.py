@@ -54,6 +54,7 @@ class Options:
     writers: int
     batch_size: int
     batch_wait_ms: int
+    watch: bool
     storage_batches: int
     bulk: int
     pool_events: int
@@ -88,6 +89,7 @@ class Options:
             self.writers,
             self.batch_size,
             self.batch_wait_ms,
+            self.watch,
         )
 
 
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--writers", type=int, default=2, help="writer tasks per writing process")
     add("--batch-size", type=int, default=Layout().batch_size, help="the service's default")
     add("--batch-wait-ms", type=int, default=Layout().batch_wait_ms, help="the service's default")
+    add(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="the writers' processes without the watch (AUDIT_WATCH_ENABLED=false), to compare",
+    )
     add("--storage-batches", type=int, default=10, help="batches per connection (storage)")
     add("--bulk", type=int, default=1000, help="events per bulk request")
     add(

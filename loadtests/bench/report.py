@@ -285,7 +285,8 @@ def markdown(result: BenchResult) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["postgresql_settings"].items())
         + f"), Redis {m['redis']}. Service: {o['api_processes']} API process(es), "
         f"{o['worker_processes']} worker process(es) x {o['writers']} writers, batches of "
-        f"{o['batch_size']} / {o['batch_wait_ms']} ms; bulk requests of {o['bulk']} events.",
+        f"{o['batch_size']} / {o['batch_wait_ms']} ms, the watch "
+        f"{'on' if o['watch'] else 'off'}; bulk requests of {o['bulk']} events.",
         "",
         _data_line(result.data),
         "",

@@ -35,6 +35,7 @@ class Layout:
     writers: int = 2  # writer tasks per writing process
     batch_size: int = Settings.model_fields["batch_size"].default
     batch_wait_ms: int = Settings.model_fields["batch_max_wait_ms"].default
+    watch: bool = True  # the watch runs in the writers' processes, as deployed (--no-watch)
 
 
 @dataclass(slots=True)
@@ -78,6 +79,8 @@ def base_settings(database_url: str, redis_url: str, layout: Layout) -> dict[str
         "AUDIT_LOG_LEVEL": "WARNING",
         # Its own violation events would count as accepted beside the generators' 202s.
         "AUDIT_THRESHOLD_EVENTS": "false",
+        # Its alert events are counted apart (accounting.py).
+        "AUDIT_WATCH_ENABLED": "true" if layout.watch else "false",
     }
 
 

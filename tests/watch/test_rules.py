@@ -405,22 +405,21 @@ def test_cases_stored_are_not_drafted_again_in_their_window() -> None:
     org_rules = rules(*only("break_glass"))
     examiner = Examiner(0)
     found = examiner.examine([access(break_glass=True)], lambda _: org_rules)
-    examiner.remember(found.drafts)
+    examiner.remember(found)
     assert examiner.examine([access(break_glass=True)], lambda _: org_rules).drafts == {}
 
 
 def test_the_windows_hold_what_counts_and_no_more() -> None:
-    window = DistinctPatients(window=60, cap=3)
-    ids = [uuid.uuid4() for _ in range(6)]
-    assert [window.add(t, p, e) for t, p, e in zip([0, 1, 2, 3], "abca", ids, strict=False)] == [
-        1,
-        2,
-        3,
-        3,
-    ]
-    assert window.add(4, "d", ids[4]) == 3  # capped: the oldest let go
-    assert window.add(70, "e", ids[5]) == 1  # the others are older than a minute
-    assert window.add(5, "f", uuid.uuid4()) == 1  # too late to count
+    window = DistinctPatients(window=60, cap=2)
+    ids = [uuid.uuid4() for _ in range(9)]
+    counts = [window.add(t, p, e) for t, p, e in zip([0, 1, 2, 3], "abca", ids, strict=False)]
+    assert counts == [1, 2, 3, 3]  # past the cap: known to be past it
+    assert window.add(4, "d", ids[4]) == 4
+    assert window.add(5, "e", ids[5]) == 2  # past twice the cap: the newest two are kept
+    assert [at for at, _ in window.evidence()] == [4, 5]
+    assert window.add(70, "f", ids[6]) == 1  # the others are older than a minute
+    assert window.add(5, "g", ids[7]) == 1  # too late to count
+    assert window.add(70, "f", ids[6]) == 1  # the same access again
     failures = RecentFailures(window=60, threshold=3)
     assert failures.add(0, ids[0]) is None and failures.add(30, ids[1]) is None
     assert failures.add(30, ids[1]) is None  # the same failure again
@@ -435,7 +434,7 @@ def test_a_draft_is_the_row_stored() -> None:
     key = CaseKey(ORG, "break_glass", "dr.x", "p1", None, *day(date(2026, 12, 2)))
     draft = Draft(key, "medium", {})
     one = access(break_glass=True)
-    draft.add(one)
+    draft.add(one.event_id, one.at, one.received)
     row = draft.row()
     assert row["alert_id"] == str(alert_id(key)) and row["subject"] == "principal dr.x, patient p1"
     assert row["window_start"] == "2026-12-02T00:00:00.000000Z"
