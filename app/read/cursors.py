@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import TypeAdapter
 
+from app.core.errors import InvalidCursor
 from app.core.timefmt import format_timestamp, parse_timestamp
 from app.events.fields import Identifier
 
 
-class CursorError(ValueError):
-    pass
+class CursorError(InvalidCursor, ValueError):
+    """A cursor this service did not make: the reader's error (400 invalid_cursor)."""
 
 
 def encode_cursor(timestamp: datetime, event_id: uuid.UUID, order: str = "desc") -> str:

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.errors import InvalidCursor, NotFound
+from app.core.errors import NotFound
 from app.core.limits import Slot, Slots, TooManyExports
 from app.queue.recorder import Recorder
 from app.queue.trail import Reader, record_read
 from app.read import exports, queries
-from app.read.cursors import CursorError, decode_cursor, encode_cursor
+from app.read.cursors import decode_cursor, encode_cursor
 from app.read.models import EventFilters, EventOut, EventPage, ExportFilters
 
 
@@ -50,10 +50,7 @@ class EventReads:
 
     async def search(self, reader: Reader, filters: EventFilters) -> EventPage:
         """A page of the reader's events that match, in the asked order from the cursor on."""
-        try:
-            after = decode_cursor(filters.cursor, filters.order) if filters.cursor else None
-        except CursorError as exc:
-            raise InvalidCursor(str(exc)) from exc
+        after = decode_cursor(filters.cursor, filters.order) if filters.cursor else None
         query = queries.EventQuery(
             organization_id=reader.caller.organization_id,
             after=after,

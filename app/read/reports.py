@@ -8,12 +8,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.errors import InvalidCursor
 from app.queue.recorder import Recorder
 from app.queue.trail import Reader, record_read
 from app.read import queries
 from app.read.cursors import (
-    CursorError,
     decode_cursor,
     decode_key_cursor,
     encode_cursor,
@@ -41,10 +39,7 @@ class PhiReports:
     ) -> EventPage:
         filters = filters.model_copy(update={"summary": False})
         query = self._query(reader, subject, value, filters)
-        try:
-            position = decode_cursor(filters.cursor) if filters.cursor else None
-        except CursorError as exc:
-            raise InvalidCursor(str(exc)) from exc
+        position = decode_cursor(filters.cursor) if filters.cursor else None
         async with self._engine.connect() as conn:
             rows, more = await queries.phi_events(conn, query, position)
         items = [EventOut.model_validate(queries.event_row_to_dict(row)) for row in rows]
@@ -60,10 +55,7 @@ class PhiReports:
     ) -> AccessSummary:
         filters = filters.model_copy(update={"summary": True})
         query = self._query(reader, subject, value, filters)
-        try:
-            after = decode_key_cursor(filters.cursor) if filters.cursor else None
-        except CursorError as exc:
-            raise InvalidCursor(str(exc)) from exc
+        after = decode_key_cursor(filters.cursor) if filters.cursor else None
         async with self._engine.connect() as conn:
             rows, more = await queries.phi_counts(conn, query, after)
         items = [AccessCount.model_validate(dict(row._mapping)) for row in rows]
