@@ -40,6 +40,7 @@ from app.cli.migrate import migrate
 from app.cli.seed import SeedPlan, run_seed
 from app.core.config import Settings
 from app.ledger.signing import new_keypair
+from loadtests.bench.database import with_database
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_POSTGRES = "postgresql://root@127.0.0.1:5432/test"
@@ -60,11 +61,6 @@ class VerifyRun:
     @property
     def events_per_core_s(self) -> float:
         return self.events / self.cpu_s if self.cpu_s else 0.0
-
-
-def scratch_url(server_url: str, name: str) -> str:
-    base, _, query = server_url.partition("?")
-    return base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
 
 
 async def admin(server_url: str, sql: str) -> None:
@@ -143,7 +139,7 @@ def run(args: argparse.Namespace) -> list[VerifyRun]:
     name = f"audit_verifyspeed_{uuid.uuid4().hex[:8]}"
     asyncio.run(admin(args.database_url, f'CREATE DATABASE "{name}"'))
     scratch = tempfile.TemporaryDirectory(prefix="verify-speed-")
-    env = keys_env(scratch_url(args.database_url, name), Path(scratch.name))
+    env = keys_env(with_database(args.database_url, name), Path(scratch.name))
     runs: list[VerifyRun] = []
     try:
         settings = settings_from(env)

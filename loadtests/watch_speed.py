@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import base64
 import os
-import platform
 import secrets
 import statistics
 import time
@@ -45,8 +44,9 @@ from app.watch.detector import EVENT_TIME, Detector, month_of, next_month
 from app.watch.evaluate import Examiner
 from app.watch.sql import ACCESSES
 from app.writer.batch import record_row
+from loadtests.bench.database import with_database
 from loadtests.bench.procstat import sample
-from loadtests.verify_speed import LOCAL_POSTGRES, admin, scratch_url
+from loadtests.verify_speed import LOCAL_POSTGRES, admin, host_line
 
 SHORT_EVENTS = 5_000
 
@@ -161,15 +161,10 @@ def describe(run: WatchRun) -> str:
     )
 
 
-def host_line() -> str:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"host: {os.cpu_count()} CPUs, load average {load}, Python {platform.python_version()}"
-
-
 async def run(args: argparse.Namespace) -> list[WatchRun]:
     name = f"audit_watchspeed_{uuid.uuid4().hex[:8]}"
     await admin(args.database_url, f'CREATE DATABASE "{name}"')
-    url = scratch_url(args.database_url, name)
+    url = with_database(args.database_url, name)
     runs: list[WatchRun] = []
     try:
         settings = settings_for(url)

@@ -15,15 +15,10 @@ from prometheus_client import CollectorRegistry, Counter
 from app.core import metrics_server
 from app.core.metrics_server import MetricsServer
 from app.core.tokens import bearer_matches, bearer_token
+from app.local.servers import free_port
 from tests.conftest import make_settings
 
 TOKEN = "scrape-me"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -31,7 +26,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(metrics_server._QuietHandler, "timeout", 0.5)
     registry = CollectorRegistry()
     Counter("audit_things", "things counted", registry=registry).inc(3)
-    port = _free_port()
+    port = free_port()
     settings = make_settings(
         "postgresql://unused/x",
         "redis://unused",

@@ -27,6 +27,7 @@ from app.ledger.notes import (
 )
 from app.ledger.tlog import consistency_proof, tree_hash
 from app.ledger.witnessing import Witness
+from app.local.servers import free_port
 from app.witness.config import WitnessConfig, WitnessIdentity, load_identity
 from app.witness.server import WitnessMetrics, create_app
 
@@ -132,9 +133,7 @@ async def running_witness(
 
 def unused_url() -> str:
     """A loopback URL nobody listens on: a witness that is down."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
